@@ -1,0 +1,4 @@
+from relion_pixer.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
