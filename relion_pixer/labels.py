@@ -8,8 +8,15 @@ pasted (union, clipped at the edges) into a ``uint8`` label map of its micrograp
 ``coordinate - origin`` and at the micrograph's pixel size.
 
 Speed: masks are coarse, so the map is Fourier-cropped to a working box of at most ``max_box`` voxels (never finer
-than the micrograph's pixels), projected there in batches, then bilinearly resampled onto the micrograph's grid with
-the particle's exact sub-pixel centre, and only then thresholded.
+than the micrograph's pixels), projected there in batches (Fourier slices by default, see
+:class:`relion_pixer.projection.Projector`), then bilinearly resampled onto the micrograph's grid with the particle's
+exact sub-pixel centre, and only then thresholded. Tens of thousands of particles per minute on one CPU core
+(``benchmarks/bench_labels.py``).
+
+The mask threshold is relative (a fraction of each projection's own maximum), so the map's scale and offset do not
+matter, but noise in an unfiltered map can fragment masks: ``lowpass`` (``--lowpass``, Angstrom) filters the map
+first. Only refined particles get a mask: particles discarded earlier (classification) are background in these
+labels, and micrographs without refined particles get no label map.
 
 Outputs, in ``--o``:
 
@@ -41,7 +48,7 @@ import torch
 
 from relion_pixer import PARTICLE
 from relion_pixer.masks import MASK_FRACTION, binarise_projection
-from relion_pixer.projection import lowpass_volume, project, resample_volume
+from relion_pixer.projection import Projector, lowpass_volume, resample_volume
 
 __all__ = [
     "LabelError",
@@ -306,6 +313,9 @@ class MaskRenderer:
         Low-pass the map to this resolution (Angstrom) first, so that noise in the map does not fragment masks.
     max_box : int
         Largest working box the map is projected in (it is Fourier-cropped to it).
+    method : {"fourier", "real"}
+        Projection method (:class:`relion_pixer.projection.Projector`): Fourier slice (fast, default) or real-space
+        line integrals.
     """
 
     def __init__(
@@ -317,6 +327,7 @@ class MaskRenderer:
         fraction: float = MASK_FRACTION,
         lowpass: float | None = None,
         max_box: int = DEFAULT_MAX_BOX,
+        method: str = "fourier",
     ):
         vol = np.asarray(volume, dtype=np.float32)
         if vol.ndim != 3 or len(set(vol.shape)) != 1:
@@ -331,6 +342,7 @@ class MaskRenderer:
         target = max(float(mic_angpix), float(map_angpix), n * float(map_angpix) / max(8, int(max_box)))
         m = min(n, max(8, int(round(n * map_angpix / target))))
         self.volume = torch.from_numpy(resample_volume(vol, m) if m != n else vol)
+        self.projector = Projector(self.volume, method=method)
         self.box = m
         self.work_angpix = n * float(map_angpix) / m
         #: working pixels per micrograph pixel
@@ -344,7 +356,7 @@ class MaskRenderer:
 
     def projections(self, rot, tilt, psi) -> torch.Tensor:
         """Projections ``B x M x M`` at the working scale, centred (no shifts)."""
-        return torch.as_tensor(project(self.volume, rot, tilt, psi, out_size=self.box))
+        return self.projector.project(rot, tilt, psi, out_size=self.box)
 
     def masks(self, rot, tilt, psi, centres_xy, chunk: int = 256):
         """Yield ``(mask, x0, y0)`` per particle: a boolean ``K x K`` mask on the micrograph grid and its top-left pixel.
@@ -458,14 +470,26 @@ def _star_pairs(name: str, pairs: dict) -> str:
     return "\n".join(lines) + "\n \n"
 
 
+def _safe_parts(micrograph: str) -> list[str]:
+    return [p for p in Path(micrograph).with_suffix("").parts if p not in ("", ".", "..") and p != os.sep]
+
+
 def _relative_output(micrograph: str) -> Path:
     """Where a micrograph's outputs go inside the job directory, RELION style: its path less the job prefix."""
-    parts = [p for p in Path(micrograph).with_suffix("").parts if p not in ("", ".", "..", "/")]
+    parts = _safe_parts(micrograph)
     if len(parts) >= 3:  # e.g. MotionCorr/job002/Movies/x -> Movies/x
         parts = parts[2:]
-    elif len(parts) == 2:  # e.g. Micrographs/x
-        parts = parts[1:] if parts[0].lower().startswith("job") else parts
     return Path(*parts) if parts else Path("micrograph")
+
+
+def _output_stems(names: list[str]) -> dict[str, Path]:
+    """Relative output stem per micrograph name; the whole (sanitised) path where the short ones would collide."""
+    short = {name: _relative_output(name) for name in names}
+    counts: dict[Path, int] = {}
+    for stem in short.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {name: (stem if counts[stem] == 1 else Path(*(_safe_parts(name) or ["micrograph"])))
+            for name, stem in short.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +530,7 @@ def make_labels(
     fraction: float = MASK_FRACTION,
     lowpass: float | None = None,
     max_box: int = DEFAULT_MAX_BOX,
+    method: str = "fourier",
     log=print,
 ) -> LabelSet:
     """Write label maps, coordinate files and ``labels.star`` for a refinement (see the module docstring).
@@ -526,7 +551,7 @@ def make_labels(
         else the MRC header).
     map_angpix, particle_angpix : float, optional
         Override the map's pixel size; pixel size of RELION 3.0 particle images (origins in pixels).
-    fraction, lowpass, max_box
+    fraction, lowpass, max_box, method
         See :class:`MaskRenderer`.
     log : callable
         Progress messages.
@@ -592,7 +617,8 @@ def make_labels(
     def renderer(apix: float) -> MaskRenderer:
         key = round(apix, 6)
         if key not in renderers:
-            renderers[key] = MaskRenderer(volume, vol_apix, apix, fraction=fraction, lowpass=lowpass, max_box=max_box)
+            renderers[key] = MaskRenderer(volume, vol_apix, apix, fraction=fraction, lowpass=lowpass,
+                                          max_box=max_box, method=method)
             r = renderers[key]
             log(f" + micrographs at {apix:.4g} A/px: projecting the {volume.shape[0]}^3 map at {r.work_angpix:.4g} "
                 f"A/px in a {r.box}^3 box, masks {r.mask_box} px")
@@ -605,12 +631,13 @@ def make_labels(
     rows = {"rlnMicrographName": [], "rlnMicrographCoordinates": [], LABEL_COLUMN: [], "rlnMicrographPixelSize": [],
             "pixerNrParticles": []}
     n_done = 0
+    stems = _output_stems([m[0] for m in mics])
     for i, (name, shape, apix, group) in enumerate(mics):
         r = renderer(apix)
         cx = group["x"].to_numpy() - group["origin_x_A"].to_numpy() / apix
         cy = group["y"].to_numpy() - group["origin_y_A"].to_numpy() / apix
         label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
-        rel = _relative_output(name)
+        rel = stems[name]
         label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
         coords_path = out_dir / rel.parent / f"{rel.name}_coords.star"
         _write_label_mrc(label_path, label, apix)
@@ -628,6 +655,7 @@ def make_labels(
         "pixerParticleDiameterAngst": diameter,
         "pixerMaskFraction": float(fraction),
         "pixerLowpassAngst": float(lowpass or 0.0),
+        "pixerProjector": method,
         "pixerReferenceMap": str(in_3dref),
         "pixerReferenceMapPixelSize": float(vol_apix),
         "pixerParticles": str(in_parts),
@@ -683,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lowpass", type=float, default=0.0, help="low-pass the map to this resolution (A) first; 0: off")
     p.add_argument("--max_box", type=int, default=DEFAULT_MAX_BOX,
                    help="largest working box the map is projected in (default %(default)s)")
+    p.add_argument("--projector", choices=("fourier", "real"), default="fourier",
+                   help="projection method: Fourier slice (fast) or real-space line integrals (default %(default)s)")
     p.add_argument("--j", type=int, default=None, help="CPU threads")
     p.add_argument("--pipeline_control", default=None, help="(RELION) directory for the exit-status files")
     return p
@@ -720,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             fraction=args.mask_fraction,
             lowpass=args.lowpass or None,
             max_box=args.max_box,
+            method=args.projector,
         )
         _write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)])
         print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "

@@ -94,6 +94,20 @@ def test_paste_mask_clips_at_edges_and_unions():
     assert set(np.unique(label)) <= {0, PARTICLE}
 
 
+def test_output_paths_follow_relion_and_never_collide():
+    from relion_pixer.labels import _output_stems
+
+    stems = _output_stems(["MotionCorr/job002/Movies/a.mrc", "Micrographs/b.mrc", "c.mrc", "/abs/../d.mrc",
+                           "MotionCorr/job003/Movies/e.mrc", "Other/job009/Movies/e.mrc"])
+    assert stems["MotionCorr/job002/Movies/a.mrc"] == Path("Movies/a")
+    assert stems["Micrographs/b.mrc"] == Path("Micrographs/b")
+    assert stems["c.mrc"] == Path("c")
+    assert not stems["/abs/../d.mrc"].is_absolute() and ".." not in stems["/abs/../d.mrc"].parts
+    # same short name from two jobs: keep the whole paths apart
+    assert stems["MotionCorr/job003/Movies/e.mrc"] == Path("MotionCorr/job003/Movies/e")
+    assert stems["Other/job009/Movies/e.mrc"] == Path("Other/job009/Movies/e")
+
+
 def test_renderer_mask_is_binarise_projection_at_the_micrograph_scale():
     vol = blob_map(40, 4.0)
     r = MaskRenderer(vol, 4.0, 4.0, max_box=64)
@@ -125,6 +139,9 @@ def test_renderer_subpixel_centre_and_downsampling():
     label = r.render((140, 130), 10.0, 80.0, 250.0, centre)
     truth = truth_label_map((140, 130), coarse, centre, [(10.0, 80.0, 250.0)])
     assert iou(label, truth) > 0.9
+    # the real-space projector gives the same masks
+    real = MaskRenderer(fine, 2.0, 4.0, max_box=64, method="real").render((140, 130), 10.0, 80.0, 250.0, centre)
+    assert iou(real, truth) > 0.9 and iou(real, label) > 0.95
     # a working box smaller than the micrograph scale: coarser projection, upsampled, still close
     r16 = MaskRenderer(fine, 2.0, 4.0, max_box=20)
     assert r16.box == 20 and r16.scale == pytest.approx(0.5)
