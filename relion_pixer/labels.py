@@ -5,7 +5,7 @@ For each refined particle the map is projected at the particle's Euler angles (R
 (:func:`relion_pixer.masks.binarise_projection`: projected density >= :data:`~relion_pixer.masks.MASK_FRACTION` of
 the projection's maximum, holes filled; the simulator uses the same function, so the two kinds of label agree), and
 pasted (union, clipped at the edges) into a ``uint8`` label map of its micrograph, centred on
-``coordinate - origin`` and at the micrograph's pixel size.
+``trunc(coordinate) - origin`` (see :func:`particle_centres`) and at the micrograph's pixel size.
 
 Speed: masks are coarse, so the map is Fourier-cropped to a working box of at most ``max_box`` voxels (never finer
 than the micrograph's pixels), projected there in batches (Fourier slices by default, see
@@ -56,6 +56,7 @@ __all__ = [
     "paste_mask",
     "read_particles",
     "read_micrograph_pixel_sizes",
+    "particle_centres",
     "make_labels",
     "main",
     "LABELS_STAR",
@@ -274,6 +275,19 @@ def _read_map(path, map_angpix: float | None) -> tuple[np.ndarray, float | None]
         raise LabelError(path, "map contains NaN or infinite values")
     apix = float(map_angpix) if map_angpix else (vx if vx > 0 else None)
     return data, apix
+
+
+def particle_centres(particles: pd.DataFrame, mic_angpix) -> tuple[np.ndarray, np.ndarray]:
+    """Particle centres ``(x, y)`` in micrograph pixels (0-based) from :func:`read_particles` rows.
+
+    RELION extracts a particle around micrograph pixel ``(long) coordinate`` (``src/preprocessing.cpp``,
+    ``extractParticlesFromOneMicrograph``: truncation, then the box centre ``N//2`` sits on that pixel), and the
+    refined origin is the shift that centres the particle in that box, so the centre is
+    ``trunc(coordinate) - origin_A / micrograph_angpix``.
+    """
+    cx = np.trunc(particles["x"].to_numpy(np.float64)) - particles["origin_x_A"].to_numpy(np.float64) / mic_angpix
+    cy = np.trunc(particles["y"].to_numpy(np.float64)) - particles["origin_y_A"].to_numpy(np.float64) / mic_angpix
+    return cx, cy
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -634,8 +648,7 @@ def make_labels(
     stems = _output_stems([m[0] for m in mics])
     for i, (name, shape, apix, group) in enumerate(mics):
         r = renderer(apix)
-        cx = group["x"].to_numpy() - group["origin_x_A"].to_numpy() / apix
-        cy = group["y"].to_numpy() - group["origin_y_A"].to_numpy() / apix
+        cx, cy = particle_centres(group, apix)
         label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
         rel = stems[name]
         label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
