@@ -516,31 +516,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         sets.append((real, cfg.real_fraction))
     if user:
         sets = [(user, 0.7), (sim_train, 0.3)]
-    opt = torch.optim.AdamW(segmenter.parameters(), lr=cfg.seg_lr, weight_decay=1e-4)
-    if state is not None and "opt" in state:
-        opt.load_state_dict(state["opt"])
-    t0 = time.time()
-    start = step
-    while step < cfg.seg_steps:
-        segmenter.train()
-        x, y = seg_batch(sets, cfg.seg_batch, cfg.seg_crop, gen)
-        for g in opt.param_groups:
-            g["lr"] = _cosine(step, cfg.seg_steps, cfg.seg_lr)
-        loss = _seg_loss(segmenter(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            _log(f"segmenter step {step}/{cfg.seg_steps} loss {loss.item():.4f} ({_eta(t0, step, cfg.seg_steps, start)})")
+
+    def on_step(step, loss, opt):
         if step % cfg.valid_every == 0 or step == cfg.seg_steps:
             segmenter.cpu()
-            figures = {}
-            for snr, vset in valid_sets.items():
-                m = seg_metrics(segment_set(segmenter, vset), vset)
-                figures[f"iou_snr{snr:g}"] = m["particle_iou"]
-                figures[f"pixel_iou_snr{snr:g}"] = m["pixel_iou"]
-            run.log(stage="segmenter", step=step, loss=loss.item(), **figures)
+            run.log(stage="segmenter", step=step, loss=loss, **validate_segmenter(segmenter, valid_sets))
             segmenter.to(device)
         if step % cfg.checkpoint_every == 0 or step == cfg.seg_steps:
             run.save_checkpoint(
@@ -554,6 +534,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 }
             )
 
+    fit_segmenter(
+        segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
+        start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
+    )
+
     # ---- final figures and the model file
     classifier.cpu().eval()
     segmenter.cpu().eval()
@@ -565,6 +550,54 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     (run.path / "final.json").write_text(json.dumps(final, indent=1))
     _log(f"final: {json.dumps(final)}")
     return final
+
+
+def fit_segmenter(
+    segmenter,
+    sets: list,
+    steps: int,
+    batch: int,
+    crop: int,
+    lr: float,
+    gen: torch.Generator,
+    device: torch.device,
+    start: int = 0,
+    opt_state: dict | None = None,
+    on_step=None,
+) -> None:
+    """Train ``segmenter`` for ``steps`` steps on crops from ``sets`` ((LabelledSet, weight) pairs).
+
+    ``on_step(step, loss, optimizer)`` is called after every step (validation, checkpoints).
+    """
+    opt = torch.optim.AdamW(segmenter.parameters(), lr=lr, weight_decay=1e-4)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    t0 = time.time()
+    step = start
+    while step < steps:
+        segmenter.train()
+        x, y = seg_batch(sets, batch, crop, gen)
+        for g in opt.param_groups:
+            g["lr"] = _cosine(step, steps, lr)
+        loss = _seg_loss(segmenter(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            _log(f"segmenter step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
+        if on_step is not None:
+            on_step(step, loss.item(), opt)
+
+
+def validate_segmenter(segmenter, valid_sets: dict) -> dict:
+    """Particle IoU and pixel IoU on each validation set (keyed by SNR)."""
+    figures = {}
+    for snr, vset in valid_sets.items():
+        m = seg_metrics(segment_set(segmenter, vset), vset)
+        figures[f"iou_snr{snr:g}"] = m["particle_iou"]
+        figures[f"pixel_iou_snr{snr:g}"] = m["pixel_iou"]
+    return figures
 
 
 def labelled_from_star(path: str | Path) -> LabelledSet:
