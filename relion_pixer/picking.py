@@ -30,6 +30,7 @@ host, where selection is shared by both backends.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -138,8 +139,9 @@ def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, bac
     """
     xp, arr = _as_backend_array(prob_map, backend)
     diameter_px, sigma = _check_diameter_sigma(diameter_px, sigma)
-    _check_map(arr, xp)
-    return _smooth(arr, sigma, xp)
+    with _on_device(arr, xp):
+        _check_map(arr, xp)
+        return _smooth(arr, sigma, xp)
 
 
 def pick_centres(
@@ -215,18 +217,18 @@ def pick_centres(
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
     xp, arr = _as_backend_array(prob_map, backend)
-    _check_map(arr, xp)
-    height, width = arr.shape
-    if arr.size == 0:
-        return _empty_result()
-
+    height, width = arr.shape if arr.ndim == 2 else (0, 0)
     cell = max(1, int(round(diameter_px / 2.0)))
     half = max(1, int(round(diameter_px / 4.0)))
-    score = _smooth(arr, sigma, xp)
-    if xp is np:
-        rows, cols, peak_score, raised, offset = _peaks_numpy(score, cell, half, max_iter)
-    else:
-        rows, cols, peak_score, raised, offset = _peaks_cupy(score, cell, half, max_iter)
+    with _on_device(arr, xp):
+        _check_map(arr, xp)
+        if arr.size == 0:
+            return _empty_result()
+        score = _smooth(arr, sigma, xp)
+        if xp is np:
+            rows, cols, peak_score, raised, offset = _peaks_numpy(score, cell, half, max_iter)
+        else:
+            rows, cols, peak_score, raised, offset = _peaks_cupy(score, cell, half, max_iter)
 
     keep = raised
     if threshold is not None:
@@ -297,6 +299,8 @@ def _as_backend_array(prob_map: Any, backend: str):
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if _is_torch(prob_map):
         t = prob_map.detach()
+        if t.dtype != sys.modules["torch"].float32:
+            t = t.float()  # also half / bfloat16 / bool, which NumPy or DLPack may not take
         on_cuda = t.device.type == "cuda"
         if backend == "cupy" or (backend == "auto" and on_cuda):
             cupy = _import_cupy()
@@ -317,6 +321,11 @@ def _as_backend_array(prob_map: Any, backend: str):
         cupy = _import_cupy()
         return cupy, _float32(cupy.asarray(arr), cupy)
     return np, _float32(arr, np)
+
+
+def _on_device(arr, xp):
+    """Context that makes the array's CUDA device current (CuPy), or does nothing (NumPy)."""
+    return contextlib.nullcontext() if xp is np else arr.device
 
 
 def _float32(arr, xp):

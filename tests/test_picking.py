@@ -88,6 +88,8 @@ def test_torch_input_matches_numpy():
     np.testing.assert_allclose(a.xy, b.xy, atol=1e-3)
     np.testing.assert_allclose(a.xy, c.xy, atol=1e-4)
     np.testing.assert_allclose(a.score, b.score, atol=1e-3)
+    d = pick_centres(torch.from_numpy(m).to(torch.bfloat16).requires_grad_(True), D)  # any float dtype, grad
+    assert_same_points(d.xy, a.xy, 0.1)
 
 
 def test_cupy_backend_without_cupy_is_a_clear_error():
@@ -302,6 +304,42 @@ def test_noisy_blurred_random_field_is_found():
     assert_same_points(xy, centres, 2.0)
 
 
+def _kernel_reference(score, starts, half, max_iter):
+    """Pure-Python transcription of the CUDA climbing kernel (one candidate at a time)."""
+    h, w = score.shape
+    out = []
+    for s in starts:
+        y, x = divmod(int(s), w)
+        it = 0
+        while it < max_iter:
+            best, by, bx = score[y, x], y, x
+            for yy in range(max(y - half, 0), min(y + half, h - 1) + 1):
+                for xx in range(max(x - half, 0), min(x + half, w - 1) + 1):
+                    if score[yy, xx] > best:
+                        best, by, bx = score[yy, xx], yy, xx
+            if (by, bx) == (y, x):
+                break
+            y, x = by, bx
+            it += 1
+        out.append(y * w + x if it < max_iter else -1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("max_iter", [1000, 2])
+def test_vectorised_climb_matches_the_gpu_kernel_logic(max_iter):
+    # many exact ties (values quantised to tenths): both must break them the same way
+    rng = np.random.default_rng(4)
+    score = np.round(scipy.ndimage.gaussian_filter(rng.random((45, 61)), 1.0) * 20) / 10
+    score = score.astype(np.float32)
+    cell, half = 5, 3
+    starts = picking._cell_maxima(score, cell, np)
+    ref = np.unique(_kernel_reference(score, starts, half, max_iter))
+    ref = ref[ref >= 0]
+    rows, cols, *_ = picking._peaks_numpy(score, cell, half, max_iter)
+    np.testing.assert_array_equal(np.sort(rows * score.shape[1] + cols), ref)
+    assert len(ref) > 3
+
+
 def test_score_map_is_the_normalised_gaussian_smoothing():
     rng = np.random.default_rng(2)
     m = rng.random((90, 130)).astype(np.float32)
@@ -325,26 +363,40 @@ def _cuda():
     return cupy, torch
 
 
+def separated_centres(rng, shape, n, min_sep=40.0, border=D / 2):
+    centres = []
+    for _ in range(50 * n):
+        p = rng.uniform([border, border], [shape[1] - 1 - border, shape[0] - 1 - border])
+        if all(np.hypot(*(p - q)) >= min_sep for q in centres):
+            centres.append(p)
+        if len(centres) == n:
+            break
+    return np.array(centres)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(300, 420), (511, 97), (1024, 1024)])
 def test_cupy_backend_gives_the_same_picks(shape):
     cupy, torch = _cuda()
     rng = np.random.default_rng(21)
-    H, W = shape
-    centres = rng.uniform([0, 0], [W - 1, H - 1], size=(max(4, H * W // 4000), 2))
+    centres = separated_centres(rng, shape, max(4, shape[0] * shape[1] // 4000))
     m = discs(shape, centres)
     m = np.clip(scipy.ndimage.gaussian_filter(m, 2.0) + rng.normal(0, 0.1, m.shape), 0, 1).astype(np.float32)
     cpu = pick_centres(m, D)
     t = torch.from_numpy(m).cuda()
     gpu = pick_centres(t, D)  # auto -> CuPy, through DLPack
+    assert len(cpu.xy) == len(centres)
     assert len(gpu.xy) == len(cpu.xy)
     assert_same_points(gpu.xy, cpu.xy, 0.05)
     np.testing.assert_allclose(np.sort(gpu.score), np.sort(cpu.score), atol=1e-5)
-    # the climbing alone (no smoothing, so no floating-point differences): identical picks
-    cpu0 = pick_centres(m, D, sigma=0, threshold=0.2)
-    gpu0 = pick_centres(t, D, sigma=0, threshold=0.2)
+    # the climbing alone (no smoothing, integer positions): exactly the same picks
+    cpu0 = pick_centres(m, D, sigma=0, threshold=0.2, subpixel=False)
+    gpu0 = pick_centres(t, D, sigma=0, threshold=0.2, subpixel=False)
     np.testing.assert_array_equal(cpu0.xy, gpu0.xy)
     np.testing.assert_array_equal(cpu0.score, gpu0.score)
-    # a host map sent to the GPU, and score_map on the GPU
-    np.testing.assert_allclose(pick_centres(m, D, backend="cupy").xy, gpu.xy)
+    # a host map sent to the GPU, a half-precision tensor, and score_map on the GPU
+    np.testing.assert_allclose(pick_centres(m, D, backend="cupy").xy, gpu.xy, atol=1e-4)
+    assert len(pick_centres(t.half(), D).xy) == len(cpu.xy)
     np.testing.assert_allclose(cupy.asnumpy(score_map(t, D)), score_map(m, D), atol=1e-5)
+    # a CUDA tensor on the NumPy backend is copied to the host
+    np.testing.assert_allclose(pick_centres(t, D, backend="numpy").xy, cpu.xy)
