@@ -1,0 +1,268 @@
+"""PIXER networks: a 3-way box classifier and the segmentation net built from its trunk.
+
+Following Zhang et al. (BMC Bioinformatics 2019), the segmentation network is the classification CNN's
+convolutional trunk followed by parallel atrous (dilated) convolution branches (rates 2, 4, 6, 8) whose logits
+are summed (DeepLab v2 style) and upsampled to the input size. It is initialised from the trained classifier.
+
+Both networks work on normalised images at network scale (particle diameter :data:`relion_pixer.NET_DIAMETER_PX`
+pixels, see :mod:`relion_pixer.preprocess`). Classes are ordered background, particle, contamination.
+
+Batch normalisation replaces the paper's local response normalisation: it trains faster and more stably in the
+CPU budget the shipped weights were made in, and at inference it folds into the preceding convolution
+(:func:`fuse_batchnorm`), so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from relion_pixer import BOX_SIZE
+
+__all__ = [
+    "Trunk",
+    "Classifier",
+    "AtrousBranch",
+    "SegmentationNet",
+    "build_classifier",
+    "build_segmenter",
+    "PixerModels",
+    "load_pretrained",
+    "save_models",
+    "fuse_batchnorm",
+    "DEFAULT_WEIGHTS",
+]
+
+NUM_CLASSES = 3
+DEFAULT_RATES = (2, 4, 6, 8)
+DEFAULT_WEIGHTS = "pixer_v1.pt"
+
+
+def _conv_bn_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Trunk(nn.Sequential):
+    """Convolutional trunk shared by the classifier and the segmentation net (output stride 4).
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Channels of the three stages (full, 1/2 and 1/4 resolution).
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64)):
+        w1, w2, w3 = widths
+        super().__init__(
+            _conv_bn_relu(1, w1),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(w1, w2),
+            _conv_bn_relu(w2, w2),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(w2, w3),
+            _conv_bn_relu(w3, w3),
+        )
+        self.widths = (int(w1), int(w2), int(w3))
+        self.out_channels = w3
+        self.stride = 4
+
+
+class Classifier(nn.Module):
+    """3-way classifier (background / particle / contamination) of ``BOX_SIZE`` boxes.
+
+    The trunk is followed by pooling, one more convolution and two fully connected layers with dropout; the
+    segmentation net replaces everything after the trunk by atrous branches.
+    """
+
+    def __init__(self, trunk: Trunk | None = None, box_size: int = BOX_SIZE, hidden: int = 128, dropout: float = 0.5):
+        super().__init__()
+        self.trunk = trunk if trunk is not None else Trunk()
+        c = self.trunk.out_channels
+        self.box_size = box_size
+        self.head = nn.Sequential(
+            nn.MaxPool2d(2),
+            _conv_bn_relu(c, c),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(c * (box_size // 16) ** 2, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, NUM_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N x 3) of boxes ``x`` (N x 1 x box x box)."""
+        if x.shape[-2:] != (self.box_size, self.box_size):
+            raise ValueError(f"classifier expects {self.box_size} x {self.box_size} boxes, got {tuple(x.shape[-2:])}")
+        return self.head(self.trunk(x))
+
+
+class AtrousBranch(nn.Sequential):
+    """One atrous branch: a dilated 3x3 convolution, then per-pixel class logits."""
+
+    def __init__(self, cin: int, rate: int, hidden: int = 32, num_classes: int = NUM_CLASSES, dropout: float = 0.1):
+        super().__init__(
+            _conv_bn_relu(cin, hidden, dilation=rate),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(hidden, num_classes, 1),
+        )
+        self.rate = rate
+
+
+class SegmentationNet(nn.Module):
+    """Trunk + parallel atrous branches with summed logits, upsampled to the input size.
+
+    Parameters
+    ----------
+    trunk : Trunk
+        Convolutional trunk (normally the trained classifier's).
+    rates : sequence of int
+        Dilation rates, one branch each (PIXER: 2, 4, 6, 8).
+    hidden : int
+        Channels inside each branch.
+    """
+
+    def __init__(self, trunk: Trunk | None = None, rates: Sequence[int] = DEFAULT_RATES, hidden: int = 32):
+        super().__init__()
+        if not rates:
+            raise ValueError("at least one atrous rate is needed")
+        self.trunk = trunk if trunk is not None else Trunk()
+        self.rates = tuple(int(r) for r in rates)
+        self.branches = nn.ModuleList(AtrousBranch(self.trunk.out_channels, r, hidden) for r in self.rates)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits (N x 3 x H x W) of images ``x`` (N x 1 x H x W)."""
+        h, w = x.shape[-2:]
+        feats = self.trunk(self.pad_to_stride(x))
+        logits = self.branches[0](feats)
+        for branch in self.branches[1:]:
+            logits = logits + branch(feats)
+        logits = F.interpolate(logits, scale_factor=self.trunk.stride, mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+    def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad ``x`` (N x C x H x W) at the bottom and right to whole multiples of the trunk's stride."""
+        h, w = x.shape[-2:]
+        stride = self.trunk.stride
+        pad_h, pad_w = (-h) % stride, (-w) % stride
+        if not (pad_h or pad_w):
+            return x
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant")
+
+
+def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_SIZE) -> Classifier:
+    """A freshly initialised 3-way classifier."""
+    return Classifier(Trunk(widths), box_size=box_size)
+
+
+def build_segmenter(
+    classifier: Classifier | None = None, rates: Sequence[int] = DEFAULT_RATES, widths: Sequence[int] = (16, 32, 64)
+) -> SegmentationNet:
+    """A segmentation net; its trunk is a copy of ``classifier``'s trunk when one is given (PIXER's initialisation)."""
+    trunk = copy.deepcopy(classifier.trunk) if classifier is not None else Trunk(widths)
+    return SegmentationNet(trunk, rates=rates)
+
+
+@dataclass
+class PixerModels:
+    """The two networks and what is known about how they were made."""
+
+    classifier: Classifier
+    segmenter: SegmentationNet
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device: str | torch.device) -> "PixerModels":
+        self.classifier.to(device)
+        self.segmenter.to(device)
+        return self
+
+
+def save_models(path: str | Path, classifier: Classifier, segmenter: SegmentationNet, meta: dict | None = None) -> None:
+    """Save both networks' state dicts and settings to one file that :func:`load_pretrained` reads.
+
+    The file holds only tensors, numbers, strings and lists, so it loads with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    payload = {
+        "format": "relion_pixer/1",
+        "widths": list(classifier.trunk.widths),
+        "box_size": classifier.box_size,
+        "rates": list(segmenter.rates),
+        "classifier": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
+        "segmenter": {k: v.detach().cpu() for k, v in segmenter.state_dict().items()},
+        "meta": json.dumps(meta or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_pretrained(path: str | Path | None = None, device: str | torch.device = "cpu", fuse: bool = True) -> PixerModels:
+    """Load the shipped weights (default) or a fine-tuned model file, ready for inference.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Model file written by :func:`save_models` (``relion_pixer train``). Default: the shipped weights.
+    device : str or torch.device
+        Where to put the networks.
+    fuse : bool
+        Fold batch normalisation into the convolutions (inference only).
+    """
+    if path is None:
+        path = resources.files("relion_pixer") / "weights" / DEFAULT_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"shipped weights not found at {path}: the package is incomplete")
+    path = Path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any unpickling failure with the file name
+        raise ValueError(f"{path}: not a relion_pixer model file ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "relion_pixer/1":
+        raise ValueError(f"{path}: not a relion_pixer model file (missing format tag)")
+    classifier = build_classifier(payload["widths"], payload["box_size"])
+    classifier.load_state_dict(payload["classifier"])
+    segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"])
+    segmenter.load_state_dict(payload["segmenter"])
+    classifier.eval()
+    segmenter.eval()
+    if fuse:
+        fuse_batchnorm(classifier)
+        fuse_batchnorm(segmenter)
+    meta = json.loads(payload.get("meta", "{}"))
+    meta["path"] = str(path)
+    return PixerModels(classifier, segmenter, meta).to(device)
+
+
+@torch.no_grad()
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair into the convolution (in place; eval mode only)."""
+    for child in module.children():
+        if isinstance(child, nn.Sequential):
+            items = list(child)
+            for i in range(len(items) - 1):
+                conv, bn = items[i], items[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    new_bias = (bias - bn.running_mean) * scale + bn.bias
+                    conv.bias = nn.Parameter(new_bias)
+                    child[i + 1] = nn.Identity()
+        fuse_batchnorm(child)
+    module.eval()
+    return module

@@ -1,0 +1,106 @@
+"""Per-pixel particle probability maps from the segmentation net.
+
+Fully convolutional inference on any micrograph size. Large inputs are cut into overlapping tiles whose
+origins are multiples of the network stride and whose margins exceed the receptive field, and only each tile's
+centre is kept, so the stitched map equals whole-image inference: no seams.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from relion_pixer import PARTICLE
+from relion_pixer.models import SegmentationNet
+
+__all__ = ["predict_probability", "resolve_device", "TILE", "MARGIN"]
+
+#: Tile side (network pixels) above which an image is tiled.
+TILE = 1024
+#: Margin kept around each tile's centre: larger than the segmentation net's receptive field radius.
+MARGIN = 64
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when a CUDA device is present, else ``cpu``; other values as torch reads them."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but no CUDA device is available")
+    return dev
+
+
+def _tile_starts(n: int, tile: int, margin: int, stride: int) -> list[int]:
+    """Origins of tiles of side ``tile`` whose kept centres (``tile - 2 margin``) cover ``[0, n)``."""
+    if n <= tile:
+        return [0]
+    step = (tile - 2 * margin) // stride * stride
+    starts = list(range(0, n - tile, step))
+    last = (n - tile) // stride * stride
+    if not starts or starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+@torch.inference_mode()
+def predict_probability(
+    segmenter: SegmentationNet,
+    net_image: np.ndarray | torch.Tensor,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    tile: int = TILE,
+    margin: int = MARGIN,
+    all_classes: bool = False,
+) -> torch.Tensor:
+    """Probability of "particle" at every pixel of a normalised network-scale image.
+
+    Parameters
+    ----------
+    segmenter : SegmentationNet
+        Network in eval mode, on ``device``.
+    net_image : numpy.ndarray or torch.Tensor
+        2D normalised image at network scale (:func:`relion_pixer.preprocess.prepare`).
+    device : str or torch.device
+        Where to run.
+    batch_size : int
+        Tiles per forward pass.
+    tile, margin : int
+        Tile side and kept margin, in pixels.
+    all_classes : bool
+        Return all class probabilities (3 x H x W) instead of the particle channel (H x W).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 on ``device``.
+    """
+    device = torch.device(device)
+    img = torch.as_tensor(np.asarray(net_image) if not torch.is_tensor(net_image) else net_image)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2D image, got shape {tuple(img.shape)}")
+    img = img.to(device=device, dtype=torch.float32)
+    h0, w0 = img.shape
+    stride = segmenter.trunk.stride
+    if h0 <= tile and w0 <= tile:
+        probs = torch.softmax(segmenter(img[None, None]), dim=1)[0]
+    else:
+        # pad to whole strides exactly as the network pads a whole image, so tiles align with it
+        img = segmenter.pad_to_stride(img[None, None])[0, 0]
+        h, w = img.shape
+        probs = torch.empty((3, h, w), dtype=torch.float32, device=device)
+        th, tw = min(tile, h), min(tile, w)
+        boxes = [(y, x) for y in _tile_starts(h, tile, margin, stride) for x in _tile_starts(w, tile, margin, stride)]
+        for i in range(0, len(boxes), max(1, batch_size)):
+            chunk = boxes[i : i + batch_size]
+            batch = torch.stack([img[y : y + th, x : x + tw] for y, x in chunk])[:, None]
+            out = torch.softmax(segmenter(batch), dim=1)
+            for (y, x), p in zip(chunk, out):
+                # keep the centre, or up to the image edge for border tiles
+                y0 = 0 if y == 0 else y + margin
+                x0 = 0 if x == 0 else x + margin
+                y1 = h if y + th >= h else y + th - margin
+                x1 = w if x + tw >= w else x + tw - margin
+                probs[:, y0:y1, x0:x1] = p[:, y0 - y : y1 - y, x0 - x : x1 - x]
+        probs = probs[:, :h0, :w0]
+    return probs if all_classes else probs[PARTICLE].contiguous()

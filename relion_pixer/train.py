@@ -1,0 +1,686 @@
+"""Training and fine-tuning of the PIXER networks (``relion_pixer train``).
+
+Order as in the paper: the 3-way classifier is trained first on boxes, then the segmentation net is built from
+its trunk and trained on whole (cropped) micrographs.
+
+Training data, all at network scale (:data:`relion_pixer.NET_DIAMETER_PX` pixels per particle diameter):
+
+- simulated micrographs from :mod:`relion_pixer.simulate` with domain randomisation (SNR, defocus, particle
+  shapes and sizes, contamination, gradients, 8-bit quantisation), with exact label maps;
+- real micrographs given as MRC + coordinate STAR (for instance the train split of EMPIAR-10028). Their labels are
+  incomplete (some particles carry none), so for the segmentation net only a disc at each labelled particle
+  (particle) and a ring around it (background) are trusted; every other pixel is ignored by the loss;
+- label maps made by reprojecting a RELION refinement (``relion_pixer labels``), for fine-tuning
+  (``--from-labels``); a replay of simulated data keeps the model from forgetting.
+
+Everything is driven by one TOML config file (see ``configs/pretrain.toml``); the run writes checkpoints, a JSON
+log of losses and validation figures, and the final model file that ``relion_pixer pick --model`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from relion_pixer import BACKGROUND, BOX_SIZE, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
+from relion_pixer.models import (
+    DEFAULT_RATES,
+    build_classifier,
+    build_segmenter,
+    load_pretrained,
+    save_models,
+)
+from relion_pixer.preprocess import prepare, to_network
+
+__all__ = ["TrainConfig", "load_config", "LabelledSet", "simulated_set", "real_set", "train", "main"]
+
+IGNORE = 255
+
+
+# ----------------------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Settings of one training run (every field can be set in the TOML file's top level or its sections)."""
+
+    name: str = "pixer"
+    seed: int = 0
+    # simulated data (network scale)
+    sim_train: int = 400
+    sim_valid: int = 24
+    sim_size: int = 384
+    snr_min: float = 0.005
+    snr_max: float = 0.5
+    oversample_min: float = 1.2
+    oversample_max: float = 2.5
+    valid_snrs: tuple = (0.01, 0.1)
+    valid_oversample: float = 2.5
+    # real data: list of {micrographs = glob, coords = dir, diameter = A, angpix = A/px}
+    real: tuple = ()
+    # classifier
+    cls_steps: int = 1500
+    cls_batch: int = 128
+    cls_lr: float = 2e-3
+    # segmentation
+    seg_steps: int = 3000
+    seg_batch: int = 8
+    seg_crop: int = 192
+    seg_lr: float = 2e-3
+    rates: tuple = DEFAULT_RATES
+    real_fraction: float = 0.25
+    # fine-tuning
+    from_labels: str | None = None
+    init: str | None = None
+    # bookkeeping
+    checkpoint_every: int = 250
+    valid_every: int = 500
+    threads: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        flat: dict = {}
+        for key, value in d.items():
+            if isinstance(value, dict) and key not in ("real",):
+                flat.update(value)
+            else:
+                flat[key] = value
+        known = set(cls.__dataclass_fields__)
+        unknown = set(flat) - known
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        for key in ("valid_snrs", "rates", "real"):
+            if key in flat:
+                flat[key] = tuple(flat[key])
+        return cls(**flat)
+
+
+def load_config(path: str | Path | None, **overrides) -> TrainConfig:
+    """Read a TOML config (or defaults when ``path`` is None) and apply ``overrides`` (None values ignored)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    cfg = TrainConfig.from_dict(data)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------- data
+@dataclass
+class LabelledSet:
+    """Normalised network-scale images with per-pixel labels and particle centres.
+
+    ``labels`` hold 0/1/2 (background/particle/contamination) and :data:`IGNORE` where a label is unknown.
+    """
+
+    images: list
+    labels: list
+    coords: list
+    instances: list | None = None
+    names: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def extend(self, other: "LabelledSet") -> "LabelledSet":
+        inst = None
+        if self.instances is not None and other.instances is not None:
+            inst = self.instances + other.instances
+        names = (self.names or [""] * len(self)) + (other.names or [""] * len(other))
+        return LabelledSet(self.images + other.images, self.labels + other.labels, self.coords + other.coords, inst, names)
+
+
+def simulated_set(
+    n: int,
+    size: int,
+    seed: int,
+    snr: float | tuple = (0.005, 0.5),
+    oversample: float | tuple = (1.2, 2.5),
+    progress: bool = True,
+) -> LabelledSet:
+    """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
+
+    Each micrograph is simulated at a native sampling ``k`` times finer than network scale (particle diameter
+    ``32 k`` pixels, ``k`` drawn from ``oversample``), with the SNR defined at that native sampling, then
+    Fourier-cropped and normalised by :func:`relion_pixer.preprocess.prepare`, so training sees what picking sees.
+    ``snr`` and ``oversample`` are one value, or a (min, max) range drawn log-uniformly per micrograph.
+    The output images are about ``size`` pixels wide.
+    """
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(seed)
+    images, labels, coords, instances = [], [], [], []
+    t0 = time.time()
+    for i in range(n):
+        value = _draw(rng, snr)
+        k = _draw(rng, oversample)
+        jitter = float(rng.uniform(0.85, 1.15))
+        cfg = random_config(rng)
+        cfg.update(snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, angpix=1.0)
+        native = int(round(size * k))
+        sim = simulate_micrograph(rng, shape=(native, native), **cfg)
+        net, factors = prepare(sim.image, angpix=1.0, diameter_angstrom=NET_DIAMETER_PX * k)
+        images.append(net)
+        labels.append(_nearest_resample(np.asarray(sim.labels, dtype=np.uint8), net.shape))
+        instances.append(_nearest_resample(np.asarray(sim.instances, dtype=np.int32), net.shape))
+        coords.append(to_network(np.asarray(sim.coords).reshape(-1, 2), factors).astype(np.float32))
+        if progress and (i + 1) % max(1, n // 10) == 0:
+            _log(f"simulated {i + 1}/{n} micrographs ({time.time() - t0:.0f} s)")
+    return LabelledSet(images, labels, coords, instances)
+
+
+def _draw(rng: np.random.Generator, value: float | tuple) -> float:
+    if isinstance(value, (tuple, list)):
+        return float(math.exp(rng.uniform(math.log(value[0]), math.log(value[1]))))
+    return float(value)
+
+
+def _nearest_resample(labels: np.ndarray, shape: tuple) -> np.ndarray:
+    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
+    rows = np.minimum(np.round(np.arange(shape[0]) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(shape[1]) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix: float | None = None) -> LabelledSet:
+    """Real micrographs with (incomplete) coordinate labels, resampled to network scale.
+
+    Each labelled particle becomes a disc of 0.45 diameters (particle) inside a ring out to 0.9 diameters
+    (background); all other pixels are :data:`IGNORE`, because unlabelled particles may lie there.
+    """
+    from relion_pixer.io import read_coordinates_star, read_micrograph
+
+    images, labels, coords, names = [], [], [], []
+    for path in micrographs:
+        path = Path(path)
+        image, header_angpix = read_micrograph(path)
+        apix = angpix or header_angpix
+        if not apix:
+            raise ValueError(f"{path}: no pixel size (give angpix in the config)")
+        star = Path(coords_dir) / f"{path.stem}.star"
+        table = read_coordinates_star(star)
+        net, factors = prepare(image, apix, diameter)
+        xy = np.stack([table["rlnCoordinateX"].to_numpy() * factors[1], table["rlnCoordinateY"].to_numpy() * factors[0]], 1)
+        images.append(net)
+        labels.append(_disc_labels(net.shape, xy, NET_DIAMETER_PX))
+        coords.append(xy.astype(np.float32))
+        names.append(path.stem)
+    return LabelledSet(images, labels, coords, None, names)
+
+
+def _disc_labels(shape: tuple, xy: np.ndarray, diameter: float, inner: float = 0.45, outer: float = 0.9) -> np.ndarray:
+    """Label map: particle within ``inner`` diameters of a centre, background out to ``outer``, else IGNORE."""
+    from scipy.spatial import cKDTree
+
+    lab = np.full(shape, IGNORE, dtype=np.uint8)
+    if len(xy) == 0:
+        return lab
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    dist, _ = cKDTree(xy).query(np.stack([xx.ravel(), yy.ravel()], 1), k=1)
+    dist = dist.reshape(shape)
+    lab[dist <= outer * diameter] = BACKGROUND
+    lab[dist <= inner * diameter] = PARTICLE
+    return lab
+
+
+def _real_from_config(entries) -> LabelledSet:
+    import glob
+
+    out = LabelledSet([], [], [], None, [])
+    for entry in entries:
+        files = sorted(glob.glob(os.path.expanduser(entry["micrographs"])))
+        if not files:
+            raise FileNotFoundError(f"no micrographs match {entry['micrographs']!r}")
+        out = out.extend(real_set(files, entry["coords"], float(entry["diameter"]), entry.get("angpix")))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def _augment(img: torch.Tensor, lab: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rot90/flip (same for image and labels), intensity scale and extra noise (image only)."""
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    img, lab = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
+    if torch.rand(1, generator=gen) < 0.5:
+        img, lab = img.flip(-1), lab.flip(-1)
+    scale = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
+    noise = float(torch.empty(1).uniform_(0.0, 0.3, generator=gen))
+    img = img * scale + noise * torch.randn(img.shape, generator=gen)
+    return img, lab
+
+
+def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator):
+    img, lab = data.images[idx], data.labels[idx]
+    h, w = img.shape
+    if h < crop or w < crop:
+        pad = ((0, max(0, crop - h)), (0, max(0, crop - w)))
+        img = np.pad(img, pad)
+        lab = np.pad(lab, pad, constant_values=IGNORE)
+        h, w = img.shape
+    if data.names is not None and (lab == IGNORE).mean() > 0.3:
+        # real micrographs: centre crops on a labelled particle so most crops carry labels
+        xy = data.coords[idx]
+        if len(xy):
+            cx, cy = xy[int(torch.randint(0, len(xy), (1,), generator=gen))]
+            y = int(np.clip(cy - crop // 2 + int(torch.randint(-crop // 3, crop // 3 + 1, (1,), generator=gen)), 0, h - crop))
+            x = int(np.clip(cx - crop // 2 + int(torch.randint(-crop // 3, crop // 3 + 1, (1,), generator=gen)), 0, w - crop))
+            return img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]
+    y = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
+    x = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
+    return img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]
+
+
+def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator):
+    """A batch of augmented crops drawn from several sets with the given probabilities."""
+    weights = torch.tensor([w for _, w in sets], dtype=torch.float64)
+    imgs, labs = [], []
+    for _ in range(batch):
+        data = sets[int(torch.multinomial(weights, 1, generator=gen))][0]
+        idx = int(torch.randint(0, len(data), (1,), generator=gen))
+        img, lab = _random_crop(data, idx, crop, gen)
+        img, lab = _augment(torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab)), gen)
+        imgs.append(img)
+        labs.append(lab)
+    return torch.stack(imgs)[:, None].float(), torch.stack(labs).long()
+
+
+def box_samples(data: LabelledSet, rng: np.random.Generator, per_image: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Box centres (x, y) and classes for the classifier from one labelled set.
+
+    Particles at their centres; contamination at pixels labelled 2; background at pixels at least 0.6 particle
+    diameters from every particle centre and labelled background (real sets: inside the trusted ring only).
+    """
+    centres, classes, which = [], [], []
+    for i in range(len(data)):
+        lab = data.labels[i]
+        xy = data.coords[i]
+        if len(xy):
+            centres.append(xy)
+            classes.append(np.full(len(xy), PARTICLE))
+            which.append(np.full(len(xy), i))
+        cont = np.argwhere(lab == CONTAMINATION)
+        if len(cont):
+            pick = cont[rng.integers(0, len(cont), min(len(cont), per_image // 2))]
+            centres.append(pick[:, ::-1].astype(np.float32))
+            classes.append(np.full(len(pick), CONTAMINATION))
+            which.append(np.full(len(pick), i))
+        bg = np.argwhere(lab == BACKGROUND)
+        if len(bg):
+            pick = bg[rng.integers(0, len(bg), per_image * 2)][:, ::-1].astype(np.float32)
+            if len(xy):
+                d = np.sqrt(((pick[:, None, :] - xy[None, :, :]) ** 2).sum(-1)).min(1)
+                pick = pick[d >= 0.6 * NET_DIAMETER_PX]
+            pick = pick[:per_image]
+            centres.append(pick)
+            classes.append(np.full(len(pick), BACKGROUND))
+            which.append(np.full(len(pick), i))
+    if not centres:
+        return np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
+    xyz = np.concatenate([np.concatenate(which)[:, None], np.concatenate(centres)], 1).astype(np.float32)
+    return xyz, np.concatenate(classes).astype(np.int64)
+
+
+def cut_boxes(images: list, xyz: np.ndarray, box: int = BOX_SIZE, jitter: float = 0.0, rng=None) -> np.ndarray:
+    """Cut ``box`` x ``box`` boxes centred at ``(image index, x, y)`` rows, zero-padded at the edges."""
+    half = box // 2
+    out = np.zeros((len(xyz), box, box), dtype=np.float32)
+    for k, (i, x, y) in enumerate(xyz):
+        if jitter and rng is not None:
+            x = x + rng.uniform(-jitter, jitter)
+            y = y + rng.uniform(-jitter, jitter)
+        img = images[int(i)]
+        x0, y0 = int(round(x)) - half, int(round(y)) - half
+        sy0, sx0 = max(0, y0), max(0, x0)
+        sy1, sx1 = min(img.shape[0], y0 + box), min(img.shape[1], x0 + box)
+        if sy1 > sy0 and sx1 > sx0:
+            out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+@torch.no_grad()
+def segment_set(segmenter, data: LabelledSet) -> list[np.ndarray]:
+    from relion_pixer.segment import predict_probability
+
+    segmenter.eval()
+    return [predict_probability(segmenter, img).numpy() for img in data.images]
+
+
+def seg_metrics(probs: list[np.ndarray], data: LabelledSet) -> dict:
+    """Mean particle IoU (per true particle instance) and pixel IoU of the particle class."""
+    from relion_pixer.evaluate import particle_ious
+
+    ious, inter, union = [], 0, 0
+    for p, lab, inst in zip(probs, data.labels, data.instances or [None] * len(probs)):
+        pred = p >= 0.5
+        truth = lab == PARTICLE
+        valid = lab != IGNORE
+        inter += int((pred & truth & valid).sum())
+        union += int(((pred | truth) & valid).sum())
+        if inst is not None:
+            ious.extend(particle_ious(pred, inst)[1])
+    return {
+        "particle_iou": float(np.mean(ious)) if ious else float("nan"),
+        "pixel_iou": inter / union if union else float("nan"),
+        "particles": len(ious),
+    }
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier, boxes: np.ndarray, classes: np.ndarray, batch: int = 512) -> dict:
+    classifier.eval()
+    preds = []
+    for i in range(0, len(boxes), batch):
+        preds.append(classifier(torch.from_numpy(boxes[i : i + batch])[:, None]).argmax(1).numpy())
+    pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    out = {"accuracy": float((pred == classes).mean()) if len(pred) else float("nan")}
+    for c, name in ((BACKGROUND, "background"), (PARTICLE, "particle"), (CONTAMINATION, "contamination")):
+        m = classes == c
+        out[f"acc_{name}"] = float((pred[m] == c).mean()) if m.any() else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ training
+class RunDir:
+    """Checkpoints and the JSON-lines log of one run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.path / "log.jsonl"
+
+    def log(self, **record) -> None:
+        record["time"] = round(time.time(), 1)
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        _log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "time"))
+
+    def save_checkpoint(self, state: dict) -> None:
+        tmp = self.path / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.path / "checkpoint.pt")
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.path / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _cosine(step: int, total: int, lr: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (particles weighted x2) plus a soft Dice term on the particle channel."""
+    weight = torch.tensor([1.0, 2.0, 1.0], device=logits.device)
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    valid = (target != IGNORE).float()
+    p = torch.softmax(logits, 1)[:, PARTICLE] * valid
+    t = (target == PARTICLE).float() * valid
+    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return ce + dice
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = None, resume: bool = True) -> dict:
+    """Train (or fine-tune) both networks; returns the final validation figures."""
+    run = RunDir(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=str))
+
+    # ---- data
+    sim_cache = run.path / "sim_train.pt"
+    if sim_cache.is_file():
+        sim_train = LabelledSet(**torch.load(sim_cache, weights_only=False))
+    else:
+        sim_train = simulated_set(
+            cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max)
+        )
+        torch.save(sim_train.__dict__, sim_cache)
+    valid_sets = {}
+    for k, snr in enumerate(cfg.valid_snrs):
+        cache = run.path / f"sim_valid_{snr:g}.pt"
+        if cache.is_file():
+            valid_sets[snr] = LabelledSet(**torch.load(cache, weights_only=False))
+        else:
+            valid_sets[snr] = simulated_set(
+                cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), cfg.valid_oversample, progress=False
+            )
+            torch.save(valid_sets[snr].__dict__, cache)
+    real = _real_from_config(cfg.real) if cfg.real else LabelledSet([], [], [], None, [])
+    user = None
+    if cfg.from_labels:
+        user = labelled_from_star(cfg.from_labels)
+    _log(f"data: {len(sim_train)} simulated, {len(real)} real, {len(user) if user else 0} user micrographs")
+
+    # ---- models
+    if cfg.init:
+        init = load_pretrained(cfg.init, fuse=False)
+        classifier, segmenter = init.classifier, init.segmenter
+    else:
+        classifier = build_classifier()
+        segmenter = None
+    classifier.to(device)
+    state = run.load_checkpoint() if resume else None
+    stage, step = "classifier", 0
+    if state is not None:
+        stage, step = state["stage"], state["step"]
+        classifier.load_state_dict(state["classifier"])
+        gen.set_state(state["gen"])
+        _log(f"resuming at {stage} step {step}")
+
+    # ---- stage 1: classifier on boxes
+    box_sources = [sim_train] + ([real] if len(real) else []) + ([user] if user else [])
+    boxes, classes = [], []
+    for data in box_sources:
+        xyz, cls = box_samples(data, rng)
+        boxes.append(cut_boxes(data.images, xyz, jitter=2.0, rng=rng))
+        classes.append(cls)
+    boxes_np, classes_np = np.concatenate(boxes), np.concatenate(classes)
+    vxyz, vcls = box_samples(valid_sets[cfg.valid_snrs[0]], np.random.default_rng(cfg.seed + 1))
+    vboxes = cut_boxes(valid_sets[cfg.valid_snrs[0]].images, vxyz)
+    _log(f"classifier boxes: {np.bincount(classes_np, minlength=3).tolist()} (background/particle/contamination)")
+    if stage == "classifier" and cfg.cls_steps > 0:
+        opt = torch.optim.AdamW(classifier.parameters(), lr=cfg.cls_lr, weight_decay=1e-4)
+        if state is not None and "opt" in state:
+            opt.load_state_dict(state["opt"])
+        counts = np.bincount(classes_np, minlength=3).astype(np.float64)
+        sample_w = torch.from_numpy(1.0 / np.maximum(counts[classes_np], 1))
+        t0 = time.time()
+        while step < cfg.cls_steps:
+            classifier.train()
+            idx = torch.multinomial(sample_w, cfg.cls_batch, replacement=True, generator=gen).numpy()
+            x = torch.from_numpy(boxes_np[idx])[:, None]
+            k = int(torch.randint(0, 4, (1,), generator=gen))
+            x = torch.rot90(x, k, (-2, -1)) * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
+            x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
+            y = torch.from_numpy(classes_np[idx])
+            for g in opt.param_groups:
+                g["lr"] = _cosine(step, cfg.cls_steps, cfg.cls_lr)
+            loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 50 == 0:
+                _log(f"classifier step {step}/{cfg.cls_steps} loss {loss.item():.4f} ({_eta(t0, step, cfg.cls_steps, 0)})")
+            if step % cfg.valid_every == 0 or step == cfg.cls_steps:
+                run.log(stage="classifier", step=step, loss=loss.item(), **classifier_accuracy(classifier.cpu(), vboxes, vcls))
+                classifier.to(device)
+            if step % cfg.checkpoint_every == 0:
+                run.save_checkpoint(
+                    {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
+                )
+        stage, step, state = "segmenter", 0, None
+
+    # ---- stage 2: segmentation net from the classifier's trunk
+    if segmenter is None or not cfg.init:
+        segmenter = build_segmenter(classifier, rates=cfg.rates)
+    segmenter.to(device)
+    if state is not None and state.get("segmenter") is not None:
+        segmenter.load_state_dict(state["segmenter"])
+    sets = [(sim_train, 1.0 - (cfg.real_fraction if len(real) else 0.0))]
+    if len(real):
+        sets.append((real, cfg.real_fraction))
+    if user:
+        sets = [(user, 0.7), (sim_train, 0.3)]
+
+    def on_step(step, loss, opt):
+        if step % cfg.valid_every == 0 or step == cfg.seg_steps:
+            segmenter.cpu()
+            run.log(stage="segmenter", step=step, loss=loss, **validate_segmenter(segmenter, valid_sets))
+            segmenter.to(device)
+        if step % cfg.checkpoint_every == 0 or step == cfg.seg_steps:
+            run.save_checkpoint(
+                {
+                    "stage": "segmenter",
+                    "step": step,
+                    "classifier": classifier.state_dict(),
+                    "segmenter": segmenter.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                }
+            )
+
+    fit_segmenter(
+        segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
+        start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
+    )
+
+    # ---- final figures and the model file
+    classifier.cpu().eval()
+    segmenter.cpu().eval()
+    final = {"classifier": classifier_accuracy(classifier, vboxes, vcls)}
+    for snr, vset in valid_sets.items():
+        final[f"segmenter_snr{snr:g}"] = seg_metrics(segment_set(segmenter, vset), vset)
+    meta = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}, "validation": final}
+    save_models(model_out or (run.path / "model.pt"), classifier, segmenter, meta)
+    (run.path / "final.json").write_text(json.dumps(final, indent=1))
+    _log(f"final: {json.dumps(final)}")
+    return final
+
+
+def fit_segmenter(
+    segmenter,
+    sets: list,
+    steps: int,
+    batch: int,
+    crop: int,
+    lr: float,
+    gen: torch.Generator,
+    device: torch.device,
+    start: int = 0,
+    opt_state: dict | None = None,
+    on_step=None,
+) -> None:
+    """Train ``segmenter`` for ``steps`` steps on crops from ``sets`` ((LabelledSet, weight) pairs).
+
+    ``on_step(step, loss, optimizer)`` is called after every step (validation, checkpoints).
+    """
+    opt = torch.optim.AdamW(segmenter.parameters(), lr=lr, weight_decay=1e-4)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    t0 = time.time()
+    step = start
+    while step < steps:
+        segmenter.train()
+        x, y = seg_batch(sets, batch, crop, gen)
+        for g in opt.param_groups:
+            g["lr"] = _cosine(step, steps, lr)
+        loss = _seg_loss(segmenter(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            _log(f"segmenter step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
+        if on_step is not None:
+            on_step(step, loss.item(), opt)
+
+
+def validate_segmenter(segmenter, valid_sets: dict) -> dict:
+    """Particle IoU and pixel IoU on each validation set (keyed by SNR)."""
+    figures = {}
+    for snr, vset in valid_sets.items():
+        m = seg_metrics(segment_set(segmenter, vset), vset)
+        figures[f"iou_snr{snr:g}"] = m["particle_iou"]
+        figures[f"pixel_iou_snr{snr:g}"] = m["pixel_iou"]
+    return figures
+
+
+def labelled_from_star(path: str | Path) -> LabelledSet:
+    """A labelled set from the STAR file ``relion_pixer labels`` writes (micrograph, label map, coordinates)."""
+    from relion_pixer.labels import read_label_set
+
+    return read_label_set(path)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _eta(t0: float, step: int, total: int, start: int) -> str:
+    rate = (time.time() - t0) / max(1, step - start)
+    return f"{rate:.2f} s/step, {rate * (total - step) / 60:.1f} min left"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relion_pixer train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    parser.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, model.pt")
+    parser.add_argument("--model_out", help="where to write the final model file (default OUT/model.pt)")
+    parser.add_argument("--from-labels", "--from_labels", dest="from_labels", help="labels STAR from `relion_pixer labels` (fine-tuning)")
+    parser.add_argument("--init", help="start from this model file (default for fine-tuning: the shipped weights)")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", "--j", type=int, dest="threads")
+    parser.add_argument("--cls_steps", type=int)
+    parser.add_argument("--seg_steps", type=int)
+    parser.add_argument("--sim_train", type=int)
+    parser.add_argument("--sim_valid", type=int)
+    args = parser.parse_args(argv)
+    cfg = load_config(
+        args.config,
+        seed=args.seed,
+        threads=args.threads,
+        cls_steps=args.cls_steps,
+        seg_steps=args.seg_steps,
+        sim_train=args.sim_train,
+        sim_valid=args.sim_valid,
+        from_labels=args.from_labels,
+        init=args.init,
+    )
+    if cfg.from_labels and not cfg.init:
+        from importlib import resources
+
+        cfg.init = str(resources.files("relion_pixer") / "weights" / "pixer_v1.pt")
+    try:
+        train(cfg, args.out, args.model_out, resume=not args.no_resume)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"relion_pixer train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

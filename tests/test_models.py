@@ -1,0 +1,114 @@
+"""Networks: shapes, initialisation from the classifier, batch-norm folding, saving and loading, tiling."""
+
+import numpy as np
+import pytest
+import torch
+
+from relion_pixer import BOX_SIZE
+from relion_pixer.models import (
+    build_classifier,
+    build_segmenter,
+    fuse_batchnorm,
+    load_pretrained,
+    save_models,
+)
+from relion_pixer.segment import predict_probability
+
+
+def _randomise_bn(module):
+    gen = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+
+
+def test_classifier_shapes():
+    clf = build_classifier().eval()
+    out = clf(torch.randn(5, 1, BOX_SIZE, BOX_SIZE))
+    assert out.shape == (5, 3)
+    with pytest.raises(ValueError, match="64 x 64"):
+        clf(torch.randn(1, 1, 48, 48))
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (101, 77), (64, 200)])
+def test_segmenter_output_matches_input_size(shape):
+    seg = build_segmenter().eval()
+    out = seg(torch.randn(2, 1, *shape))
+    assert out.shape == (2, 3, *shape)
+
+
+def test_segmenter_initialised_from_classifier_trunk():
+    clf = build_classifier()
+    _randomise_bn(clf)
+    seg = build_segmenter(clf)
+    for (name, a), (_, b) in zip(clf.trunk.state_dict().items(), seg.trunk.state_dict().items()):
+        assert torch.equal(a, b), name
+    # a copy, not shared: training the segmenter must not change the classifier
+    next(seg.trunk.parameters()).data.add_(1.0)
+    assert not torch.equal(next(seg.trunk.parameters()), next(clf.trunk.parameters()))
+
+
+@pytest.mark.parametrize("rates", [(2,), (2, 4, 6, 8), (2, 4, 6, 8, 10)])
+def test_number_of_branches(rates):
+    seg = build_segmenter(rates=rates)
+    assert [b.rate for b in seg.branches] == list(rates)
+    with pytest.raises(ValueError):
+        build_segmenter(rates=())
+
+
+def test_fuse_batchnorm_keeps_outputs():
+    seg = build_segmenter().eval()
+    _randomise_bn(seg)
+    x = torch.randn(1, 1, 64, 80)
+    before = seg(x)
+    fuse_batchnorm(seg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seg.modules())
+    assert torch.allclose(before, seg(x), atol=1e-4)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    clf = build_classifier().eval()
+    _randomise_bn(clf)
+    seg = build_segmenter(clf, rates=(2, 4, 6)).eval()
+    path = tmp_path / "model.pt"
+    save_models(path, clf, seg, {"note": "test"})
+    # the file holds plain tensors and strings only
+    torch.load(path, weights_only=True)
+    models = load_pretrained(path)
+    assert models.meta["note"] == "test"
+    assert models.segmenter.rates == (2, 4, 6)
+    x = torch.randn(1, 1, 64, 64)
+    assert torch.allclose(models.segmenter(x), seg(x), atol=1e-4)
+    assert torch.allclose(models.classifier(x), clf(x), atol=1e-4)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_pretrained(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_pretrained(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="other.pt"):
+        load_pretrained(other)
+
+
+@pytest.mark.parametrize("shape", [(701, 1103), (1100, 699), (300, 257)])
+def test_tiled_inference_has_no_seams(shape):
+    torch.manual_seed(0)
+    seg = build_segmenter().eval()
+    _randomise_bn(seg)
+    fuse_batchnorm(seg)
+    img = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    whole = predict_probability(seg, img, tile=4096)
+    tiled = predict_probability(seg, img, tile=256, margin=64, batch_size=3)
+    assert whole.shape == shape
+    assert torch.allclose(whole, tiled, atol=1e-5)
+    both = predict_probability(seg, img, tile=256, all_classes=True)
+    assert both.shape == (3, *shape)
+    assert torch.allclose(both.sum(0), torch.ones(shape), atol=1e-5)

@@ -1,0 +1,68 @@
+"""Resampling keeps the field of view and maps coordinates exactly; normalisation is robust."""
+
+import numpy as np
+import pytest
+
+from relion_pixer.preprocess import normalise, prepare, resample, scale_factor, to_network, to_original
+
+
+def _blob(shape, x, y, sigma):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_scale_factor():
+    assert scale_factor(300, 5.36, 32) == pytest.approx(32 * 5.36 / 300)
+    with pytest.raises(ValueError, match="diameter"):
+        scale_factor(0, 1.0)
+    with pytest.raises(ValueError, match="pixel size"):
+        scale_factor(100, -1)
+
+
+@pytest.mark.parametrize("shape,factor", [((400, 600), 0.37), ((601, 399), 0.5), ((128, 96), 1.6)])
+def test_resample_maps_coordinates_exactly(shape, factor):
+    x, y = 0.41 * shape[1], 0.63 * shape[0]
+    img = _blob(shape, x, y, 12.0)
+    out, factors = resample(img, factor)
+    assert out.shape == (round(shape[0] * factor), round(shape[1] * factor))
+    assert factors == (out.shape[0] / shape[0], out.shape[1] / shape[1])
+    # the blob's centroid lands where to_network says
+    yy, xx = np.mgrid[0 : out.shape[0], 0 : out.shape[1]]
+    w = np.clip(out, 0, None)
+    cx, cy = (xx * w).sum() / w.sum(), (yy * w).sum() / w.sum()
+    expect = to_network([[x, y]], factors)[0]
+    assert cx == pytest.approx(expect[0], abs=0.05)
+    assert cy == pytest.approx(expect[1], abs=0.05)
+    back = to_original([[cx, cy]], factors)[0]
+    assert back == pytest.approx([x, y], abs=0.05 / min(factors) + 1e-6)
+
+
+def test_resample_keeps_mean_and_band_limited_signal():
+    rng = np.random.default_rng(0)
+    img = rng.normal(5.0, 1.0, (256, 256)).astype(np.float32)
+    out, _ = resample(img, 0.25)
+    assert out.mean() == pytest.approx(img.mean(), abs=1e-3)
+    # white noise loses power in proportion to the band kept
+    assert out.var() == pytest.approx(img.var() * 0.25**2, rel=0.15)
+
+
+def test_normalise_is_robust_to_gain_offset_gradient_and_8bit():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((300, 300)).astype(np.float32)
+    a = normalise(base)
+    yy, xx = np.mgrid[0:300, 0:300]
+    other = np.round(40 + 7.5 * base + 0.05 * xx + 0.03 * yy).clip(0, 255).astype(np.uint8)
+    b = normalise(other)
+    assert abs(float(np.median(b))) < 0.1
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    assert np.abs(b).max() <= 6.0
+    with pytest.raises(ValueError, match="contrast"):
+        normalise(np.full((64, 64), 3.0, np.float32))
+
+
+def test_prepare_gives_network_scale():
+    img = np.random.default_rng(2).standard_normal((1024, 768)).astype(np.float32)
+    net, factors = prepare(img, angpix=2.0, diameter_angstrom=128.0)  # 64 px particles -> 32 px
+    assert net.shape == (512, 384)
+    assert factors == (0.5, 0.5)
+    assert net.dtype == np.float32

@@ -1,0 +1,110 @@
+"""Tests of the micrograph simulator (small and fast: the whole file runs in well under a minute)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relion_pixer import BACKGROUND, CONTAMINATION, PARTICLE
+from relion_pixer.simulate import SHAPE_FAMILIES, random_config, simulate_micrograph
+
+
+def _sim(seed=0, **kw):
+    kw.setdefault("shape", (192, 192))
+    kw.setdefault("particle_diameter_px", 24)
+    return simulate_micrograph(np.random.default_rng(seed), **kw)
+
+
+def test_shapes_and_dtypes():
+    m = _sim(shape=(160, 200), n_ice=1)
+    assert m.image.shape == m.clean.shape == m.labels.shape == m.instances.shape == (160, 200)
+    assert m.image.dtype == np.float32 and m.clean.dtype == np.float32
+    assert m.labels.dtype == np.uint8 and m.instances.dtype == np.int32
+    assert m.coords.ndim == 2 and m.coords.shape[1] == 2 and len(m.coords) == len(m.diameters_px) > 0
+    assert set(np.unique(m.labels)) <= {BACKGROUND, PARTICLE, CONTAMINATION}
+    assert np.all(np.isfinite(m.image)) and np.all(np.isfinite(m.clean))
+    assert m.meta["n_particles"] == len(m.coords)
+    assert m.meta["snr_db"] == pytest.approx(10 * np.log10(m.meta["snr"]))
+
+
+def test_reproducible_by_seed():
+    a, b, c = _sim(3, n_ice=1, n_aggregates=1), _sim(3, n_ice=1, n_aggregates=1), _sim(4, n_ice=1, n_aggregates=1)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.coords, b.coords)
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("family", SHAPE_FAMILIES)
+def test_centres_labelled_particle_and_instances(family):
+    m = _sim(1, families=family, density=0.3, min_separation=0.8)
+    xy = np.rint(m.coords).astype(int)
+    assert len(xy) > 0
+    assert np.all(m.labels[xy[:, 1], xy[:, 0]] == PARTICLE)
+    # instance map: non-zero exactly on particle pixels, ids within range
+    assert np.array_equal(m.instances > 0, m.labels == PARTICLE)
+    assert m.instances.max() <= len(m.coords)
+    # the particle diameter is what was asked, within the size jitter
+    assert np.median(m.diameters_px) == pytest.approx(24, rel=0.1)
+
+
+def test_particles_are_dark():
+    m = _sim(2, shape=(256, 256), snr=100.0, defocus_um=2.0)
+    part = m.clean[m.labels == PARTICLE].mean()
+    bg = m.clean[m.labels == BACKGROUND].mean()
+    assert part < bg - 0.5 * m.clean[m.labels == BACKGROUND].std()
+
+
+@pytest.mark.parametrize("snr", [0.01, 0.1, 1.0])
+def test_snr_close_to_requested(snr):
+    # flat ice, no contamination: the noise-free background is flat, so the particles' signal can be measured
+    # independently of the simulator's own bookkeeping as clean - background level
+    m = _sim(5, shape=(256, 256), snr=snr, ice_gradient=0.0, quantise_8bit=False, density=0.3)
+    p = m.labels == PARTICLE
+    far = m.labels == BACKGROUND
+    signal = m.clean[p] - np.median(m.clean[far])
+    noise = (m.image - m.clean)[p]
+    measured = np.mean(signal.astype(np.float64) ** 2) / np.var(noise.astype(np.float64))
+    assert measured == pytest.approx(snr, rel=0.25)
+    assert m.meta["snr_measured"] == pytest.approx(snr, rel=0.15)
+
+
+def test_empty_micrograph():
+    m = _sim(6, empty=True, snr=0.05)
+    assert len(m.coords) == 0 and len(m.diameters_px) == 0
+    assert not np.any(m.labels == PARTICLE) and not np.any(m.instances)
+    assert m.image.std() > 0
+
+
+def test_contamination_labelled_2():
+    m = _sim(7, shape=(256, 256), n_ice=3, n_aggregates=1, carbon_edge=True, carbon_fraction=(0.2, 0.3))
+    cont = m.labels == CONTAMINATION
+    assert cont.mean() > 0.15
+    # contamination is dense: darker than the plain ice in the noise-free image
+    assert m.clean[cont].mean() < m.clean[m.labels == BACKGROUND].mean()
+    xy = np.rint(m.coords).astype(int)
+    assert not np.any(cont[xy[:, 1], xy[:, 0]])
+
+
+def test_quantised_export_like_real():
+    m = _sim(8, quantise_8bit=True, export_mean=90.0, export_sd=7.0)
+    assert np.array_equal(m.image, np.rint(m.image)) and m.image.min() >= 0 and m.image.max() <= 255
+    assert m.image.mean() == pytest.approx(90.0, abs=1.0) and m.image.std() == pytest.approx(7.0, rel=0.1)
+
+
+def test_random_config_drives_simulator():
+    rng = np.random.default_rng(9)
+    for _ in range(4):
+        cfg = random_config(rng, shape=(128, 128), particle_diameter_px=32)
+        assert cfg["particle_diameter_px"] == 32
+        m = simulate_micrograph(rng, **cfg)
+        assert m.image.shape == (128, 128)
+    assert random_config(np.random.default_rng(1)) == random_config(np.random.default_rng(1))
+    assert random_config(np.random.default_rng(1), snr=0.3)["snr"] == 0.3
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="unknown shape family"):
+        _sim(families="banana")
+    with pytest.raises(TypeError):
+        _sim(no_such_option=1)
