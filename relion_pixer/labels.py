@@ -37,7 +37,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relion_pixer import PARTICLE
+from relion_pixer import NET_DIAMETER_PX, PARTICLE
+from relion_pixer.io import atomic_output_path, atomic_write, format_star_table, write_coordinates_star
 from relion_pixer.masks import MASK_FRACTION, binarise_projection
 from relion_pixer.projection import Projector, lowpass_volume, resample_volume
 
@@ -58,6 +58,7 @@ __all__ = [
     "read_micrograph_pixel_sizes",
     "particle_centres",
     "make_labels",
+    "read_label_set",
     "main",
     "LABELS_STAR",
     "LABEL_COLUMN",
@@ -430,57 +431,36 @@ class MaskRenderer:
 # writing
 
 
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path beside ``path``; on success move it over ``path`` (``os.replace``)."""
+def _write_text(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path, text: str) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_write(path) as fh:
+        fh.write(text)
 
 
 def _write_label_mrc(path, label: np.ndarray, angpix: float) -> None:
     import mrcfile
 
-    with _atomic_path(path) as tmp:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_path(path) as tmp:
         # mode 0 (8-bit): values 0..2 read the same whether a program takes mode 0 as signed or unsigned
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(label.astype(np.int8, copy=False))
             mrc.voxel_size = angpix
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.6f}"
-    s = str(v)
-    if s == "" or any(ch.isspace() for ch in s):
-        return '"' + s.replace('"', "'") + '"'
-    return s
-
-
-def _star_loop(name: str, columns: dict[str, list]) -> str:
-    lines = ["", "# version 50001", "", f"data_{name}", "", "loop_"]
-    lines += [f"_{col} #{i + 1}" for i, col in enumerate(columns)]
-    rows = zip(*columns.values()) if columns else []
-    lines += [" ".join(_fmt(v) for v in row) for row in rows]
-    return "\n".join(lines) + "\n \n"
-
-
 def _star_pairs(name: str, pairs: dict) -> str:
+    """A key-value (non-loop) STAR block."""
+
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return f"{float(v):.6f}"
+        v = str(v)
+        return '"' + v + '"' if (v == "" or any(ch.isspace() for ch in v)) else v
+
     lines = ["", "# version 50001", "", f"data_{name}", ""]
-    lines += [f"_{key} {_fmt(val)}" for key, val in pairs.items()]
+    lines += [f"_{key} {fmt(val)}" for key, val in pairs.items()]
     return "\n".join(lines) + "\n \n"
 
 
@@ -654,7 +634,8 @@ def make_labels(
         label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
         coords_path = out_dir / rel.parent / f"{rel.name}_coords.star"
         _write_label_mrc(label_path, label, apix)
-        _write_text(coords_path, _star_loop("", {"rlnCoordinateX": list(cx), "rlnCoordinateY": list(cy)}))
+        coords_path.parent.mkdir(parents=True, exist_ok=True)
+        write_coordinates_star(coords_path, np.stack([cx, cy], axis=1), fom=np.ones(len(cx)))
         rows["rlnMicrographName"].append(name)
         rows["rlnMicrographCoordinates"].append(str(coords_path))
         rows[LABEL_COLUMN].append(str(label_path))
@@ -674,8 +655,117 @@ def make_labels(
         "pixerParticles": str(in_parts),
     }
     star_path = out_dir / LABELS_STAR
-    _write_text(star_path, _star_pairs("pixer_labels", general) + _star_loop("coordinate_files", rows))
+    _write_text(star_path, _star_pairs("pixer_labels", general) + format_star_table("coordinate_files", rows))
     return LabelSet(star_path, pd.DataFrame(rows), diameter, n_done, time.perf_counter() - t_start)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading a label set back (fine-tuning)
+
+
+def _find(name: str, bases: list[Path], what: str, star) -> Path:
+    p = Path(name)
+    if p.is_absolute():
+        if p.is_file():
+            return p
+    else:
+        for base in bases:
+            if (base / p).is_file():
+                return base / p
+    raise LabelError(star, f"{what} {name!r} not found (looked relative to {', '.join(str(b) for b in bases[:3])}, ...)")
+
+
+def _nearest(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
+    rows = np.minimum(np.round(np.arange(shape[0]) * label.shape[0] / shape[0]).astype(int), label.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(shape[1]) * label.shape[1] / shape[1]).astype(int), label.shape[1] - 1)
+    return label[np.ix_(rows, cols)]
+
+
+def read_label_set(
+    path,
+    *,
+    diameter_angstrom: float | None = None,
+    project_dir=None,
+    background_within: float | None = None,
+    ignore: int = 255,
+):
+    """Read what :func:`make_labels` wrote, at network scale, as a :class:`relion_pixer.train.LabelledSet`.
+
+    Each micrograph is read and brought to network scale exactly as the picker does
+    (:func:`relion_pixer.preprocess.prepare` with the particle diameter, so that a particle is
+    :data:`relion_pixer.NET_DIAMETER_PX` pixels wide); its label map is resampled onto the same grid
+    (nearest neighbour) and its particle centres are mapped with the same factors.
+
+    Parameters
+    ----------
+    path : path
+        ``labels.star`` written by ``relion_pixer labels``.
+    diameter_angstrom : float, optional
+        Particle diameter for the resampling (default: ``_pixerParticleDiameterAngst`` of the file, the median
+        largest extent of the masks).
+    project_dir : path, optional
+        Directory the file names are relative to (default: the current directory, then the ancestors of ``path``,
+        so that ``External/jobNNN/labels.star`` works from inside or outside the project).
+    background_within : float, optional
+        Only refined particles are labelled, so background far from them may hide unrefined particles: when given,
+        background pixels farther than this many particle diameters from every labelled centre become ``ignore``.
+    ignore : int
+        Label value for pixels the loss should ignore.
+    """
+    import mrcfile
+
+    from relion_pixer.io import read_coordinates_star, read_micrograph
+    from relion_pixer.preprocess import prepare, to_network
+    from relion_pixer.train import LabelledSet
+
+    path = Path(path)
+    blocks = _read_star(path)
+    table = blocks.get("coordinate_files")
+    if not isinstance(table, pd.DataFrame):
+        raise LabelError(path, "no data_coordinate_files table (not written by relion_pixer labels?)")
+    missing = [c for c in ("rlnMicrographName", LABEL_COLUMN, "rlnMicrographCoordinates") if c not in table.columns]
+    if missing:
+        raise LabelError(path, f"missing column(s) {', '.join('_' + c for c in missing)}")
+    if diameter_angstrom is None:
+        general = blocks.get("pixer_labels")
+        value = general.get("pixerParticleDiameterAngst") if isinstance(general, dict) else None
+        if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+            raise LabelError(path, "no particle diameter (_pixerParticleDiameterAngst): give diameter_angstrom")
+        diameter_angstrom = float(value)
+    bases = [Path(project_dir)] if project_dir else [Path.cwd()]
+    bases += list(path.resolve().parent.parents)
+    bases.insert(1, path.resolve().parent)
+
+    images, labels, coords, names = [], [], [], []
+    for _, row in table.iterrows():
+        mic = _find(str(row["rlnMicrographName"]), bases, "micrograph", path)
+        image, header_apix = read_micrograph(mic)
+        apix = float(row["rlnMicrographPixelSize"]) if "rlnMicrographPixelSize" in table.columns else header_apix
+        if not apix:
+            raise LabelError(path, f"no pixel size for {mic}")
+        label = np.asarray(mrcfile.read(_find(str(row[LABEL_COLUMN]), bases, "label map", path))).astype(np.uint8)
+        if label.shape != image.shape:
+            raise LabelError(path, f"label map of {mic} is {label.shape[::-1]} px, the micrograph {image.shape[::-1]}")
+        table_xy = read_coordinates_star(_find(str(row["rlnMicrographCoordinates"]), bases, "coordinates", path))
+        net, factors = prepare(image, apix, diameter_angstrom)
+        lab = _nearest(label, net.shape)
+        xy = to_network(table_xy[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64), factors)
+        if background_within is not None:
+            from scipy.spatial import cKDTree
+
+            far = np.ones(net.shape, dtype=bool)
+            if len(xy):
+                yy, xx = np.mgrid[0 : net.shape[0], 0 : net.shape[1]]
+                dist, _ = cKDTree(xy).query(np.stack([xx.ravel(), yy.ravel()], 1), k=1)
+                far = dist.reshape(net.shape) > background_within * NET_DIAMETER_PX
+            lab = lab.copy()
+            lab[far & (lab == 0)] = ignore
+        images.append(net)
+        labels.append(lab)
+        coords.append(xy.astype(np.float32))
+        names.append(Path(str(row["rlnMicrographName"])).stem)
+    return LabelledSet(images, labels, coords, None, names)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -683,8 +773,8 @@ def make_labels(
 
 
 def _write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> None:
-    text = _star_loop("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
-                                        "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
+    text = format_star_table("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
+                                              "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
     _write_text(out_dir / "RELION_OUTPUT_NODES.star", text)
 
 

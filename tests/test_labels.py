@@ -296,7 +296,7 @@ def _simulated_refinement(tmp_path, rng, style: str):
             rows.append(dict(rlnMicrographName=name, rlnCoordinateX=x, rlnCoordinateY=y, rlnAngleRot=r,
                              rlnAngleTilt=t, rlnAnglePsi=p, ox=ox, oy=oy))
         # micrograph files: header pixel size deliberately wrong where another source must win
-        write_mrc(tmp_path / name, np.zeros(shape, np.float32), mic_apix if style == "31" else 1.0)
+        write_mrc(tmp_path / name, rng.normal(size=shape).astype(np.float32), mic_apix if style == "31" else 1.0)
     df = pd.DataFrame(rows)
     args = []
     if style == "31":
@@ -360,7 +360,37 @@ def test_end_to_end_labels_match_simulated_label_maps(tmp_path, rng, monkeypatch
         assert row["rlnMicrographPixelSize"] == pytest.approx(4.0) and row["pixerNrParticles"] == 9
         coords = starfile.read(row["rlnMicrographCoordinates"])
         assert list(coords.columns[:2]) == ["rlnCoordinateX", "rlnCoordinateY"] and len(coords) == 9
-    assert not list(job.rglob("*.tmp*"))  # atomic writes leave no temporaries
+    assert not list(job.rglob("*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_label_set_reads_back_at_network_scale(tmp_path, rng, monkeypatch):
+    from relion_pixer import NET_DIAMETER_PX
+    from relion_pixer.labels import read_label_set
+    from relion_pixer.train import labelled_from_star
+
+    monkeypatch.chdir(tmp_path)
+    extra, truths = _simulated_refinement(tmp_path, rng, "31")
+    assert main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", "External/job012/"]) == 0
+    star = "External/job012/labels.star"
+    diameter = starfile.read(star, always_dict=True)["pixer_labels"]["pixerParticleDiameterAngst"]
+    data = labelled_from_star(star)  # the trainer's entry point (--from-labels)
+    assert len(data) == 2 and sorted(data.names) == ["mic0", "mic1"]
+    factor = NET_DIAMETER_PX * 4.0 / diameter
+    for img, lab, xy in zip(data.images, data.labels, data.coords):
+        assert img.shape == lab.shape == tuple(int(round(n * factor)) for n in (260, 300))
+        assert lab.dtype == np.uint8 and set(np.unique(lab)) == {0, PARTICLE}
+        assert xy.shape == (9, 2)
+        inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < lab.shape[1] - 0.5) & (xy[:, 1] < lab.shape[0] - 0.5)
+        centres = np.round(xy[inside]).astype(int)
+        assert lab[centres[:, 1], centres[:, 0]].mean() > 0.8  # particle centres fall on particle pixels
+        # the particle fraction is kept by the resampling
+        assert abs(lab.mean() - np.mean([t.mean() for t in truths.values()])) < 0.02
+    # from outside the project, and with far background ignored
+    monkeypatch.chdir(tmp_path / "External")
+    far = read_label_set(tmp_path / star, background_within=1.0, diameter_angstrom=diameter)
+    assert 255 in np.unique(far.labels[0]) and (far.labels[0] == PARTICLE).sum() == (data.labels[0] == PARTICLE).sum()
+    with pytest.raises(LabelError, match="coordinate_files"):
+        read_label_set(tmp_path / "run_data.star")
 
 
 def test_end_to_end_wrong_origin_unit_would_fail(tmp_path, rng, monkeypatch):
