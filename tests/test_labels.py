@@ -434,3 +434,60 @@ def test_job_failures_write_the_failure_marker(tmp_path, monkeypatch, capsys):
     assert main(["--in_parts", "parts.star", "--in_3dref", "map.mrc", "--o", "job/"]) == 0
     assert (tmp_path / "job" / "RELION_JOB_EXIT_SUCCESS").exists()
     assert not (tmp_path / "job" / "RELION_JOB_EXIT_FAILURE").exists()
+
+
+def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch):
+    """The simulator's own rendering of particle labels (pseudo-atomic model, splatted projection, shared
+    binarise_projection) against labels reprojected from a 3D map of the same model."""
+    import scipy.ndimage
+
+    from relion_pixer.projection import euler_matrix
+    from relion_pixer.simulate.micrograph import _project_points, _slices
+    from relion_pixer.simulate.shapes import make_shape
+
+    monkeypatch.chdir(tmp_path)
+    model = make_shape(np.random.default_rng(7), "ribosome", diameter=240.0, n_points=3000)
+    mic_apix, shape = 5.0, (280, 320)
+    # the simulator's label map: a point q of the model lands at (R q)[:2]; RELION's matrix A does the same
+    n = 7
+    centres = rng.uniform([20, 20], [shape[1] - 20, shape[0] - 20], size=(n, 2))
+    centres[0] = [3.3, 140.6]  # half outside
+    centres[1] = centres[2] + [30.0, 12.0]  # overlapping
+    angles = np.column_stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))),
+                              rng.uniform(-180, 180, n)])
+    truth = np.zeros(shape, np.uint8)
+    for (x, y), a in zip(centres, angles):
+        R = euler_matrix(*a)
+        patch, half = _project_points(model.xyz, model.weight, R, mic_apix, model.blob_sigma,
+                                      (x - np.floor(x), y - np.floor(y)))
+        dst, src = _slices(shape, int(np.floor(y)) - half, int(np.floor(x)) - half, 2 * half + 1)
+        truth[dst][binarise_projection(patch)[src]] = PARTICLE
+    # the "refined map": the same model as a density (points splatted trilinearly, blurred by the point size)
+    vox, box = 2.5, 112
+    g = model.xyz / vox + box // 2  # (x, y, z) voxel coordinates
+    vol = np.zeros((box,) * 3, np.float64)
+    i0 = np.floor(g).astype(int)
+    f = g - i0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                w = model.weight * np.abs(1 - dx - f[:, 0]) * np.abs(1 - dy - f[:, 1]) * np.abs(1 - dz - f[:, 2])
+                np.add.at(vol, (i0[:, 2] + dz, i0[:, 1] + dy, i0[:, 0] + dx), w)
+    vol = scipy.ndimage.gaussian_filter(vol, model.blob_sigma / vox).astype(np.float32)
+    write_mrc(tmp_path / "run_class001.mrc", vol, vox)
+    write_mrc(tmp_path / "Micrographs" / "sim.mrc", rng.normal(size=shape).astype(np.float32), mic_apix)
+    coords = np.trunc(centres) + rng.integers(-5, 6, size=centres.shape)
+    origin_a = (np.trunc(coords) - centres) * mic_apix
+    df = pd.DataFrame({"rlnMicrographName": "Micrographs/sim.mrc", "rlnCoordinateX": coords[:, 0],
+                       "rlnCoordinateY": coords[:, 1], "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1],
+                       "rlnAnglePsi": angles[:, 2], "rlnOriginXAngst": origin_a[:, 0],
+                       "rlnOriginYAngst": origin_a[:, 1], "rlnOpticsGroup": 1})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnImagePixelSize": [vox], "rlnMicrographPixelSize": [mic_apix]})
+    _star(tmp_path / "run_data.star", {"optics": optics, "particles": df})
+    assert main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", "job/"]) == 0
+    label = mrcfile.read(tmp_path / "job" / "Micrographs" / "sim_labels.mrc").astype(np.uint8)
+    assert iou(label, truth) >= 0.8
+    # and the transposed convention (angles of the inverse rotation) would not do
+    bad = MaskRenderer(vol, vox, mic_apix).render(shape, -angles[:, 2], -angles[:, 1], -angles[:, 0], centres)
+    assert iou(bad, truth) < iou(label, truth) - 0.15
