@@ -5,7 +5,8 @@ A synthetic refinement: ``--particles`` particles at random orientations (unifor
 spread over ``--mics`` micrographs of ``--size`` x ``--size`` pixels, projected from the 65^3 70S ribosome map of
 ``../shared/data/maps`` (or, when that is absent, a 65^3 map of Gaussian blobs). Three micrograph pixel sizes
 relative to the map's voxel: the same, twice as coarse (the map is Fourier-cropped to the micrograph scale) and
-twice as fine (the working projection is upsampled, masks are 4x larger).
+twice as fine (the working projection is upsampled, masks are 4x larger); and the first case again with the
+real-space projector instead of Fourier slices.
 
 Prints, per case: total time of ``make_labels`` (reading, projecting, resampling, binarising, pasting, writing
 label MRCs and STAR files), particles per minute, and the time in projection alone.
@@ -18,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -51,7 +53,7 @@ def _map() -> tuple[np.ndarray, str]:
 
 
 def run_case(root: Path, vol: np.ndarray, map_apix: float, mic_apix: float, n_parts: int, n_mics: int, size: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, method: str = "fourier") -> dict:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     with mrcfile.new(root / "map.mrc", overwrite=True) as mrc:
@@ -79,22 +81,21 @@ def run_case(root: Path, vol: np.ndarray, map_apix: float, mic_apix: float, n_pa
                            "rlnImagePixelSize": [map_apix], "rlnMicrographPixelSize": [mic_apix]})
     starfile.write({"optics": optics, "particles": df}, root / "run_data.star", overwrite=True)
 
-    renderer = MaskRenderer(vol, map_apix, mic_apix)
+    renderer = MaskRenderer(vol, map_apix, mic_apix, method=method)
     t = time.perf_counter()
     renderer.projections(df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"])
     t_proj = time.perf_counter() - t
-
-    import os
 
     cwd = os.getcwd()
     os.chdir(root)
     try:
         t = time.perf_counter()
-        result = make_labels("run_data.star", "map.mrc", "External/job001/", log=lambda *_: None)
+        result = make_labels("run_data.star", "map.mrc", "External/job001/", method=method, log=lambda *_: None)
         total = time.perf_counter() - t
     finally:
         os.chdir(cwd)
     return {
+        "projector": method,
         "mic/map pixel": mic_apix / map_apix,
         "working box": renderer.box,
         "mask box (px)": renderer.mask_box,
@@ -117,13 +118,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     vol, source = _map()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"map: {source}, {vol.shape[0]}^3; {args.particles} particles into {args.mics} micrographs of "
           f"{args.size}^2 px; torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mic_apix in (2.0, 4.0, 1.0):
-            rows.append(run_case(Path(tmp) / f"case{mic_apix}", vol, 2.0, mic_apix, args.particles, args.mics,
-                                 args.size))
+        for mic_apix, method in ((2.0, "fourier"), (4.0, "fourier"), (1.0, "fourier"), (2.0, "real")):
+            rows.append(run_case(Path(tmp) / f"case{mic_apix}{method}", vol, 2.0, mic_apix, args.particles,
+                                 args.mics, args.size, method=method))
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(table.to_string(index=False))

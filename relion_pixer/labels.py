@@ -22,12 +22,17 @@ Outputs, in ``--o``:
 
 * ``<mic path without its first two components>/<stem>_labels.mrc``: the label map (MRC mode 0, 8-bit; values
   0 background, 1 particle), with the micrograph's pixel size in the header;
-* ``.../<stem>_coords.star``: the particle centres (``_rlnCoordinateX/Y``, micrograph pixels);
+* ``.../<stem>_coords.star``: the particle centres (``_rlnCoordinateX/Y``, 0-based micrograph pixels, float);
 * ``labels.star``: table ``data_coordinate_files`` with ``_rlnMicrographName``, ``_rlnMicrographCoordinates``,
   ``_pixerLabelName``, ``_rlnMicrographPixelSize`` and ``_pixerNrParticles``, plus a ``data_pixer_labels`` block
   with the estimated particle diameter (``_pixerParticleDiameterAngst``) and the settings used;
 * ``RELION_OUTPUT_NODES.star`` declaring ``labels.star``, and ``RELION_JOB_EXIT_SUCCESS`` (or
   ``RELION_JOB_EXIT_FAILURE`` with the reason on stderr).
+
+All paths in ``labels.star`` are relative to the project directory (RELION style) when ``--o`` is.
+:func:`read_label_set` reads the set back at network scale for fine-tuning (``relion_pixer train --from-labels``).
+The coordinate files are RELION autopick files (``_rlnCoordinateX/Y``, figure of merit 1), and ``labels.star`` is a
+valid RELION coordinate-file list (RELION 4/5 keep the unknown ``_pixer*`` columns, with a warning).
 """
 
 from __future__ import annotations
