@@ -120,8 +120,8 @@ def interaction_constant(voltage_kv: float) -> float:
 
 
 def _freq_grids(shape: tuple[int, int], angpix: float):
-    ky = scipy.fft.fftfreq(shape[0], d=angpix)
-    kx = scipy.fft.rfftfreq(shape[1], d=angpix)
+    ky = scipy.fft.fftfreq(shape[0], d=angpix).astype(np.float32)
+    kx = scipy.fft.rfftfreq(shape[1], d=angpix).astype(np.float32)
     return ky[:, None], kx[None, :]
 
 
@@ -162,24 +162,28 @@ def ctf_2d(
     ky, kx = _freq_grids(shape, angpix)
     k2 = kx**2 + ky**2
     ang = np.arctan2(ky, kx)
-    dz = 0.5 * (defocus_u + defocus_v) + 0.5 * (defocus_u - defocus_v) * np.cos(2.0 * (ang - math.radians(defocus_angle)))
+    dz = np.float32(0.5 * (defocus_u + defocus_v)) + np.float32(0.5 * (defocus_u - defocus_v)) * np.cos(
+        2.0 * (ang - np.float32(math.radians(defocus_angle)))
+    )
     lam = electron_wavelength(voltage)
     cs_a = cs * 1e7
-    chi = math.pi * lam * dz * k2 - 0.5 * math.pi * cs_a * lam**3 * k2**2 + math.radians(phase_shift)
+    chi = np.float32(math.pi * lam) * dz * k2 - np.float32(0.5 * math.pi * cs_a * lam**3) * k2 * k2
+    if phase_shift:
+        chi += np.float32(math.radians(phase_shift))
     w = float(amplitude_contrast)
-    ctf = math.sqrt(1.0 - w * w) * np.sin(chi) + w * np.cos(chi)
+    ctf = np.float32(math.sqrt(1.0 - w * w)) * np.sin(chi) + np.float32(w) * np.cos(chi)
     if bfactor:
-        ctf = ctf * np.exp(-0.25 * bfactor * k2)
+        ctf *= np.exp(np.float32(-0.25 * bfactor) * k2)
     return ctf.astype(np.float32)
 
 
 def _mtf_2d(shape: tuple[int, int], blur_px: float) -> np.ndarray:
     """Detector MTF on the rfft2 grid: pixel-integration sinc times a Gaussian of ``blur_px`` pixels."""
-    fy = scipy.fft.fftfreq(shape[0])[:, None]
-    fx = scipy.fft.rfftfreq(shape[1])[None, :]
+    fy = scipy.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+    fx = scipy.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
     mtf = np.sinc(fx) * np.sinc(fy)
     if blur_px > 0:
-        mtf = mtf * np.exp(-2.0 * (math.pi * blur_px) ** 2 * (fx**2 + fy**2))
+        mtf = mtf * np.exp(np.float32(-2.0 * (math.pi * blur_px) ** 2) * (fx**2 + fy**2))
     return mtf.astype(np.float32)
 
 
@@ -234,18 +238,20 @@ def _slices(shape, r0: int, c0: int, n: int):
 
 
 def _smooth_field(rng, shape, n_waves: int = 4, max_cycles: float = 1.5) -> np.ndarray:
-    """Smooth random field in [-1, 1]-ish: a sum of low-frequency plane waves (separable, cheap)."""
+    """Smooth random field of unit-order amplitude: a sum of low-frequency plane waves.
+
+    ``cos(a x + b y + p) = cos(a x + p) cos(b y) - sin(a x + p) sin(b y)``, so the sum is one small matrix product.
+    """
     H, W = shape
-    y = np.arange(H, dtype=np.float32)[:, None] / max(H, W)
-    x = np.arange(W, dtype=np.float32)[None, :] / max(H, W)
-    out = np.zeros(shape, dtype=np.float32)
-    for _ in range(n_waves):
-        fx, fy = rng.uniform(-max_cycles, max_cycles, 2)
-        ph = rng.uniform(0, 2 * np.pi)
-        a = 2 * np.pi * fx * x + ph
-        b = 2 * np.pi * fy * y
-        out += np.cos(a) * np.cos(b) - np.sin(a) * np.sin(b)
-    return out / math.sqrt(n_waves)
+    y = np.arange(H, dtype=np.float64) / max(H, W)
+    x = np.arange(W, dtype=np.float64) / max(H, W)
+    fx, fy = rng.uniform(-max_cycles, max_cycles, (2, n_waves))
+    ph = rng.uniform(0, 2 * np.pi, n_waves)
+    a = 2 * np.pi * fx[:, None] * x[None, :] + ph[:, None]  # (K, W)
+    b = 2 * np.pi * fy[:, None] * y[None, :]  # (K, H)
+    left = np.concatenate([np.cos(b), -np.sin(b)]).T.astype(np.float32)  # (H, 2K)
+    right = np.concatenate([np.cos(a), np.sin(a)]).astype(np.float32)  # (2K, W)
+    return (left @ right) / np.float32(math.sqrt(n_waves))
 
 
 def _sphere_cluster(rng, diameter_px: float, n_spheres: int):
@@ -291,6 +297,7 @@ def simulate_micrograph(
     *,
     families: tuple[str, ...] | str = SHAPE_FAMILIES,
     model_files: tuple | list = (),
+    models: list | None = None,
     diameter_A: float | None = None,
     n_species: int = 1,
     size_jitter: float = 0.05,
@@ -306,9 +313,10 @@ def simulate_micrograph(
     astigmatism_angle: float | None = None,
     bfactor: float = 100.0,
     dose: float = 40.0,
-    mtf_blur_px: float = 0.6,
+    structural_noise: float = 0.4,
+    mtf_blur_px: float = 0.35,
     ice_thickness_A: float = 400.0,
-    ice_gradient: float = 0.2,
+    ice_gradient: float = 0.1,
     n_ice: int = 0,
     ice_size: tuple[float, float] = (1.0, 5.0),
     n_aggregates: int = 0,
@@ -339,6 +347,8 @@ def simulate_micrograph(
         Procedural shape families to draw species from (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`).
     model_files : sequence of path
         Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not empty).
+    models : list of ParticleModel, optional
+        Use these particle models (e.g. the same species across a data set) instead of drawing species.
     diameter_A : float, optional
         Particle diameter in Angstrom when ``particle_diameter_px`` is None.
     n_species : int
@@ -362,6 +372,9 @@ def simulate_micrograph(
         Envelope B-factor (A^2): coherence, drift and detector losses.
     dose : float
         Electrons per A^2, used when ``snr`` is None.
+    structural_noise : float
+        Fraction (0..0.95) of the noise power that comes from the vitreous ice's amorphous structure (a random
+        phase field imaged through the CTF: Thon rings in the background); the rest is shot noise.
     mtf_blur_px : float
         Gaussian charge-spread of the detector MTF in pixels (0: sinc only).
     ice_thickness_A, ice_gradient : float
@@ -406,7 +419,10 @@ def simulate_micrograph(
     # ---- particle species, scaled to the wanted size
     if particle_diameter_px is not None:
         diameter_A = float(particle_diameter_px) * angpix
-    species = _build_species(rng, max(1, int(n_species)), families, model_files, diameter_A, n_points)
+    if models:
+        species = list(models)
+    else:
+        species = _build_species(rng, max(1, int(n_species)), families, model_files, diameter_A, n_points)
     if diameter_A is not None:
         species = [m.scaled(diameter_A) for m in species]
     d_nominal_px = float(np.mean([m.diameter for m in species])) / angpix
@@ -525,31 +541,45 @@ def simulate_micrograph(
     sig_part = _irfft(mtf * _rfft(-2.0 * transmission * c_part), (H, W))
 
     pmask = labels == PARTICLE
-    mtf_power = float(_mean_power_rfft(mtf, W))
-    mean_int = float(intensity[pmask].mean()) if pmask.any() else float(intensity.mean())
-    if pmask.any():
-        unit_signal = float(np.mean(sig_part[pmask].astype(np.float64) ** 2))
-    else:
-        unit_signal = 0.0
+    region = pmask if pmask.any() else np.ones((H, W), dtype=bool)
+    mtf_power = _mean_power_rfft(mtf, W)
+    mean_int = float(intensity[region].mean())
+    unit_signal = float(np.mean(sig_part[pmask].astype(np.float64) ** 2)) if pmask.any() else 0.0
+    # vitreous-ice structure: an amorphous random phase field seen through the CTF and MTF; it puts Thon rings
+    # into the background as in real micrographs. Part of the noise, not of the clean image.
+    f_struct = float(np.clip(structural_noise, 0.0, 0.95))
+    struct_unit = None
+    if f_struct > 0:
+        spec = rng.standard_normal((H, W // 2 + 1), dtype=np.float32) + 1j * rng.standard_normal(
+            (H, W // 2 + 1), dtype=np.float32
+        )
+        struct_unit = -2.0 * transmission * _irfft(ctf * mtf * spec, (H, W))
+        u_struct = float(np.mean(struct_unit[region].astype(np.float64) ** 2))
     if snr is not None:
         if unit_signal <= 0:
             # no particles here: calibrate on virtual particles so the noise level matches the requested SNR
             unit_signal, mean_int = _virtual_calibration(
                 rng, species, (H, W), angpix, size_jitter, density, ctf, mtf, transmission, sigma
             )
-        counts_per_px = snr * mean_int * mtf_power / unit_signal
+        # shot-noise power (1 - f) P_noise = mean_int * c * mtf_power, with P_noise = unit_signal c^2 / snr
+        counts_per_px = snr * mean_int * mtf_power / ((1.0 - f_struct) * unit_signal)
         dose_used = counts_per_px / (angpix * angpix)
     else:
         dose_used = float(dose)
         counts_per_px = dose_used * angpix * angpix
-    expected = (counts_per_px * intensity).astype(np.float64)
+    expected = counts_per_px * intensity
     clean = _irfft(mtf * _rfft(expected), (H, W))
-    shot = rng.poisson(expected).astype(np.float32) - expected.astype(np.float32)
+    shot = rng.poisson(expected).astype(np.float32) - expected
     noise = _irfft(mtf * _rfft(shot), (H, W))
+    shot_power = mean_int * counts_per_px * mtf_power
+    struct_power = 0.0
+    if struct_unit is not None:
+        struct_power = f_struct / (1.0 - f_struct) * shot_power
+        noise += (math.sqrt(struct_power / u_struct) * struct_unit).astype(np.float32)
     image = clean + noise
 
     signal_power = unit_signal * counts_per_px**2
-    noise_power = mean_int * counts_per_px * mtf_power
+    noise_power = shot_power + struct_power
     snr_expected = signal_power / noise_power if signal_power > 0 else float("nan")
     if pmask.any():
         noise_measured = float(np.var(noise[pmask].astype(np.float64)))
@@ -581,6 +611,8 @@ def simulate_micrograph(
         "signal_power": float(signal_power),
         "noise_power": float(noise_power),
         "dose": float(dose_used),
+        "counts_per_px": float(counts_per_px),
+        "structural_noise": f_struct,
         "voltage": float(voltage),
         "cs": float(cs),
         "amplitude_contrast": float(amplitude_contrast),
@@ -681,7 +713,8 @@ def _mean_power_rfft(h: np.ndarray, width: int) -> float:
     w[0] = 1.0
     if width % 2 == 0:
         w[-1] = 1.0
-    return float((np.abs(h.astype(np.float64)) ** 2 * w[None, :]).sum() / (h.shape[0] * width))
+    col = np.einsum("ij,ij->j", h, h, dtype=np.float64) if not np.iscomplexobj(h) else (np.abs(h) ** 2).sum(axis=0)
+    return float((col * w).sum() / (h.shape[0] * width))
 
 
 def _db(x) -> float:
