@@ -39,6 +39,19 @@ def radial_power(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return k[keep], prof[keep]
 
 
+def _save_small(fig, path: Path, dpi: int) -> None:
+    """Save a figure as a 256-colour PNG (a third of the RGBA size; the images are grey anyway)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    img.save(path, optimize=True)
+
+
 def simulated(seed: int, snr: float, **kw):
     rng = np.random.default_rng(seed)
     opts = dict(
@@ -61,7 +74,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(REPO / "docs"))
-    ap.add_argument("--snr", type=float, default=0.1)
+    ap.add_argument("--snr", type=float, default=0.5)
     args = ap.parse_args(argv)
 
     import matplotlib
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
     fig.tight_layout()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "simulator_gallery.png", dpi=62)
+    _save_small(fig, out / "simulator_gallery.png", dpi=62)
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -131,7 +144,7 @@ def main(argv=None) -> int:
     a2.set_title("intensity histograms")
     a2.legend()
     fig.tight_layout()
-    fig.savefig(out / "simulator_spectra.png", dpi=80)
+    _save_small(fig, out / "simulator_spectra.png", dpi=80)
     plt.close(fig)
     for s in sims:
         print({k: s.meta[k] for k in ("snr", "snr_db", "snr_measured", "defocus_u", "n_particles", "counts_per_px")})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,117 @@ def test_bad_options_raise():
         _sim(families="banana")
     with pytest.raises(TypeError):
         _sim(no_such_option=1)
+
+
+# ------------------------------------------------------------------------------------------ models and files
+
+
+def test_procedural_shapes_span_sizes_and_elongation():
+    from relion_pixer.simulate import make_shape
+
+    rng = np.random.default_rng(0)
+    sizes, aspects = [], []
+    for fam in SHAPE_FAMILIES:
+        m = make_shape(rng, fam, n_points=1500)
+        sizes.append(m.diameter)
+        ev = np.sort(np.linalg.eigvalsh(np.cov(m.xyz.T.astype(np.float64))))
+        aspects.append(np.sqrt(ev[-1] / ev[0]))
+        assert abs(m.xyz.mean(axis=0)).max() < 1.0  # centred
+    assert min(sizes) < 400 and max(sizes) > 400
+    assert max(aspects) > 3.0 and min(aspects) < 1.6
+    assert make_shape(rng, "cage", diameter=700.0).diameter == pytest.approx(700.0)
+
+
+@pytest.mark.shared
+def test_atomic_models_from_shared_data(shared_data):
+    from relion_pixer.simulate import load_atomic_model
+
+    pdb = shared_data / "pdb"
+    m = load_atomic_model(pdb / "adk_open.pdb")  # plain PDB
+    assert len(m.xyz) > 1000 and 50 < m.diameter < 120 and m.family == "atomic:adk_open.pdb"
+    m2 = load_atomic_model(pdb / "3KPR.cif.gz", max_points=2000)  # gzipped mmCIF, subsampled
+    assert len(m2.xyz) == 2000
+    sim = simulate_micrograph(
+        np.random.default_rng(0), shape=(128, 128), particle_diameter_px=24, families=(), model_files=[pdb / "adk_open.pdb"]
+    )
+    assert sim.meta["families"] == ["atomic:adk_open.pdb"] and len(sim.coords) > 0
+    xy = np.rint(sim.coords).astype(int)
+    assert np.mean(sim.labels[xy[:, 1], xy[:, 0]] == PARTICLE) > 0.9
+
+
+def test_broken_model_file_names_file(tmp_path):
+    from relion_pixer.simulate import ModelFileError, load_atomic_model
+
+    bad = tmp_path / "broken_model.cif"
+    bad.write_text('data_x\nloop_\n_atom_site.id\n"unterminated\n')
+    with pytest.raises(ModelFileError, match="broken_model.cif.*cannot parse"):
+        load_atomic_model(bad)
+    empty = tmp_path / "no_atoms.pdb"
+    empty.write_text("HEADER    NOTHING\nEND\n")
+    with pytest.raises(ModelFileError, match="no_atoms.pdb.*no atoms"):
+        load_atomic_model(empty)
+    with pytest.raises(ModelFileError, match="missing.pdb.*no such file"):
+        load_atomic_model(tmp_path / "missing.pdb")
+
+
+def test_project_writer_reads_back(tmp_path):
+    import json
+
+    import mrcfile
+    import starfile
+
+    from relion_pixer.simulate import simulate_project
+
+    out = simulate_project(tmp_path / "proj", 2, seed=5, shape=(160, 160), angpix=5.36, diameter_A=200.0, contamination=1.0)
+    star = starfile.read(out / "micrographs.star")
+    optics, mics = star["optics"], star["micrographs"]
+    for col in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnMicrographPixelSize", "rlnVoltage",
+                "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        assert col in optics.columns
+    assert optics["rlnMicrographPixelSize"].iloc[0] == pytest.approx(5.36)
+    for col in ("rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"):
+        assert col in mics.columns
+    assert len(mics) == 2
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["settings"]["seed"] == 5 and len(truth["micrographs"]) == 2
+    for i, row in mics.iterrows():
+        with mrcfile.open(out / row["rlnMicrographName"]) as mrc:
+            img = mrc.data
+            assert img.shape == (160, 160) and float(mrc.voxel_size.x) == pytest.approx(5.36, abs=1e-3)
+        name = Path(row["rlnMicrographName"]).stem
+        with mrcfile.open(out / "Labels" / f"{name}_labels.mrc") as mrc:
+            labels = mrc.data.astype(np.uint8)
+        coords = starfile.read(out / "Coordinates" / f"{name}.star")
+        xy = np.rint(coords[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()).astype(int)
+        assert len(xy) == truth["micrographs"][i]["n_particles"] > 0
+        assert np.all(labels[xy[:, 1], xy[:, 0]] == PARTICLE)
+        assert truth["micrographs"][i]["particle_diameter_A"] == pytest.approx(200.0, rel=0.01)
+        assert row["rlnDefocusU"] == pytest.approx(truth["micrographs"][i]["defocus_u"])
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_project_is_reproducible(tmp_path):
+    from relion_pixer.simulate import simulate_project
+
+    import mrcfile
+
+    a = simulate_project(tmp_path / "a", 1, seed=11, shape=(96, 96))
+    b = simulate_project(tmp_path / "b", 1, seed=11, shape=(96, 96))
+    with mrcfile.open(a / "Micrographs/mic_0000.mrc") as ma, mrcfile.open(b / "Micrographs/mic_0000.mrc") as mb:
+        np.testing.assert_array_equal(ma.data, mb.data)
+
+
+def test_cli_tiny(tmp_path, capsys):
+    import starfile
+
+    from relion_pixer.cli import main as top_main
+    from relion_pixer.simulate.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["--n", "2", "--out", str(out), "--size", "96", "--seed", "2", "--snr", "0.05", "0.2",
+                 "--diameter", "150", "--family", "globular", "--quiet"]) == 0
+    assert len(starfile.read(out / "micrographs.star")["micrographs"]) == 2
+    assert (out / "Coordinates" / "mic_0001.star").is_file()
+    assert top_main(["simulate", "--n", "1", "--out", str(tmp_path / "cli2"), "--size", "64", "--quiet"]) == 0
+    assert main(["--n", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope.pdb"), "--quiet"]) == 1
+    assert "nope.pdb" in capsys.readouterr().err

@@ -47,7 +47,14 @@ from scipy.spatial.transform import Rotation
 
 from relion_pixer import BACKGROUND, CONTAMINATION, PARTICLE
 from relion_pixer.masks import binarise_projection
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, FAMILY_SIZE_A, ParticleModel, load_atomic_model, make_shape
+from relion_pixer.simulate.shapes import (
+    FAMILY_SIZE_A,
+    SHAPE_FAMILIES,
+    ParticleModel,
+    load_atomic_model,
+    make_shape,
+    project_model,
+)
 
 __all__ = [
     "SimulatedMicrograph",
@@ -198,35 +205,6 @@ def _irfft(a: np.ndarray, shape) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ rendering primitives
 
 
-def _project_points(xyz: np.ndarray, weight: np.ndarray, rot: np.ndarray, angpix: float, blob_sigma: float, frac_xy):
-    """Rotate, project along z, splat bilinearly; returns (patch of summed volume / pixel area, offset of centre).
-
-    The model centroid lands at patch position ``(half + frac_x, half + frac_y)``.
-    """
-    p = (xyz @ rot.T.astype(np.float32))[:, :2] / angpix  # (x, y) in pixels
-    sig = blob_sigma / angpix
-    ext = float(np.abs(p).max()) if len(p) else 1.0
-    half = int(math.ceil(ext + 3.0 * sig)) + 2
-    n = 2 * half + 1
-    x = p[:, 0] + half + frac_xy[0]
-    y = p[:, 1] + half + frac_xy[1]
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
-    fx = (x - x0).astype(np.float32)
-    fy = (y - y0).astype(np.float32)
-    idx = y0 * n + x0
-    w = weight
-    acc = np.bincount(idx, w * (1 - fx) * (1 - fy), minlength=n * n)
-    acc += np.bincount(idx + 1, w * fx * (1 - fy), minlength=n * n)[: n * n]
-    acc += np.bincount(idx + n, w * (1 - fx) * fy, minlength=n * n)[: n * n]
-    acc += np.bincount(idx + n + 1, w * fx * fy, minlength=n * n)[: n * n]
-    patch = acc[: n * n].reshape(n, n).astype(np.float32)
-    if sig > 0.3:
-        patch = scipy.ndimage.gaussian_filter(patch, sig, truncate=3.0)
-    patch /= angpix * angpix  # volume per pixel area -> thickness in Angstrom
-    return patch, half
-
-
 def _slices(shape, r0: int, c0: int, n: int):
     """Destination and source slices to paste an ``n x n`` patch with top-left ``(r0, c0)``; None if outside."""
     H, W = shape
@@ -311,10 +289,10 @@ def simulate_micrograph(
     defocus_um: float = 2.0,
     astigmatism_um: float = 0.05,
     astigmatism_angle: float | None = None,
-    bfactor: float = 100.0,
+    bfactor: float = 250.0,
     dose: float = 40.0,
-    structural_noise: float = 0.4,
-    mtf_blur_px: float = 0.35,
+    structural_noise: float = 0.6,
+    mtf_blur_px: float = 0.45,
     ice_thickness_A: float = 400.0,
     ice_gradient: float = 0.1,
     n_ice: int = 0,
@@ -338,9 +316,10 @@ def simulate_micrograph(
     angpix : float
         Pixel size in Angstrom (used for the CTF, the dose and the particle scale).
     particle_diameter_px : float, optional
-        Scale every particle model so that its diameter (twice the largest distance of a model point from the
-        centroid, plus the point size: orientation-independent, the length of a rod) is this many pixels, before
-        per-particle jitter. None: the model's own size (``diameter_A``, or the family's natural range).
+        Scale every particle model so that its diameter is this many pixels (before per-particle jitter). The
+        diameter is the longest extent of the particle's binarised projection (the label-1 mask) over
+        orientations (:attr:`~relion_pixer.simulate.shapes.ParticleModel.diameter`): the length of a rod, the
+        diameter of a sphere. None: the model's own size (``diameter_A``, or the family's natural range).
     snr : float or None
         Wanted linear SNR (see the module docstring for the exact definition); None: use ``dose``.
     families : tuple of str or str
@@ -454,7 +433,7 @@ def simulate_micrograph(
         dist = np.sqrt(xx * xx + yy * yy) - R  # > 0 on carbon
         carbon = dist > 0
         thick = rng.uniform(100.0, 250.0)
-        tex = rng.normal(0.0, 0.25, size=(H, W)).astype(np.float32)
+        tex = rng.standard_normal((H, W), dtype=np.float32) * np.float32(0.25)
         edge_soft = np.clip(dist + 0.5, 0.0, 1.0)
         t_carbon = (thick * edge_soft * (1.0 + tex)).astype(np.float32)
         # thicker ice at the rim of the hole
@@ -486,7 +465,7 @@ def simulate_micrograph(
         n_box = 2 * box + 1
         acc = np.zeros((n_box, n_box), dtype=np.float32)
         for rot, (ox, oy) in zip(rots, offs):
-            patch, half = _project_points(m.xyz, m.weight, rot, angpix, m.blob_sigma, (0.0, 0.0))
+            patch, half = project_model(m, rot, angpix)
             r0, c0 = int(round(box + oy)) - half, int(round(box + ox)) - half
             sl = _slices(acc.shape, r0, c0, 2 * half + 1)
             if sl is not None:
@@ -530,10 +509,13 @@ def simulate_micrograph(
     ctf = ctf_2d((H, W), angpix, voltage, cs, amplitude_contrast, dfu, dfv, astigmatism_angle, bfactor)
     mtf = _mtf_2d((H, W), mtf_blur_px)
 
-    contam_t_eff = 250.0 * np.tanh(t_contam / 250.0)  # strong phase objects: keep the linear CTF sane
-    phi_other = sigma * (_DV_PROTEIN * t_aggr + _DV_CARBON * t_carbon + _DV_ICE * contam_t_eff)
     transmission = np.exp(-(t_ice / _LAMBDA_ICE + t_carbon / _LAMBDA_CARBON + t_contam / _LAMBDA_CONTAM)).astype(np.float32)
-    c_other = _irfft(ctf * _rfft(phi_other), (H, W))
+    if t_aggr.any() or t_carbon.any() or t_contam.any():
+        contam_t_eff = 250.0 * np.tanh(t_contam / 250.0)  # strong phase objects: keep the linear CTF sane
+        phi_other = sigma * (_DV_PROTEIN * t_aggr + _DV_CARBON * t_carbon + _DV_ICE * contam_t_eff)
+        c_other = _irfft(ctf * _rfft(phi_other), (H, W))
+    else:  # nothing but particles in the ice: skip an FFT pair
+        c_other = np.zeros((H, W), dtype=np.float32)
     c_part = _irfft(ctf * _rfft(sigma * _DV_PROTEIN * t_particles), (H, W))
     # per unit of D a^2: intensity before the detector, and the particles' part of it
     intensity = transmission * (1.0 - 2.0 * (c_other + c_part))
@@ -678,7 +660,7 @@ def _place_particles(rng, species, n_target, shape, angpix, size_jitter, min_sep
                 continue
         rot = Rotation.random(rng=rng).as_matrix()
         fx, fy = x - math.floor(x), y - math.floor(y)
-        patch, half = _project_points(m.xyz * scale, m.weight * scale**3, rot, angpix, m.blob_sigma * scale, (fx, fy))
+        patch, half = project_model(m, rot, angpix, (fx, fy), scale)
         sl = _slices(shape, math.floor(y) - half, math.floor(x) - half, 2 * half + 1)
         if sl is None:  # cannot happen for a centre inside the image; kept for safety
             continue
@@ -732,8 +714,8 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     ``shape``). The result can be passed on as ``simulate_micrograph(rng, **random_config(rng, ...))``.
 
     Drawn: ``snr`` log-uniform 0.01..0.5 (-20..-3 dB), ``voltage`` 200 or 300 kV with ``cs`` 2.0-2.7 mm,
-    ``amplitude_contrast`` 0.07-0.1, ``defocus_um`` 0.5-3.5, ``astigmatism_um`` 0-0.3, ``bfactor`` 20-250,
-    ``mtf_blur_px`` 0-1.2, one shape family (``families``), ``n_species`` 1 (10 %: 2), ``size_jitter`` 0-0.12,
+    ``amplitude_contrast`` 0.07-0.1, ``defocus_um`` 0.5-3.5, ``astigmatism_um`` 0-0.3, ``bfactor`` 20-400,
+    ``mtf_blur_px`` 0-1.2, ``structural_noise`` 0.2-0.8, one shape family (``families``), ``n_species`` 1 (10 %: 2), ``size_jitter`` 0-0.12,
     ``density`` log-uniform 0.02-0.5, ``min_separation`` 0.7-1.1 (touching and overlapping particles),
     ``empty`` (5 %), ``n_ice`` (40 %: 1-4), ``n_aggregates`` (25 %: 1-3), ``carbon_edge`` (15 %),
     ``ice_thickness_A`` 200-900, ``ice_gradient`` 0-0.5, ``quantise_8bit`` (50 %, with ``export_sd`` 5-10) and
@@ -757,8 +739,9 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     cfg["amplitude_contrast"] = float(rng.uniform(0.07, 0.1))
     cfg["defocus_um"] = float(rng.uniform(0.5, 3.5))
     cfg["astigmatism_um"] = float(rng.uniform(0.0, 0.3))
-    cfg["bfactor"] = float(rng.uniform(20.0, 250.0))
+    cfg["bfactor"] = float(rng.uniform(20.0, 400.0))
     cfg["mtf_blur_px"] = float(rng.uniform(0.0, 1.2))
+    cfg["structural_noise"] = float(rng.uniform(0.2, 0.8))
     fam = str(rng.choice(SHAPE_FAMILIES))
     cfg["families"] = (fam,)
     cfg["n_species"] = 2 if rng.random() < 0.1 else 1

@@ -12,7 +12,8 @@ Procedural families (no data needed at run time): ``globular``, ``dimer``, ``rin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "ParticleModel",
     "SHAPE_FAMILIES",
     "make_shape",
+    "project_model",
     "load_atomic_model",
     "ModelFileError",
 ]
@@ -76,14 +78,27 @@ class ParticleModel:
     blob_sigma: float
     family: str
 
-    @property
-    def diameter(self) -> float:
-        """Diameter in Angstrom: twice the largest distance of a point from the centroid, plus the blob size.
+    _diameter: float | None = field(default=None, repr=False, compare=False)
 
-        Orientation-independent; for a sphere it is the sphere's diameter, for a rod its length.
-        """
+    @property
+    def extent(self) -> float:
+        """Geometric extent in Angstrom: twice the largest distance of a point from the centroid, plus 2 blob sigmas."""
         r = float(np.sqrt((self.xyz.astype(np.float64) ** 2).sum(axis=1).max())) if len(self.xyz) else 0.0
         return 2.0 * r + 2.0 * self.blob_sigma
+
+    @property
+    def diameter(self) -> float:
+        """Particle diameter in Angstrom: the longest extent of its binarised projection, over orientations.
+
+        The particle is projected in :data:`DIAMETER_VIEWS` fixed orientations at a sampling of
+        ``extent / 64``; each projection is binarised with :func:`relion_pixer.masks.binarise_projection`
+        (the label-map definition of the particle) and its Feret diameter is measured (largest width over
+        8 directions). The diameter is the largest of these: the length of a rod, the diameter of a sphere,
+        the visible size a user would type as "particle diameter". Computed once and cached.
+        """
+        if self._diameter is None:
+            self._diameter = _mask_diameter(self)
+        return self._diameter
 
     def scaled(self, diameter: float) -> "ParticleModel":
         """Copy scaled isotropically so that :attr:`diameter` becomes ``diameter`` (Angstrom).
@@ -92,8 +107,93 @@ class ParticleModel:
         """
         f = float(diameter) / self.diameter
         return ParticleModel(
-            (self.xyz * f).astype(np.float32), (self.weight * f**3).astype(np.float32), self.blob_sigma * f, self.family
+            (self.xyz * f).astype(np.float32),
+            (self.weight * f**3).astype(np.float32),
+            self.blob_sigma * f,
+            self.family,
+            float(diameter),
         )
+
+
+#: Orientations over which :attr:`ParticleModel.diameter` takes the largest mask extent.
+DIAMETER_VIEWS = 16
+
+
+def project_model(
+    model: "ParticleModel", rot: np.ndarray, angpix: float, frac_xy=(0.0, 0.0), scale: float = 1.0
+) -> tuple[np.ndarray, int]:
+    """Project a model along z after rotating it: the projected protein thickness (Angstrom) on a square patch.
+
+    Points are rotated (``rot @ xyz``), splatted bilinearly onto pixels of ``angpix`` Angstrom and blurred by the
+    point size. The centroid lands at patch position ``(half + frac_x, half + frac_y)`` (x = column).
+
+    Parameters
+    ----------
+    model : ParticleModel
+    rot : numpy.ndarray
+        3 x 3 rotation matrix.
+    angpix : float
+        Pixel size in Angstrom.
+    frac_xy : tuple of float
+        Sub-pixel offset of the centroid.
+    scale : float
+        Isotropic scale applied on the fly (size jitter), as :meth:`ParticleModel.scaled` would.
+
+    Returns
+    -------
+    patch : numpy.ndarray
+        ``(2 half + 1)`` square float32 thickness map.
+    half : int
+    """
+    import scipy.ndimage
+
+    p = (model.xyz @ (np.asarray(rot, dtype=np.float32).T * np.float32(scale / angpix)))[:, :2]
+    sig = model.blob_sigma * scale / angpix
+    ext = float(np.abs(p).max()) if len(p) else 1.0
+    half = int(math.ceil(ext + 3.0 * sig)) + 2
+    n = 2 * half + 1
+    x = p[:, 0] + np.float32(half + frac_xy[0])
+    y = p[:, 1] + np.float32(half + frac_xy[1])
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = x - x0
+    fy = y - y0
+    idx = y0.astype(np.int64) * n + x0.astype(np.int64)
+    w = model.weight * np.float32(scale**3)
+    size = n * n + n + 2
+    acc = np.bincount(idx, w * (1 - fx) * (1 - fy), minlength=size)
+    acc += np.bincount(idx + 1, w * fx * (1 - fy), minlength=size)
+    acc += np.bincount(idx + n, w * (1 - fx) * fy, minlength=size)
+    acc += np.bincount(idx + n + 1, w * fx * fy, minlength=size)
+    patch = acc[: n * n].reshape(n, n).astype(np.float32)
+    if sig > 0.3:
+        patch = scipy.ndimage.gaussian_filter(patch, sig, truncate=3.0)
+    patch *= np.float32(1.0 / (angpix * angpix))  # volume per pixel area -> thickness in Angstrom
+    return patch, half
+
+
+def _feret(mask: np.ndarray) -> float:
+    """Largest width of a binary mask over 8 directions, in pixels."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0
+    best = 0.0
+    for a in np.arange(8) * (np.pi / 8):
+        proj = xs * np.cos(a) + ys * np.sin(a)
+        best = max(best, float(proj.max() - proj.min()) + 1.0)
+    return best
+
+
+def _mask_diameter(model: "ParticleModel") -> float:
+    from scipy.spatial.transform import Rotation
+
+    from relion_pixer.masks import binarise_projection
+
+    px = model.extent / 64.0
+    if px <= 0:
+        return 0.0
+    rots = Rotation.random(DIAMETER_VIEWS, rng=np.random.default_rng(20240601)).as_matrix()
+    return max(_feret(binarise_projection(project_model(model, r, px)[0])) for r in rots) * px
 
 
 def _centre(xyz: np.ndarray) -> np.ndarray:
@@ -110,13 +210,17 @@ def _ball(rng: np.random.Generator, n: int, radii) -> np.ndarray:
 
 def _lumpy_blob(rng: np.random.Generator, n: int, radius: float, lumps: int = 6) -> np.ndarray:
     """Globular domain made of a few overlapping sub-domains (domains, not a smooth ball)."""
-    n_core = int(0.4 * n)  # a continuous core, so domains touch as in a folded protein
+    n_core = int(0.3 * n)  # a continuous core, so domains touch as in a folded protein
     centres = _ball(rng, lumps, (0.45 * radius,) * 3)
     sizes = rng.uniform(0.45, 0.7, lumps) * radius
-    counts = rng.multinomial(n - n_core, sizes**3 / (sizes**3).sum())
+    # domains differ in density (protein vs nucleic acid, packing): uneven point densities give internal texture
+    dens = rng.lognormal(0.0, 0.5, lumps)
+    counts = rng.multinomial(n - n_core, sizes**3 * dens / (sizes**3 * dens).sum())
     parts = [c + _ball(rng, k, (s * rng.uniform(0.8, 1.2), s * rng.uniform(0.8, 1.2), s)) for c, s, k in zip(centres, sizes, counts)]
     parts.append(_ball(rng, n_core, (0.85 * radius,) * 3))
-    return np.concatenate(parts)
+    xyz = np.concatenate(parts)
+    # keep the domains inside the envelope: no stray points that would inflate the diameter
+    return xyz[(xyz**2).sum(axis=1) <= radius * radius]
 
 
 def _rot_z(a: float) -> np.ndarray:
@@ -135,7 +239,7 @@ def _ring(rng, n, size, layers=1):
     R_c = R - r_sub
     per = max(8, n // (k * layers))
     unit = _subunit(rng, per, r_sub)
-    height = 1.5 * r_sub
+    height = 1.2 * r_sub
     parts = []
     for layer in range(layers):
         z = (layer - (layers - 1) / 2.0) * height
@@ -162,7 +266,7 @@ def _cage(rng, n, size):
 
 def _elongated(rng, n, size):
     """Helical filament segment or rod: subunits along a helix, length ``size``, width 80-200 A."""
-    width = rng.uniform(0.15, 0.35) * size
+    width = rng.uniform(0.2, 0.4) * size
     k = max(4, int(size / (0.35 * width)))
     r_sub = 0.35 * width
     per = max(8, n // k)
@@ -204,7 +308,7 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
     size = 100.0  # build at a reference size, then scale
     if family == "globular":
         aspect = rng.uniform(0.6, 1.0, 2)
-        xyz = _lumpy_blob(rng, n, size / 2, lumps=int(rng.integers(3, 9))) * np.array([1.0, aspect[0], aspect[1]])
+        xyz = _lumpy_blob(rng, n, size / 2, lumps=int(rng.integers(4, 14))) * np.array([1.0, aspect[0], aspect[1]])
     elif family == "dimer":
         r1 = size / 4
         r2 = r1 * rng.uniform(0.7, 1.0)
@@ -215,21 +319,21 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
     elif family == "ring":
         xyz = _ring(rng, n, size, layers=1)
     elif family == "cylinder":
-        xyz = _ring(rng, n, size * 0.8, layers=int(rng.integers(2, 5)))
+        xyz = _ring(rng, n, size * 0.6, layers=int(rng.integers(3, 6)))
     elif family == "cage":
         xyz = _cage(rng, n, size)
     elif family == "elongated":
         xyz = _elongated(rng, n, size)
     else:  # ribosome: large subunit and a smaller one sitting on it, slightly offset
         r_l = size * 0.3
-        r_s = r_l * rng.uniform(0.65, 0.8)
+        r_s = r_l * rng.uniform(0.7, 0.85)
         n_l = int(n * 0.65)
-        large = _lumpy_blob(rng, n_l, r_l, 7) * np.array([1.0, 0.9, 0.8])
-        small = _lumpy_blob(rng, n - n_l, r_s, 5) * np.array([1.1, 0.7, 0.8]) + np.array([0.0, 0.15 * r_l, r_l * 0.75])
+        large = _lumpy_blob(rng, n_l, r_l, 14) * np.array([1.0, 0.9, 0.8])
+        small = _lumpy_blob(rng, n - n_l, r_s, 8) * np.array([1.15, 0.8, 0.85]) + np.array([0.0, 0.15 * r_l, r_l * 0.6])
         xyz = np.concatenate([large, small])
     xyz = _centre(xyz)
     # protein fills about 60 % of the convex volume of the sub-domains: share it over the points
-    blob = size / 50.0
+    blob = size / 70.0
     vol = _approx_volume(xyz, blob * 2.0)
     weight = np.full(len(xyz), vol / len(xyz), dtype=np.float32)
     model = ParticleModel(xyz, weight, blob, family)
