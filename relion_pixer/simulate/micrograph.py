@@ -194,12 +194,17 @@ def _mtf_2d(shape: tuple[int, int], blur_px: float) -> np.ndarray:
     return mtf.astype(np.float32)
 
 
+def _workers(n: int) -> int:
+    # threads only pay off for large transforms; training tiles run single-threaded (no oversubscription in loaders)
+    return -1 if n >= 1 << 20 else 1
+
+
 def _rfft(a: np.ndarray) -> np.ndarray:
-    return scipy.fft.rfft2(a, workers=-1)
+    return scipy.fft.rfft2(a, workers=_workers(a.size))
 
 
 def _irfft(a: np.ndarray, shape) -> np.ndarray:
-    return scipy.fft.irfft2(a, s=shape, workers=-1).astype(np.float32, copy=False)
+    return scipy.fft.irfft2(a, s=shape, workers=_workers(shape[0] * shape[1])).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------------ rendering primitives
