@@ -48,6 +48,23 @@ def test_centres_labelled_particle_and_instances(family):
     assert m.instances.max() <= len(m.coords)
     # the particle diameter is what was asked, within the size jitter
     assert np.median(m.diameters_px) == pytest.approx(24, rel=0.1)
+    # overlaps: the most recently placed particle wins, so the id at a centre is its own or a later one
+    ids = m.instances[xy[:, 1], xy[:, 0]]
+    assert np.all(ids >= np.arange(1, len(xy) + 1)) and ids[-1] == len(xy)
+
+
+def test_mask_extent_matches_diameter():
+    m = _sim(3, shape=(256, 256), families="globular", particle_diameter_px=30, density=0.1, size_jitter=0.0)
+    widths = []
+    for i in range(1, len(m.coords) + 1):
+        ys, xs = np.nonzero(m.instances == i)
+        if len(xs) and xs.min() > 0 and ys.min() > 0 and xs.max() < 255 and ys.max() < 255:
+            widths.append(max(np.ptp(xs), np.ptp(ys)) + 1)
+    widths = np.asarray(widths)
+    assert len(widths) >= 5
+    # one view of the mask is at most the diameter (longest extent over views), and not much less for blobs
+    assert widths.max() <= 30 * 1.1
+    assert np.median(widths) >= 30 * 0.7
 
 
 def test_particles_are_dark():

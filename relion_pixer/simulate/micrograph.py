@@ -761,6 +761,12 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     cfg["ice_gradient"] = float(rng.uniform(0.0, 0.5))
     cfg["quantise_8bit"] = bool(rng.random() < 0.5)
     cfg["export_sd"] = float(rng.uniform(5.0, 10.0))
+    fixed = overrides.get("families")
+    if fixed:  # size the particle for the family that will actually be drawn
+        fixed = (fixed,) if isinstance(fixed, str) else tuple(fixed)
+        fam = fixed[int(rng.integers(len(fixed)))]
+        if fam not in FAMILY_SIZE_A:
+            raise ValueError(f"unknown shape family {fam!r}; choose from {', '.join(SHAPE_FAMILIES)}")
     lo, hi = FAMILY_SIZE_A[fam]
     diameter_A = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     if overrides.get("particle_diameter_px") is not None:
