@@ -214,7 +214,7 @@ def _lumpy_blob(rng: np.random.Generator, n: int, radius: float, lumps: int = 6)
     centres = _ball(rng, lumps, (0.45 * radius,) * 3)
     sizes = rng.uniform(0.45, 0.7, lumps) * radius
     # domains differ in density (protein vs nucleic acid, packing): uneven point densities give internal texture
-    dens = rng.lognormal(0.0, 0.5, lumps)
+    dens = rng.lognormal(0.0, 0.8, lumps)
     counts = rng.multinomial(n - n_core, sizes**3 * dens / (sizes**3 * dens).sum())
     parts = [c + _ball(rng, k, (s * rng.uniform(0.8, 1.2), s * rng.uniform(0.8, 1.2), s)) for c, s, k in zip(centres, sizes, counts)]
     parts.append(_ball(rng, n_core, (0.85 * radius,) * 3))
