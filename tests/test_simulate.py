@@ -228,6 +228,8 @@ def test_project_is_reproducible(tmp_path):
 
 
 def test_cli_tiny(tmp_path, capsys):
+    import json
+
     import starfile
 
     from relion_pixer.cli import main as top_main
@@ -239,5 +241,9 @@ def test_cli_tiny(tmp_path, capsys):
     assert len(starfile.read(out / "micrographs.star")["micrographs"]) == 2
     assert (out / "Coordinates" / "mic_0001.star").is_file()
     assert top_main(["simulate", "--n", "1", "--out", str(tmp_path / "cli2"), "--size", "64", "--quiet"]) == 0
+    assert main(["--n", "1", "--out", str(tmp_path / "dose"), "--size", "128", "--dose", "40", "--diameter", "150",
+                 "--contamination", "0", "--carbon", "0", "--quiet"]) == 0
+    rec = json.loads((tmp_path / "dose" / "truth.json").read_text())["micrographs"][0]
+    assert rec["dose"] == 40.0 and rec["snr"] > 0 and rec["snr_requested"] is None
     assert main(["--n", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope.pdb"), "--quiet"]) == 1
     assert "nope.pdb" in capsys.readouterr().err

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear SNR (signal power over the particle pixels / noise power), or two values: a log-uniform "
         "range drawn per micrograph (default 0.05)",
     )
+    p.add_argument("--dose", type=_positive(float), default=None,
+                   help="physical dose in e/A^2 instead of a target SNR (the SNR is then reported in truth.json)")
     p.add_argument("--diameter", type=_positive(float), default=None, help="particle diameter in A")
     p.add_argument("--family", choices=SHAPE_FAMILIES, default=None, help="procedural particle shape (default ribosome)")
     p.add_argument("--model", default=None, help="atomic model file (PDB/mmCIF, may be gzipped) to use as the particle")
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         print("relion_pixer simulate: --snr takes one value or a range of two", file=sys.stderr)
         return 2
     snr = args.snr[0] if len(args.snr) == 1 else (min(args.snr), max(args.snr))
+    extra = {}
+    if args.dose is not None:
+        snr = None
+        extra["dose"] = args.dose
     from relion_pixer.simulate.project import simulate_project
 
     try:
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             quantise_8bit=args.quantise,
             density=args.density,
             progress=not args.quiet,
+            **extra,
         )
     except ModelFileError as exc:
         print(f"relion_pixer simulate: {exc}", file=sys.stderr)
