@@ -265,7 +265,7 @@ def _cage(rng, n, size):
 
 
 def _elongated(rng, n, size):
-    """Helical filament segment or rod: subunits along a helix, length ``size``, width 80-200 A."""
+    """Helical filament segment or rod: subunits along a helix, length ``size``, width 20-40 % of it."""
     width = rng.uniform(0.2, 0.4) * size
     k = max(4, int(size / (0.35 * width)))
     r_sub = 0.35 * width
