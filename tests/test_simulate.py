@@ -105,6 +105,15 @@ def test_contamination_labelled_2():
     assert not np.any(cont[xy[:, 1], xy[:, 0]])
 
 
+def test_carbon_hole():
+    m = _sim(4, shape=(200, 200), carbon_hole=True)
+    assert m.meta["carbon"]["kind"] == "hole"
+    # carbon all around: the corners are label 2, the centre of the hole is not
+    assert all(m.labels[r, c] == CONTAMINATION for r, c in [(0, 0), (0, 199), (199, 0), (199, 199)])
+    assert m.labels[100, 100] != CONTAMINATION
+    assert 0.3 < m.meta["carbon"]["fraction"] < 0.9
+
+
 def test_quantised_export_like_real():
     m = _sim(8, quantise_8bit=True, export_mean=90.0, export_sd=7.0)
     assert np.array_equal(m.image, np.rint(m.image)) and m.image.min() >= 0 and m.image.max() <= 255

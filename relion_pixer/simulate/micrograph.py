@@ -305,6 +305,7 @@ def simulate_micrograph(
     n_aggregates: int = 0,
     carbon_edge: bool = False,
     carbon_fraction: tuple[float, float] = (0.1, 0.4),
+    carbon_hole: bool = False,
     quantise_8bit: bool = False,
     export_mean: float = 90.0,
     export_sd: float = 7.0,
@@ -372,7 +373,10 @@ def simulate_micrograph(
     carbon_edge : bool
         Add a curved carbon film edge (the carbon side is label 2 and holds no particles).
     carbon_fraction : tuple of float
-        Range of the fraction of the image covered by carbon.
+        Range of the fraction of the image covered by carbon (``carbon_edge``).
+    carbon_hole : bool
+        Show a whole hole instead: a circular hole of radius 0.25-0.45 image sizes near the centre, carbon all
+        around it (label 2, no particles), as at low magnification.
     quantise_8bit : bool
         Export like an 8-bit micrograph: mean ``export_mean``, standard deviation ``export_sd``, rounded to
         integers in 0..255 (stored as float32).
@@ -423,16 +427,20 @@ def simulate_micrograph(
     t_ice = ice_thickness_A * (1.0 + ice_gradient * _smooth_field(rng, (H, W)))
     np.clip(t_ice, 0.0, None, out=t_ice)
 
-    # ---- carbon film edge: a large circular hole whose rim crosses the image
+    # ---- carbon film: a large circular hole whose rim crosses the image, or a whole hole in view
     carbon_info = None
-    if carbon_edge:
-        frac = rng.uniform(*carbon_fraction)
-        theta = rng.uniform(0, 2 * np.pi)
-        R = rng.uniform(0.8, 3.0) * max(H, W)
+    if carbon_edge or carbon_hole:
         cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
-        # distance of the rim from the image centre along theta so that about `frac` of the image is carbon
-        offset = (0.5 - frac) * (abs(np.cos(theta)) * W + abs(np.sin(theta)) * H)
-        hx, hy = cx - np.cos(theta) * (R - offset), cy - np.sin(theta) * (R - offset)
+        if carbon_hole:
+            R = rng.uniform(0.25, 0.45) * min(H, W)
+            hx, hy = cx + rng.uniform(-0.1, 0.1) * W, cy + rng.uniform(-0.1, 0.1) * H
+        else:
+            frac = rng.uniform(*carbon_fraction)
+            theta = rng.uniform(0, 2 * np.pi)
+            R = rng.uniform(0.8, 3.0) * max(H, W)
+            # distance of the rim from the image centre along theta so that about `frac` of the image is carbon
+            offset = (0.5 - frac) * (abs(np.cos(theta)) * W + abs(np.sin(theta)) * H)
+            hx, hy = cx - np.cos(theta) * (R - offset), cy - np.sin(theta) * (R - offset)
         yy = np.arange(H, dtype=np.float32)[:, None] - hy
         xx = np.arange(W, dtype=np.float32)[None, :] - hx
         dist = np.sqrt(xx * xx + yy * yy) - R  # > 0 on carbon
@@ -444,7 +452,12 @@ def simulate_micrograph(
         # thicker ice at the rim of the hole
         t_ice += (0.6 * ice_thickness_A * np.exp(-np.clip(-dist, 0, None) / (2.0 * d_nominal_px))).astype(np.float32) * (~carbon)
         contam_mask |= carbon
-        carbon_info = {"fraction": float(carbon.mean()), "thickness_A": float(thick)}
+        carbon_info = {
+            "kind": "hole" if carbon_hole else "edge",
+            "fraction": float(carbon.mean()),
+            "thickness_A": float(thick),
+            "hole_radius_px": float(R),
+        }
 
     # ---- ice contamination: dense sphere clusters
     for _ in range(int(n_ice)):
@@ -722,7 +735,7 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     ``amplitude_contrast`` 0.07-0.1, ``defocus_um`` 0.5-3.5, ``astigmatism_um`` 0-0.3, ``bfactor`` 20-400,
     ``mtf_blur_px`` 0-1.2, ``structural_noise`` 0.2-0.8, one shape family (``families``), ``n_species`` 1 (10 %: 2), ``size_jitter`` 0-0.12,
     ``density`` log-uniform 0.02-0.5, ``min_separation`` 0.7-1.1 (touching and overlapping particles),
-    ``empty`` (5 %), ``n_ice`` (40 %: 1-4), ``n_aggregates`` (25 %: 1-3), ``carbon_edge`` (15 %),
+    ``empty`` (5 %), ``n_ice`` (40 %: 1-4), ``n_aggregates`` (25 %: 1-3), ``carbon_edge`` (15 %), ``carbon_hole`` (4 %),
     ``ice_thickness_A`` 200-900, ``ice_gradient`` 0-0.5, ``quantise_8bit`` (50 %, with ``export_sd`` 5-10) and
     ``angpix``: when ``particle_diameter_px`` is in ``overrides`` the particle is given a physical diameter drawn
     from its family's size range and ``angpix = diameter_A / particle_diameter_px``; otherwise 1-6 A/px.
@@ -757,6 +770,7 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     cfg["n_ice"] = int(rng.integers(1, 5)) if rng.random() < 0.4 else 0
     cfg["n_aggregates"] = int(rng.integers(1, 4)) if rng.random() < 0.25 else 0
     cfg["carbon_edge"] = bool(rng.random() < 0.15)
+    cfg["carbon_hole"] = bool(rng.random() < 0.04)
     cfg["ice_thickness_A"] = float(rng.uniform(200.0, 900.0))
     cfg["ice_gradient"] = float(rng.uniform(0.0, 0.5))
     cfg["quantise_8bit"] = bool(rng.random() < 0.5)
