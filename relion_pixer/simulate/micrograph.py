@@ -476,9 +476,14 @@ def simulate_micrograph(
     for _ in range(int(n_aggregates)):
         k = int(rng.integers(4, 13))
         m = species[int(rng.integers(len(species)))]
-        spread = 0.45 * math.sqrt(k) * m.diameter / angpix
+        d_px = m.diameter / angpix
         rots = Rotation.random(k, rng=rng).as_matrix()
-        offs = rng.normal(scale=spread / 2.0, size=(k, 2))
+        # grow a connected clump: each member touches (overlaps) a random earlier one
+        offs = np.zeros((k, 2))
+        for j in range(1, k):
+            a = rng.uniform(0, 2 * np.pi)
+            offs[j] = offs[int(rng.integers(j))] + rng.uniform(0.45, 0.7) * d_px * np.array([np.cos(a), np.sin(a)])
+        offs -= offs.mean(axis=0)
         box = int(math.ceil(np.abs(offs).max() + m.diameter / angpix)) + 4
         n_box = 2 * box + 1
         acc = np.zeros((n_box, n_box), dtype=np.float32)
@@ -494,7 +499,7 @@ def simulate_micrograph(
             continue
         dst, src = sl
         t_aggr[dst] += acc[src]
-        contam_mask[dst] |= binarise_projection(acc)[src]
+        contam_mask[dst] |= binarise_projection(acc, fraction=0.05)[src]  # whole clump, not only its dense core
 
     forbidden |= contam_mask
 
