@@ -45,7 +45,7 @@ import scipy.fft
 import scipy.ndimage
 from scipy.spatial.transform import Rotation
 
-from relion_pixer import BACKGROUND, CONTAMINATION, PARTICLE
+from relion_pixer import CONTAMINATION, PARTICLE
 from relion_pixer.masks import binarise_projection
 from relion_pixer.simulate.shapes import (
     FAMILY_SIZE_A,
