@@ -159,13 +159,16 @@ def test_procedural_shapes_span_sizes_and_elongation():
 
 @pytest.mark.shared
 def test_atomic_models_from_shared_data(shared_data):
-    from relion_pixer.simulate import load_atomic_model
+    from relion_pixer.simulate import load_atomic_model, make_shape
 
     pdb = shared_data / "pdb"
     m = load_atomic_model(pdb / "adk_open.pdb")  # plain PDB
     assert len(m.xyz) > 1000 and 50 < m.diameter < 120 and m.family == "atomic:adk_open.pdb"
     m2 = load_atomic_model(pdb / "3KPR.cif.gz", max_points=2000)  # gzipped mmCIF, subsampled
     assert len(m2.xyz) == 2000
+    assert m2.weight.sum() == pytest.approx(load_atomic_model(pdb / "3KPR.cif.gz").weight.sum(), rel=1e-5)
+    ring = make_shape(np.random.default_rng(0), "ring", diameter=400.0, subunit=m2)  # assembly of copies
+    assert ring.family == "ring:atomic:3KPR.cif.gz" and ring.diameter == pytest.approx(400.0)
     sim = simulate_micrograph(
         np.random.default_rng(0), shape=(128, 128), particle_diameter_px=24, families=(), model_files=[pdb / "adk_open.pdb"]
     )

@@ -48,6 +48,7 @@ from scipy.spatial.transform import Rotation
 from relion_pixer import CONTAMINATION, PARTICLE
 from relion_pixer.masks import binarise_projection
 from relion_pixer.simulate.shapes import (
+    ASSEMBLY_FAMILIES,
     FAMILY_SIZE_A,
     SHAPE_FAMILIES,
     ParticleModel,
@@ -261,9 +262,13 @@ def _build_species(rng, n_species, families, model_files, diameter_A, n_points) 
     for _ in range(n_species):
         if model_files and (not families or rng.random() < 0.5):
             path = model_files[int(rng.integers(len(model_files)))]
-            m = load_atomic_model(path, max_points=n_points, rng=rng)
-            if diameter_A is not None:
-                m = m.scaled(diameter_A)
+            atom = load_atomic_model(path, max_points=n_points, rng=rng)
+            assemblies = [f for f in (families or ASSEMBLY_FAMILIES) if f in ASSEMBLY_FAMILIES]
+            if assemblies and rng.random() < 0.5:  # an assembly of copies of the atomic model
+                fam = assemblies[int(rng.integers(len(assemblies)))]
+                m = make_shape(rng, fam, diameter=diameter_A, n_points=n_points, subunit=atom)
+            else:
+                m = atom.scaled(diameter_A) if diameter_A is not None else atom
         else:
             fam = families[int(rng.integers(len(families)))]
             m = make_shape(rng, fam, diameter=diameter_A, n_points=n_points)
@@ -331,7 +336,9 @@ def simulate_micrograph(
     families : tuple of str or str
         Procedural shape families to draw species from (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`).
     model_files : sequence of path
-        Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not empty).
+        Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not
+        empty); half of those become assemblies (dimer, ring, cylinder, cage, filament among ``families``, or
+        any when ``families`` is empty) of copies of the model.
     models : list of ParticleModel, optional
         Use these particle models (e.g. the same species across a data set) instead of drawing species.
     diameter_A : float, optional

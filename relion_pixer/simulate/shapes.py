@@ -12,6 +12,7 @@ Procedural families (no data needed at run time): ``globular``, ``dimer``, ``rin
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 __all__ = [
     "ParticleModel",
     "SHAPE_FAMILIES",
+    "ASSEMBLY_FAMILIES",
     "make_shape",
     "project_model",
     "load_atomic_model",
@@ -29,6 +31,9 @@ __all__ = [
 
 #: Procedural shape families, each drawable by :func:`make_shape`.
 SHAPE_FAMILIES = ("globular", "dimer", "ring", "cylinder", "cage", "elongated", "ribosome")
+
+#: Families that are assemblies of subunits (can be built from an atomic model with ``make_shape(subunit=...)``).
+ASSEMBLY_FAMILIES = ("dimer", "ring", "cylinder", "cage", "elongated")
 
 #: Typical size range of each family (longest extent, Angstrom) when no size is given.
 FAMILY_SIZE_A = {
@@ -228,17 +233,29 @@ def _rot_z(a: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _subunit(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
-    return _lumpy_blob(rng, n, radius, lumps=int(rng.integers(2, 5)))
+def _subunit(rng: np.random.Generator, n: int, radius: float, template: "ParticleModel | None" = None) -> np.ndarray:
+    """One subunit of an assembly: a lumpy blob, or ``template`` (e.g. an atomic model) turned at random and
+    scaled so that the sphere with its radius of gyration has radius ``radius``."""
+    if template is None:
+        return _lumpy_blob(rng, n, radius, lumps=int(rng.integers(2, 5)))
+    from scipy.spatial.transform import Rotation
+
+    xyz = template.xyz.astype(np.float64)
+    if len(xyz) > n:
+        xyz = xyz[rng.choice(len(xyz), size=n, replace=False)]
+    xyz = xyz @ Rotation.random(rng=rng).as_matrix().T
+    # the radius of the uniform sphere with the same radius of gyration: irregular subunits still touch
+    r = float(np.sqrt(5.0 / 3.0 * (xyz**2).sum(axis=1).mean())) or 1.0
+    return xyz * (radius / r)
 
 
-def _ring(rng, n, size, layers=1):
+def _ring(rng, n, size, layers=1, template=None):
     k = int(rng.integers(5, 15))  # fold
     R = size / 2.0
     r_sub = R * np.sin(np.pi / k) * rng.uniform(1.3, 1.7)
     R_c = R - r_sub
     per = max(8, n // (k * layers))
-    unit = _subunit(rng, per, r_sub)
+    unit = _subunit(rng, per, r_sub, template)
     height = 1.2 * r_sub
     parts = []
     for layer in range(layers):
@@ -250,7 +267,7 @@ def _ring(rng, n, size, layers=1):
     return np.concatenate(parts)
 
 
-def _cage(rng, n, size):
+def _cage(rng, n, size, template=None):
     k = int(rng.choice([12, 24, 32, 60]))
     R = size / 2.0
     # quasi-uniform points on a sphere (Fibonacci)
@@ -260,17 +277,17 @@ def _cage(rng, n, size):
     dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
     r_sub = R * np.sqrt(4.0 / k) * rng.uniform(0.9, 1.1)
     per = max(8, n // k)
-    unit = _subunit(rng, per, r_sub)
+    unit = _subunit(rng, per, r_sub, template)
     return np.concatenate([unit + d * (R - r_sub) for d in dirs])
 
 
-def _elongated(rng, n, size):
+def _elongated(rng, n, size, template=None):
     """Helical filament segment or rod: subunits along a helix, length ``size``, width 20-40 % of it."""
     width = rng.uniform(0.2, 0.4) * size
     k = max(4, int(size / (0.35 * width)))
     r_sub = 0.35 * width
     per = max(8, n // k)
-    unit = _subunit(rng, per, r_sub)
+    unit = _subunit(rng, per, r_sub, template)
     rise = (size - 2 * r_sub) / (k - 1)
     twist = rng.uniform(0.5, 3.0)
     R_h = 0.15 * width
@@ -278,7 +295,13 @@ def _elongated(rng, n, size):
     return np.concatenate(parts)
 
 
-def make_shape(rng: np.random.Generator, family: str, diameter: float | None = None, n_points: int | None = None) -> ParticleModel:
+def make_shape(
+    rng: np.random.Generator,
+    family: str,
+    diameter: float | None = None,
+    n_points: int | None = None,
+    subunit: "ParticleModel | None" = None,
+) -> ParticleModel:
     """Draw a procedural pseudo-atomic model.
 
     Parameters
@@ -291,14 +314,20 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
         Wanted diameter (see :attr:`ParticleModel.diameter`) in Angstrom; default drawn from
         :data:`FAMILY_SIZE_A`.
     n_points : int, optional
-        Number of points (default: grows with the volume, at most :data:`MAX_POINTS`).
+        Number of points (default :data:`MAX_POINTS`).
+    subunit : ParticleModel, optional
+        Build the assembly (families in :data:`ASSEMBLY_FAMILIES`) from copies of this model, e.g. an atomic
+        model from :func:`load_atomic_model`, instead of procedural blobs.
 
     Returns
     -------
     ParticleModel
+        ``family`` is the family name, or ``"<family>:<subunit family>"`` when built from ``subunit``.
     """
     if family not in SHAPE_FAMILIES:
         raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+    if subunit is not None and family not in ASSEMBLY_FAMILIES:
+        raise ValueError(f"family {family!r} is not an assembly; subunits work with {', '.join(ASSEMBLY_FAMILIES)}")
     if diameter is None:
         lo, hi = FAMILY_SIZE_A[family]
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -313,17 +342,21 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
         r1 = size / 4
         r2 = r1 * rng.uniform(0.7, 1.0)
         n1 = int(n * r1**3 / (r1**3 + r2**3))
-        a = _lumpy_blob(rng, n1, r1, 4) - np.array([r1 * 0.7, 0, 0])
-        b = _lumpy_blob(rng, n - n1, r2, 4) + np.array([r2 * 0.7, 0, 0])
+        if subunit is None:
+            a = _lumpy_blob(rng, n1, r1, 4) - np.array([r1 * 0.7, 0, 0])
+            b = _lumpy_blob(rng, n - n1, r2, 4) + np.array([r2 * 0.7, 0, 0])
+        else:  # homodimer
+            a = _subunit(rng, n // 2, r1, subunit) - np.array([r1 * 0.45, 0, 0])
+            b = _subunit(rng, n // 2, r1, subunit) + np.array([r1 * 0.45, 0, 0])
         xyz = np.concatenate([a, b])
     elif family == "ring":
-        xyz = _ring(rng, n, size, layers=1)
+        xyz = _ring(rng, n, size, layers=1, template=subunit)
     elif family == "cylinder":
-        xyz = _ring(rng, n, size * 0.6, layers=int(rng.integers(3, 6)))
+        xyz = _ring(rng, n, size * 0.6, layers=int(rng.integers(3, 6)), template=subunit)
     elif family == "cage":
-        xyz = _cage(rng, n, size)
+        xyz = _cage(rng, n, size, template=subunit)
     elif family == "elongated":
-        xyz = _elongated(rng, n, size)
+        xyz = _elongated(rng, n, size, template=subunit)
     else:  # ribosome: large subunit and a smaller one sitting on it, slightly offset
         r_l = size * 0.3
         r_s = r_l * rng.uniform(0.7, 0.85)
@@ -332,11 +365,12 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
         small = _lumpy_blob(rng, n - n_l, r_s, 8) * np.array([1.15, 0.8, 0.85]) + np.array([0.0, 0.15 * r_l, r_l * 0.6])
         xyz = np.concatenate([large, small])
     xyz = _centre(xyz)
-    # protein fills about 60 % of the convex volume of the sub-domains: share it over the points
+    # protein volume: the voxels (two point sizes wide) that hold points; shared evenly over the points
     blob = size / 70.0
     vol = _approx_volume(xyz, blob * 2.0)
     weight = np.full(len(xyz), vol / len(xyz), dtype=np.float32)
-    model = ParticleModel(xyz, weight, blob, family)
+    name = family if subunit is None else f"{family}:{subunit.family}"
+    model = ParticleModel(xyz, weight, blob, name)
     return model.scaled(diameter)
 
 
@@ -346,6 +380,30 @@ def _approx_volume(xyz: np.ndarray, voxel: float) -> float:
     idx -= idx.min(axis=0)
     key = (idx[:, 0] * 100003 + idx[:, 1]) * 100003 + idx[:, 2]
     return float(len(np.unique(key))) * voxel**3
+
+
+@functools.lru_cache(maxsize=128)
+def _read_heavy_atoms(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """Heavy-atom coordinates of the first model of a PDB/mmCIF file (cached by path, mtime and size)."""
+    try:
+        import gemmi
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelFileError(path, "reading atomic models needs the 'gemmi' package (pip install gemmi)") from exc
+    try:
+        st = gemmi.read_structure(path)
+    except Exception as exc:  # gemmi raises RuntimeError / ValueError with a message
+        raise ModelFileError(path, f"cannot parse atomic model ({type(exc).__name__}: {exc})") from exc
+    if len(st) == 0:
+        raise ModelFileError(path, "no models in file")
+    st.remove_hydrogens()
+    st.remove_waters()
+    coords = [a.pos.tolist() for ch in st[0] for res in ch for a in res]
+    if not coords:
+        raise ModelFileError(path, "no atoms in the first model")
+    xyz = np.asarray(coords, dtype=np.float64)
+    if not np.all(np.isfinite(xyz)):
+        raise ModelFileError(path, "non-finite atom coordinates")
+    return xyz
 
 
 def load_atomic_model(path, max_points: int | None = None, rng: np.random.Generator | None = None) -> ParticleModel:
@@ -375,24 +433,9 @@ def load_atomic_model(path, max_points: int | None = None, rng: np.random.Genera
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "no such file")
-    try:
-        import gemmi
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelFileError(path, "reading atomic models needs the 'gemmi' package (pip install gemmi)") from exc
-    try:
-        st = gemmi.read_structure(str(path))
-    except Exception as exc:  # gemmi raises RuntimeError / ValueError with a message
-        raise ModelFileError(path, f"cannot parse atomic model ({type(exc).__name__}: {exc})") from exc
-    if len(st) == 0:
-        raise ModelFileError(path, "no models in file")
-    st.remove_hydrogens()
-    st.remove_waters()
-    coords = [a.pos.tolist() for ch in st[0] for res in ch for a in res]
-    if not coords:
-        raise ModelFileError(path, "no atoms in the first model")
-    xyz = np.asarray(coords, dtype=np.float64)
-    if not np.all(np.isfinite(xyz)):
-        raise ModelFileError(path, "non-finite atom coordinates")
+    stat = path.stat()
+    # parsed files are cached (training draws the same models again and again); the copy keeps the cache intact
+    xyz = _read_heavy_atoms(str(path.resolve()), stat.st_mtime_ns, stat.st_size).copy()
     weight = np.full(len(xyz), ATOM_VOLUME_A3, dtype=np.float32)
     if max_points is not None and len(xyz) > max_points:
         rng = rng if rng is not None else np.random.default_rng(0)
