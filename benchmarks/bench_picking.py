@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer maps and repeats")
     args = p.parse_args(argv)
-    print(f"relion_pixer picking benchmark; {os.cpu_count()} CPUs visible")
+    load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    print(f"relion_pixer picking benchmark; {os.cpu_count()} CPUs visible{load}")
     bench_speed(repeats=10 if args.quick else 30)
     bench_accuracy(n_maps=4 if args.quick else 20)
     return 0

@@ -469,12 +469,15 @@ def _peaks_numpy(score: np.ndarray, cell: int, half: int, max_iter: int):
     flat = padded.ravel()
     offs = _window_offsets(half, pw)
     centre = offs.size // 2
+    # windows as a strided view: gathering (n, K, K) windows by their corner copies whole rows at a time
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * half + 1, 2 * half + 1))
     moving = np.unique(_to_padded(_cell_maxima(score, cell, np), width, half))
     done = []
     for _ in range(max_iter):
         if moving.size == 0:
             break
-        vals = flat[moving[:, None] + offs[None, :]]
+        py, px = np.divmod(moving, pw)
+        vals = windows[py - half, px - half].reshape(moving.size, -1)  # row-major over (dy, dx), as offs
         j = vals.argmax(axis=1)
         moves = vals[np.arange(moving.size), j] > vals[:, centre]
         done.append(moving[~moves])
