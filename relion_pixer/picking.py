@@ -198,6 +198,14 @@ def pick_centres(
         unknown backend.
     ImportError
         The CuPy backend was asked for (or a CUDA tensor given) and CuPy is not installed.
+
+    Notes
+    -----
+    The coordinates are in pixels of ``prob_map`` (network scale for the pipeline: map them back with
+    :func:`relion_pixer.preprocess.to_original`). Because the map is reflected at its edges, a particle whose
+    centre lies within about a quarter diameter of the border is picked on the border; use ``margin_px`` to
+    drop picks whose box would leave the micrograph. Along an axis where the peak is on the border, no
+    sub-pixel refinement is done.
     """
     diameter_px, sigma = _check_diameter_sigma(diameter_px, sigma)
     if min_distance_px is None:
