@@ -529,8 +529,13 @@ def _resolve(name: str, project_dir: Path, star_dir: Path) -> Path:
     if p.is_absolute():
         return p
     candidate = project_dir / p
-    if not candidate.exists() and (star_dir / p).exists():
-        return star_dir / p
+    if candidate.exists():
+        return candidate
+    # a STAR file read from outside its project: RELION names are relative to the project directory, which is the
+    # STAR file's own directory or one of its parents (CtfFind/job005/micrographs_ctf.star -> two levels up)
+    for base in (star_dir, *star_dir.parents):
+        if (base / p).exists():
+            return base / p
     return candidate
 
 
@@ -550,8 +555,9 @@ def read_micrographs_star(
         The STAR file.
     project_dir : str or os.PathLike, optional
         RELION project directory the names are relative to (default: the current directory, as RELION runs jobs
-        from there). A relative name missing there but present relative to the STAR file's own directory resolves
-        to the latter, so that standalone STAR files beside their micrographs work too.
+        from there). A relative name missing there but present relative to the STAR file's own directory or one of
+        its parents resolves to that, so that a STAR file beside its micrographs, or one read from outside its
+        project, works too.
     angpix : float, optional
         Pixel size given by the user. It overrides the STAR file's values (``angpix_source == "user"``).
 

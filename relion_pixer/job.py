@@ -343,7 +343,7 @@ def _write_maps(base: str, result: PickResult, image: np.ndarray, angpix: float,
 
     from relion_pixer import preprocess
 
-    fy, fx = result.factors
+    fx = result.factors[1]
     if result.prob_map is not None:
         with io.atomic_output_path(base + "_probmap.mrc") as tmp:
             with mrcfile.new(tmp) as m:

@@ -137,6 +137,16 @@ def test_paths_resolve_against_project_then_star_dir(tmp_path):
     entries = io.read_micrographs_star(star, project_dir=tmp_path)
     assert entries[0].path == tmp_path / "sub" / "beside.mrc"
     assert entries[1].path == Path("/abs/elsewhere.mrc")
+    # a RELION STAR file read from outside its project: names are relative to the project root, two levels up
+    proj = tmp_path / "proj"
+    (proj / "CtfFind/job005").mkdir(parents=True)
+    (proj / "MotionCorr/job002").mkdir(parents=True)
+    (proj / "MotionCorr/job002/m.mrc").write_bytes(b"")
+    star = proj / "CtfFind/job005/micrographs_ctf.star"
+    star.write_text("data_\nloop_\n_rlnMicrographName\nMotionCorr/job002/m.mrc\nMotionCorr/job002/gone.mrc\n")
+    entries = io.read_micrographs_star(star, project_dir=tmp_path / "elsewhere")
+    assert entries[0].path == proj / "MotionCorr/job002/m.mrc"
+    assert entries[1].path == tmp_path / "elsewhere/MotionCorr/job002/gone.mrc"  # missing: reported where expected
 
 
 def test_bad_micrograph_stars(tmp_path):

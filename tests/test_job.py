@@ -835,3 +835,80 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
     assert proc.returncode == 0, proc.stderr
     check_relion_outputs(root)
     assert "Total number of particles" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the chain's plumbing, with stand-ins for the stages that are not on this branch
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_pick_micrograph_chains_the_stages(monkeypatch):
+    """pipeline.pick_micrograph passes the right scales and settings between stages (stand-in picker/classifier)."""
+    import types
+
+    import relion_pixer
+    from relion_pixer import NET_DIAMETER_PX, pipeline
+
+    seen = {}
+
+    def predict_probability(segmenter, net_image, device, **kw):
+        seen["seg"] = (segmenter, net_image.shape, device)
+        return np.full(net_image.shape, 0.5, np.float32)
+
+    def pick_centres(prob_map, diameter_px, min_distance_px=None, **kw):
+        seen["pick"] = (prob_map.shape, diameter_px, min_distance_px)
+        return np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]]), np.array([0.5, 0.6, 0.7])
+
+    def filter_candidates(classifier, net_image, xy, threshold=0.6, max_particles=500, device="cpu", batch_size=256):
+        seen["cls"] = (classifier, xy.shape, threshold, max_particles, device, batch_size)
+        return types.SimpleNamespace(xy=xy[:2], fom=np.array([0.7, 0.9]), probs=None)
+
+    fakes = {"segment": dict(predict_probability=predict_probability), "picking": dict(pick_centres=pick_centres),
+             "classify": dict(filter_candidates=filter_candidates)}
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(f"relion_pixer.{name}")
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, f"relion_pixer.{name}", mod)
+        monkeypatch.setattr(relion_pixer, name, mod, raising=False)
+    models = types.SimpleNamespace(segmenter="SEG", classifier="CLS")
+    image = np.random.default_rng(0).normal(size=(400, 600)).astype(np.float32)
+    params = PickParams(threshold=0.7, max_particles=0, min_distance_A=100.0, device="cuda:1", batch_size=32)
+    res = pipeline.pick_micrograph(image, 2.0, 200.0, models, params)
+    # 200 A at 2 A/px = 100 px -> NET_DIAMETER_PX: factor 0.32
+    assert seen["seg"] == ("SEG", (128, 192), "cuda:1")
+    assert seen["pick"] == ((128, 192), NET_DIAMETER_PX, pytest.approx(100.0 * NET_DIAMETER_PX / 200.0))
+    assert seen["cls"] == ("CLS", (3, 2), 0.7, 3, "cuda:1", 32)  # max_particles 0 = no cap
+    np.testing.assert_allclose(res.fom, [0.9, 0.7])  # best first
+    np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
+    assert res.factors == (128 / 400, 192 / 600)
+    assert res.prob_map.shape == res.net_image.shape == (128, 192)
+    pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(max_particles=50))
+    assert seen["cls"][3] == 50 and seen["pick"][2] is None
+
+
+def test_an_engine_error_is_fatal_with_the_reason(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+
+    def oom(image, angpix, d, params):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    rc, _, err = run(RELION_CMD, oom)
+    assert rc == 1
+    assert err.strip().endswith("ERROR: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+
+
+def test_shim_as_relion_calls_it_without_networks(tmp_path):
+    """external_job.py through cli.py: a bad command line gives one error line and the failure marker."""
+    root = made_project(tmp_path / "p", n=1)
+    cmd = [sys.executable, str(REPO / "external_job.py"), "--o", "External/job012/", "--in_mics", IN_MICS,
+           "--j", "1", "--pipeline_control", "External/job012/"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "ERROR: --particle_diameter is required: the particle's diameter in Angstrom (e.g. 180)"]
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+    proc = subprocess.run([sys.executable, str(REPO / "external_job.py"), "pick", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "particle_diameter" in proc.stdout
