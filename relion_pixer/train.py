@@ -41,7 +41,7 @@ from relion_pixer.models import (
     load_pretrained,
     save_models,
 )
-from relion_pixer.preprocess import normalise, prepare
+from relion_pixer.preprocess import prepare, to_network
 
 __all__ = ["TrainConfig", "load_config", "LabelledSet", "simulated_set", "real_set", "train", "main"]
 
@@ -61,7 +61,10 @@ class TrainConfig:
     sim_size: int = 384
     snr_min: float = 0.005
     snr_max: float = 0.5
+    oversample_min: float = 1.2
+    oversample_max: float = 2.5
     valid_snrs: tuple = (0.01, 0.1)
+    valid_oversample: float = 2.5
     # real data: list of {micrographs = glob, coords = dir, diameter = A, angpix = A/px}
     real: tuple = ()
     # classifier
@@ -144,10 +147,21 @@ class LabelledSet:
         return LabelledSet(self.images + other.images, self.labels + other.labels, self.coords + other.coords, inst, names)
 
 
-def simulated_set(n: int, size: int, seed: int, snr: float | tuple = (0.005, 0.5), progress: bool = True) -> LabelledSet:
-    """Simulate ``n`` micrographs of ``size`` px at network scale with domain-randomised settings.
+def simulated_set(
+    n: int,
+    size: int,
+    seed: int,
+    snr: float | tuple = (0.005, 0.5),
+    oversample: float | tuple = (1.2, 2.5),
+    progress: bool = True,
+) -> LabelledSet:
+    """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
-    ``snr`` is one value, or a (min, max) range drawn log-uniformly per micrograph.
+    Each micrograph is simulated at a native sampling ``k`` times finer than network scale (particle diameter
+    ``32 k`` pixels, ``k`` drawn from ``oversample``), with the SNR defined at that native sampling, then
+    Fourier-cropped and normalised by :func:`relion_pixer.preprocess.prepare`, so training sees what picking sees.
+    ``snr`` and ``oversample`` are one value, or a (min, max) range drawn log-uniformly per micrograph.
+    The output images are about ``size`` pixels wide.
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
 
@@ -155,21 +169,34 @@ def simulated_set(n: int, size: int, seed: int, snr: float | tuple = (0.005, 0.5
     images, labels, coords, instances = [], [], [], []
     t0 = time.time()
     for i in range(n):
-        if isinstance(snr, (tuple, list)):
-            value = float(math.exp(rng.uniform(math.log(snr[0]), math.log(snr[1]))))
-        else:
-            value = float(snr)
+        value = _draw(rng, snr)
+        k = _draw(rng, oversample)
         jitter = float(rng.uniform(0.85, 1.15))
         cfg = random_config(rng)
-        cfg.update(snr=value, particle_diameter_px=NET_DIAMETER_PX * jitter)
-        sim = simulate_micrograph(rng, shape=(size, size), **cfg)
-        images.append(normalise(sim.image))
-        labels.append(np.asarray(sim.labels, dtype=np.uint8))
-        coords.append(np.asarray(sim.coords, dtype=np.float32).reshape(-1, 2))
-        instances.append(np.asarray(sim.instances, dtype=np.int32))
+        cfg.update(snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, angpix=1.0)
+        native = int(round(size * k))
+        sim = simulate_micrograph(rng, shape=(native, native), **cfg)
+        net, factors = prepare(sim.image, angpix=1.0, diameter_angstrom=NET_DIAMETER_PX * k)
+        images.append(net)
+        labels.append(_nearest_resample(np.asarray(sim.labels, dtype=np.uint8), net.shape))
+        instances.append(_nearest_resample(np.asarray(sim.instances, dtype=np.int32), net.shape))
+        coords.append(to_network(np.asarray(sim.coords).reshape(-1, 2), factors).astype(np.float32))
         if progress and (i + 1) % max(1, n // 10) == 0:
             _log(f"simulated {i + 1}/{n} micrographs ({time.time() - t0:.0f} s)")
     return LabelledSet(images, labels, coords, instances)
+
+
+def _draw(rng: np.random.Generator, value: float | tuple) -> float:
+    if isinstance(value, (tuple, list)):
+        return float(math.exp(rng.uniform(math.log(value[0]), math.log(value[1]))))
+    return float(value)
+
+
+def _nearest_resample(labels: np.ndarray, shape: tuple) -> np.ndarray:
+    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
+    rows = np.minimum(np.round(np.arange(shape[0]) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(shape[1]) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
 
 
 def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix: float | None = None) -> LabelledSet:
@@ -347,7 +374,7 @@ def seg_metrics(probs: list[np.ndarray], data: LabelledSet) -> dict:
         inter += int((pred & truth & valid).sum())
         union += int(((pred | truth) & valid).sum())
         if inst is not None:
-            ious.extend(particle_ious(pred, inst))
+            ious.extend(particle_ious(pred, inst)[1])
     return {
         "particle_iou": float(np.mean(ious)) if ious else float("nan"),
         "pixel_iou": inter / union if union else float("nan"),
@@ -429,7 +456,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     if sim_cache.is_file():
         sim_train = LabelledSet(**torch.load(sim_cache, weights_only=False))
     else:
-        sim_train = simulated_set(cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max))
+        sim_train = simulated_set(
+            cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max)
+        )
         torch.save(sim_train.__dict__, sim_cache)
     valid_sets = {}
     for k, snr in enumerate(cfg.valid_snrs):
@@ -437,7 +466,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         if cache.is_file():
             valid_sets[snr] = LabelledSet(**torch.load(cache, weights_only=False))
         else:
-            valid_sets[snr] = simulated_set(cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), progress=False)
+            valid_sets[snr] = simulated_set(
+                cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), cfg.valid_oversample, progress=False
+            )
             torch.save(valid_sets[snr].__dict__, cache)
     real = _real_from_config(cfg.real) if cfg.real else LabelledSet([], [], [], None, [])
     user = None

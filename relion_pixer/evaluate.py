@@ -1,0 +1,621 @@
+"""Scoring picks against ground truth: matching, precision / recall / F1, average precision, mask IoU.
+
+Definitions
+-----------
+Matching (:func:`match_picks`)
+    One-to-one assignment of predicted to true centres that pairs as many picks as possible, and among those
+    assignments the one with the smallest total distance (Hungarian algorithm,
+    :func:`scipy.optimize.linear_sum_assignment`). A pair counts only when the centres are at most ``radius``
+    apart (``distance <= radius``). The default radius is half the particle diameter. Duplicated picks of one
+    particle give one true positive and false positives for the rest.
+Precision, recall, F1 (:func:`precision_recall_f1`, :func:`pooled_precision_recall_f1`)
+    ``TP / n_pred``, ``TP / n_true``, ``2 TP / (n_pred + n_true)``; NaN where the denominator is 0 (no picks,
+    no truth). Pooled figures sum TP, ``n_pred`` and ``n_true`` over micrographs (micro-averaging).
+Average precision (:func:`average_precision`, :func:`pooled_average_precision`)
+    Detection AP over the figure of merit, as in PASCAL VOC / COCO: picks are taken in decreasing score and
+    each is matched greedily to the nearest still-unmatched true centre within ``radius`` (true positive) or
+    counted as a false positive. Precision is made monotonically non-increasing in recall ("interpolated") and
+    AP is the area under that precision-recall curve (all-point, no 11-point sampling), so a perfect ranking
+    that finds every particle has AP = 1, and particles never picked cap the recall below 1. Pooled AP ranks
+    the picks of all micrographs together, each matched within its own micrograph. Equal scores are taken in
+    input order.
+Pixel IoU (:func:`mask_iou`)
+    ``|P & T| / |P | T|`` of two boolean masks (1.0 when both are empty).
+Per-particle IoU (:func:`particle_ious`)
+    For each true particle ``k`` of an instance map (0 = background, ``k > 0`` = particle ``k``): the window
+    ``Omega_k`` is the bounding box of instance ``k`` grown by ``margin_px`` pixels on every side (clipped to the
+    image); in that window the prediction is ``P_k = pred & ~(other instances)``, i.e. predicted pixels that
+    belong to a *neighbouring* true particle are ignored, and the IoU is ``|P_k & T_k| / |P_k | T_k|``.
+    Predicted pixels on background near the particle (over-segmentation, merged blobs) lower it, as do missed
+    particle pixels.
+
+Command line: ``relion_pixer evaluate --picks JOBDIR/autopick.star --truth DIR (--radius PX | --diameter PX)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "Match",
+    "Scores",
+    "match_picks",
+    "precision_recall_f1",
+    "pooled_precision_recall_f1",
+    "greedy_match_by_score",
+    "average_precision",
+    "pooled_average_precision",
+    "mask_iou",
+    "particle_ious",
+    "read_coordinates",
+    "read_picks",
+    "read_truth",
+    "micrograph_key",
+    "main",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# matching and counts
+
+
+@dataclass(frozen=True)
+class Match:
+    """One-to-one matching of predicted to true centres.
+
+    Attributes
+    ----------
+    pred_index, true_index : numpy.ndarray
+        Indices of the matched pairs (``pred_index[i]`` matches ``true_index[i]``).
+    distance : numpy.ndarray
+        Their distances in pixels.
+    n_pred, n_true : int
+        Number of picks and of true centres.
+    """
+
+    pred_index: np.ndarray
+    true_index: np.ndarray
+    distance: np.ndarray
+    n_pred: int
+    n_true: int
+
+    @property
+    def tp(self) -> int:
+        return int(len(self.pred_index))
+
+    @property
+    def fp(self) -> int:
+        return self.n_pred - self.tp
+
+    @property
+    def fn(self) -> int:
+        return self.n_true - self.tp
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Counts and figures; NaN where undefined (see the module notes)."""
+
+    tp: int
+    n_pred: int
+    n_true: int
+    precision: float
+    recall: float
+    f1: float
+
+    @classmethod
+    def from_counts(cls, tp: int, n_pred: int, n_true: int) -> "Scores":
+        tp, n_pred, n_true = int(tp), int(n_pred), int(n_true)
+        if not 0 <= tp <= min(n_pred, n_true):
+            raise ValueError(f"inconsistent counts tp={tp}, n_pred={n_pred}, n_true={n_true}")
+        precision = tp / n_pred if n_pred else math.nan
+        recall = tp / n_true if n_true else math.nan
+        f1 = 2.0 * tp / (n_pred + n_true) if (n_pred + n_true) else math.nan
+        return cls(tp, n_pred, n_true, precision, recall, f1)
+
+
+def _as_xy(xy, name: str) -> np.ndarray:
+    arr = np.asarray(xy, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be an N x 2 array of (x, y), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates")
+    return arr
+
+
+def _check_radius(radius: float) -> float:
+    radius = float(radius)
+    if not (radius > 0 and math.isfinite(radius)):
+        raise ValueError(f"radius must be positive and finite, got {radius!r}")
+    return radius
+
+
+def match_picks(pred_xy, true_xy, radius: float) -> Match:
+    """Match picks to true centres one-to-one (Hungarian), pairs only within ``radius``.
+
+    Parameters
+    ----------
+    pred_xy, true_xy : array_like
+        ``N x 2`` and ``M x 2`` ``(x, y)`` centres (empty allowed).
+    radius : float
+        Largest distance (inclusive) at which a pick can match, in pixels; usually half the particle diameter.
+
+    Returns
+    -------
+    Match
+        The assignment with the most pairs and, among those, the smallest total distance.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import cKDTree
+
+    pred = _as_xy(pred_xy, "pred_xy")
+    true = _as_xy(true_xy, "true_xy")
+    radius = _check_radius(radius)
+    empty = np.zeros(0, dtype=np.int64)
+    if len(pred) == 0 or len(true) == 0:
+        return Match(empty, empty, np.zeros(0), len(pred), len(true))
+    near = cKDTree(pred).query_ball_tree(cKDTree(true), radius)
+    pr = np.repeat(np.arange(len(pred)), [len(n) for n in near])
+    tc = np.fromiter((j for n in near for j in n), dtype=np.int64, count=len(pr))
+    if len(pr) == 0:
+        return Match(empty, empty, np.zeros(0), len(pred), len(true))
+    d = np.hypot(*(pred[pr] - true[tc]).T)
+    # only picks and truths with a partner in reach take part; a pair out of reach costs more than any
+    # complete set of pairs in reach, so the assignment maximises the number of pairs, then minimises distance
+    rows = np.unique(pr)
+    cols = np.unique(tc)
+    big = radius * (min(len(rows), len(cols)) + 1) + 1.0
+    cost = np.full((len(rows), len(cols)), big)
+    cost[np.searchsorted(rows, pr), np.searchsorted(cols, tc)] = d
+    r, c = linear_sum_assignment(cost)
+    ok = cost[r, c] <= radius
+    p_idx, t_idx = rows[r[ok]], cols[c[ok]]
+    dist = np.hypot(*(pred[p_idx] - true[t_idx]).T)
+    order = np.argsort(p_idx, kind="stable")
+    return Match(p_idx[order].astype(np.int64), t_idx[order].astype(np.int64), dist[order], len(pred), len(true))
+
+
+def precision_recall_f1(pred_xy, true_xy, radius: float) -> Scores:
+    """Precision, recall and F1 of one micrograph's picks (matching by :func:`match_picks`)."""
+    m = match_picks(pred_xy, true_xy, radius)
+    return Scores.from_counts(m.tp, m.n_pred, m.n_true)
+
+
+def pooled_precision_recall_f1(preds: Sequence, trues: Sequence, radius: float) -> Scores:
+    """Precision, recall and F1 pooled over micrographs: TP, picks and truths summed, then divided.
+
+    Parameters
+    ----------
+    preds, trues : sequence of array_like
+        One ``N_i x 2`` array of picks and one ``M_i x 2`` array of true centres per micrograph.
+    radius : float
+        Matching radius in pixels.
+    """
+    if len(preds) != len(trues):
+        raise ValueError(f"{len(preds)} pick sets but {len(trues)} truth sets")
+    tp = n_pred = n_true = 0
+    for p, t in zip(preds, trues):
+        m = match_picks(p, t, radius)
+        tp, n_pred, n_true = tp + m.tp, n_pred + m.n_pred, n_true + m.n_true
+    return Scores.from_counts(tp, n_pred, n_true)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# average precision
+
+
+def _as_scores(score, n: int) -> np.ndarray:
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if len(s) != n:
+        raise ValueError(f"{n} picks but {len(s)} scores")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return s
+
+
+def greedy_match_by_score(pred_xy, score, true_xy, radius: float) -> np.ndarray:
+    """Detection-style matching: in decreasing score, each pick takes the nearest unmatched truth in reach.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``is_tp`` for each pick, in the input order.
+    """
+    from scipy.spatial import cKDTree
+
+    pred = _as_xy(pred_xy, "pred_xy")
+    true = _as_xy(true_xy, "true_xy")
+    s = _as_scores(score, len(pred))
+    radius = _check_radius(radius)
+    is_tp = np.zeros(len(pred), dtype=bool)
+    if len(pred) == 0 or len(true) == 0:
+        return is_tp
+    neighbours = cKDTree(true).query_ball_point(pred, radius)
+    taken = np.zeros(len(true), dtype=bool)
+    for i in np.argsort(-s, kind="stable"):
+        cand = np.asarray(neighbours[i], dtype=np.int64)
+        if cand.size == 0:
+            continue
+        cand = cand[~taken[cand]]
+        if cand.size == 0:
+            continue
+        d = np.hypot(*(true[cand] - pred[i]).T)
+        j = cand[np.lexsort((cand, d))[0]]  # nearest; equal distances: lowest index
+        taken[j] = True
+        is_tp[i] = True
+    return is_tp
+
+
+def _ap_from_ranking(score: np.ndarray, is_tp: np.ndarray, n_true: int) -> float:
+    if n_true == 0:
+        return math.nan
+    if len(score) == 0:
+        return 0.0
+    order = np.argsort(-score, kind="stable")
+    tp = np.cumsum(is_tp[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    recall = tp / n_true
+    # interpolated precision: the best precision at this or any higher recall
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(recall_steps * precision))
+
+
+def average_precision(pred_xy, score, true_xy, radius: float) -> float:
+    """Average precision of one micrograph's picks ranked by ``score`` (see the module notes).
+
+    Returns NaN when there is no true centre.
+    """
+    pred = _as_xy(pred_xy, "pred_xy")
+    s = _as_scores(score, len(pred))
+    is_tp = greedy_match_by_score(pred, s, true_xy, radius)
+    return _ap_from_ranking(s, is_tp, len(_as_xy(true_xy, "true_xy")))
+
+
+def pooled_average_precision(preds: Sequence, scores: Sequence, trues: Sequence, radius: float) -> float:
+    """Average precision over many micrographs: all picks ranked together, each matched in its micrograph."""
+    if not len(preds) == len(scores) == len(trues):
+        raise ValueError("preds, scores and trues must have one entry per micrograph")
+    all_s, all_tp, n_true = [], [], 0
+    for p, s, t in zip(preds, scores, trues):
+        p = _as_xy(p, "pred_xy")
+        s = _as_scores(s, len(p))
+        all_s.append(s)
+        all_tp.append(greedy_match_by_score(p, s, t, radius))
+        n_true += len(_as_xy(t, "true_xy"))
+    s = np.concatenate(all_s) if all_s else np.zeros(0)
+    tp = np.concatenate(all_tp) if all_tp else np.zeros(0, dtype=bool)
+    return _ap_from_ranking(s, tp, n_true)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# masks
+
+
+def _as_mask(a, label, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2D map, got shape {a.shape}")
+    return (a == label) if label is not None else a.astype(bool)
+
+
+def mask_iou(pred_mask, true_mask, label: int | None = None) -> float:
+    """Pixel intersection over union of two masks of one micrograph.
+
+    Parameters
+    ----------
+    pred_mask, true_mask : array_like
+        2D maps of the same shape. Taken as booleans (non-zero = inside) unless ``label`` is given.
+    label : int, optional
+        Compare ``pred_mask == label`` with ``true_mask == label`` (e.g. label maps with
+        :data:`relion_pixer.PARTICLE`).
+
+    Returns
+    -------
+    float
+        IoU in [0, 1]; 1.0 when both masks are empty.
+    """
+    p = _as_mask(pred_mask, label, "pred_mask")
+    t = _as_mask(true_mask, label, "true_mask")
+    if p.shape != t.shape:
+        raise ValueError(f"mask shapes differ: {p.shape} vs {t.shape}")
+    union = int(np.count_nonzero(p | t))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero(p & t)) / union
+
+
+def particle_ious(pred_mask, instance_map, margin_px: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """IoU of the predicted mask with each true particle, in a window around it (see the module notes).
+
+    Parameters
+    ----------
+    pred_mask : array_like
+        2D predicted particle mask (non-zero = particle).
+    instance_map : array_like of int
+        2D map of the same shape: 0 background, ``k > 0`` the pixels of true particle ``k``.
+    margin_px : int
+        The window is the particle's bounding box grown by this many pixels (default 8, a quarter of
+        :data:`relion_pixer.NET_DIAMETER_PX`).
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        The instance labels present, increasing.
+    ious : numpy.ndarray
+        Their IoUs.
+    """
+    import scipy.ndimage
+
+    pred = _as_mask(pred_mask, None, "pred_mask")
+    inst = np.asarray(instance_map)
+    if inst.ndim != 2:
+        raise ValueError(f"instance_map must be 2D, got shape {inst.shape}")
+    if inst.shape != pred.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {inst.shape}")
+    if inst.dtype.kind not in "iub":
+        raise ValueError(f"instance_map must hold integer labels, got dtype {inst.dtype}")
+    if inst.size and inst.min() < 0:
+        raise ValueError("instance_map labels must be >= 0")
+    margin_px = int(margin_px)
+    if margin_px < 0:
+        raise ValueError(f"margin_px must be >= 0, got {margin_px}")
+    inst = inst.astype(np.int64, copy=False)
+    ids = np.unique(inst[inst > 0])
+    ious = np.zeros(len(ids), dtype=np.float64)
+    slices = scipy.ndimage.find_objects(inst)
+    h, w = inst.shape
+    for n, k in enumerate(ids):
+        sy, sx = slices[k - 1]
+        y0, y1 = max(0, sy.start - margin_px), min(h, sy.stop + margin_px)
+        x0, x1 = max(0, sx.start - margin_px), min(w, sx.stop + margin_px)
+        win = inst[y0:y1, x0:x1]
+        t = win == k
+        p = pred[y0:y1, x0:x1] & ((win == 0) | t)
+        ious[n] = np.count_nonzero(p & t) / np.count_nonzero(p | t)
+    return ids, ious
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading picks and truth
+
+#: Suffixes stripped from a file stem to find its micrograph (``mic_autopick.star`` -> ``mic``).
+_SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pixer|particles))+$", re.IGNORECASE)
+
+
+def micrograph_key(path: str | Path) -> str:
+    """The micrograph a file refers to: its base name without extension and pick suffixes."""
+    stem = Path(str(path)).name
+    for ext in (".star", ".mrcs", ".mrc", ".tiff", ".tif", ".eer", ".box", ".txt", ".coords"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return _SUFFIXES.sub("", stem)
+
+
+def _read_star_blocks(path: Path) -> dict:
+    import starfile
+
+    try:
+        data = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises various errors on malformed files
+        raise ValueError(f"{path}: cannot read STAR file ({exc})") from exc
+    return data or {}
+
+
+def read_coordinates(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a per-micrograph coordinate STAR file.
+
+    Returns
+    -------
+    xy : numpy.ndarray
+        ``N x 2`` ``(x, y)`` from ``_rlnCoordinateX`` / ``_rlnCoordinateY`` (empty for a file with no rows).
+    fom : numpy.ndarray or None
+        ``_rlnAutopickFigureOfMerit`` when present.
+    """
+    path = Path(path)
+    for block in _read_star_blocks(path).values():
+        if hasattr(block, "columns") and "rlnCoordinateX" in block.columns and "rlnCoordinateY" in block.columns:
+            xy = block[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
+            fom = None
+            if "rlnAutopickFigureOfMerit" in block.columns:
+                fom = block["rlnAutopickFigureOfMerit"].to_numpy(dtype=np.float64)
+            return xy.reshape(-1, 2), fom
+    # a file with only a header (no particles) has no usable block
+    return np.zeros((0, 2)), None
+
+
+def _coordinate_files_block(path: Path):
+    blocks = _read_star_blocks(path)
+    for name, block in blocks.items():
+        if hasattr(block, "columns") and "rlnMicrographCoordinates" in block.columns:
+            return block
+    return None
+
+
+#: STAR files of a RELION job directory that are not per-micrograph coordinates.
+_JOB_FILES = {"autopick.star", "manualpick.star", "job.star", "job_pipeline.star", "default_pipeline.star", "summary.star"}
+
+
+def _is_job_file(path: Path) -> bool:
+    return path.name in _JOB_FILES or path.name.startswith(("coords_suffix", "run_"))
+
+
+def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict[str, Path]:
+    """Map micrograph key -> coordinate file for a set of picks.
+
+    Parameters
+    ----------
+    picks : path
+        A RELION ``autopick.star`` / ``manualpick.star`` (``data_coordinate_files`` with ``_rlnMicrographName``
+        and ``_rlnMicrographCoordinates``), a directory of per-micrograph coordinate STARs (searched
+        recursively; RELION's own job files such as ``autopick.star`` or ``job.star`` are skipped), or one
+        coordinate STAR.
+    project_dir : path, optional
+        Directory that the paths in the node file are relative to (where RELION ran). Default: the current
+        directory; a path not found there is looked for relative to the node file's job's project
+        (``picks.parents[2]`` for ``Project/AutoPick/jobNNN/autopick.star``).
+    """
+    picks = Path(picks)
+    if picks.is_dir():
+        files = sorted(p for p in picks.rglob("*.star") if p.is_file() and not _is_job_file(p))
+        out: dict[str, Path] = {}
+        for f in files:
+            key = micrograph_key(f)
+            if key in out:
+                raise ValueError(f"two pick files for micrograph {key!r}: {out[key]} and {f}")
+            out[key] = f
+        return out
+    if not picks.is_file():
+        raise FileNotFoundError(f"picks not found: {picks}")
+    block = _coordinate_files_block(picks)
+    if block is None:
+        return {micrograph_key(picks): picks}  # a single coordinate file
+    if "rlnMicrographName" not in block.columns:
+        raise ValueError(f"{picks}: data_coordinate_files has no _rlnMicrographName column")
+    bases = [Path(project_dir) if project_dir is not None else Path.cwd()]
+    resolved = picks.resolve()
+    if len(resolved.parents) > 2:
+        bases.append(resolved.parents[2])
+    out = {}
+    for mic, coords in zip(block["rlnMicrographName"], block["rlnMicrographCoordinates"]):
+        rel = Path(str(coords))
+        found = rel if rel.is_absolute() else next((b / rel for b in bases if (b / rel).is_file()), bases[0] / rel)
+        out[micrograph_key(mic)] = found
+    return out
+
+
+def read_truth(truth: str | Path) -> dict[str, Path]:
+    """Map micrograph key -> truth coordinate STAR for a directory of ``<micrograph>.star`` files."""
+    truth = Path(truth)
+    if not truth.is_dir():
+        raise FileNotFoundError(f"truth directory not found: {truth}")
+    return read_picks(truth)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relion_pixer evaluate",
+        description="Score particle picks against ground-truth coordinates: one-to-one (Hungarian) matching within "
+        "a radius, precision, recall, F1 per micrograph and pooled, and average precision over the figure of merit.",
+    )
+    p.add_argument("--picks", required=True, help="autopick.star of a picking job, or a directory of coordinate STARs")
+    p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--radius", type=float, help="matching radius in pixels of the coordinates")
+    g.add_argument("--diameter", type=float, help="particle diameter in pixels (radius = diameter / 2)")
+    p.add_argument("--project_dir", default=None, help="directory the paths in autopick.star are relative to (default: cwd)")
+    p.add_argument("--min_fom", type=float, default=None, help="ignore picks with a figure of merit below this")
+    p.add_argument(
+        "--all_truth",
+        action="store_true",
+        help="also count truth micrographs without picks (all their particles missed); default: only picked ones",
+    )
+    p.add_argument("--json", default=None, help="write the per-micrograph and pooled figures to this JSON file")
+    return p
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "   nan" if math.isnan(v) else f"{v:6.3f}"
+    return str(v)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``relion_pixer evaluate``: print a per-micrograph table and pooled figures; 0 on success."""
+    args = _build_parser().parse_args(argv)
+    radius = args.radius if args.radius is not None else (args.diameter / 2.0 if args.diameter else None)
+    try:
+        radius = _check_radius(radius if radius is not None else float("nan"))
+        picks = read_picks(args.picks, args.project_dir)
+        truth = read_truth(args.truth)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
+        return 2
+
+    keys = sorted(k for k in picks if k in truth)
+    for k in sorted(set(picks) - set(truth)):
+        print(f"warning: no truth for micrograph {k}: skipped", file=sys.stderr)
+    missing = sorted(set(truth) - set(picks))
+    if missing:
+        action = "counted as missed" if args.all_truth else "not evaluated (use --all_truth to count them)"
+        print(f"warning: {len(missing)} truth micrograph(s) without picks, {action}", file=sys.stderr)
+        if args.all_truth:
+            keys = sorted(keys + missing)
+    if not keys:
+        print("relion_pixer evaluate: error: no micrograph has both picks and truth", file=sys.stderr)
+        return 1
+
+    rows, preds, scores, trues = [], [], [], []
+    have_fom = True
+    try:
+        for k in keys:
+            if k in picks:
+                if not picks[k].is_file():
+                    raise ValueError(f"pick file listed for {k} not found: {picks[k]}")
+                xy, fom = read_coordinates(picks[k])
+            else:
+                xy, fom = np.zeros((0, 2)), np.zeros(0)
+            if fom is None and len(xy) == 0:
+                fom = np.zeros(0)
+            if args.min_fom is not None:
+                if fom is None:
+                    raise ValueError(f"--min_fom given but {picks[k]} has no _rlnAutopickFigureOfMerit")
+                keep = fom >= args.min_fom
+                xy, fom = xy[keep], fom[keep]
+            t_xy, _ = read_coordinates(truth[k])
+            s = Scores.from_counts(match_picks(xy, t_xy, radius).tp, len(xy), len(t_xy))
+            ap = average_precision(xy, fom, t_xy, radius) if fom is not None else math.nan
+            have_fom &= fom is not None
+            preds.append(xy)
+            scores.append(fom)
+            trues.append(t_xy)
+            rows.append({"micrograph": k, **asdict(s), "average_precision": ap})
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
+        return 2
+
+    pooled = asdict(pooled_precision_recall_f1(preds, trues, radius))
+    pooled["average_precision"] = pooled_average_precision(preds, scores, trues, radius) if have_fom else math.nan
+    pooled["n_micrographs"] = len(keys)
+
+    cols = ["n_true", "n_pred", "tp", "precision", "recall", "f1", "average_precision"]
+    heads = ["n_true", "n_pred", "tp", "prec", "recall", "f1", "AP"]
+    width = max(10, max(len(r["micrograph"]) for r in rows))
+    print(f"matching radius {radius:g} px; {len(keys)} micrograph(s)")
+    print(f"{'micrograph':<{width}} " + " ".join(f"{h:>6}" for h in heads))
+    for r in rows + [{"micrograph": "pooled", **pooled}]:
+        print(f"{r['micrograph']:<{width}} " + " ".join(f"{_fmt(r[c]):>6}" for c in cols))
+    if args.json:
+        out = {"radius": radius, "picks": str(args.picks), "truth": str(args.truth), "micrographs": rows, "pooled": pooled}
+        Path(args.json).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

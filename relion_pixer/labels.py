@@ -1,0 +1,745 @@
+"""Segmentation labels by reprojecting a RELION refinement (``relion_pixer labels``, also a RELION External job).
+
+For each refined particle the map is projected at the particle's Euler angles (RELION convention, see
+:mod:`relion_pixer.projection`), binarised with the shared definition of a particle mask
+(:func:`relion_pixer.masks.binarise_projection`: projected density >= :data:`~relion_pixer.masks.MASK_FRACTION` of
+the projection's maximum, holes filled; the simulator uses the same function, so the two kinds of label agree), and
+pasted (union, clipped at the edges) into a ``uint8`` label map of its micrograph, centred on
+``coordinate - origin`` and at the micrograph's pixel size.
+
+Speed: masks are coarse, so the map is Fourier-cropped to a working box of at most ``max_box`` voxels (never finer
+than the micrograph's pixels), projected there in batches, then bilinearly resampled onto the micrograph's grid with
+the particle's exact sub-pixel centre, and only then thresholded.
+
+Outputs, in ``--o``:
+
+* ``<mic path without its first two components>/<stem>_labels.mrc``: the label map (MRC mode 0, 8-bit; values
+  0 background, 1 particle), with the micrograph's pixel size in the header;
+* ``.../<stem>_coords.star``: the particle centres (``_rlnCoordinateX/Y``, micrograph pixels);
+* ``labels.star``: table ``data_coordinate_files`` with ``_rlnMicrographName``, ``_rlnMicrographCoordinates``,
+  ``_pixerLabelName``, ``_rlnMicrographPixelSize`` and ``_pixerNrParticles``, plus a ``data_pixer_labels`` block
+  with the estimated particle diameter (``_pixerParticleDiameterAngst``) and the settings used;
+* ``RELION_OUTPUT_NODES.star`` declaring ``labels.star``, and ``RELION_JOB_EXIT_SUCCESS`` (or
+  ``RELION_JOB_EXIT_FAILURE`` with the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from relion_pixer import PARTICLE
+from relion_pixer.masks import MASK_FRACTION, binarise_projection
+from relion_pixer.projection import lowpass_volume, project, resample_volume
+
+__all__ = [
+    "LabelError",
+    "MaskRenderer",
+    "paste_mask",
+    "read_particles",
+    "read_micrograph_pixel_sizes",
+    "make_labels",
+    "main",
+    "LABELS_STAR",
+    "LABEL_COLUMN",
+    "NODE_TYPE",
+]
+
+#: Name of the label set written in the output directory.
+LABELS_STAR = "labels.star"
+#: Custom STAR column naming each micrograph's label map (RELION 4/5 keep unknown columns, with a warning).
+LABEL_COLUMN = "pixerLabelName"
+#: Node type of ``labels.star`` in ``RELION_OUTPUT_NODES.star``: RELION 4/5's generic "ProcessData" top-level type
+#: (as ``ProcessData.star.relion.postprocess`` for postprocess.star), with our own sub-type.
+NODE_TYPE = "ProcessData.star.relion_pixer.labels"
+#: Default side, in voxels, of the working box the map is projected in.
+DEFAULT_MAX_BOX = 64
+
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+class LabelError(Exception):
+    """A problem with one input file; the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading inputs
+
+
+def _read_star(path) -> dict:
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(path, "file not found")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises a variety of parser errors
+        raise LabelError(path, f"cannot parse STAR file ({exc})") from exc
+    return {k: v for k, v in blocks.items()}
+
+
+def _loop_with(blocks: dict, prefer: str, column: str):
+    if isinstance(blocks.get(prefer), pd.DataFrame):
+        return blocks[prefer]
+    for df in blocks.values():
+        if isinstance(df, pd.DataFrame) and column in df.columns:
+            return df
+    return None
+
+
+def _optics_column(df: pd.DataFrame, optics, column: str) -> np.ndarray | None:
+    """Per-row value of an optics-group column (RELION 3.1+), or None when absent."""
+    if column in df.columns:
+        return df[column].to_numpy(dtype=np.float64)
+    if optics is None or column not in optics.columns or "rlnOpticsGroup" not in optics.columns:
+        return None
+    if "rlnOpticsGroup" not in df.columns:
+        if len(optics) == 1:
+            return np.full(len(df), float(optics[column].iloc[0]))
+        return None
+    table = dict(zip(optics["rlnOpticsGroup"].astype(int), optics[column].astype(float)))
+    groups = df["rlnOpticsGroup"].astype(int)
+    missing = sorted(set(groups) - set(table))
+    if missing:
+        raise KeyError(f"optics group(s) {missing} missing from data_optics")
+    return groups.map(table).to_numpy(dtype=np.float64)
+
+
+def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
+    """Read a refined particles STAR file (RELION 2/3.0 or 3.1+ style).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``run_data.star`` (or any particles STAR with angles, coordinates and micrograph names).
+    particle_angpix : float, optional
+        Pixel size of the particle images, for RELION 3.0 files whose origins are in pixels and that carry neither
+        ``_rlnImagePixelSize`` nor ``_rlnDetectorPixelSize``/``_rlnMagnification``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``micrograph``, ``x``, ``y`` (coordinates, micrograph pixels), ``rot``, ``tilt``, ``psi`` (degrees),
+        ``origin_x_A``, ``origin_y_A`` (origin offsets in Angstrom; RELION's origin is the shift that centres the
+        particle: centre = coordinate - origin), and ``mic_angpix_optics`` (the optics group's
+        ``_rlnMicrographPixelSize``, NaN when absent).
+    """
+    blocks = _read_star(path)
+    df = _loop_with(blocks, "particles", "rlnAngleRot")
+    if df is None:
+        df = _loop_with(blocks, "particles", "rlnCoordinateX")
+    if df is None:
+        raise LabelError(path, "no particles table (data_particles, or a loop with _rlnCoordinateX)")
+    optics = blocks.get("optics") if isinstance(blocks.get("optics"), pd.DataFrame) else None
+    needed = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", *_ANGLES]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        hint = " (labels need a 3D refinement's run_data.star)" if any(c in missing for c in _ANGLES) else ""
+        raise LabelError(path, f"missing column(s) {', '.join('_' + c for c in missing)}{hint}")
+    if len(df) == 0:
+        raise LabelError(path, "no particles")
+
+    n = len(df)
+    if "rlnOriginXAngst" in df.columns and "rlnOriginYAngst" in df.columns:
+        ox = df["rlnOriginXAngst"].to_numpy(dtype=np.float64)
+        oy = df["rlnOriginYAngst"].to_numpy(dtype=np.float64)
+    elif "rlnOriginX" in df.columns and "rlnOriginY" in df.columns:
+        # RELION <= 3.0: origins in pixels of the particle images
+        try:
+            apix = _optics_column(df, optics, "rlnImagePixelSize")
+        except KeyError as exc:
+            raise LabelError(path, str(exc)) from exc
+        if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
+            apix = df["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4 / df["rlnMagnification"].to_numpy(np.float64)
+        if particle_angpix:
+            apix = np.full(n, float(particle_angpix))
+        if apix is None:
+            raise LabelError(
+                path,
+                "origins _rlnOriginX/Y are in pixels but the particles' pixel size is unknown "
+                "(no _rlnImagePixelSize or _rlnDetectorPixelSize/_rlnMagnification): give --particle_angpix",
+            )
+        if not np.all(np.isfinite(apix) & (apix > 0)):
+            raise LabelError(path, "non-positive particle pixel size")
+        ox = df["rlnOriginX"].to_numpy(dtype=np.float64) * apix
+        oy = df["rlnOriginY"].to_numpy(dtype=np.float64) * apix
+    else:
+        ox = np.zeros(n)
+        oy = np.zeros(n)
+    try:
+        mic_apix = _optics_column(df, optics, "rlnMicrographPixelSize")
+    except KeyError as exc:
+        raise LabelError(path, str(exc)) from exc
+    out = pd.DataFrame(
+        {
+            "micrograph": df["rlnMicrographName"].astype(str).to_numpy(),
+            "x": df["rlnCoordinateX"].to_numpy(dtype=np.float64),
+            "y": df["rlnCoordinateY"].to_numpy(dtype=np.float64),
+            "rot": df["rlnAngleRot"].to_numpy(dtype=np.float64),
+            "tilt": df["rlnAngleTilt"].to_numpy(dtype=np.float64),
+            "psi": df["rlnAnglePsi"].to_numpy(dtype=np.float64),
+            "origin_x_A": ox,
+            "origin_y_A": oy,
+            "mic_angpix_optics": mic_apix if mic_apix is not None else np.full(n, np.nan),
+        }
+    )
+    bad = ~np.isfinite(out[["x", "y", "rot", "tilt", "psi", "origin_x_A", "origin_y_A"]].to_numpy()).all(axis=1)
+    if bad.any():
+        raise LabelError(path, f"{int(bad.sum())} particle(s) with non-numeric coordinates, angles or origins")
+    return out
+
+
+def read_micrograph_pixel_sizes(path) -> dict[str, float | None]:
+    """Micrograph name -> pixel size (Angstrom, None when the file does not say) from a micrographs STAR file.
+
+    RELION 3.1+: the optics group's ``_rlnMicrographPixelSize`` (or ``_rlnImagePixelSize``); RELION <= 3.0:
+    ``_rlnDetectorPixelSize * 1e4 / _rlnMagnification``.
+    """
+    blocks = _read_star(path)
+    df = _loop_with(blocks, "micrographs", "rlnMicrographName")
+    if df is None or "rlnMicrographName" not in df.columns:
+        raise LabelError(path, "no micrographs table with _rlnMicrographName")
+    optics = blocks.get("optics") if isinstance(blocks.get("optics"), pd.DataFrame) else None
+    apix = None
+    try:
+        for col in ("rlnMicrographPixelSize", "rlnImagePixelSize"):
+            apix = _optics_column(df, optics, col)
+            if apix is not None:
+                break
+    except KeyError as exc:
+        raise LabelError(path, str(exc)) from exc
+    if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
+        apix = df["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4 / df["rlnMagnification"].to_numpy(np.float64)
+    names = df["rlnMicrographName"].astype(str).tolist()
+    if apix is None:
+        return {name: None for name in names}
+    return {name: (float(a) if np.isfinite(a) and a > 0 else None) for name, a in zip(names, apix)}
+
+
+def _mrc_header(path) -> tuple[tuple[int, int], float | None]:
+    """``((ny, nx), angpix or None)`` of a 2D MRC micrograph, reading the header only."""
+    import mrcfile
+
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            h = mrc.header
+            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+            vx = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise LabelError(path, f"cannot read MRC header ({exc})") from exc
+    if nz != 1 or nx < 1 or ny < 1:
+        raise LabelError(path, f"not a 2D micrograph (header size {nx} x {ny} x {nz})")
+    return (ny, nx), (vx if vx > 0 else None)
+
+
+def _read_map(path, map_angpix: float | None) -> tuple[np.ndarray, float | None]:
+    import mrcfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(path, "map not found")
+    try:
+        with mrcfile.open(path, permissive=True) as mrc:
+            data = np.asarray(mrc.data, dtype=np.float32).copy()
+            vx = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise LabelError(path, f"cannot read MRC map ({exc})") from exc
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise LabelError(path, f"map not cubic (shape {data.shape})")
+    if not np.isfinite(data).all():
+        raise LabelError(path, "map contains NaN or infinite values")
+    apix = float(map_angpix) if map_angpix else (vx if vx > 0 else None)
+    return data, apix
+
+
+# --------------------------------------------------------------------------------------------------------------
+# masks and pasting
+
+
+def paste_mask(label: np.ndarray, mask: np.ndarray, x0: int, y0: int, value: int = PARTICLE) -> np.ndarray:
+    """Set ``label`` to ``value`` where ``mask`` is true, with the mask's top-left pixel at column ``x0``, row ``y0``.
+
+    Union with what is already there; parts of the mask outside the label map are clipped. Returns ``label``.
+    """
+    h, w = mask.shape
+    ny, nx = label.shape
+    r0, c0 = max(0, y0), max(0, x0)
+    r1, c1 = min(ny, y0 + h), min(nx, x0 + w)
+    if r0 >= r1 or c0 >= c1:
+        return label
+    sub = mask[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+    label[r0:r1, c0:c1][sub] = value
+    return label
+
+
+class MaskRenderer:
+    """Particle masks of one map on the grid of micrographs of one pixel size.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        Cubic map ``[z, y, x]`` (protein positive).
+    map_angpix : float
+        Voxel size of the map in Angstrom.
+    mic_angpix : float
+        Pixel size of the micrographs (and of the label maps) in Angstrom.
+    fraction : float
+        Mask threshold as a fraction of each projection's maximum (:func:`relion_pixer.masks.binarise_projection`).
+    lowpass : float, optional
+        Low-pass the map to this resolution (Angstrom) first, so that noise in the map does not fragment masks.
+    max_box : int
+        Largest working box the map is projected in (it is Fourier-cropped to it).
+    """
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        map_angpix: float,
+        mic_angpix: float,
+        *,
+        fraction: float = MASK_FRACTION,
+        lowpass: float | None = None,
+        max_box: int = DEFAULT_MAX_BOX,
+    ):
+        vol = np.asarray(volume, dtype=np.float32)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise ValueError(f"volume must be cubic, got shape {vol.shape}")
+        if not (map_angpix and map_angpix > 0 and mic_angpix and mic_angpix > 0):
+            raise ValueError(f"pixel sizes must be positive (map {map_angpix!r}, micrograph {mic_angpix!r})")
+        n = vol.shape[0]
+        self.fraction = float(fraction)
+        self.mic_angpix = float(mic_angpix)
+        if lowpass:
+            vol = lowpass_volume(vol, map_angpix, lowpass)
+        target = max(float(mic_angpix), float(map_angpix), n * float(map_angpix) / max(8, int(max_box)))
+        m = min(n, max(8, int(round(n * map_angpix / target))))
+        self.volume = torch.from_numpy(resample_volume(vol, m) if m != n else vol)
+        self.box = m
+        self.work_angpix = n * float(map_angpix) / m
+        #: working pixels per micrograph pixel
+        self.scale = self.mic_angpix / self.work_angpix
+        self.half = int(math.ceil((m // 2 + 1) / self.scale))
+
+    @property
+    def mask_box(self) -> int:
+        """Side, in micrograph pixels, of the masks :meth:`masks` returns."""
+        return 2 * self.half + 1
+
+    def projections(self, rot, tilt, psi) -> torch.Tensor:
+        """Projections ``B x M x M`` at the working scale, centred (no shifts)."""
+        return torch.as_tensor(project(self.volume, rot, tilt, psi, out_size=self.box))
+
+    def masks(self, rot, tilt, psi, centres_xy, chunk: int = 256):
+        """Yield ``(mask, x0, y0)`` per particle: a boolean ``K x K`` mask on the micrograph grid and its top-left pixel.
+
+        ``centres_xy`` (``B x 2``, micrograph pixels, float) is where each particle's centre lies
+        (``coordinate - origin``); the projection is resampled bilinearly so that its centre lands exactly there,
+        then binarised with :func:`relion_pixer.masks.binarise_projection`.
+        """
+        rot, tilt, psi = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (rot, tilt, psi))
+        xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
+        nb = xy.shape[0]
+        if not (len(rot) == len(tilt) == len(psi) == nb):
+            raise ValueError("angles and centres must have the same length")
+        m, half, k = self.box, self.half, self.mask_box
+        base = torch.arange(k, dtype=torch.float64) - half
+        norm = 2.0 / (m - 1)
+        per_chunk = max(1, min(chunk, (1 << 22) // (k * k)))
+        for s in range(0, nb, per_chunk):
+            e = min(nb, s + per_chunk)
+            proj = self.projections(rot[s:e], tilt[s:e], psi[s:e])  # b, m, m
+            fl = np.floor(xy[s:e])
+            frac = torch.from_numpy(xy[s:e] - fl)
+            # working-scale coordinate of micrograph pixel (floor(c) + j - half): (j - half - frac) * scale + m//2
+            gx = ((base[None, :] - frac[:, :1]) * self.scale + m // 2) * norm - 1.0  # b, k
+            gy = ((base[None, :] - frac[:, 1:]) * self.scale + m // 2) * norm - 1.0
+            grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1).to(torch.float32)
+            up = torch.nn.functional.grid_sample(
+                proj[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )[:, 0].numpy()
+            for i in range(e - s):
+                yield binarise_projection(up[i], self.fraction), int(fl[i, 0]) - half, int(fl[i, 1]) - half
+
+    def render(self, shape, rot, tilt, psi, centres_xy, out: np.ndarray | None = None, value: int = PARTICLE):
+        """Paste the masks of these particles into a label map of ``shape`` (new, or ``out``) and return it."""
+        label = np.zeros(shape, dtype=np.uint8) if out is None else out
+        for mask, x0, y0 in self.masks(rot, tilt, psi, centres_xy):
+            paste_mask(label, mask, x0, y0, value)
+        return label
+
+    def diameter_angstrom(self, rot, tilt, psi, max_particles: int = 300, directions: int = 36) -> float:
+        """Median over particles of the largest extent (Feret diameter) of their masks, in Angstrom."""
+        rot, tilt, psi = (np.atleast_1d(np.asarray(a, dtype=np.float64))[:max_particles] for a in (rot, tilt, psi))
+        proj = self.projections(rot, tilt, psi).numpy()
+        theta = np.linspace(0, np.pi, directions, endpoint=False)
+        dirs = np.stack([np.cos(theta), np.sin(theta)])
+        sizes = []
+        for p in proj:
+            rr, cc = np.nonzero(binarise_projection(p, self.fraction))
+            if rr.size == 0:
+                continue
+            t = np.stack([cc, rr], axis=1) @ dirs
+            sizes.append(float((t.max(axis=0) - t.min(axis=0)).max()) + 1.0)
+        return float(np.median(sizes)) * self.work_angpix if sizes else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# writing
+
+
+@contextlib.contextmanager
+def _atomic_path(path):
+    """Yield a temporary path beside ``path``; on success move it over ``path`` (``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text(path, text: str) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_label_mrc(path, label: np.ndarray, angpix: float) -> None:
+    import mrcfile
+
+    with _atomic_path(path) as tmp:
+        # mode 0 (8-bit): values 0..2 read the same whether a program takes mode 0 as signed or unsigned
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(label.astype(np.int8, copy=False))
+            mrc.voxel_size = angpix
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6f}"
+    s = str(v)
+    if s == "" or any(ch.isspace() for ch in s):
+        return '"' + s.replace('"', "'") + '"'
+    return s
+
+
+def _star_loop(name: str, columns: dict[str, list]) -> str:
+    lines = ["", "# version 50001", "", f"data_{name}", "", "loop_"]
+    lines += [f"_{col} #{i + 1}" for i, col in enumerate(columns)]
+    rows = zip(*columns.values()) if columns else []
+    lines += [" ".join(_fmt(v) for v in row) for row in rows]
+    return "\n".join(lines) + "\n \n"
+
+
+def _star_pairs(name: str, pairs: dict) -> str:
+    lines = ["", "# version 50001", "", f"data_{name}", ""]
+    lines += [f"_{key} {_fmt(val)}" for key, val in pairs.items()]
+    return "\n".join(lines) + "\n \n"
+
+
+def _relative_output(micrograph: str) -> Path:
+    """Where a micrograph's outputs go inside the job directory, RELION style: its path less the job prefix."""
+    parts = [p for p in Path(micrograph).with_suffix("").parts if p not in ("", ".", "..", "/")]
+    if len(parts) >= 3:  # e.g. MotionCorr/job002/Movies/x -> Movies/x
+        parts = parts[2:]
+    elif len(parts) == 2:  # e.g. Micrographs/x
+        parts = parts[1:] if parts[0].lower().startswith("job") else parts
+    return Path(*parts) if parts else Path("micrograph")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@dataclass
+class LabelSet:
+    """What :func:`make_labels` wrote."""
+
+    star: Path
+    table: pd.DataFrame
+    diameter_angstrom: float
+    n_particles: int
+    seconds: float
+
+
+def _resolve(name: str, search: list[Path]) -> Path | None:
+    p = Path(name)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for base in search:
+        q = base / p
+        if q.is_file():
+            return q
+    return None
+
+
+def make_labels(
+    in_parts,
+    in_3dref,
+    out_dir,
+    *,
+    in_mics=None,
+    angpix: float | None = None,
+    map_angpix: float | None = None,
+    particle_angpix: float | None = None,
+    fraction: float = MASK_FRACTION,
+    lowpass: float | None = None,
+    max_box: int = DEFAULT_MAX_BOX,
+    log=print,
+) -> LabelSet:
+    """Write label maps, coordinate files and ``labels.star`` for a refinement (see the module docstring).
+
+    Parameters
+    ----------
+    in_parts : path
+        Refined particles STAR (angles, origins, coordinates, micrograph names).
+    in_3dref : path
+        Refined map (MRC); its pixel size comes from the header unless ``map_angpix`` is given (falling back on the
+        particles' ``_rlnImagePixelSize`` with a warning when the header has none).
+    out_dir : path
+        Output directory (RELION's ``--o``).
+    in_mics : path, optional
+        Micrographs STAR giving each micrograph's pixel size.
+    angpix : float, optional
+        Micrograph pixel size, when there is no ``in_mics`` (else: the particles' optics ``_rlnMicrographPixelSize``,
+        else the MRC header).
+    map_angpix, particle_angpix : float, optional
+        Override the map's pixel size; pixel size of RELION 3.0 particle images (origins in pixels).
+    fraction, lowpass, max_box
+        See :class:`MaskRenderer`.
+    log : callable
+        Progress messages.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    parts = read_particles(in_parts, particle_angpix=particle_angpix)
+    volume, vol_apix = _read_map(in_3dref, map_angpix)
+    if vol_apix is None:
+        import starfile
+
+        opt = starfile.read(in_parts, always_dict=True).get("optics")
+        if isinstance(opt, pd.DataFrame) and "rlnImagePixelSize" in opt.columns:
+            vol_apix = float(opt["rlnImagePixelSize"].iloc[0])
+            print(
+                f"WARNING: {in_3dref} has no pixel size in its header; using the particles' {vol_apix} A/px "
+                "(give --map_angpix to override)",
+                file=sys.stderr,
+            )
+        else:
+            raise LabelError(in_3dref, "map has no pixel size in its header: give --map_angpix")
+
+    # micrographs: pixel size and shape
+    search = [Path.cwd()]
+    mic_table: dict[str, float | None] = {}
+    if in_mics:
+        mic_table = read_micrograph_pixel_sizes(in_mics)
+        search.append(Path(in_mics).resolve().parent)
+    search.append(Path(in_parts).resolve().parent)
+    by_base: dict[str, list[str]] = {}
+    for name in mic_table:
+        by_base.setdefault(Path(name).name, []).append(name)
+
+    mics = []
+    for name, group in parts.groupby("micrograph", sort=True):
+        apix = None
+        if in_mics:
+            key = name if name in mic_table else None
+            if key is None and len(by_base.get(Path(name).name, [])) == 1:
+                key = by_base[Path(name).name][0]
+            if key is None:
+                raise LabelError(in_mics, f"unknown micrograph {name!r} (used by particles in {in_parts})")
+            apix = mic_table[key]
+        if apix is None and angpix:
+            apix = float(angpix)
+        if apix is None:
+            opt = group["mic_angpix_optics"].to_numpy()
+            if np.isfinite(opt).any():
+                apix = float(opt[np.isfinite(opt)][0])
+        path = _resolve(name, search)
+        if path is None:
+            raise LabelError(name, f"micrograph not found (used by particles in {in_parts}; looked relative to "
+                             f"{', '.join(str(s) for s in search)})")
+        shape, header_apix = _mrc_header(path)
+        if apix is None:
+            apix = header_apix
+        if apix is None:
+            raise LabelError(path, "micrograph pixel size unknown: give --in_mics or --angpix")
+        mics.append((name, shape, float(apix), group))
+
+    renderers: dict[float, MaskRenderer] = {}
+
+    def renderer(apix: float) -> MaskRenderer:
+        key = round(apix, 6)
+        if key not in renderers:
+            renderers[key] = MaskRenderer(volume, vol_apix, apix, fraction=fraction, lowpass=lowpass, max_box=max_box)
+            r = renderers[key]
+            log(f" + micrographs at {apix:.4g} A/px: projecting the {volume.shape[0]}^3 map at {r.work_angpix:.4g} "
+                f"A/px in a {r.box}^3 box, masks {r.mask_box} px")
+        return renderers[key]
+
+    first = mics[0]
+    diameter = renderer(first[2]).diameter_angstrom(parts["rot"], parts["tilt"], parts["psi"])
+    log(f" + particle diameter from the masks: {diameter:.1f} A (median largest extent)")
+
+    rows = {"rlnMicrographName": [], "rlnMicrographCoordinates": [], LABEL_COLUMN: [], "rlnMicrographPixelSize": [],
+            "pixerNrParticles": []}
+    n_done = 0
+    for i, (name, shape, apix, group) in enumerate(mics):
+        r = renderer(apix)
+        cx = group["x"].to_numpy() - group["origin_x_A"].to_numpy() / apix
+        cy = group["y"].to_numpy() - group["origin_y_A"].to_numpy() / apix
+        label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
+        rel = _relative_output(name)
+        label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
+        coords_path = out_dir / rel.parent / f"{rel.name}_coords.star"
+        _write_label_mrc(label_path, label, apix)
+        _write_text(coords_path, _star_loop("", {"rlnCoordinateX": list(cx), "rlnCoordinateY": list(cy)}))
+        rows["rlnMicrographName"].append(name)
+        rows["rlnMicrographCoordinates"].append(str(coords_path))
+        rows[LABEL_COLUMN].append(str(label_path))
+        rows["rlnMicrographPixelSize"].append(apix)
+        rows["pixerNrParticles"].append(len(group))
+        n_done += len(group)
+        if (i + 1) % 50 == 0 or i + 1 == len(mics):
+            log(f" + {i + 1}/{len(mics)} micrographs, {n_done} particles, {time.perf_counter() - t_start:.1f} s")
+
+    general = {
+        "pixerParticleDiameterAngst": diameter,
+        "pixerMaskFraction": float(fraction),
+        "pixerLowpassAngst": float(lowpass or 0.0),
+        "pixerReferenceMap": str(in_3dref),
+        "pixerReferenceMapPixelSize": float(vol_apix),
+        "pixerParticles": str(in_parts),
+    }
+    star_path = out_dir / LABELS_STAR
+    _write_text(star_path, _star_pairs("pixer_labels", general) + _star_loop("coordinate_files", rows))
+    return LabelSet(star_path, pd.DataFrame(rows), diameter, n_done, time.perf_counter() - t_start)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# command line / RELION External job
+
+
+def _write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> None:
+    text = _star_loop("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
+                                        "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
+    _write_text(out_dir / "RELION_OUTPUT_NODES.star", text)
+
+
+def _mark_exit(directory: Path, success: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    (directory / ("RELION_JOB_EXIT_SUCCESS" if success else "RELION_JOB_EXIT_FAILURE")).touch()
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relion_pixer labels",
+        allow_abbrev=False,
+        description="Make segmentation labels (label maps + coordinates) by reprojecting a RELION refinement.",
+    )
+    p.add_argument("--in_parts", required=True, help="refined particles STAR file (e.g. Refine3D/jobNNN/run_data.star)")
+    p.add_argument("--in_3dref", required=True, help="refined map (e.g. Refine3D/jobNNN/run_class001.mrc)")
+    p.add_argument("--o", required=True, help="output directory (RELION job directory)")
+    p.add_argument("--in_mics", default=None, help="micrographs STAR file (pixel sizes)")
+    p.add_argument("--angpix", type=float, default=None, help="micrograph pixel size (A) when there is no --in_mics")
+    p.add_argument("--map_angpix", type=float, default=None, help="pixel size of the map (default: MRC header)")
+    p.add_argument("--particle_angpix", type=float, default=None,
+                   help="pixel size of the particle images, for RELION 3.0 origins in pixels")
+    p.add_argument("--mask_fraction", type=float, default=MASK_FRACTION,
+                   help="mask threshold as a fraction of each projection's maximum (default %(default)s)")
+    p.add_argument("--lowpass", type=float, default=0.0, help="low-pass the map to this resolution (A) first; 0: off")
+    p.add_argument("--max_box", type=int, default=DEFAULT_MAX_BOX,
+                   help="largest working box the map is projected in (default %(default)s)")
+    p.add_argument("--j", type=int, default=None, help="CPU threads")
+    p.add_argument("--pipeline_control", default=None, help="(RELION) directory for the exit-status files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # argparse already printed the reason
+        if exc.code:
+            out = _option_value(argv, "--pipeline_control") or _option_value(argv, "--o")
+            if out:
+                with contextlib.suppress(OSError):
+                    _mark_exit(Path(out), success=False)
+        return int(exc.code or 0)
+    if unknown:
+        print(f"WARNING: relion_pixer labels ignores unknown arguments: {' '.join(unknown)}", file=sys.stderr)
+    out_dir = Path(args.o)
+    control = Path(args.pipeline_control) if args.pipeline_control else out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if args.j:
+            torch.set_num_threads(max(1, args.j))
+        result = make_labels(
+            args.in_parts,
+            args.in_3dref,
+            out_dir,
+            in_mics=args.in_mics,
+            angpix=args.angpix,
+            map_angpix=args.map_angpix,
+            particle_angpix=args.particle_angpix,
+            fraction=args.mask_fraction,
+            lowpass=args.lowpass or None,
+            max_box=args.max_box,
+        )
+        _write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)])
+        print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "
+              f"in {result.seconds:.1f} s")
+    except (LabelError, ValueError, OSError) as exc:
+        print(f"ERROR: relion_pixer labels: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            _mark_exit(control, success=False)
+        return 1
+    except Exception as exc:  # an unexpected failure must still tell RELION the job failed
+        import traceback
+
+        traceback.print_exc()
+        print(f"ERROR: relion_pixer labels failed unexpectedly: {exc!r}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            _mark_exit(control, success=False)
+        return 1
+    _mark_exit(control, success=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

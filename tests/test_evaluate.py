@@ -1,0 +1,317 @@
+"""Tests of relion_pixer.evaluate (matching, precision / recall / F1, AP, IoU, CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from relion_pixer import evaluate as ev
+
+# ---------------------------------------------------------------------------------------------- matching
+
+
+def test_perfect_and_shifted_matches():
+    true = np.array([[10.0, 10.0], [50.0, 20.0], [30.0, 70.0]])
+    m = ev.match_picks(true, true, 5)
+    assert (m.tp, m.fp, m.fn) == (3, 0, 0)
+    np.testing.assert_array_equal(m.distance, 0)  # exact coincidences count (distance 0)
+    pred = true[::-1] + [3.0, 4.0]  # 5 px away each: on the radius (inclusive)
+    m = ev.match_picks(pred, true, 5)
+    assert m.tp == 3
+    np.testing.assert_array_equal(m.true_index, [2, 1, 0])
+    np.testing.assert_allclose(m.distance, 5)
+
+
+def test_just_inside_and_outside_the_radius():
+    true = np.array([[100.0, 100.0]])
+    assert ev.match_picks([[104.99, 100.0]], true, 5).tp == 1
+    assert ev.match_picks([[105.01, 100.0]], true, 5).tp == 0
+    assert ev.match_picks([[103.0, 103.9]], true, 5).tp == 1  # 4.93 px
+    assert ev.match_picks([[103.0, 104.1]], true, 5).tp == 0  # 5.09 px
+
+
+def test_duplicates_count_once():
+    true = np.array([[10.0, 10.0], [60.0, 60.0]])
+    pred = np.array([[10.0, 11.0], [11.0, 10.0], [10.5, 10.5], [60.0, 60.0]])
+    m = ev.match_picks(pred, true, 4)
+    assert (m.tp, m.fp, m.fn) == (2, 2, 0)
+    assert set(m.pred_index) == {2, 3}  # the closest duplicate wins
+    s = ev.precision_recall_f1(pred, true, 4)
+    assert s.precision == pytest.approx(0.5) and s.recall == 1.0 and s.f1 == pytest.approx(2 / 3)
+
+
+def test_hungarian_beats_greedy_nearest():
+    # greedy nearest-first would pair pick 0 with truth 1 and leave truth 0 unmatched
+    true = np.array([[0.0, 0.0], [4.0, 0.0]])
+    pred = np.array([[3.0, 0.0], [7.5, 0.0]])
+    m = ev.match_picks(pred, true, 4)
+    assert m.tp == 2
+    np.testing.assert_array_equal(m.true_index, [0, 1])
+
+
+@pytest.mark.parametrize("n_pred, n_true", [(0, 0), (0, 3), (4, 0)])
+def test_empty_inputs(n_pred, n_true):
+    pred = np.arange(2 * n_pred, dtype=float).reshape(n_pred, 2) * 10
+    true = np.arange(2 * n_true, dtype=float).reshape(n_true, 2) * 10
+    m = ev.match_picks(pred, true, 5)
+    assert (m.tp, m.n_pred, m.n_true) == (0, n_pred, n_true)
+    s = ev.precision_recall_f1(pred, true, 5)
+    assert math.isnan(s.precision) == (n_pred == 0)
+    assert math.isnan(s.recall) == (n_true == 0)
+    assert math.isnan(s.f1) == (n_pred + n_true == 0)
+    if n_pred:
+        assert s.precision == 0
+    if n_true:
+        assert s.recall == 0
+    # empty lists and None-free empty arrays are accepted
+    assert ev.match_picks([], true, 5).n_true == n_true
+
+
+def test_edge_picks_are_ordinary_points():
+    true = np.array([[0.0, 0.0], [1023.0, 511.0]])
+    pred = np.array([[-1.5, 0.5], [1023.0, 514.0]])  # coordinates may sit on or beyond the border
+    assert ev.match_picks(pred, true, 3).tp == 2
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="radius"):
+        ev.match_picks([[0, 0]], [[0, 0]], 0)
+    with pytest.raises(ValueError, match="N x 2"):
+        ev.match_picks(np.zeros((3, 3)), [[0, 0]], 1)
+    with pytest.raises(ValueError, match="NaN"):
+        ev.match_picks([[np.nan, 0]], [[0, 0]], 1)
+    with pytest.raises(ValueError, match="scores"):
+        ev.average_precision([[0, 0], [1, 1]], [1.0], [[0, 0]], 1)
+
+
+def test_pooled_over_micrographs():
+    preds = [np.array([[10.0, 10.0], [40.0, 40.0]]), np.zeros((0, 2)), np.array([[5.0, 5.0]])]
+    trues = [np.array([[10.0, 11.0]]), np.array([[20.0, 20.0], [30.0, 30.0]]), np.array([[5.0, 5.0]])]
+    s = ev.pooled_precision_recall_f1(preds, trues, 3)
+    assert (s.tp, s.n_pred, s.n_true) == (2, 3, 4)
+    assert s.precision == pytest.approx(2 / 3) and s.recall == pytest.approx(0.5)
+    assert s.f1 == pytest.approx(2 * 2 / 7)
+    # pooling is micro-averaging, not the mean of per-micrograph figures
+    per = [ev.precision_recall_f1(p, t, 3).recall for p, t in zip(preds, trues)]
+    assert np.mean(per) != pytest.approx(s.recall)
+    with pytest.raises(ValueError):
+        ev.pooled_precision_recall_f1(preds, trues[:2], 3)
+
+
+# ---------------------------------------------------------------------------------------------- AP
+
+
+def test_ap_perfect_ranking_is_one():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 500, (30, 2))
+    fp = true[:10] + 200.0 + rng.uniform(0, 1, (10, 2))  # far from everything? make sure
+    fp = fp[[min(np.hypot(*(true - q).T)) > 10 for q in fp]]
+    pred = np.concatenate([true + rng.normal(0, 0.5, true.shape), fp])
+    score = np.concatenate([np.linspace(1, 0.5, len(true)), np.linspace(0.4, 0.1, len(fp))])
+    assert ev.average_precision(pred, score, true, 5) == pytest.approx(1.0)
+    # reversing the ranking lowers it
+    assert ev.average_precision(pred, -score, true, 5) < 0.9
+
+
+def test_ap_hand_computed():
+    true = np.array([[0.0, 0.0], [100.0, 0.0]])
+    pred = np.array([[0.0, 0.0], [50.0, 50.0], [100.0, 0.0], [200.0, 200.0]])
+    score = np.array([0.9, 0.8, 0.7, 0.6])
+    # ranking: TP, FP, TP, FP -> precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1
+    # interpolated: 1 at recall 1/2, 2/3 at recall 1 -> AP = 0.5 * 1 + 0.5 * 2/3
+    assert ev.average_precision(pred, score, true, 5) == pytest.approx(0.5 + 1 / 3)
+    # a missed particle caps recall: only one of two found, ranked first
+    assert ev.average_precision(pred[:2], score[:2], true, 5) == pytest.approx(0.5)
+    assert ev.average_precision(np.zeros((0, 2)), [], true, 5) == 0.0
+    assert math.isnan(ev.average_precision(pred, score, np.zeros((0, 2)), 5))
+
+
+def test_ap_duplicates_after_the_first_are_false_positives():
+    true = np.array([[0.0, 0.0]])
+    pred = np.array([[1.0, 0.0], [0.0, 0.0]])
+    is_tp = ev.greedy_match_by_score(pred, [0.9, 0.5], true, 3)
+    np.testing.assert_array_equal(is_tp, [True, False])  # by score, not by distance
+    assert ev.average_precision(pred, [0.9, 0.5], true, 3) == pytest.approx(1.0)
+    assert ev.average_precision(pred, [0.5, 0.9], true, 3) == pytest.approx(1.0)
+
+
+def test_pooled_ap_ranks_across_micrographs():
+    preds = [np.array([[0.0, 0.0]]), np.array([[50.0, 50.0]])]
+    trues = [np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]])]
+    # micrograph 1's false positive outranks micrograph 0's true positive
+    ap = ev.pooled_average_precision(preds, [[0.5], [0.9]], trues, 3)
+    assert ap == pytest.approx(0.5 * 0.5)
+    ap = ev.pooled_average_precision(preds, [[0.9], [0.5]], trues, 3)
+    assert ap == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- IoU
+
+
+def test_mask_iou():
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    assert ev.mask_iou(a, b) == 1.0
+    a[:, :4] = True
+    b[:, 2:6] = True
+    assert ev.mask_iou(a, b) == pytest.approx(20 / 60)
+    labels = np.zeros((10, 10), np.uint8)
+    labels[:, 2:6] = 1
+    labels[:, 8:] = 2  # contamination is not particle
+    pred = np.where(a, 1, 0)
+    assert ev.mask_iou(pred, labels, label=1) == pytest.approx(20 / 60)
+    assert ev.mask_iou(pred, labels) == pytest.approx(20 / 80)
+    with pytest.raises(ValueError, match="shape"):
+        ev.mask_iou(a, b[:5])
+
+
+def test_particle_ious():
+    inst = np.zeros((40, 60), np.int32)
+    inst[5:15, 5:15] = 1  # 100 px
+    inst[5:15, 15:25] = 2  # touching particle 1
+    inst[25:35, 40:50] = 4  # ids need not be consecutive
+    pred = np.zeros_like(inst, dtype=bool)
+    pred[5:15, 5:25] = True  # 1 and 2 found exactly (a merged blob)
+    pred[25:35, 40:45] = True  # half of 4
+    pred[21:23, 40:50] = True  # 20 stray pixels 3-4 rows above particle 4 (inside its margin of 4)
+    pred[0:2, 50:60] = True  # stray pixels far from everything
+    ids, ious = ev.particle_ious(pred, inst, margin_px=4)
+    np.testing.assert_array_equal(ids, [1, 2, 4])
+    # particles 1 and 2: the neighbour's predicted pixels are ignored, stray pixels far away are outside
+    np.testing.assert_allclose(ious[:2], 1.0)
+    assert ious[2] == pytest.approx(50 / (100 + 20))
+    # with a margin of 2 the stray band (3 px away) is outside the window
+    assert ev.particle_ious(pred, inst, margin_px=2)[1][2] == pytest.approx(0.5)
+    ids, ious = ev.particle_ious(pred, np.zeros_like(inst))
+    assert len(ids) == 0 and len(ious) == 0
+    with pytest.raises(ValueError, match="integer"):
+        ev.particle_ious(pred, inst.astype(float))
+
+
+def test_micrograph_key():
+    assert ev.micrograph_key("AutoPick/job008/Movies/mic_001_autopick.star") == "mic_001"
+    assert ev.micrograph_key("MotionCorr/job002/Movies/mic_001.mrc") == "mic_001"
+    assert ev.micrograph_key("coords/061_10028.star") == "061_10028"
+    assert ev.micrograph_key("x/mic_manualpick.star") == "mic"
+    assert ev.micrograph_key("x/mic_pixer_autopick.star") == "mic"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _write_coords(path, xy, fom=None):
+    df = pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]})
+    if fom is not None:
+        df["rlnAutopickFigureOfMerit"] = fom
+    path.parent.mkdir(parents=True, exist_ok=True)
+    starfile.write(df, path, overwrite=True)
+
+
+def _project(tmp_path):
+    """A RELION-like project: truth/ and AutoPick/job001/{autopick.star, Movies/*_autopick.star}."""
+    truth = {
+        "mic_a": np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]]),
+        "mic_b": np.array([[20.0, 20.0]]),
+        "mic_c": np.array([[5.0, 5.0]]),  # not picked
+    }
+    for k, xy in truth.items():
+        _write_coords(tmp_path / "truth" / f"{k}.star", xy)
+    picks = {
+        "mic_a": (np.array([[11.0, 10.0], [50.0, 52.0], [200.0, 200.0]]), np.array([0.9, 0.8, 0.95])),
+        "mic_b": (np.array([[20.0, 20.0], [21.0, 20.0]]), np.array([0.7, 0.3])),
+    }
+    job = tmp_path / "AutoPick" / "job001"
+    rows = []
+    for k, (xy, fom) in picks.items():
+        _write_coords(job / "Movies" / f"{k}_autopick.star", xy, fom)
+        rows.append({"rlnMicrographName": f"MotionCorr/job002/Movies/{k}.mrc",
+                     "rlnMicrographCoordinates": f"AutoPick/job001/Movies/{k}_autopick.star"})
+    starfile.write({"coordinate_files": pd.DataFrame(rows)}, job / "autopick.star", overwrite=True)
+    return tmp_path, job
+
+
+def test_cli_autopick_star(tmp_path, monkeypatch, capsys):
+    root, job = _project(tmp_path)
+    monkeypatch.chdir(root)
+    out = root / "scores.json"
+    rc = ev.main(["--picks", "AutoPick/job001/autopick.star", "--truth", "truth", "--diameter", "8", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr()
+    assert "mic_a" in text.out and "pooled" in text.out
+    assert "without picks" in text.err
+    res = json.loads(out.read_text())
+    assert res["radius"] == 4.0
+    per = {r["micrograph"]: r for r in res["micrographs"]}
+    assert set(per) == {"mic_a", "mic_b"}
+    assert (per["mic_a"]["tp"], per["mic_a"]["n_pred"], per["mic_a"]["n_true"]) == (2, 3, 3)
+    assert (per["mic_b"]["tp"], per["mic_b"]["n_pred"]) == (1, 2)
+    p = res["pooled"]
+    assert (p["tp"], p["n_pred"], p["n_true"]) == (3, 5, 4)
+    assert p["precision"] == pytest.approx(0.6) and p["recall"] == pytest.approx(0.75)
+    # pooled ranking: 0.95 FP, 0.9 TP, 0.8 TP, 0.7 TP, 0.3 FP; 4 truths
+    assert p["average_precision"] == pytest.approx(0.75 * 0.75)
+
+    # run from elsewhere: paths resolve through --project_dir or, failing that, the job's project
+    monkeypatch.chdir(tmp_path / "truth")
+    for extra in (["--project_dir", str(root)], []):
+        rc = ev.main(["--picks", str(job / "autopick.star"), "--truth", str(root / "truth"), "--radius", "4",
+                      "--json", str(out), *extra])
+        assert rc == 0
+        assert json.loads(out.read_text())["pooled"]["tp"] == 3
+
+
+def test_cli_options(tmp_path, monkeypatch, capsys):
+    root, job = _project(tmp_path)
+    monkeypatch.chdir(root)
+    out = root / "s.json"
+    # --min_fom drops the low-scoring duplicate in mic_b and the 0.8 pick in mic_a
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--radius", "4", "--min_fom", "0.85",
+                    "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["pooled"]
+    assert (p["tp"], p["n_pred"]) == (1, 2)
+    # --all_truth counts the unpicked micrograph
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--radius", "4", "--all_truth",
+                    "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["pooled"]["n_true"] == 5 and res["pooled"]["n_micrographs"] == 3
+    mic_c = [r for r in res["micrographs"] if r["micrograph"] == "mic_c"][0]
+    assert mic_c["precision"] is None and mic_c["recall"] == 0.0  # NaN written as null
+    # a directory of per-micrograph files works as picks (searched recursively, RELION's job files skipped)
+    for d in (job / "Movies", job):
+        assert ev.main(["--picks", str(d), "--truth", "truth", "--radius", "4", "--json", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["pooled"]["tp"] == 3 and res["pooled"]["n_micrographs"] == 2
+    # errors
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth"])  # no radius
+    assert ev.main(["--picks", str(root / "nope.star"), "--truth", "truth", "--radius", "4"]) == 2
+    (root / "empty").mkdir()
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", str(root / "empty"), "--radius", "4"]) == 1
+    assert "no micrograph" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_cli_on_shared_truth_against_itself(shared_data, tmp_path, capsys):
+    coords = shared_data / "real" / "empiar10028_ribosome80S" / "coords"
+    out = tmp_path / "self.json"
+    assert ev.main(["--picks", str(coords), "--truth", str(coords), "--diameter", "56", "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["pooled"]
+    assert p["n_micrographs"] == 10 and p["n_true"] == 865
+    assert p["precision"] == 1.0 and p["recall"] == 1.0
+
+
+@pytest.mark.shared
+def test_reads_relion_autopick_star(shared_data):
+    job = shared_data / "relion" / "relion5_tutorial_project" / "AutoPick" / "job008"
+    picks = ev.read_picks(job / "autopick.star", project_dir=job.parents[1])
+    assert len(picks) == 10
+    assert "20170629_00021_frameImage" in picks
+    xy, fom = ev.read_coordinates(picks["20170629_00021_frameImage"])
+    assert xy.shape[1] == 2 and len(xy) > 10 and fom is not None and len(fom) == len(xy)
+    assert xy[0] == pytest.approx([1614.217657, 112.882354])
