@@ -95,13 +95,12 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
     cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px)
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
-    cap = int(params.max_particles) if params.max_particles and params.max_particles > 0 else max(1, len(cand_xy))
     result = classify.filter_candidates(
         models.classifier,
         net_image,
         cand_xy,
         threshold=params.threshold,
-        max_particles=cap,
+        max_particles=int(params.max_particles),  # 0 = no cap
         device=params.device,
         batch_size=params.batch_size,
     )

@@ -200,7 +200,7 @@ RELION_CMD = f"--o External/job012/ --in_mics {IN_MICS} --particle_diameter 150 
 
 
 def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label: str = LABEL5, version: int = 50001,
-                         empty: bool = False):
+                         empty: bool | None = False):
     """The outputs RELION 4/5 reads, against the contract; returns the coordinate-file list."""
     jd = project / job_dir
     entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
@@ -212,8 +212,8 @@ def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label
         post = name.split("/", 2)[2]  # after Type/jobNNN/
         assert coords == job_dir + post[: post.rfind(".")] + "_autopick.star"
         text = (project / coords).read_text()
-        if empty:
-            assert text == ""
+        if empty or (empty is None and text == ""):
+            assert text == ""  # no picks: a 0-byte file, as RELION writes an empty table
             continue
         assert text.startswith(f"\n# version {version}\n\ndata_\n\nloop_ \n_rlnCoordinateX #1 \n_rlnCoordinateY #2 \n"
                                "_rlnAutopickFigureOfMerit #3 \n_rlnClassNumber #4 \n_rlnAnglePsi #5 \n")
@@ -791,8 +791,14 @@ needs_chain = pytest.mark.skipif(bool(MISSING), reason="relion_pixer." + ", reli
 
 
 def _model_args(tmp_path: Path) -> list[str]:
-    """``--model`` with a small random-weight model file when the shipped weights are absent."""
+    """``--model`` with a small random-weight model file when the shipped weights are absent.
+
+    Its output biases make the chain pick something on noise (classifier: "particle"; segmenter: a little towards
+    "particle"), so that the end-to-end test sees coordinates flow through every stage.
+    """
     from importlib import resources
+
+    import torch
 
     from relion_pixer import models
 
@@ -800,7 +806,13 @@ def _model_args(tmp_path: Path) -> list[str]:
     if shipped.is_file():
         return []
     path = tmp_path / "random_model.pt"
-    models.save_models(path, models.build_classifier(), models.build_segmenter())
+    torch.manual_seed(0)
+    classifier, segmenter = models.build_classifier(), models.build_segmenter()
+    with torch.no_grad():
+        classifier.head[-1].bias.copy_(torch.tensor([0.0, 8.0, 0.0]))
+        for branch in segmenter.branches:
+            branch[-1].bias.copy_(torch.tensor([0.0, 0.3, 0.0]))
+    models.save_models(path, classifier, segmenter)
     return ["--model", str(path)]
 
 
@@ -811,7 +823,8 @@ def test_pick_micrograph_chain(tmp_path):
     from relion_pixer import models, pipeline
 
     torch.manual_seed(0)
-    loaded = models.load_pretrained(_model_args(tmp_path)[1] if _model_args(tmp_path) else None)
+    args = _model_args(tmp_path)
+    loaded = models.load_pretrained(args[1] if args else None)
     rng = np.random.default_rng(0)
     image = rng.normal(size=(300, 400)).astype(np.float32)
     res = pipeline.pick_micrograph(image, 1.0, 40.0, loaded, PickParams(threshold=0.0, max_particles=7))
@@ -830,11 +843,29 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
         root = shared_project(request.getfixturevalue("shared_data"), tmp_path / "proj", size=512)
     else:
         root = made_project(tmp_path / "proj", n=3, size=512)
-    cmd = [sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split() + _model_args(tmp_path)
+    model_args = _model_args(tmp_path)
+    extra = ["--write_maps", "Yes"] if kind == "made" else []
+    cmd = [sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split() + extra + model_args
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    check_relion_outputs(root)
-    assert "Total number of particles" in proc.stdout
+    lst = check_relion_outputs(root, empty=None)  # a micrograph without picks has a 0-byte file, as in RELION
+    assert len(re.findall(r"^ \[\s*\d+/\d+\] MotionCorr/\S+: \d+ particles", proc.stdout, re.M)) == len(lst)
+    frames = [io.read_coordinates_star(root / c) for c in lst["rlnMicrographCoordinates"]]
+    total = sum(len(f) for f in frames)
+    assert f"is {total} (on average" in proc.stdout
+    if model_args:  # the biased random model picks something on noise
+        assert total > 0
+    for f in frames:
+        if len(f):
+            assert f["rlnCoordinateX"].between(0, 511).all() and f["rlnCoordinateY"].between(0, 511).all()
+            assert (f["rlnAutopickFigureOfMerit"] >= 0.6).all()  # the default threshold
+            assert len(f) <= 500
+    if extra:
+        assert len(list((root / "External/job012/Movies").glob("*_picks.png"))) == len(lst)
+        for m in (root / "External/job012/Movies").glob("*_probmap.mrc"):
+            with mrcfile.open(m) as mrc:
+                assert mrc.data.shape == (164, 164)  # 150 A at 1.5 A/px = 100 px -> 32 px: 512 * 0.32
+                assert 0.0 <= float(mrc.data.min()) and float(mrc.data.max()) <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -877,7 +908,7 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
     # 200 A at 2 A/px = 100 px -> NET_DIAMETER_PX: factor 0.32
     assert seen["seg"] == ("SEG", (128, 192), "cuda:1")
     assert seen["pick"] == ((128, 192), NET_DIAMETER_PX, pytest.approx(100.0 * NET_DIAMETER_PX / 200.0))
-    assert seen["cls"] == ("CLS", (3, 2), 0.7, 3, "cuda:1", 32)  # max_particles 0 = no cap
+    assert seen["cls"] == ("CLS", (3, 2), 0.7, 0, "cuda:1", 32)  # max_particles 0 = no cap, as classify reads it
     np.testing.assert_allclose(res.fom, [0.9, 0.7])  # best first
     np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
     assert res.factors == (128 / 400, 192 / 600)
