@@ -22,7 +22,9 @@ import dataclasses
 import glob
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,12 +428,16 @@ def run_job(
     _clean_temp_files(job_dir)
     for w in opts.warnings:
         log.warn(w)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _run(opts, pick_fn, log, odir, job_dir)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        relion.write_exit_marker(job_dir, "failure")
-        return 1
+    except (KeyboardInterrupt, _Terminated) as exc:
+        what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
+        relion.write_exit_marker(job_dir, "aborted")
+        return 2
     except (UsageError, io.StarError, io.MicrographError, ValueError, OSError, RuntimeError) as exc:
         log.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         relion.write_exit_marker(job_dir, "failure")
@@ -440,6 +446,17 @@ def run_job(
         log.error(f"{type(exc).__name__}: {exc}")
         relion.write_exit_marker(job_dir, "failure")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a queue system or ``kill``) turned into an exception, so the job can say it was aborted."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path) -> int:

@@ -483,6 +483,28 @@ def test_killed_job_leaves_no_partial_file_and_continues(tmp_path, monkeypatch):
     check_relion_outputs(root)
 
 
+def test_sigterm_marks_the_job_aborted(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=6, size=128)
+    monkeypatch.chdir(root)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(driver)] + RELION_CMD.split(), cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    movies = root / "External/job012/Movies"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(movies.glob("*_autopick.star")) if movies.exists() else []) < 1:
+        time.sleep(0.02)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "stopped by SIGTERM" in err
+    jd = root / "External/job012"
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
+    for f in movies.glob("*_autopick.star"):
+        assert len(io.read_coordinates_star(f)) == 2000
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------------------------
