@@ -323,6 +323,17 @@ def _entries(opts: JobOptions, log: _Log) -> list[io.MicrographEntry]:
             for name in opts.micrographs]
 
 
+def _count_rows(path: str) -> int:
+    """Rows of a coordinate STAR file, counted without parsing (fast for on-the-fly reruns on big projects)."""
+    n = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            text = line.strip()
+            if text and not text.startswith(("_", "#", "data_", "loop_")):
+                n += 1
+    return n
+
+
 def _clean_temp_files(job_dir: Path) -> None:
     for p in job_dir.rglob(f".*{io.TMP_SUFFIX}"):
         try:
@@ -516,10 +527,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if nodes:
         relion.write_output_nodes(job_dir, nodes, version)
 
-    total_particles = 0
-    for _, c in listed:
-        if Path(c).stat().st_size:
-            total_particles += len(io.read_coordinates_star(c))
+    total_particles = sum(_count_rows(c) for _, c in listed)
     _summary(log, outcome, len(entries), listed, total_particles, odir)
 
     if outcome.aborted:

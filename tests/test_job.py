@@ -638,6 +638,35 @@ def test_missing_particle_diameter_through_main(tmp_path, monkeypatch, capsys):
     assert "--particle_diameter needs a diameter in Angstrom, not 'big'" in capsys.readouterr().err
 
 
+def test_device_and_model_errors_before_any_work(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    import torch
+
+    out, err = _stdio.StringIO(), _stdio.StringIO()
+    if not torch.cuda.is_available():
+        rc = job.run_job(job.parse_args((RELION_CMD + " --device cuda:0").split()), out=out, err=err)
+        assert rc == 1
+        assert "--device cuda:0 was asked for, but no CUDA device is available (use --device cpu)" in err.getvalue()
+    err = _stdio.StringIO()
+    rc = job.run_job(job.parse_args((RELION_CMD + " --device cpu --model nope.pt").split()), out=out, err=err)
+    assert rc == 1
+    assert "model file nope.pt does not exist" in err.getvalue()
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+
+
+def test_count_rows_matches_the_parser(shared_data):
+    for f in sorted((shared_data / RELION5 / "AutoPick/job008/Movies").glob("*.star"))[:3]:
+        assert job._count_rows(str(f)) == len(io.read_coordinates_star(f))
+
+
+def test_count_rows_on_our_files(tmp_path):
+    f = tmp_path / "c.star"
+    for n in (0, 1, 7):
+        io.write_coordinates_star(f, np.arange(2 * n, dtype=float).reshape(n, 2), np.full(n, 0.7), version=None)
+        assert job._count_rows(str(f)) == n == len(io.read_coordinates_star(f))
+
+
 def test_help(capsys):
     assert job.main(["--help"]) == 0
     assert "particle_diameter" in capsys.readouterr().out
