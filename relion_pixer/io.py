@@ -101,7 +101,7 @@ class MicrographEntry:
         ``_rlnOpticsGroup`` (None for RELION 3.0 files).
     angpix_source : str
         Where ``angpix`` came from: ``"user"``, ``"rlnMicrographPixelSize"``, ``"rlnMicrographOriginalPixelSize"``,
-        ``"rlnDetectorPixelSize/rlnMagnification"`` or ``"none"``.
+        ``"rlnDetectorPixelSize/rlnMagnification"``, ``"mrc_header"`` or ``"none"``.
     """
 
     name: str
@@ -529,13 +529,21 @@ def _resolve(name: str, project_dir: Path, star_dir: Path) -> Path:
     if p.is_absolute():
         return p
     candidate = project_dir / p
-    if not candidate.exists() and (star_dir / p).exists():
-        return star_dir / p
+    if candidate.exists():
+        return candidate
+    # a STAR file read from outside its project: RELION names are relative to the project directory, which is the
+    # STAR file's own directory or one of its parents (CtfFind/job005/micrographs_ctf.star -> two levels up)
+    for base in (star_dir, *star_dir.parents):
+        if (base / p).exists():
+            return base / p
     return candidate
 
 
 def read_micrographs_star(
-    path: str | os.PathLike, project_dir: str | os.PathLike | None = None, angpix: float | None = None
+    path: str | os.PathLike,
+    project_dir: str | os.PathLike | None = None,
+    angpix: float | None = None,
+    header_fallback: bool = False,
 ) -> list[MicrographEntry]:
     """Read a micrograph STAR file of RELION 3.0 to 5.
 
@@ -550,10 +558,14 @@ def read_micrographs_star(
         The STAR file.
     project_dir : str or os.PathLike, optional
         RELION project directory the names are relative to (default: the current directory, as RELION runs jobs
-        from there). A relative name missing there but present relative to the STAR file's own directory resolves
-        to the latter, so that standalone STAR files beside their micrographs work too.
+        from there). A relative name missing there but present relative to the STAR file's own directory or one of
+        its parents resolves to that, so that a STAR file beside its micrographs, or one read from outside its
+        project, works too.
     angpix : float, optional
         Pixel size given by the user. It overrides the STAR file's values (``angpix_source == "user"``).
+    header_fallback : bool
+        For entries still without a pixel size, read it from the MRC header (``angpix_source == "mrc_header"``;
+        header only, cheap). Missing or unreadable files keep ``angpix=None``.
 
     Returns
     -------
@@ -626,7 +638,14 @@ def read_micrographs_star(
                 value, source = 10000.0 * det / mag, "rlnDetectorPixelSize/rlnMagnification"
         if user is not None:
             value, source = user, "user"
-        entries.append(MicrographEntry(name, _resolve(name, project, star_dir), value, group, source))
+        resolved = _resolve(name, project, star_dir)
+        if value is None and header_fallback:
+            try:
+                value = read_header_angpix(resolved)
+            except MicrographError:
+                value = None
+            source = "mrc_header" if value is not None else "none"
+        entries.append(MicrographEntry(name, resolved, value, group, source))
     return entries
 
 

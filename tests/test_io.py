@@ -129,6 +129,16 @@ def test_user_angpix_overrides_and_missing_pixel_size(tmp_path):
         io.read_micrographs_star(star, angpix=-1)
 
 
+def test_header_fallback(tmp_path, rng):
+    star = tmp_path / "names.star"
+    star.write_text("data_\nloop_\n_rlnMicrographName\nx.mrc\nmissing.mrc\n")
+    write_mrc(tmp_path / "x.mrc", rng.normal(size=(40, 40)).astype(np.float32), angpix=1.34)
+    entries = io.read_micrographs_star(star, project_dir=tmp_path, header_fallback=True)
+    assert entries[0].angpix == pytest.approx(1.34) and entries[0].angpix_source == "mrc_header"
+    assert entries[1].angpix is None and entries[1].angpix_source == "none"
+    assert io.read_micrographs_star(star, project_dir=tmp_path)[0].angpix is None  # only when asked
+
+
 def test_paths_resolve_against_project_then_star_dir(tmp_path):
     (tmp_path / "sub").mkdir()
     star = tmp_path / "sub" / "mics.star"
@@ -137,6 +147,16 @@ def test_paths_resolve_against_project_then_star_dir(tmp_path):
     entries = io.read_micrographs_star(star, project_dir=tmp_path)
     assert entries[0].path == tmp_path / "sub" / "beside.mrc"
     assert entries[1].path == Path("/abs/elsewhere.mrc")
+    # a RELION STAR file read from outside its project: names are relative to the project root, two levels up
+    proj = tmp_path / "proj"
+    (proj / "CtfFind/job005").mkdir(parents=True)
+    (proj / "MotionCorr/job002").mkdir(parents=True)
+    (proj / "MotionCorr/job002/m.mrc").write_bytes(b"")
+    star = proj / "CtfFind/job005/micrographs_ctf.star"
+    star.write_text("data_\nloop_\n_rlnMicrographName\nMotionCorr/job002/m.mrc\nMotionCorr/job002/gone.mrc\n")
+    entries = io.read_micrographs_star(star, project_dir=tmp_path / "elsewhere")
+    assert entries[0].path == proj / "MotionCorr/job002/m.mrc"
+    assert entries[1].path == tmp_path / "elsewhere/MotionCorr/job002/gone.mrc"  # missing: reported where expected
 
 
 def test_bad_micrograph_stars(tmp_path):

@@ -1,0 +1,658 @@
+"""The picking command: RELION External job, RELION schedules, and standalone use.
+
+As a RELION External job (RELION runs it from the project directory)::
+
+    relion_pixer --o External/job012/ --in_mics CtfFind/job005/micrographs_ctf.star --particle_diameter 180 --j 4
+
+Standalone::
+
+    relion_pixer --in_mics mics.star --o out/ --particle_diameter 180
+    relion_pixer pick a.mrc b.mrc --angpix 1.06 --particle_diameter 180 --o out/
+
+Outputs, in this order: ``<o>/<micrograph path after Type/jobNNN/ without extension>_autopick.star`` per micrograph
+(RELION 3.1: ``_pixer.star``), ``<o>/autopick.star`` (``data_coordinate_files``), ``<o>/RELION_OUTPUT_NODES.star``
+(RELION 3.1: also ``coords_suffix_pixer.star``), then ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` / ``_ABORTED``.
+Every file is written atomically. Rerunning on the same directory picks only micrographs without a coordinate file,
+so a killed job loses nothing it finished and RELION's on-the-fly schedules only pay for new micrographs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+import numpy as np
+
+from relion_pixer import NET_DIAMETER_PX, __version__, io, relion
+from relion_pixer.pipeline import PickParams, PickResult
+
+__all__ = ["JobOptions", "UsageError", "parse_args", "run_job", "main", "PickFunction"]
+
+#: ``pick_fn(image, angpix, diameter_A, params) -> PickResult``; the default chains the networks.
+PickFunction = Callable[[np.ndarray, float, float, PickParams], PickResult]
+
+#: Known options: name -> kind for :func:`relion_pixer.relion.parse_tolerant`.
+SPEC = {
+    "o": "value",
+    "in_mics": "value",
+    "particle_diameter": "value",
+    "threshold": "value",
+    "max_particles": "value",
+    "min_distance": "value",
+    "device": "value",
+    "batch_size": "value",
+    "angpix": "value",
+    "model": "value",
+    "write_maps": "flag",
+    "relion_version": "value",
+    "j": "value",
+    "strict": "flag",
+    "pipeline_control": "value",
+    "help": "flag",
+    # inputs of RELION's External job that a picker does not use
+    "in_movies": "ignored",
+    "in_coords": "ignored",
+    "in_3dref": "ignored",
+    "in_mask": "ignored",
+    "in_parts": "ignored",
+}
+
+HELP = f"""relion_pixer {__version__}: PIXER particle picking (RELION External job, or standalone)
+
+usage: relion_pixer --in_mics MICS.star --o JOBDIR/ --particle_diameter A [options]
+       relion_pixer pick A.mrc [B.mrc ...] --angpix A/PX --particle_diameter A --o OUTDIR/ [options]
+
+In RELION: External job, "External executable" = relion_pixer (or external_job.py), "Input micrographs" =
+a micrographs STAR file, and parameters given as label / value pairs (label without dashes):
+
+  particle_diameter A   particle diameter in Angstrom (required)
+  threshold P           lowest classifier probability of a pick, 0-1 (default 0.6)
+  max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
+  min_distance A        smallest distance between picks in Angstrom (default: about one diameter)
+  device D              auto, cpu, cuda or cuda:N (default auto)
+  batch_size N          classifier boxes per batch (default 256)
+  angpix A/PX           pixel size; overrides the STAR file (needed when neither STAR nor MRC header has one)
+  model FILE            fine-tuned weights from `relion_pixer train` (default: the shipped weights)
+  write_maps [Yes/No]   also save each probability map (MRC) and a picture of the picks (PNG)
+  relion_version V      3.1, 4 or 5: output flavour (default: from default_pipeline.star; 5 when absent)
+  strict [Yes/No]       stop at the first unreadable micrograph instead of skipping it
+  j N                   CPU threads (RELION's "Number of threads")
+
+Rerunning on the same output directory picks only micrographs that have no coordinate file yet.
+"""
+
+
+class UsageError(ValueError):
+    """A bad command line; the message is one line for RELION's run.err."""
+
+
+@dataclass
+class JobOptions:
+    """Parsed options of one picking run (see :data:`HELP`)."""
+
+    o: str
+    particle_diameter: float
+    in_mics: str | None = None
+    micrographs: tuple[str, ...] = ()
+    threshold: float = 0.6
+    max_particles: int = 500
+    min_distance: float | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    angpix: float | None = None
+    model: str | None = None
+    write_maps: bool = False
+    relion_version: int | None = None
+    threads: int | None = None
+    strict: bool = False
+    warnings: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parsing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _number(values: dict, key: str, kind, default, warnings: list, what: str = "a number"):
+    if key not in values:
+        return default
+    raw = values[key]
+    if raw is None or raw is True:
+        warnings.append(f"--{key} was given without a value; using the default ({default})")
+        return default
+    try:
+        value = kind(raw)
+        if kind is float and not math.isfinite(value):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--{key} needs {what}, not {raw!r}") from None
+    return value
+
+
+def parse_args(argv: Sequence[str]) -> JobOptions:
+    """Parse the picking command line tolerantly (see :func:`relion_pixer.relion.parse_tolerant`).
+
+    Parameters
+    ----------
+    argv : sequence of str
+        Arguments without the program name (and without the ``pick`` subcommand word). Without ``--in_mics``,
+        arguments that belong to no option are micrograph files (``relion_pixer pick a.mrc b.mrc ...``; shell-style
+        patterns such as ``Micrographs/*.mrc`` are expanded).
+
+    Raises
+    ------
+    UsageError
+        Missing ``--o``, ``--particle_diameter`` or input; a value that is not a valid number or choice.
+    """
+    parsed = relion.parse_tolerant(argv, SPEC)
+    values = parsed.values
+    warnings = list(parsed.warnings)
+
+    in_mics = values.get("in_mics")
+    if "in_mics" in values and not in_mics:
+        raise UsageError("--in_mics needs a micrographs STAR file")
+    micrographs: list[str] = []
+    if in_mics:
+        if parsed.positional:
+            warnings.append(f"ignoring arguments that belong to no option: {' '.join(parsed.positional)}")
+    else:
+        for item in parsed.positional:
+            if any(c in item for c in "*?[") and not os.path.exists(item):
+                matches = sorted(glob.glob(item))
+                if not matches:
+                    raise UsageError(f"no micrograph matches {item!r}")
+                micrographs.extend(matches)
+            else:
+                micrographs.append(item)
+        if not micrographs:
+            raise UsageError("no input: give --in_mics MICS.star, or micrograph files after 'pick'")
+
+    out = values.get("o")
+    if not out or out is True:
+        raise UsageError("--o OUTPUT_DIRECTORY/ is required")
+
+    if values.get("particle_diameter") in (None, True):
+        raise UsageError("--particle_diameter is required: the particle's diameter in Angstrom (e.g. 180)")
+    diameter = _number(values, "particle_diameter", float, None, warnings, "a diameter in Angstrom")
+    if diameter <= 0:
+        raise UsageError(f"--particle_diameter must be positive, not {diameter:g}")
+
+    threshold = _number(values, "threshold", float, 0.6, warnings, what="a probability between 0 and 1")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1, not {threshold:g}")
+    max_particles = _number(values, "max_particles", _int, 500, warnings, what="a whole number (0 = no cap)")
+    if max_particles < 0:
+        raise UsageError(f"--max_particles must be 0 (no cap) or positive, not {max_particles}")
+    min_distance = _number(values, "min_distance", float, None, warnings, what="a distance in Angstrom")
+    if min_distance is not None and min_distance <= 0:
+        raise UsageError(f"--min_distance must be positive, not {min_distance:g}")
+    batch_size = _number(values, "batch_size", _int, 256, warnings, what="a whole number")
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, not {batch_size}")
+    angpix = _number(values, "angpix", float, None, warnings, what="a pixel size in Angstrom")
+    if angpix is not None and angpix <= 0:
+        raise UsageError(f"--angpix must be positive, not {angpix:g}")
+    threads = _number(values, "j", _int, None, warnings, what="a number of threads")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--j must be at least 1, not {threads}")
+
+    device = values.get("device")
+    if device is None or device is True:
+        if "device" in values:
+            warnings.append("--device was given without a value; using auto")
+        device = "auto"
+    device = str(device).strip().lower()
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+
+    model = values.get("model")
+    if model is True:
+        model = None
+    if "model" in values and not model:
+        warnings.append("--model was given without a value; using the shipped weights")
+
+    version = values.get("relion_version")
+    if version is not None and version is not True:
+        try:
+            version = relion.parse_relion_version(version)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        version = None
+
+    return JobOptions(
+        o=str(out),
+        particle_diameter=float(diameter),
+        in_mics=in_mics,
+        micrographs=tuple(micrographs),
+        threshold=float(threshold),
+        max_particles=int(max_particles),
+        min_distance=min_distance,
+        device=device,
+        batch_size=int(batch_size),
+        angpix=angpix,
+        model=model or None,
+        write_maps=bool(values.get("write_maps", False)),
+        relion_version=version,
+        threads=threads,
+        strict=bool(values.get("strict", False)),
+        warnings=tuple(warnings),
+    )
+
+
+def _int(text: str) -> int:
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Log:
+    """stdout lines (RELION's run.out) and stderr warnings/errors (run.err), tqdm-aware."""
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self.out, self.err, self.bar = out, err, None
+
+    def info(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=self.out)
+        else:
+            print(msg, file=self.out, flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"WARNING: {msg}", file=self.err, flush=True)
+
+    def error(self, msg: str) -> None:
+        print(f"ERROR: {msg}", file=self.err, flush=True)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for, but no CUDA device is available (use --device cpu)")
+    return device
+
+
+def _default_pick_fn(opts: JobOptions, device: str) -> PickFunction:
+    from relion_pixer import models as pixer_models
+    from relion_pixer.pipeline import pick_micrograph
+
+    try:
+        loaded = pixer_models.load_pretrained(opts.model, device=device)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+    def pick(image, angpix, diameter_A, params):
+        return pick_micrograph(image, angpix, diameter_A, loaded, params)
+
+    return pick
+
+
+def _entries(opts: JobOptions, log: _Log) -> list[io.MicrographEntry]:
+    if opts.in_mics:
+        entries = io.read_micrographs_star(opts.in_mics, project_dir=Path("."))
+        if not entries:
+            raise UsageError(f"{opts.in_mics}: the micrographs STAR file lists no micrographs")
+        if opts.angpix is not None:
+            differ = sorted({e.angpix for e in entries if e.angpix and abs(e.angpix - opts.angpix) > 0.01 * e.angpix})
+            if differ:
+                log.warn(f"--angpix {opts.angpix:g} overrides the pixel size of {opts.in_mics} "
+                         f"({', '.join(f'{a:g}' for a in differ)} A/px)")
+            entries = [dataclasses.replace(e, angpix=opts.angpix, angpix_source="user") for e in entries]
+        return entries
+    return [io.MicrographEntry(name, Path(name), opts.angpix, None, "user" if opts.angpix else "none")
+            for name in opts.micrographs]
+
+
+def _count_rows(path: str) -> int:
+    """Rows of a coordinate STAR file, counted without parsing (fast for on-the-fly reruns on big projects)."""
+    n = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            text = line.strip()
+            if text and not text.startswith(("_", "#", "data_", "loop_")):
+                n += 1
+    return n
+
+
+def _clean_temp_files(job_dir: Path) -> None:
+    for p in job_dir.rglob(f".*{io.TMP_SUFFIX}"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _write_maps(base: str, result: PickResult, image: np.ndarray, angpix: float, opts: JobOptions) -> None:
+    """Probability map as MRC and a PNG of the picks beside it (matplotlib Agg, imported here)."""
+    import matplotlib
+    import matplotlib.cm
+    import matplotlib.colors
+    import mrcfile
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PatchCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+    import scipy.ndimage
+
+    from relion_pixer import preprocess
+
+    fx = result.factors[1]
+    if result.prob_map is not None:
+        with io.atomic_output_path(base + "_probmap.mrc") as tmp:
+            with mrcfile.new(tmp) as m:
+                m.set_data(np.ascontiguousarray(result.prob_map, dtype=np.float32))
+                m.voxel_size = angpix / fx
+    net = result.net_image
+    if net is None:
+        net, _ = preprocess.prepare(image, angpix, opts.particle_diameter)
+    shown = scipy.ndimage.gaussian_filter(np.asarray(net, np.float32), 1.0)
+    lo, hi = np.percentile(shown, [1, 99])
+    xy_net = preprocess.to_network(result.xy, result.factors)
+    panels = 2 if result.prob_map is not None else 1
+    h, w = shown.shape
+    scale = 6.0 / max(h, w)
+    fig = Figure(figsize=(panels * w * scale + 1.2, h * scale + 0.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi, interpolation="bilinear")
+    cmap = matplotlib.colormaps["viridis"]
+    low = min(opts.threshold, float(result.fom.min()) if len(result.fom) else opts.threshold)
+    norm = matplotlib.colors.Normalize(vmin=low, vmax=1.0)
+    circles = [Circle((x, y), NET_DIAMETER_PX / 2) for x, y in xy_net]
+    coll = PatchCollection(circles, facecolor="none", edgecolor=cmap(norm(result.fom)), linewidth=1.0)
+    ax.add_collection(coll)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_title(f"{len(result.xy)} picks (colour: figure of merit)", fontsize=9)
+    ax.set_axis_off()
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02)
+    if result.prob_map is not None:
+        ax2 = fig.add_subplot(1, panels, 2)
+        im = ax2.imshow(result.prob_map, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax2.set_title("particle probability", fontsize=9)
+        ax2.set_axis_off()
+        fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.02)
+    fig.tight_layout()
+    with io.atomic_write(base + "_picks.png", "wb") as fh:
+        fig.savefig(fh, format="png")
+
+
+@dataclass
+class _Outcome:
+    picked: int = 0
+    particles: int = 0
+    seconds: float = 0.0
+    failed: list = dataclasses.field(default_factory=list)
+    aborted: bool = False
+    fatal: str | None = None
+
+
+def run_job(
+    opts: JobOptions,
+    pick_fn: PickFunction | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run the picking job; return 0 (success), 1 (failure) or 2 (aborted), RELION's exit modes.
+
+    Parameters
+    ----------
+    opts : JobOptions
+        From :func:`parse_args`.
+    pick_fn : callable, optional
+        ``pick_fn(image, angpix, diameter_A, params) -> PickResult``. Default: load the networks
+        (``--model`` or the shipped weights) and run :func:`relion_pixer.pipeline.pick_micrograph`. Tests inject
+        a cheap one.
+    out, err : text streams
+        Default ``sys.stdout`` / ``sys.stderr`` (RELION's run.out / run.err).
+    """
+    log = _Log(out or sys.stdout, err or sys.stderr)
+    odir = opts.o if opts.o.endswith("/") else opts.o + "/"
+    job_dir = Path(odir)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error(f"cannot create the output directory {odir} ({exc.strerror or exc})")
+        return 1
+    relion.clear_exit_markers(job_dir)
+    _clean_temp_files(job_dir)
+    for w in opts.warnings:
+        log.warn(w)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(opts, pick_fn, log, odir, job_dir)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
+        relion.write_exit_marker(job_dir, "aborted")
+        return 2
+    except (UsageError, io.StarError, io.MicrographError, ValueError, OSError, RuntimeError) as exc:
+        log.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        relion.write_exit_marker(job_dir, "failure")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the marker must tell RELION whatever happened
+        log.error(f"{type(exc).__name__}: {exc}")
+        relion.write_exit_marker(job_dir, "failure")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a queue system or ``kill``) turned into an exception, so the job can say it was aborted."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path) -> int:
+    version = opts.relion_version or relion.detect_relion_version(Path.cwd()) or 5
+    star_version = relion.star_version(version)
+    suffix = "_pixer.star" if version == 3 else "_autopick.star"
+
+    entries = _entries(opts, log)
+    coord_files = [relion.coordinate_file_name(odir, e.name, suffix) for e in entries]
+    seen: dict[str, str] = {}
+    for e, c in zip(entries, coord_files):
+        if c in seen and seen[c] != e.name:
+            raise UsageError(f"micrographs {seen[c]} and {e.name} would both write {c}: rename one of them")
+        seen[c] = e.name
+    todo = [(e, c) for e, c in zip(entries, coord_files) if not Path(c).exists()]
+    done_before = len(entries) - len(todo)
+
+    known = sorted({round(e.angpix, 4) for e, _ in todo if e.angpix})
+    if len(known) > 1:
+        log.warn(f"the micrographs have {len(known)} different pixel sizes ({', '.join(f'{a:g}' for a in known)} A/px); "
+                 "each micrograph is resampled with its own pixel size, so the picks are consistent")
+
+    source = opts.in_mics or f"{len(entries)} micrograph file(s)"
+    log.info(f" relion_pixer {__version__}: PIXER picking, particle diameter {opts.particle_diameter:g} A, "
+             f"RELION {'3.1' if version == 3 else version} output")
+    log.info(f" + {len(entries)} micrographs in {source}: {len(todo)} to pick"
+             + (f", {done_before} already picked (continuing)" if done_before else ""))
+
+    outcome = _Outcome()
+    if todo:
+        params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
+                            min_distance_A=opts.min_distance, device="cpu", batch_size=opts.batch_size)
+        if opts.threads:
+            import torch
+
+            torch.set_num_threads(opts.threads)
+        if pick_fn is None:
+            device = _resolve_device(opts.device)
+            params = dataclasses.replace(params, device=device)
+            pick_fn = _default_pick_fn(opts, device)
+            log.info(f" + networks loaded, running on {device}")
+        elif opts.device != "auto":
+            params = dataclasses.replace(params, device=opts.device)
+        _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
+
+    # the coordinate list and the output nodes, also after an abort or a fatal error, so that finished work is usable
+    listed = [(e.name, c) for e, c in zip(entries, coord_files) if Path(c).exists()]
+    io.write_coordinate_files_star(job_dir / "autopick.star", [n for n, _ in listed], [c for _, c in listed],
+                                   star_version)
+    if version == 3:
+        nodes = []
+        if opts.in_mics:
+            relion.write_coords_suffix(job_dir, opts.in_mics, "pixer")
+            nodes.append((odir + "coords_suffix_pixer.star", relion.NODE_MIC_COORDS_31))
+    else:
+        nodes = [(odir + "autopick.star", relion.COORDS_NODE_LABEL[version])]
+    if nodes:
+        relion.write_output_nodes(job_dir, nodes, version)
+
+    total_particles = sum(_count_rows(c) for _, c in listed)
+    _summary(log, outcome, len(entries), listed, total_particles, odir)
+
+    if outcome.aborted:
+        relion.write_exit_marker(job_dir, "aborted")
+        try:
+            os.unlink(job_dir / relion.ABORT_NOW)
+        except OSError:
+            pass
+        log.info(" exiting with an abort ...")
+        return 2
+    if outcome.fatal is not None:
+        log.error(outcome.fatal)
+        relion.write_exit_marker(job_dir, "failure")
+        return 1
+    if todo and outcome.picked == 0:
+        log.error(f"none of the {len(todo)} micrographs could be picked (reasons above)")
+        relion.write_exit_marker(job_dir, "failure")
+        return 1
+    relion.write_exit_marker(job_dir, "success")
+    return 0
+
+
+def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction, log: _Log, job_dir: Path,
+              outcome: _Outcome, star_version: int, suffix: str) -> None:
+    bar = None
+    stream = log.out
+    if hasattr(stream, "isatty") and stream.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="mic", file=stream, leave=False, dynamic_ncols=True)
+        log.bar = bar
+    width = len(str(len(todo)))
+    try:
+        for k, (entry, coord) in enumerate(todo, start=1):
+            if relion.abort_requested(job_dir):
+                log.info(f" + {relion.ABORT_NOW} found: stopping after {k - 1} of {len(todo)} micrographs")
+                outcome.aborted = True
+                return
+            t0 = time.perf_counter()
+            try:
+                image, header_angpix = io.read_micrograph(entry.path)
+                angpix = entry.angpix or header_angpix
+                if angpix is None:
+                    raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
+                diameter_px = opts.particle_diameter / angpix
+                if min(image.shape) < diameter_px:
+                    raise io.MicrographError(
+                        entry.path,
+                        f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
+                        f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
+                result = pick_fn(image, angpix, opts.particle_diameter, params)
+            except (io.MicrographError, ValueError) as exc:
+                reason = str(exc).splitlines()[0]
+                if not isinstance(exc, io.MicrographError):
+                    reason = f"{entry.path}: {reason}"
+                outcome.failed.append((entry.name, reason))
+                if opts.strict:
+                    outcome.fatal = f"{reason} (--strict: stopping)"
+                    return
+                log.warn(f"skipping micrograph: {reason}")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            xy = np.asarray(result.xy, dtype=np.float64).reshape(-1, 2)
+            fom = np.asarray(result.fom, dtype=np.float64).reshape(-1)
+            Path(coord).parent.mkdir(parents=True, exist_ok=True)
+            base = coord[: -len(suffix)]
+            if opts.write_maps:
+                try:
+                    _write_maps(base, dataclasses.replace(result, xy=xy, fom=fom), image, angpix, opts)
+                except Exception as exc:  # noqa: BLE001 - a picture must never cost the picks
+                    log.warn(f"could not write the maps of {entry.name}: {type(exc).__name__}: {exc}")
+            io.write_coordinates_star(coord, xy, fom, version=star_version)
+            dt = time.perf_counter() - t0
+            outcome.picked += 1
+            outcome.particles += len(xy)
+            outcome.seconds += dt
+            log.info(f" [{k:>{width}}/{len(todo)}] {entry.name}: {len(xy)} particles, {dt:.1f} s")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+            log.bar = None
+
+
+def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particles: int, odir: str) -> None:
+    if outcome.picked:
+        per = outcome.seconds / outcome.picked
+        log.info(f" Picked {outcome.particles} particles from {outcome.picked} micrographs in {outcome.seconds:.1f} s "
+                 f"({per:.2f} s per micrograph, {60.0 / per if per > 0 else float('inf'):.1f} micrographs per minute)")
+    if outcome.failed:
+        log.info(f" Skipped {len(outcome.failed)} micrograph(s) that could not be picked:")
+        for name, reason in outcome.failed:
+            log.info(f"    * {name}: {reason}")
+        log.warn(f"{len(outcome.failed)} micrograph(s) skipped (listed at the end of run.out); rerun the job "
+                 "after fixing them to pick only those")
+    log.info(f" Saved list with {len(listed)} coordinate files in: {odir}autopick.star")
+    avg = total_particles / len(listed) if listed else 0.0
+    log.info(f" Total number of particles from {len(listed)} of {n_entries} micrographs is {total_particles} "
+             f"(on average {avg:.0f} per micrograph)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``relion_pixer [pick] ...`` and ``external_job.py``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pick":
+        argv = argv[1:]
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(HELP)
+        return 0
+    try:
+        opts = parse_args(argv)
+    except UsageError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        # tell RELION too, when we know the job directory
+        parsed = relion.parse_tolerant(argv, SPEC)
+        out = parsed.values.get("o")
+        if isinstance(out, str) and out:
+            try:
+                relion.clear_exit_markers(out)
+                relion.write_exit_marker(out, "failure")
+            except OSError:
+                pass
+        else:
+            print("Run `relion_pixer --help` for the options.", file=sys.stderr)
+        return 1
+    return run_job(opts)

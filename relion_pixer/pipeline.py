@@ -1,0 +1,113 @@
+"""Pick one micrograph: the stages of the PIXER method chained in order.
+
+``preprocess.prepare`` (resample so the particle is :data:`relion_pixer.NET_DIAMETER_PX` pixels wide, normalise) ->
+``segment.predict_probability`` (per-pixel particle probability) -> ``picking.pick_centres`` (grid local maxima) ->
+``classify.filter_candidates`` (3-way classifier keeps particles, drops background and contamination) ->
+``preprocess.to_original`` (back to micrograph pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from relion_pixer import NET_DIAMETER_PX, preprocess
+
+__all__ = ["PickParams", "PickResult", "pick_micrograph"]
+
+
+@dataclass(frozen=True)
+class PickParams:
+    """Settings of one picking run.
+
+    Attributes
+    ----------
+    threshold : float
+        Lowest classifier probability of "particle" that a pick may have (the figure of merit written out).
+    max_particles : int
+        Keep at most this many picks per micrograph, best first; 0 means no cap.
+    min_distance_A : float or None
+        Smallest distance between two picks, in Angstrom (None: the picker's default, about one diameter).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
+    batch_size : int
+        Boxes per classifier batch.
+    """
+
+    threshold: float = 0.6
+    max_particles: int = 500
+    min_distance_A: float | None = None
+    device: str = "cpu"
+    batch_size: int = 256
+
+
+@dataclass
+class PickResult:
+    """Picks of one micrograph.
+
+    Attributes
+    ----------
+    xy : numpy.ndarray
+        (N, 2) float64 ``(x, y)`` in micrograph pixels (0-based), best figure of merit first.
+    fom : numpy.ndarray
+        (N,) figure of merit (classifier probability of "particle").
+    prob_map : numpy.ndarray or None
+        float32 particle probability at network scale (None when the picker makes none).
+    factors : tuple of float
+        ``(fy, fx)`` network pixels per micrograph pixel (:func:`relion_pixer.preprocess.to_original`).
+    net_image : numpy.ndarray or None
+        The normalised, Fourier-cropped (so low-passed) micrograph at network scale, for pictures.
+    """
+
+    xy: np.ndarray
+    fom: np.ndarray
+    prob_map: np.ndarray | None
+    factors: tuple[float, float]
+    net_image: np.ndarray | None = None
+
+
+def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, params: PickParams) -> PickResult:
+    """Pick the particles of one micrograph.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D micrograph ``[y, x]`` (any real dtype), particles dark.
+    angpix : float
+        Its pixel size in Angstrom.
+    diameter_A : float
+        Particle diameter in Angstrom.
+    models : relion_pixer.models.PixerModels
+        ``segmenter`` and ``classifier`` on ``params.device``, in eval mode.
+    params : PickParams
+
+    Returns
+    -------
+    PickResult
+    """
+    from relion_pixer import classify, picking, segment
+
+    net_image, factors = preprocess.prepare(image, angpix, diameter_A)
+    prob = segment.predict_probability(models.segmenter, net_image, params.device)
+    min_distance_px = None
+    if params.min_distance_A:
+        min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
+    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px)
+    cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
+    result = classify.filter_candidates(
+        models.classifier,
+        net_image,
+        cand_xy,
+        threshold=params.threshold,
+        max_particles=int(params.max_particles),  # 0 = no cap
+        device=params.device,
+        batch_size=params.batch_size,
+    )
+    fom = np.asarray(result.fom, dtype=np.float64).reshape(-1)
+    xy_net = np.asarray(result.xy, dtype=np.float64).reshape(-1, 2)
+    order = np.argsort(-fom, kind="stable")
+    xy = preprocess.to_original(xy_net[order], factors)
+    prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
+    return PickResult(xy=xy, fom=fom[order], prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
+                      net_image=net_image)

@@ -1,0 +1,996 @@
+"""Tests of the RELION External job contract (relion_pixer.job, relion_pixer.relion, relion_pixer.pipeline).
+
+Most tests inject a cheap picking function, so that every output / abort / continue / error path runs without the
+networks; the end-to-end tests at the bottom run the real chain through ``external_job.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io as _stdio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from relion_pixer import io, job, relion
+from relion_pixer.pipeline import PickParams, PickResult
+
+REPO = Path(__file__).resolve().parents[1]
+RELION5 = "relion/relion5_tutorial_project"
+LABEL5 = "MicrographCoordsGroup.star.relion.autopick"
+LABEL4 = "MicrographsCoords.star.relion.autopick"
+IN_MICS = "CtfFind/job005/micrographs_ctf.star"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# project fixtures
+# ------------------------------------------------------------------------------------------------------------------
+
+PIPELINE5 = """
+# version 50001
+
+data_pipeline_general
+
+_rlnPipeLineJobCounter                      13
+ 
+
+# version 50001
+
+data_pipeline_processes
+
+loop_ 
+_rlnPipeLineProcessName #1 
+_rlnPipeLineProcessAlias #2 
+_rlnPipeLineProcessTypeLabel #3 
+_rlnPipeLineProcessStatusLabel #4 
+CtfFind/job005/       None relion.ctffind.ctffind4  Succeeded 
+External/job012/       None relion.external    Running 
+ 
+"""
+
+PIPELINE4 = PIPELINE5.replace("50001", "30001")
+
+PIPELINE31 = """
+# version 30001
+
+data_pipeline_general
+
+_rlnPipeLineJobCounter                      13
+ 
+
+# version 30001
+
+data_pipeline_processes
+
+loop_ 
+_rlnPipeLineProcessName #1 
+_rlnPipeLineProcessAlias #2 
+_rlnPipeLineProcessType #3 
+_rlnPipeLineProcessStatus #4 
+CtfFind/job005/       None            2            2 
+External/job012/       None           99            0 
+ 
+
+# version 30001
+
+data_pipeline_nodes
+
+loop_ 
+_rlnPipeLineNodeName #1 
+_rlnPipeLineNodeType #2 
+CtfFind/job005/micrographs_ctf.star            1 
+ 
+"""
+
+
+def write_mrc(path: Path, data: np.ndarray, angpix: float | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+        if angpix is not None:
+            m.voxel_size = angpix
+
+
+def write_micrographs(project: Path, star: str, size: int = 512, seed: int = 0, angpix: float | None = None) -> list:
+    """Random micrographs at the paths a micrograph STAR names; returns its entries."""
+    rng = np.random.default_rng(seed)
+    entries = io.read_micrographs_star(project / star, project_dir=project)
+    for e in entries:
+        write_mrc(e.path, rng.normal(size=(size, size)).astype(np.float32), angpix)
+    return entries
+
+
+def made_micrographs_star(path: Path, names: list[str], angpix=(1.5,), groups=None, version: int = 50001) -> None:
+    """A RELION 3.1+ micrograph STAR file written with our own STAR writer."""
+    groups = groups or [1] * len(names)
+    optics = io.format_star_table(
+        "optics",
+        [("rlnOpticsGroupName", [f"opticsGroup{i + 1}" for i in range(len(angpix))]),
+         ("rlnOpticsGroup", list(range(1, len(angpix) + 1))),
+         ("rlnMicrographOriginalPixelSize", [float(a) for a in angpix]),
+         ("rlnVoltage", [300.0] * len(angpix)),
+         ("rlnMicrographPixelSize", [float(a) for a in angpix])],
+        version,
+    )
+    mics = io.format_star_table(
+        "micrographs",
+        [("rlnMicrographName", names), ("rlnOpticsGroup", [int(g) for g in groups]),
+         ("rlnDefocusU", [15000.0] * len(names))],
+        version,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(optics + mics)
+
+
+def made_project(root: Path, n: int = 4, size: int = 256, pipeline: str = PIPELINE5) -> Path:
+    """A small RELION 5 project made by this test suite: pipeline, micrograph STAR, micrographs."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "default_pipeline.star").write_text(pipeline)
+    names = [f"MotionCorr/job002/Movies/mic_{i:03d}.mrc" for i in range(n)]
+    made_micrographs_star(root / IN_MICS, names, angpix=(1.5,))
+    write_micrographs(root, IN_MICS, size=size)
+    return root
+
+
+def shared_project(shared_data: Path, root: Path, size: int = 512) -> Path:
+    """The STAR skeleton of RELION's own tutorial project, with synthetic micrographs where it names them."""
+    shutil.copytree(shared_data / RELION5, root, ignore=lambda d, names: [n for n in names if n.endswith(".pdf")])
+    for p in root.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(root, 0o755)
+    write_micrographs(root, IN_MICS, size=size)
+    return root
+
+
+@pytest.fixture(params=["made", "shared"])
+def project(request, tmp_path, monkeypatch):
+    """A RELION project directory, cwd set to it (RELION runs jobs from there)."""
+    if request.param == "shared":
+        shared = request.getfixturevalue("shared_data")
+        root = shared_project(shared, tmp_path / "proj")
+    else:
+        root = made_project(tmp_path / "proj")
+    monkeypatch.chdir(root)
+    return root
+
+
+class FakePicker:
+    """Cheap stand-in for the networks: four picks per micrograph, figure of merit descending."""
+
+    def __init__(self, per_call=None):
+        self.calls: list[tuple[tuple[int, int], float, float]] = []
+        self.per_call = per_call
+
+    def __call__(self, image, angpix, diameter_A, params):
+        assert isinstance(params, PickParams)
+        self.calls.append((image.shape, angpix, diameter_A))
+        if self.per_call is not None:
+            self.per_call(len(self.calls))
+        h, w = image.shape
+        xy = np.array([[w * 0.25, h * 0.25], [w * 0.75, h * 0.25], [w * 0.25, h * 0.75], [w * 0.75, h * 0.75]])
+        fom = np.array([0.95, 0.9, 0.8, 0.65])
+        factors = (0.25, 0.25)
+        prob = np.zeros((int(h * 0.25), int(w * 0.25)), np.float32)
+        return PickResult(xy=xy, fom=fom, prob_map=prob, factors=factors, net_image=None)
+
+
+def run(argv: str | list[str], pick_fn=None) -> tuple[int, str, str]:
+    """Run the job in-process as RELION would (argument string split on whitespace, unquoted)."""
+    args = argv.split() if isinstance(argv, str) else list(argv)
+    out, err = _stdio.StringIO(), _stdio.StringIO()
+    try:
+        opts = job.parse_args(args)
+    except job.UsageError as exc:
+        return 1, "", str(exc)
+    rc = job.run_job(opts, pick_fn=pick_fn or FakePicker(), out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+RELION_CMD = f"--o External/job012/ --in_mics {IN_MICS} --particle_diameter 150 --j 1"
+
+
+def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label: str = LABEL5, version: int = 50001,
+                         empty: bool | None = False):
+    """The outputs RELION 4/5 reads, against the contract; returns the coordinate-file list."""
+    jd = project / job_dir
+    entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
+    lst = io.read_star(jd / "autopick.star")["coordinate_files"]
+    assert list(lst.columns) == ["rlnMicrographName", "rlnMicrographCoordinates"]
+    names = list(lst["rlnMicrographName"])
+    assert names == [e.name for e in entries]  # exactly as in the input STAR, in input order
+    for name, coords in zip(names, lst["rlnMicrographCoordinates"]):
+        post = name.split("/", 2)[2]  # after Type/jobNNN/
+        assert coords == job_dir + post[: post.rfind(".")] + "_autopick.star"
+        text = (project / coords).read_text()
+        if empty or (empty is None and text == ""):
+            assert text == ""  # no picks: a 0-byte file, as RELION writes an empty table
+            continue
+        assert text.startswith(f"\n# version {version}\n\ndata_\n\nloop_ \n_rlnCoordinateX #1 \n_rlnCoordinateY #2 \n"
+                               "_rlnAutopickFigureOfMerit #3 \n_rlnClassNumber #4 \n_rlnAnglePsi #5 \n")
+        assert text.endswith(" \n \n")
+    nodes = io.read_star(jd / relion.OUTPUT_NODES)["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeName"]) == [job_dir + "autopick.star"]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [label]
+    assert (jd / relion.EXIT_SUCCESS).exists() and (jd / relion.EXIT_SUCCESS).stat().st_size == 0
+    assert not (jd / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_ABORTED).exists()
+    # written in this order: coordinate files, autopick.star, RELION_OUTPUT_NODES.star, exit marker
+    t_coords = max((project / c).stat().st_mtime_ns for c in lst["rlnMicrographCoordinates"])
+    t_list = (jd / "autopick.star").stat().st_mtime_ns
+    t_nodes = (jd / relion.OUTPUT_NODES).stat().st_mtime_ns
+    t_exit = (jd / relion.EXIT_SUCCESS).stat().st_mtime_ns
+    assert t_coords <= t_list <= t_nodes <= t_exit
+    assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
+    return lst
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the External job in a RELION project
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_external_job_outputs(project):
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD, picker)
+    assert rc == 0, err
+    lst = check_relion_outputs(project)
+    assert len(picker.calls) == len(lst)
+    angpix = 0.885 if (project / "AutoPick").exists() else 1.5
+    assert {c[1] for c in picker.calls} == {angpix}
+    assert {c[2] for c in picker.calls} == {150.0}
+    # one progress line per micrograph, then the summary
+    assert len(re.findall(r"^ \[\s*\d+/\d+\] MotionCorr/job002/Movies/\S+\.mrc: 4 particles, [\d.]+ s$", out, re.M)) == len(lst)
+    assert f"Total number of particles from {len(lst)} of {len(lst)} micrographs is {4 * len(lst)}" in out
+    assert "micrographs per minute" in out
+    df = io.read_coordinates_star(project / lst["rlnMicrographCoordinates"][0])
+    w = picker.calls[0][0][1]
+    np.testing.assert_allclose(df["rlnCoordinateX"], [w / 4, 3 * w / 4, w / 4, 3 * w / 4])
+    np.testing.assert_allclose(df["rlnAutopickFigureOfMerit"], [0.95, 0.9, 0.8, 0.65])
+    assert err == ""
+
+
+def test_outputs_match_relions_own_autopick_job(shared_data, tmp_path, monkeypatch):
+    """Layout, names, columns and node label against what RELION 5's AutoPick job wrote in the same project."""
+    root = shared_project(shared_data, tmp_path / "proj")
+    monkeypatch.chdir(root)
+    rc, _, err = run(RELION_CMD)
+    assert rc == 0, err
+    ref_dir = shared_data / RELION5 / "AutoPick/job008"
+    ref = io.read_star(ref_dir / "autopick.star")["coordinate_files"]
+    ours = io.read_star(root / "External/job012/autopick.star")["coordinate_files"]
+    mine = dict(zip(ours["rlnMicrographName"], ours["rlnMicrographCoordinates"]))
+    for name, coords in zip(ref["rlnMicrographName"], ref["rlnMicrographCoordinates"]):
+        assert mine[name] == coords.replace("AutoPick/job008/", "External/job012/")
+    # the list file's header is RELION's, byte for byte
+    ref_text = (ref_dir / "autopick.star").read_text()
+    our_text = (root / "External/job012/autopick.star").read_text()
+    header = ref_text[: ref_text.index("MotionCorr/")]
+    assert our_text.startswith(header)
+    # per-micrograph files: same header bytes, same row width and column layout, same closing line
+    ref_file = ref_dir / "Movies/20170629_00021_frameImage_autopick.star"
+    our_file = root / "External/job012/Movies/20170629_00021_frameImage_autopick.star"
+    ref_lines = ref_file.read_text().split("\n")
+    our_lines = our_file.read_text().split("\n")
+    assert our_lines[:11] == ref_lines[:11]
+    assert our_lines[-2:] == ref_lines[-2:] == [" ", ""]
+    row = re.compile(r"^( {0,11}-?\d+\.\d{5,6} ){3}( {0,11}\d+ )( {0,11}-?\d+\.\d{5,6} )$")
+    assert all(row.match(line) for line in ref_lines[11:-2])
+    assert all(row.match(line) and len(line) == len(ref_lines[11]) for line in our_lines[11:-2])
+    # node label: what RELION 5 itself recorded for AutoPick/job008/autopick.star
+    pipeline = io.read_star(ref_dir / "default_pipeline.star")["pipeline_nodes"]
+    relion_label = pipeline.set_index("rlnPipeLineNodeName").loc["AutoPick/job008/autopick.star",
+                                                                  "rlnPipeLineNodeTypeLabel"]
+    nodes = io.read_star(root / "External/job012/RELION_OUTPUT_NODES.star")["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [relion_label]
+    # RELION_OUTPUT_NODES.star in the layout of the one RELION's Select job wrote
+    ref_nodes = (shared_data / RELION5 / "Select/job007/RELION_OUTPUT_NODES.star").read_text()
+    our_nodes = (root / "External/job012/RELION_OUTPUT_NODES.star").read_text()
+    assert our_nodes.startswith(ref_nodes[: ref_nodes.index("Select/")])
+    assert our_nodes == ref_nodes[: ref_nodes.index("Select/")] + f"External/job012/autopick.star {relion_label} \n \n"
+
+
+def test_empty_micrograph_picks_give_an_empty_file_listed(project):
+    def none(image, angpix, d, params):
+        return PickResult(np.zeros((0, 2)), np.zeros(0), None, (1.0, 1.0))
+
+    rc, out, err = run(RELION_CMD, none)
+    assert rc == 0, err
+    lst = check_relion_outputs(project, empty=True)  # 0-byte coordinate files, RELION's own way, still listed
+    assert len(lst) == len(io.read_micrographs_star(project / IN_MICS))
+    assert "0 particles" in out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RELION versions
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pipeline, override, version, label",
+    [
+        (PIPELINE5, None, 5, LABEL5),
+        (PIPELINE4, None, 4, LABEL4),
+        (PIPELINE31, None, 3, None),
+        (None, None, 5, LABEL5),  # standalone: no pipeline, RELION 5 files
+        (PIPELINE5, "4", 4, LABEL4),
+        (PIPELINE4, "5.0", 5, LABEL5),
+        (PIPELINE5, "3.1", 3, None),
+    ],
+)
+def test_node_labels_per_relion_version(tmp_path, monkeypatch, pipeline, override, version, label):
+    root = made_project(tmp_path / "p", n=2, pipeline=pipeline or PIPELINE5)
+    if pipeline is None:
+        (root / "default_pipeline.star").unlink()
+    monkeypatch.chdir(root)
+    assert relion.detect_relion_version(root) == (None if pipeline is None else
+                                                  {PIPELINE5: 5, PIPELINE4: 4, PIPELINE31: 3}[pipeline])
+    cmd = RELION_CMD + (f" --relion_version {override}" if override else "")
+    rc, _, err = run(cmd)
+    assert rc == 0, err
+    jd = root / "External/job012"
+    star_version = 50001 if version == 5 else 30001
+    nodes = io.read_star(jd / relion.OUTPUT_NODES)["output_nodes"]
+    assert io.read_star_version(jd / relion.OUTPUT_NODES) == star_version
+    if version == 3:
+        # RELION 3.1: integer node type 2 (NODE_MIC_COORDS) for coords_suffix_pixer.star naming the input STAR file;
+        # extraction then reads <dir>/<micrograph path after jobNNN/ without extension>_pixer.star
+        assert list(nodes.columns) == ["rlnPipeLineNodeName", "rlnPipeLineNodeType"]
+        assert list(nodes["rlnPipeLineNodeName"]) == ["External/job012/coords_suffix_pixer.star"]
+        assert list(nodes["rlnPipeLineNodeType"]) == ["2"]
+        assert (jd / "coords_suffix_pixer.star").read_text() == IN_MICS + "\n"
+        coords = sorted(p.name for p in (jd / "Movies").iterdir())
+        assert coords == ["mic_000_pixer.star", "mic_001_pixer.star"]
+    else:
+        assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [label]
+        check_relion_outputs(root, label=label, version=star_version)
+
+
+def test_detect_relion_version_from_real_pipelines(shared_data):
+    assert relion.detect_relion_version(shared_data / RELION5) == 5
+    assert relion.detect_relion_version(shared_data / "relion/tutorial_metadata") == 4
+    assert relion.detect_relion_version(shared_data / "relion/other") is None
+
+
+def test_parse_relion_version():
+    assert [relion.parse_relion_version(v) for v in ("5", "5.0", "4", "4.0.1", "3.1", "3", "RELION 5")] == [5, 5, 4, 4, 3, 3, 5]
+    for bad in ("3.0", "2", "six", ""):
+        with pytest.raises(ValueError):
+            relion.parse_relion_version(bad)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# abort, continue, kill
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_abort_between_micrographs(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=5)
+    monkeypatch.chdir(root)
+    jd = root / "External/job012"
+
+    def touch_abort(k):
+        if k == 2:
+            (jd / relion.ABORT_NOW).touch()  # what RELION's GUI does for "Abort"
+
+    rc, out, _ = run(RELION_CMD, FakePicker(per_call=touch_abort))
+    assert rc == 2
+    assert (jd / relion.EXIT_ABORTED).exists()
+    assert not (jd / relion.EXIT_SUCCESS).exists() and not (jd / relion.EXIT_FAILURE).exists()
+    assert not (jd / relion.ABORT_NOW).exists()  # honoured, so that a rerun is not aborted at once
+    assert sorted(p.name for p in (jd / "Movies").iterdir()) == ["mic_000_autopick.star", "mic_001_autopick.star"]
+    lst = io.read_star(jd / "autopick.star")["coordinate_files"]
+    assert len(lst) == 2  # the finished work stays usable
+    assert "RELION_JOB_ABORT_NOW found" in out
+    # continuing picks the rest
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD, picker)
+    assert rc == 0, err
+    assert len(picker.calls) == 3
+    assert not (jd / relion.EXIT_ABORTED).exists()  # stale markers cleared, like RELION's own programs do
+    check_relion_outputs(root)
+
+
+def test_continue_after_kill_picks_only_unfinished(project):
+    jd = project / "External/job012"
+    entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
+    # state left by a killed run: two finished coordinate files, a temp file, a stale failure marker
+    done = [relion.coordinate_file_name("External/job012/", e.name) for e in entries[:2]]
+    for c in done:
+        (project / c).parent.mkdir(parents=True, exist_ok=True)
+        io.write_coordinates_star(project / c, np.array([[1.0, 2.0]]), np.array([0.7]))
+    before = [(project / c).read_bytes() for c in done]
+    stale_tmp = project / f"External/job012/Movies/.x_autopick.star.0000{io.TMP_SUFFIX}"
+    stale_tmp.write_text("half")
+    (jd / relion.EXIT_FAILURE).touch()
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD, picker)
+    assert rc == 0, err
+    assert len(picker.calls) == len(entries) - 2
+    assert [(project / c).read_bytes() for c in done] == before
+    assert not stale_tmp.exists()
+    assert f"{len(entries) - 2} to pick, 2 already picked (continuing)" in out
+    check_relion_outputs(project)
+
+
+def test_on_the_fly_new_micrographs_appended(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    names = [e.name for e in io.read_micrographs_star(root / IN_MICS, project_dir=root)]
+    made_micrographs_star(root / IN_MICS, names[:2])
+    assert run(RELION_CMD)[0] == 0
+    made_micrographs_star(root / IN_MICS, names)  # RELION's schedule appended a new micrograph
+    picker = FakePicker()
+    rc, _, err = run(RELION_CMD, picker)
+    assert rc == 0, err
+    assert len(picker.calls) == 1
+    lst = check_relion_outputs(root)
+    assert len(lst) == 3
+    # nothing new: still a success, nothing picked
+    picker = FakePicker()
+    rc, out, _ = run(RELION_CMD, picker)
+    assert rc == 0 and picker.calls == []
+    assert "0 to pick, 3 already picked" in out
+
+
+DRIVER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from relion_pixer import job
+from relion_pixer.pipeline import PickResult
+
+def slow(image, angpix, d, params):
+    time.sleep(0.4)
+    xy = np.tile(np.array([[10.0, 20.0]]), (2000, 1))  # big enough that a write takes a moment
+    return PickResult(xy, np.linspace(1, 0.6, 2000), None, (1.0, 1.0))
+
+sys.exit(job.run_job(job.parse_args(sys.argv[1:]), pick_fn=slow))
+"""
+
+
+def test_killed_job_leaves_no_partial_file_and_continues(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=6, size=128)
+    monkeypatch.chdir(root)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(driver)] + RELION_CMD.split(), cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    movies = root / "External/job012/Movies"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(movies.glob("*_autopick.star")) if movies.exists() else []) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(movies.glob("*_autopick.star"))
+    assert 2 <= len(finished) < 6
+    for f in finished:  # every coordinate file that exists is complete
+        assert len(io.read_coordinates_star(f)) == 2000
+        assert f.read_text().endswith(" \n \n")
+    assert not (root / "External/job012" / relion.EXIT_SUCCESS).exists()
+    picker = FakePicker()
+    rc, _, err = run(RELION_CMD, picker)
+    assert rc == 0, err
+    assert len(picker.calls) == 6 - len(finished)
+    check_relion_outputs(root)
+
+
+def test_sigterm_marks_the_job_aborted(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=6, size=128)
+    monkeypatch.chdir(root)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(driver)] + RELION_CMD.split(), cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    movies = root / "External/job012/Movies"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(movies.glob("*_autopick.star")) if movies.exists() else []) < 1:
+        time.sleep(0.02)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "stopped by SIGTERM" in err
+    jd = root / "External/job012"
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
+    for f in movies.glob("*_autopick.star"):
+        assert len(io.read_coordinates_star(f)) == 2000
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_one_bad_micrograph_is_skipped_and_listed(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=5)
+    monkeypatch.chdir(root)
+    mics = root / "MotionCorr/job002/Movies"
+    (mics / "mic_001.mrc").unlink()  # missing
+    bad = np.zeros((256, 256), np.float32)
+    bad[5, 5] = np.nan
+    write_mrc(mics / "mic_002.mrc", bad, 1.5)  # NaN
+    write_mrc(mics / "mic_003.mrc", np.ones((64, 64), np.complex64), 1.5)  # wrong mode
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD, picker)
+    assert rc == 0
+    assert len(picker.calls) == 2
+    assert (root / "External/job012" / relion.EXIT_SUCCESS).exists()
+    assert "MotionCorr/job002/Movies/mic_001.mrc: file does not exist" in err
+    assert "mic_002.mrc: contains 1 NaN or infinite pixel values" in err
+    assert "mic_003.mrc: MRC mode 4 (complex64) is complex" in err
+    assert "Skipped 3 micrograph(s)" in out
+    assert re.search(r"^\s+\* MotionCorr/job002/Movies/mic_001.mrc: .*does not exist$", out, re.M)
+    lst = io.read_star(root / "External/job012/autopick.star")["coordinate_files"]
+    assert list(lst["rlnMicrographName"]) == ["MotionCorr/job002/Movies/mic_000.mrc",
+                                              "MotionCorr/job002/Movies/mic_004.mrc"]
+
+
+def test_strict_makes_a_bad_micrograph_fatal(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    (root / "MotionCorr/job002/Movies/mic_001.mrc").unlink()
+    rc, _, err = run(RELION_CMD + " --strict", FakePicker())
+    assert rc == 1
+    jd = root / "External/job012"
+    assert (jd / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert "mic_001.mrc: file does not exist (--strict: stopping)" in err
+    # what finished before the bad micrograph is kept and listed
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 1
+
+
+def test_all_micrographs_bad_is_a_failure(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    for p in (root / "MotionCorr/job002/Movies").iterdir():
+        p.unlink()
+    rc, _, err = run(RELION_CMD)
+    assert rc == 1
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+    assert "none of the 2 micrographs could be picked" in err
+
+
+def test_micrograph_smaller_than_a_particle(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1, size=64)
+    monkeypatch.chdir(root)
+    rc, _, err = run(f"--o External/job012/ --in_mics {IN_MICS} --particle_diameter 400")
+    assert rc == 1
+    assert "mic_000.mrc: image (64 x 64 px) is smaller than the particle (267 px at 1.5 A/px)" in err
+
+
+def test_missing_pixel_size_then_angpix_and_header(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mics.star").write_text("data_\nloop_\n_rlnMicrographName\nMicrographs/a.mrc\n")
+    write_mrc(tmp_path / "Micrographs/a.mrc", np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32), None)
+    rc, _, err = run("--o out/ --in_mics mics.star --particle_diameter 100")
+    assert rc == 1
+    assert "Micrographs/a.mrc: no pixel size in the STAR file or the MRC header; give --angpix" in err
+    picker = FakePicker()
+    rc, _, err = run("--o out/ --in_mics mics.star --particle_diameter 100 --angpix 1.06", picker)
+    assert rc == 0, err
+    assert picker.calls[0][1] == 1.06
+    # the MRC header is the last fallback
+    write_mrc(tmp_path / "Micrographs/a.mrc", np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32), 2.0)
+    picker = FakePicker()
+    rc, _, err = run("--o out2/ --in_mics mics.star --particle_diameter 100", picker)
+    assert rc == 0, err
+    assert picker.calls[0][1] == pytest.approx(2.0)
+
+
+def test_angpix_override_warns_when_it_disagrees(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    picker = FakePicker()
+    rc, _, err = run(RELION_CMD + " --angpix 1.06", picker)
+    assert rc == 0
+    assert picker.calls[0][1] == 1.06
+    assert "--angpix 1.06 overrides the pixel size" in err
+
+
+def test_mixed_pixel_sizes_warn_and_each_uses_its_own(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    names = [e.name for e in io.read_micrographs_star(root / IN_MICS, project_dir=root)]
+    made_micrographs_star(root / IN_MICS, names, angpix=(1.5, 1.06), groups=[1, 2, 1])
+    picker = FakePicker()
+    rc, _, err = run(RELION_CMD, picker)
+    assert rc == 0
+    assert [c[1] for c in picker.calls] == [1.5, 1.06, 1.5]
+    assert "2 different pixel sizes (1.06, 1.5 A/px); each micrograph is resampled with its own" in err
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("", "lists no micrographs"),
+        ("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n1 2\n", "no _rlnMicrographName column"),
+        (None, "micrograph STAR file does not exist"),
+    ],
+)
+def test_bad_star_files_fail_cleanly(tmp_path, monkeypatch, content, match):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "mics.star").write_text(content)
+    rc, _, err = run("--o External/job001/ --in_mics mics.star --particle_diameter 150")
+    assert rc == 1
+    assert re.search(r"^ERROR: mics.star: .*" + match, err, re.M), err
+    assert (tmp_path / "External/job001" / relion.EXIT_FAILURE).exists()
+
+
+def test_missing_particle_diameter_through_main(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = job.main(["--o", "External/job003/", "--in_mics", "mics.star", "--j", "1"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: --particle_diameter is required")
+    assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "External/job003" / relion.EXIT_FAILURE).exists()
+    rc = job.main(["--o", "External/job003/", "--in_mics", "mics.star", "--particle_diameter", "big"])
+    assert rc == 1
+    assert "--particle_diameter needs a diameter in Angstrom, not 'big'" in capsys.readouterr().err
+
+
+def test_device_and_model_errors_before_any_work(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    import torch
+
+    out, err = _stdio.StringIO(), _stdio.StringIO()
+    if not torch.cuda.is_available():
+        rc = job.run_job(job.parse_args((RELION_CMD + " --device cuda:0").split()), out=out, err=err)
+        assert rc == 1
+        assert "--device cuda:0 was asked for, but no CUDA device is available (use --device cpu)" in err.getvalue()
+    err = _stdio.StringIO()
+    rc = job.run_job(job.parse_args((RELION_CMD + " --device cpu --model nope.pt").split()), out=out, err=err)
+    assert rc == 1
+    assert "model file nope.pt does not exist" in err.getvalue()
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+
+
+def test_count_rows_matches_the_parser(shared_data):
+    for f in sorted((shared_data / RELION5 / "AutoPick/job008/Movies").glob("*.star"))[:3]:
+        assert job._count_rows(str(f)) == len(io.read_coordinates_star(f))
+
+
+def test_count_rows_on_our_files(tmp_path):
+    f = tmp_path / "c.star"
+    for n in (0, 1, 7):
+        io.write_coordinates_star(f, np.arange(2 * n, dtype=float).reshape(n, 2), np.full(n, 0.7), version=None)
+        assert job._count_rows(str(f)) == n == len(io.read_coordinates_star(f))
+
+
+def test_help(capsys):
+    assert job.main(["--help"]) == 0
+    assert "particle_diameter" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# tolerant argument parsing
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_relion_command_line_is_parsed_tolerantly():
+    # what RELION 5 builds: params with unquoted values, an empty value as a bare label, --j, other_args,
+    # and --pipeline_control when the command contains "relion_"
+    argv = ("--o External/job012/ --in_mics CtfFind/job005/micrographs_ctf.star --particle_diameter 180 "
+            "--threshold --write_maps --max_particles 0 --device cpu --some_future_option 1 2 "
+            "--j 4 --pipeline_control External/job012/").split()
+    opts = job.parse_args(argv)
+    assert opts.o == "External/job012/"
+    assert opts.in_mics == "CtfFind/job005/micrographs_ctf.star"
+    assert opts.particle_diameter == 180.0
+    assert opts.threshold == 0.6  # bare: default, with a warning
+    assert opts.write_maps is True
+    assert opts.max_particles == 0
+    assert opts.device == "cpu"
+    assert opts.threads == 4
+    assert any("--threshold was given without a value" in w for w in opts.warnings)
+    assert any("unknown argument: --some_future_option 1 2" in w for w in opts.warnings)
+
+
+@pytest.mark.parametrize(
+    "args, field, value",
+    [
+        ("--write_maps Yes", "write_maps", True),
+        ("--write_maps No", "write_maps", False),
+        ("--write_maps false", "write_maps", False),
+        ("--write_maps 1", "write_maps", True),
+        ("--strict", "strict", True),
+        ("--strict no", "strict", False),
+        ("----particle_diameter 150", "particle_diameter", 150.0),  # dashes typed into RELION's label field
+        ("--Particle-Diameter=150", "particle_diameter", 150.0),
+        ("--min_distance 120", "min_distance", 120.0),
+        ("--batch_size 64", "batch_size", 64),
+        ("--model my.pt", "model", "my.pt"),
+        ("--device CUDA:1", "device", "cuda:1"),
+        ("--relion_version 3.1", "relion_version", 3),
+        ("--pipeline-control External/job012/", "o", "out/"),
+        ("--in_movies movies.star", "o", "out/"),
+    ],
+)
+def test_parameter_forms(args, field, value):
+    base = "--o out/ --in_mics m.star"
+    if "particle_diameter" not in args.lower().replace("-", "_"):
+        base += " --particle_diameter 150"
+    opts = job.parse_args((base + " " + args).split())
+    assert getattr(opts, field) == value
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ("--o out/ --in_mics m.star", "--particle_diameter is required"),
+        ("--o out/ --in_mics m.star --particle_diameter", "--particle_diameter is required"),
+        ("--o out/ --in_mics m.star --particle_diameter -5", "must be positive"),
+        ("--in_mics m.star --particle_diameter 150", "--o OUTPUT_DIRECTORY/ is required"),
+        ("--o out/ --particle_diameter 150", "no input"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --threshold 2", "between 0 and 1"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --max_particles 1.5", "whole number"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --device gpu", "auto, cpu, cuda or cuda:N"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --write_maps maybe", None),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --relion_version 3.0", "3.0 has no External job"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --j 0", "at least 1"),
+    ],
+)
+def test_bad_arguments(args, match):
+    if match is None:  # a stray word after a flag is ignored with a warning
+        opts = job.parse_args(args.split())
+        assert opts.write_maps is True
+        assert any("belong to no option: maybe" in w for w in opts.warnings)
+        return
+    with pytest.raises(job.UsageError, match=re.escape(match)):
+        job.parse_args(args.split())
+
+
+def test_pipeline_filenames_like_relion():
+    d = relion.decompose_pipeline_filename
+    assert d("MotionCorr/job002/Movies/x.mrc") == ("MotionCorr/", "job002/", "Movies/x.mrc")
+    assert d("MotionCorr/job002/x.mrc") == ("MotionCorr/", "job002/", "x.mrc")
+    assert d("Import/job001/a/b/c.tif") == ("Import/", "job001/", "a/b/c.tif")
+    assert d("Micrographs/x.mrc") == ("", "", "Micrographs/x.mrc")
+    assert d("job001/x.mrc") == ("", "job001/", "x.mrc")
+    assert d("MotionCorr/job0123/x.mrc") == ("MotionCorr/", "job0123/", "x.mrc")
+    assert d("MotionCorr/jobs/job002/x.mrc") == ("MotionCorr/jobs/", "job002/", "x.mrc")
+    assert relion.without_extension("a.b/c") == "a"  # RELION's withoutExtension takes the last dot anywhere
+    c = relion.coordinate_file_name
+    assert c("External/job012/", "MotionCorr/job002/Movies/x.mrc") == "External/job012/Movies/x_autopick.star"
+    assert c("External/job012", "MotionCorr/job002/x.tiff") == "External/job012/x_autopick.star"
+    assert c("out/", "Micrographs/x.mrc") == "out/Micrographs/x_autopick.star"
+    assert c("out/", "/data/run1/x.mrc") == "out/data/run1/x_autopick.star"
+    assert c("out/", "../raw/x.mrc") == "out/raw/x_autopick.star"
+    assert c("out/", "x.mrc", "_pixer.star") == "out/x_pixer.star"
+
+
+def test_duplicate_coordinate_targets_are_refused(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    made_micrographs_star(root / IN_MICS, ["MotionCorr/job002/Movies/mic_000.mrc", "MotionCorr/job003/Movies/mic_000.mrc"])
+    rc, _, err = run(RELION_CMD)
+    assert rc == 1 and "would both write External/job012/Movies/mic_000_autopick.star" in err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# standalone use, pictures, progress bar
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_standalone_pick_of_mrc_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(3)
+    write_mrc(tmp_path / "a.mrc", rng.normal(size=(200, 300)).astype(np.float32), None)
+    write_mrc(tmp_path / "data/b.mrc", rng.normal(size=(256, 256)).astype(np.float16), None)
+    picker = FakePicker()
+    rc, out, err = run("a.mrc data/b.mrc --angpix 1.06 --particle_diameter 180 --o out/".split(), picker)
+    assert rc == 0, err
+    assert [c[0] for c in picker.calls] == [(200, 300), (256, 256)]
+    assert (tmp_path / "out/a_autopick.star").exists() and (tmp_path / "out/data/b_autopick.star").exists()
+    lst = io.read_star(tmp_path / "out/autopick.star")["coordinate_files"]
+    assert list(lst["rlnMicrographName"]) == ["a.mrc", "data/b.mrc"]
+    assert (tmp_path / "out" / relion.EXIT_SUCCESS).exists()
+    # shell-style patterns are expanded (RELION users type Micrographs/*.mrc)
+    opts = job.parse_args(["data/*.mrc", "--angpix", "1", "--particle_diameter", "100", "--o", "o2/"])
+    assert opts.micrographs == ("data/b.mrc",)
+
+
+def test_write_maps(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    rc, _, err = run(RELION_CMD + " --write_maps Yes")
+    assert rc == 0, err
+    movies = root / "External/job012/Movies"
+    png = movies / "mic_000_picks.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with mrcfile.open(movies / "mic_000_probmap.mrc") as m:
+        assert m.data.shape == (64, 64)
+        assert float(m.voxel_size.x) == pytest.approx(1.5 / 0.25)
+    rc, _, _ = run(RELION_CMD.replace("job012", "job013") + " --write_maps No")
+    assert not list((root / "External/job013/Movies").glob("*.png"))
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+
+    class Terminal(_stdio.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    rc = job.run_job(job.parse_args(RELION_CMD.split()), pick_fn=FakePicker(), out=out, err=_stdio.StringIO())
+    assert rc == 0
+    text = out.getvalue()
+    assert "mic/s" in text or "s/mic" in text  # tqdm's bar
+    assert "mic_001.mrc: 4 particles" in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the real chain (networks, picking, classifier)
+# ------------------------------------------------------------------------------------------------------------------
+
+MISSING = [m for m in ("picking", "classify", "segment", "models")
+           if importlib.util.find_spec(f"relion_pixer.{m}") is None]
+needs_chain = pytest.mark.skipif(bool(MISSING), reason="relion_pixer." + ", relion_pixer.".join(MISSING)
+                                 + " not on this branch yet (main lacks them)")
+
+
+def _model_args(tmp_path: Path) -> list[str]:
+    """``--model`` with a small random-weight model file when the shipped weights are absent.
+
+    Its output biases make the chain pick something on noise (classifier: "particle"; segmenter: a little towards
+    "particle"), so that the end-to-end test sees coordinates flow through every stage.
+    """
+    from importlib import resources
+
+    import torch
+
+    from relion_pixer import models
+
+    shipped = resources.files("relion_pixer") / "weights" / models.DEFAULT_WEIGHTS
+    if shipped.is_file():
+        return []
+    path = tmp_path / "random_model.pt"
+    torch.manual_seed(0)
+    classifier, segmenter = models.build_classifier(), models.build_segmenter()
+    with torch.no_grad():
+        classifier.head[-1].bias.copy_(torch.tensor([0.0, 8.0, 0.0]))
+        for branch in segmenter.branches:
+            branch[-1].bias.copy_(torch.tensor([0.0, 0.3, 0.0]))
+    models.save_models(path, classifier, segmenter)
+    return ["--model", str(path)]
+
+
+@needs_chain
+def test_pick_micrograph_chain(tmp_path):
+    import torch
+
+    from relion_pixer import models, pipeline
+
+    torch.manual_seed(0)
+    args = _model_args(tmp_path)
+    loaded = models.load_pretrained(args[1] if args else None)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(300, 400)).astype(np.float32)
+    res = pipeline.pick_micrograph(image, 1.0, 40.0, loaded, PickParams(threshold=0.0, max_particles=7))
+    assert res.xy.shape[1] == 2 and len(res.xy) == len(res.fom) <= 7
+    assert np.all(np.diff(res.fom) <= 0)
+    assert res.prob_map.dtype == np.float32 and res.prob_map.ndim == 2
+    assert res.net_image.shape == res.prob_map.shape
+    if len(res.xy):
+        assert (res.xy[:, 0] >= 0).all() and (res.xy[:, 0] < 400).all() and (res.xy[:, 1] < 300).all()
+
+
+@needs_chain
+@pytest.mark.parametrize("kind", ["made", "shared"])
+def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
+    if kind == "shared":
+        root = shared_project(request.getfixturevalue("shared_data"), tmp_path / "proj", size=512)
+    else:
+        root = made_project(tmp_path / "proj", n=3, size=512)
+    model_args = _model_args(tmp_path)
+    extra = ["--write_maps", "Yes"] if kind == "made" else []
+    cmd = [sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split() + extra + model_args
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lst = check_relion_outputs(root, empty=None)  # a micrograph without picks has a 0-byte file, as in RELION
+    assert len(re.findall(r"^ \[\s*\d+/\d+\] MotionCorr/\S+: \d+ particles", proc.stdout, re.M)) == len(lst)
+    frames = [io.read_coordinates_star(root / c) for c in lst["rlnMicrographCoordinates"]]
+    total = sum(len(f) for f in frames)
+    assert f"is {total} (on average" in proc.stdout
+    if model_args:  # the biased random model picks something on noise
+        assert total > 0
+    for f in frames:
+        if len(f):
+            assert f["rlnCoordinateX"].between(0, 511).all() and f["rlnCoordinateY"].between(0, 511).all()
+            assert (f["rlnAutopickFigureOfMerit"] >= 0.6).all()  # the default threshold
+            assert len(f) <= 500
+    if extra:
+        assert len(list((root / "External/job012/Movies").glob("*_picks.png"))) == len(lst)
+        for m in (root / "External/job012/Movies").glob("*_probmap.mrc"):
+            with mrcfile.open(m) as mrc:
+                assert mrc.data.shape == (164, 164)  # 150 A at 1.5 A/px = 100 px -> 32 px: 512 * 0.32
+                assert 0.0 <= float(mrc.data.min()) and float(mrc.data.max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the chain's plumbing, with stand-ins for the stages that are not on this branch
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_pick_micrograph_chains_the_stages(monkeypatch):
+    """pipeline.pick_micrograph passes the right scales and settings between stages (stand-in picker/classifier)."""
+    import types
+
+    import relion_pixer
+    from relion_pixer import NET_DIAMETER_PX, pipeline
+
+    seen = {}
+
+    def predict_probability(segmenter, net_image, device, **kw):
+        seen["seg"] = (segmenter, net_image.shape, device)
+        return np.full(net_image.shape, 0.5, np.float32)
+
+    def pick_centres(prob_map, diameter_px, min_distance_px=None, **kw):
+        seen["pick"] = (prob_map.shape, diameter_px, min_distance_px)
+        return np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]]), np.array([0.5, 0.6, 0.7])
+
+    def filter_candidates(classifier, net_image, xy, threshold=0.6, max_particles=500, device="cpu", batch_size=256):
+        seen["cls"] = (classifier, xy.shape, threshold, max_particles, device, batch_size)
+        return types.SimpleNamespace(xy=xy[:2], fom=np.array([0.7, 0.9]), probs=None)
+
+    fakes = {"segment": dict(predict_probability=predict_probability), "picking": dict(pick_centres=pick_centres),
+             "classify": dict(filter_candidates=filter_candidates)}
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(f"relion_pixer.{name}")
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, f"relion_pixer.{name}", mod)
+        monkeypatch.setattr(relion_pixer, name, mod, raising=False)
+    models = types.SimpleNamespace(segmenter="SEG", classifier="CLS")
+    image = np.random.default_rng(0).normal(size=(400, 600)).astype(np.float32)
+    params = PickParams(threshold=0.7, max_particles=0, min_distance_A=100.0, device="cuda:1", batch_size=32)
+    res = pipeline.pick_micrograph(image, 2.0, 200.0, models, params)
+    # 200 A at 2 A/px = 100 px -> NET_DIAMETER_PX: factor 0.32
+    assert seen["seg"] == ("SEG", (128, 192), "cuda:1")
+    assert seen["pick"] == ((128, 192), NET_DIAMETER_PX, pytest.approx(100.0 * NET_DIAMETER_PX / 200.0))
+    assert seen["cls"] == ("CLS", (3, 2), 0.7, 0, "cuda:1", 32)  # max_particles 0 = no cap, as classify reads it
+    np.testing.assert_allclose(res.fom, [0.9, 0.7])  # best first
+    np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
+    assert res.factors == (128 / 400, 192 / 600)
+    assert res.prob_map.shape == res.net_image.shape == (128, 192)
+    pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(max_particles=50))
+    assert seen["cls"][3] == 50 and seen["pick"][2] is None
+
+
+def test_an_engine_error_is_fatal_with_the_reason(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+
+    def oom(image, angpix, d, params):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    rc, _, err = run(RELION_CMD, oom)
+    assert rc == 1
+    assert err.strip().endswith("ERROR: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+
+
+def test_shim_as_relion_calls_it_without_networks(tmp_path):
+    """external_job.py through cli.py: a bad command line gives one error line and the failure marker."""
+    root = made_project(tmp_path / "p", n=1)
+    cmd = [sys.executable, str(REPO / "external_job.py"), "--o", "External/job012/", "--in_mics", IN_MICS,
+           "--j", "1", "--pipeline_control", "External/job012/"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "ERROR: --particle_diameter is required: the particle's diameter in Angstrom (e.g. 180)"]
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
+    proc = subprocess.run([sys.executable, str(REPO / "external_job.py"), "pick", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "particle_diameter" in proc.stdout
