@@ -442,8 +442,7 @@ def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch)
     import scipy.ndimage
 
     from relion_pixer.projection import euler_matrix
-    from relion_pixer.simulate.micrograph import _project_points, _slices
-    from relion_pixer.simulate.shapes import make_shape
+    from relion_pixer.simulate.shapes import make_shape, project_model
 
     monkeypatch.chdir(tmp_path)
     model = make_shape(np.random.default_rng(7), "ribosome", diameter=240.0, n_points=3000)
@@ -455,13 +454,12 @@ def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch)
     centres[1] = centres[2] + [30.0, 12.0]  # overlapping
     angles = np.column_stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))),
                               rng.uniform(-180, 180, n)])
+    # (as the simulator's particle placement: project_model with the centroid at the sub-pixel centre, binarised,
+    # pasted with its top-left at floor(centre) - half, clipped)
     truth = np.zeros(shape, np.uint8)
     for (x, y), a in zip(centres, angles):
-        R = euler_matrix(*a)
-        patch, half = _project_points(model.xyz, model.weight, R, mic_apix, model.blob_sigma,
-                                      (x - np.floor(x), y - np.floor(y)))
-        dst, src = _slices(shape, int(np.floor(y)) - half, int(np.floor(x)) - half, 2 * half + 1)
-        truth[dst][binarise_projection(patch)[src]] = PARTICLE
+        patch, half = project_model(model, euler_matrix(*a), mic_apix, (x - np.floor(x), y - np.floor(y)))
+        paste_mask(truth, binarise_projection(patch), int(np.floor(x)) - half, int(np.floor(y)) - half)
     # the "refined map": the same model as a density (points splatted trilinearly, blurred by the point size)
     vox, box = 2.5, 112
     g = model.xyz / vox + box // 2  # (x, y, z) voxel coordinates
