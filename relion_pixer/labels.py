@@ -25,7 +25,8 @@ Outputs, in ``--o``:
 * ``.../<stem>_coords.star``: the particle centres (``_rlnCoordinateX/Y``, 0-based micrograph pixels, float);
 * ``labels.star``: table ``data_coordinate_files`` with ``_rlnMicrographName``, ``_rlnMicrographCoordinates``,
   ``_pixerLabelName``, ``_rlnMicrographPixelSize`` and ``_pixerNrParticles``, plus a ``data_pixer_labels`` block
-  with the estimated particle diameter (``_pixerParticleDiameterAngst``) and the settings used;
+  with the particle diameter measured on the masks as the simulator defines it (``_pixerParticleDiameterAngst``,
+  see :meth:`MaskRenderer.diameter_angstrom`) and the settings used;
 * ``RELION_OUTPUT_NODES.star`` declaring ``labels.star``, and ``RELION_JOB_EXIT_SUCCESS`` (or
   ``RELION_JOB_EXIT_FAILURE`` with the reason on stderr).
 
@@ -416,11 +417,17 @@ class MaskRenderer:
             paste_mask(label, mask, x0, y0, value)
         return label
 
-    def diameter_angstrom(self, rot, tilt, psi, max_particles: int = 300, directions: int = 36) -> float:
-        """Median over particles of the largest extent (Feret diameter) of their masks, in Angstrom."""
+    def diameter_angstrom(self, rot, tilt, psi, max_particles: int = 300) -> float:
+        """Particle diameter in Angstrom, defined as the simulator defines it, from these particles' masks.
+
+        The simulator's :attr:`relion_pixer.simulate.shapes.ParticleModel.diameter` is the largest Feret diameter
+        (width over 8 directions) of the binarised projections in 16 random views. Here the Feret diameter of
+        each particle's mask (first ``max_particles``) is measured the same way and the ``16/17`` quantile is
+        taken: the expected largest of 16 views, robust to a few odd projections.
+        """
         rot, tilt, psi = (np.atleast_1d(np.asarray(a, dtype=np.float64))[:max_particles] for a in (rot, tilt, psi))
         proj = self.projections(rot, tilt, psi).numpy()
-        theta = np.linspace(0, np.pi, directions, endpoint=False)
+        theta = np.arange(8) * (np.pi / 8)
         dirs = np.stack([np.cos(theta), np.sin(theta)])
         sizes = []
         for p in proj:
@@ -429,7 +436,9 @@ class MaskRenderer:
                 continue
             t = np.stack([cc, rr], axis=1) @ dirs
             sizes.append(float((t.max(axis=0) - t.min(axis=0)).max()) + 1.0)
-        return float(np.median(sizes)) * self.work_angpix if sizes else float("nan")
+        if not sizes:
+            return float("nan")
+        return float(np.quantile(sizes, 16.0 / 17.0)) * self.work_angpix
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -625,7 +634,7 @@ def make_labels(
 
     first = mics[0]
     diameter = renderer(first[2]).diameter_angstrom(parts["rot"], parts["tilt"], parts["psi"])
-    log(f" + particle diameter from the masks: {diameter:.1f} A (median largest extent)")
+    log(f" + particle diameter from the masks: {diameter:.1f} A (largest Feret diameter, as the simulator's)")
 
     rows = {"rlnMicrographName": [], "rlnMicrographCoordinates": [], LABEL_COLUMN: [], "rlnMicrographPixelSize": [],
             "pixerNrParticles": []}
@@ -707,8 +716,8 @@ def read_label_set(
     path : path
         ``labels.star`` written by ``relion_pixer labels``.
     diameter_angstrom : float, optional
-        Particle diameter for the resampling (default: ``_pixerParticleDiameterAngst`` of the file, the median
-        largest extent of the masks).
+        Particle diameter for the resampling (default: ``_pixerParticleDiameterAngst`` of the file, measured on
+        the masks as the simulator defines a particle's diameter).
     project_dir : path, optional
         Directory the file names are relative to (default: the current directory, then the ancestors of ``path``,
         so that ``External/jobNNN/labels.star`` works from inside or outside the project).

@@ -486,6 +486,9 @@ def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch)
     assert main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", "job/"]) == 0
     label = mrcfile.read(tmp_path / "job" / "Micrographs" / "sim_labels.mrc").astype(np.uint8)
     assert iou(label, truth) >= 0.8
+    # the diameter written for fine-tuning is the simulator's definition of the particle's diameter
+    diameter = starfile.read("job/labels.star", always_dict=True)["pixer_labels"]["pixerParticleDiameterAngst"]
+    assert diameter == pytest.approx(model.diameter, rel=0.08)
     # and the transposed convention (angles of the inverse rotation) would not do
     bad = MaskRenderer(vol, vox, mic_apix).render(shape, -angles[:, 2], -angles[:, 1], -angles[:, 0], centres)
     assert iou(bad, truth) < iou(label, truth) - 0.15
