@@ -426,6 +426,12 @@ def test_job_failures_write_the_failure_marker(tmp_path, monkeypatch, capsys):
     (tmp_path / "m.mrc").unlink()
     assert main(["--in_parts", "parts.star", "--in_3dref", "map.mrc", "--o", "job/"]) == 1
     assert "m.mrc: micrograph not found" in capsys.readouterr().err
+    # the top-level command routes any argv with --in_parts here (RELION's External job calls it without subcommand)
+    from relion_pixer.cli import main as cli_main
+
+    assert cli_main(["--o", "job3/", "--in_parts", "parts.star", "--in_3dref", "map.mrc", "--j", "2"]) == 1
+    assert "m.mrc: micrograph not found" in capsys.readouterr().err
+    assert (tmp_path / "job3" / "RELION_JOB_EXIT_FAILURE").exists()
     # a missing required option still leaves the failure marker
     assert main(["--in_parts", "parts.star", "--o", "job2/"]) == 2
     assert (tmp_path / "job2" / "RELION_JOB_EXIT_FAILURE").exists()
