@@ -380,7 +380,7 @@ class MaskRenderer:
         return self.projector.project(rot, tilt, psi, out_size=self.box)
 
     def masks(self, rot, tilt, psi, centres_xy, chunk: int = 256):
-        """Yield ``(mask, x0, y0)`` per particle: a boolean ``K x K`` mask on the micrograph grid and its top-left pixel.
+        """Yield ``(mask, x0, y0)`` per particle: a boolean ``K x K`` mask on the micrograph grid, its top-left pixel.
 
         ``centres_xy`` (``B x 2``, micrograph pixels, float) is where each particle's centre lies
         (``coordinate - origin``); the projection is resampled bilinearly so that its centre lands exactly there,
@@ -686,7 +686,8 @@ def _find(name: str, bases: list[Path], what: str, star) -> Path:
         for base in bases:
             if (base / p).is_file():
                 return base / p
-    raise LabelError(star, f"{what} {name!r} not found (looked relative to {', '.join(str(b) for b in bases[:3])}, ...)")
+    looked = ", ".join(str(b) for b in bases[:3])
+    raise LabelError(star, f"{what} {name!r} not found (looked relative to {looked}, ...)")
 
 
 def _nearest(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

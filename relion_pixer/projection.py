@@ -206,7 +206,7 @@ class Projector:
             )[0, :, 0].reshape(2, b, m, mh)
             spec = torch.complex(samples[0], samples[1])
             # origin (ox, oy): I(u) = P(u + o), i.e. multiply the spectrum by exp(+2 pi i k.o / M)
-            phase = (kx[None, None, :] * sh[s : s + b, 0, None, None] + ky[None, :, None] * sh[s : s + b, 1, None, None])
+            phase = kx[None, None, :] * sh[s : s + b, 0, None, None] + ky[None, :, None] * sh[s : s + b, 1, None, None]
             spec = spec * torch.polar(torch.ones_like(phase), phase * (2.0 * math.pi / m))
             img = torch.fft.irfft2(spec, s=(m, m))
             out[s : s + b] = torch.fft.fftshift(img, dim=(-2, -1)) / (pixel_ratio * pixel_ratio)
