@@ -58,6 +58,7 @@ from relion_pixer.projection import Projector, lowpass_volume, resample_volume
 
 __all__ = [
     "LabelError",
+    "LabelSet",
     "MaskRenderer",
     "paste_mask",
     "read_particles",
