@@ -38,7 +38,6 @@ valid RELION coordinate-file list (RELION 4/5 keep the unknown ``_pixer*`` colum
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -465,7 +464,7 @@ def _write_label_mrc(path, label: np.ndarray, angpix: float) -> None:
             mrc.voxel_size = angpix
 
 
-def _star_pairs(name: str, pairs: dict) -> str:
+def _star_pairs(name: str, pairs: dict, version: int = 50001) -> str:
     """A key-value (non-loop) STAR block."""
 
     def fmt(v) -> str:
@@ -474,7 +473,7 @@ def _star_pairs(name: str, pairs: dict) -> str:
         v = str(v)
         return '"' + v + '"' if (v == "" or any(ch.isspace() for ch in v)) else v
 
-    lines = ["", "# version 50001", "", f"data_{name}", ""]
+    lines = ["", f"# version {int(version)}", "", f"data_{name}", ""]
     lines += [f"_{key} {fmt(val)}" for key, val in pairs.items()]
     return "\n".join(lines) + "\n \n"
 
@@ -540,6 +539,7 @@ def make_labels(
     lowpass: float | None = None,
     max_box: int = DEFAULT_MAX_BOX,
     method: str = "fourier",
+    star_version: int = 50001,
     log=print,
 ) -> LabelSet:
     """Write label maps, coordinate files and ``labels.star`` for a refinement (see the module docstring).
@@ -562,6 +562,8 @@ def make_labels(
         Override the map's pixel size; pixel size of RELION 3.0 particle images (origins in pixels).
     fraction, lowpass, max_box, method
         See :class:`MaskRenderer`.
+    star_version : int
+        ``# version`` of the STAR files written (50001 for RELION 5, 30001 for RELION 3.1 / 4).
     log : callable
         Progress messages.
     """
@@ -650,7 +652,7 @@ def make_labels(
         coords_path = out_dir / rel.parent / f"{rel.name}_coords.star"
         _write_label_mrc(label_path, label, apix)
         coords_path.parent.mkdir(parents=True, exist_ok=True)
-        write_coordinates_star(coords_path, np.stack([cx, cy], axis=1), fom=np.ones(len(cx)))
+        write_coordinates_star(coords_path, np.stack([cx, cy], axis=1), fom=np.ones(len(cx)), version=star_version)
         rows["rlnMicrographName"].append(name)
         rows["rlnMicrographCoordinates"].append(str(coords_path))
         rows[LABEL_COLUMN].append(str(label_path))
@@ -670,7 +672,8 @@ def make_labels(
         "pixerParticles": str(in_parts),
     }
     star_path = out_dir / LABELS_STAR
-    _write_text(star_path, _star_pairs("pixer_labels", general) + format_star_table("coordinate_files", rows))
+    _write_text(star_path, _star_pairs("pixer_labels", general, star_version)
+                + format_star_table("coordinate_files", rows, star_version))
     return LabelSet(star_path, pd.DataFrame(rows), diameter, n_done, time.perf_counter() - t_start)
 
 
@@ -788,106 +791,139 @@ def read_label_set(
 # command line / RELION External job
 
 
-def _write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> None:
-    text = format_star_table("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
-                                              "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
-    _write_text(out_dir / "RELION_OUTPUT_NODES.star", text)
+#: Known options of ``relion_pixer labels``: name -> kind for :func:`relion_pixer.relion.parse_tolerant`.
+SPEC = {
+    "o": "value",
+    "in_parts": "value",
+    "in_3dref": "value",
+    "in_mics": "value",
+    "angpix": "value",
+    "map_angpix": "value",
+    "particle_angpix": "value",
+    "mask_fraction": "value",
+    "lowpass": "value",
+    "max_box": "value",
+    "projector": "value",
+    "relion_version": "value",
+    "j": "value",
+    "pipeline_control": "value",
+    "help": "flag",
+    # inputs of RELION's External job that labels do not use
+    "in_movies": "ignored",
+    "in_coords": "ignored",
+    "in_mask": "ignored",
+}
+
+HELP = f"""relion_pixer labels: segmentation labels by reprojecting a RELION refinement (also a RELION External job)
+
+usage: relion_pixer labels --in_parts run_data.star --in_3dref run_class001.mrc --o External/jobNNN/ [options]
+
+In RELION: External job with "Input particles" = the refinement's run_data.star, "Input 3D reference" = its
+run_class001.mrc, optionally "Input micrographs" = a micrographs STAR file (pixel sizes), and parameters as
+label / value pairs (label without dashes):
+
+  in_mics FILE          micrographs STAR file giving the micrographs' pixel size
+  angpix A/PX           micrograph pixel size when there is no in_mics (else: optics _rlnMicrographPixelSize of the
+                        particles, else the MRC header)
+  map_angpix A/PX       pixel size of the map (default: its MRC header, else the particles' _rlnImagePixelSize)
+  particle_angpix A/PX  pixel size of RELION 3.0 particle images (origins in pixels), when the STAR file lacks it
+  mask_fraction F       mask threshold, fraction of each projection's maximum (default {MASK_FRACTION})
+  lowpass A             low-pass the map to this resolution first (default 0: off)
+  max_box N             largest working box the map is projected in (default {DEFAULT_MAX_BOX})
+  projector P           fourier (default) or real
+  relion_version V      3, 4 or 5 for RELION_OUTPUT_NODES.star (default: from default_pipeline.star, else 5)
+  j N                   CPU threads
+
+Writes, in --o: <micrograph>_labels.mrc (8-bit, 1 = particle), <micrograph>_coords.star, {LABELS_STAR}
+(for `relion_pixer train --from-labels`), RELION_OUTPUT_NODES.star and RELION_JOB_EXIT_SUCCESS / _FAILURE.
+"""
 
 
-def _mark_exit(directory: Path, success: bool) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE"):
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
-    (directory / ("RELION_JOB_EXIT_SUCCESS" if success else "RELION_JOB_EXIT_FAILURE")).touch()
-
-
-def _option_value(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="relion_pixer labels",
-        allow_abbrev=False,
-        description="Make segmentation labels (label maps + coordinates) by reprojecting a RELION refinement.",
-    )
-    p.add_argument("--in_parts", required=True, help="refined particles STAR file (e.g. Refine3D/jobNNN/run_data.star)")
-    p.add_argument("--in_3dref", required=True, help="refined map (e.g. Refine3D/jobNNN/run_class001.mrc)")
-    p.add_argument("--o", required=True, help="output directory (RELION job directory)")
-    p.add_argument("--in_mics", default=None, help="micrographs STAR file (pixel sizes)")
-    p.add_argument("--angpix", type=float, default=None, help="micrograph pixel size (A) when there is no --in_mics")
-    p.add_argument("--map_angpix", type=float, default=None, help="pixel size of the map (default: MRC header)")
-    p.add_argument("--particle_angpix", type=float, default=None,
-                   help="pixel size of the particle images, for RELION 3.0 origins in pixels")
-    p.add_argument("--mask_fraction", type=float, default=MASK_FRACTION,
-                   help="mask threshold as a fraction of each projection's maximum (default %(default)s)")
-    p.add_argument("--lowpass", type=float, default=0.0, help="low-pass the map to this resolution (A) first; 0: off")
-    p.add_argument("--max_box", type=int, default=DEFAULT_MAX_BOX,
-                   help="largest working box the map is projected in (default %(default)s)")
-    p.add_argument("--projector", choices=("fourier", "real"), default="fourier",
-                   help="projection method: Fourier slice (fast) or real-space line integrals (default %(default)s)")
-    p.add_argument("--j", type=int, default=None, help="CPU threads")
-    p.add_argument("--pipeline_control", default=None, help="(RELION) directory for the exit-status files")
-    return p
+def _number(values: dict, key: str, kind=float, default=None):
+    raw = values.get(key)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{key}: expected a number, got {raw!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point (RELION External job); returns the exit status.
+
+    Parsing is tolerant (:func:`relion_pixer.relion.parse_tolerant`): unknown options are ignored with a warning,
+    as RELION appends its own (``--j``, ``--pipeline_control``) and the user's label / value pairs.
+    """
+    from relion_pixer import relion
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parsed = relion.parse_tolerant(argv, SPEC)
+    values = parsed.values
+    if values.get("help"):
+        print(HELP)
+        return 0
+    for line in parsed.warnings:
+        print(f"WARNING: relion_pixer labels: {line}", file=sys.stderr)
+    if parsed.positional:
+        print(f"WARNING: relion_pixer labels: ignoring stray arguments: {' '.join(parsed.positional)}", file=sys.stderr)
+    out = values.get("o")
+    control = values.get("pipeline_control") or out
+    if control:
+        with contextlib.suppress(OSError):
+            Path(control).mkdir(parents=True, exist_ok=True)
+            relion.clear_exit_markers(control)
     try:
-        args, unknown = parser.parse_known_args(argv)
-    except SystemExit as exc:  # argparse already printed the reason
-        if exc.code:
-            out = _option_value(argv, "--pipeline_control") or _option_value(argv, "--o")
-            if out:
-                with contextlib.suppress(OSError):
-                    _mark_exit(Path(out), success=False)
-        return int(exc.code or 0)
-    if unknown:
-        print(f"WARNING: relion_pixer labels ignores unknown arguments: {' '.join(unknown)}", file=sys.stderr)
-    out_dir = Path(args.o)
-    control = Path(args.pipeline_control) if args.pipeline_control else out_dir
-    try:
+        missing = [f"--{k}" for k in ("o", "in_parts", "in_3dref") if not values.get(k)]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (see relion_pixer labels --help)")
+        projector = values.get("projector") or "fourier"
+        if projector not in ("fourier", "real"):
+            raise ValueError(f"--projector: expected fourier or real, got {projector!r}")
+        version = values.get("relion_version")
+        version = relion.parse_relion_version(version) if version else (relion.detect_relion_version(".") or 5)
+        threads = _number(values, "j", int)
+        if threads:
+            torch.set_num_threads(max(1, threads))
+        out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if args.j:
-            torch.set_num_threads(max(1, args.j))
         result = make_labels(
-            args.in_parts,
-            args.in_3dref,
+            values["in_parts"],
+            values["in_3dref"],
             out_dir,
-            in_mics=args.in_mics,
-            angpix=args.angpix,
-            map_angpix=args.map_angpix,
-            particle_angpix=args.particle_angpix,
-            fraction=args.mask_fraction,
-            lowpass=args.lowpass or None,
-            max_box=args.max_box,
-            method=args.projector,
+            in_mics=values.get("in_mics") or None,
+            angpix=_number(values, "angpix"),
+            map_angpix=_number(values, "map_angpix"),
+            particle_angpix=_number(values, "particle_angpix"),
+            fraction=_number(values, "mask_fraction", default=MASK_FRACTION),
+            lowpass=_number(values, "lowpass") or None,
+            max_box=_number(values, "max_box", int, DEFAULT_MAX_BOX),
+            method=projector,
+            star_version=relion.star_version(version),
         )
-        _write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)])
+        if version >= 4:
+            relion.write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)], version)
+        else:
+            # RELION 3.1 has only integer node types, none of them generic: declare no output node
+            print(" + RELION 3.1: no output node declared (RELION 3.1 has no generic node type)")
         print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "
               f"in {result.seconds:.1f} s")
     except (LabelError, ValueError, OSError) as exc:
         print(f"ERROR: relion_pixer labels: {exc}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            _mark_exit(control, success=False)
+        if control:
+            with contextlib.suppress(OSError):
+                relion.write_exit_marker(control, "failure")
         return 1
     except Exception as exc:  # an unexpected failure must still tell RELION the job failed
         import traceback
 
         traceback.print_exc()
         print(f"ERROR: relion_pixer labels failed unexpectedly: {exc!r}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            _mark_exit(control, success=False)
+        if control:
+            with contextlib.suppress(OSError):
+                relion.write_exit_marker(control, "failure")
         return 1
-    _mark_exit(control, success=True)
+    relion.write_exit_marker(control, "success")
     return 0
 
 

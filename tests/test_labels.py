@@ -335,7 +335,7 @@ def test_end_to_end_labels_match_simulated_label_maps(tmp_path, rng, monkeypatch
                "--j", "1", "--pipeline_control", out, "--some_relion_param", "7"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "ignores unknown arguments: --some_relion_param 7" in err
+    assert "ignoring unknown argument: --some_relion_param 7" in err
     job = tmp_path / out
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists() and not (job / "RELION_JOB_EXIT_FAILURE").exists()
     nodes = starfile.read(job / "RELION_OUTPUT_NODES.star", always_dict=True)["output_nodes"]
@@ -393,6 +393,29 @@ def test_label_set_reads_back_at_network_scale(tmp_path, rng, monkeypatch):
         read_label_set(tmp_path / "run_data.star")
 
 
+def test_relion_job_conventions(tmp_path, rng, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra, truths = _simulated_refinement(tmp_path, rng, "31")
+    base = ["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc"]
+    # RELION passes an empty parameter as a bare --label, and users may type dashes into the label field
+    assert main([*base, "--o", "External/job004/", "--lowpass", "----max_box", "48", "--relion_version", "4",
+                 "--j", "1"]) == 0
+    nodes_text = (tmp_path / "External/job004/RELION_OUTPUT_NODES.star").read_text()
+    assert "# version 30001" in nodes_text and NODE_TYPE in nodes_text  # RELION 4 writes 30001 STAR files
+    assert "# version 30001" in (tmp_path / "External/job004/labels.star").read_text()
+    general = starfile.read("External/job004/labels.star", always_dict=True)["pixer_labels"]
+    assert general["pixerLowpassAngst"] == 0.0
+    # a RELION 3.1 project (integer node types, no generic one): the labels, but no output node
+    (tmp_path / "default_pipeline.star").write_text(
+        "\n# version 30001\n\ndata_pipeline_nodes\n\nloop_\n_rlnPipeLineNodeName #1\n_rlnPipeLineNodeType #2\n"
+        "Import/job001/movies.star 0\n")
+    assert main([*base, "--o", "External/job005/"]) == 0
+    assert (tmp_path / "External/job005/labels.star").exists()
+    assert not (tmp_path / "External/job005/RELION_OUTPUT_NODES.star").exists()
+    assert (tmp_path / "External/job005/RELION_JOB_EXIT_SUCCESS").exists()
+    assert main(["--help"]) == 0 and "--in_parts" in capsys.readouterr().out
+
+
 def test_end_to_end_wrong_origin_unit_would_fail(tmp_path, rng, monkeypatch):
     # the IoU criterion above is sensitive to the origin conventions: reading the 3.0 pixel origins with the wrong
     # particle pixel size (as if they were micrograph pixels) visibly breaks the labels
@@ -433,8 +456,12 @@ def test_job_failures_write_the_failure_marker(tmp_path, monkeypatch, capsys):
     assert "m.mrc: micrograph not found" in capsys.readouterr().err
     assert (tmp_path / "job3" / "RELION_JOB_EXIT_FAILURE").exists()
     # a missing required option still leaves the failure marker
-    assert main(["--in_parts", "parts.star", "--o", "job2/"]) == 2
+    assert main(["--in_parts", "parts.star", "--o", "job2/"]) == 1
+    assert "missing --in_3dref" in capsys.readouterr().err
     assert (tmp_path / "job2" / "RELION_JOB_EXIT_FAILURE").exists()
+    # a parameter that is not a number
+    assert main(["--in_parts", "parts.star", "--in_3dref", "map.mrc", "--o", "job2/", "--lowpass", "fine"]) == 1
+    assert "--lowpass: expected a number, got 'fine'" in capsys.readouterr().err
     # and then a good run replaces the failure marker by the success one
     write_mrc(tmp_path / "m.mrc", np.zeros((32, 32), np.float32), 8.0)
     assert main(["--in_parts", "parts.star", "--in_3dref", "map.mrc", "--o", "job/"]) == 0
