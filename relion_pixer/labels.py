@@ -483,10 +483,12 @@ def _safe_parts(micrograph: str) -> list[str]:
 
 
 def _relative_output(micrograph: str) -> Path:
-    """Where a micrograph's outputs go inside the job directory, RELION style: its path less the job prefix."""
-    parts = _safe_parts(micrograph)
-    if len(parts) >= 3:  # e.g. MotionCorr/job002/Movies/x -> Movies/x
-        parts = parts[2:]
+    """Where a micrograph's outputs go inside the job directory, as RELION names them: the path after its
+    ``Type/jobNNN/`` prefix (``decomposePipelineFileName``), else the whole relative path, without extension."""
+    from relion_pixer.relion import decompose_pipeline_filename
+
+    _, jobnr, post = decompose_pipeline_filename(micrograph)
+    parts = _safe_parts(post if jobnr else micrograph)
     return Path(*parts) if parts else Path("micrograph")
 
 

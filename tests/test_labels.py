@@ -98,8 +98,9 @@ def test_output_paths_follow_relion_and_never_collide():
     from relion_pixer.labels import _output_stems
 
     stems = _output_stems(["MotionCorr/job002/Movies/a.mrc", "Micrographs/b.mrc", "c.mrc", "/abs/../d.mrc",
-                           "MotionCorr/job003/Movies/e.mrc", "Other/job009/Movies/e.mrc"])
+                           "MotionCorr/job003/Movies/e.mrc", "Other/job009/Movies/e.mrc", "data/set1/mics/f.mrc"])
     assert stems["MotionCorr/job002/Movies/a.mrc"] == Path("Movies/a")
+    assert stems["data/set1/mics/f.mrc"] == Path("data/set1/mics/f")  # no jobNNN: the whole path, as RELION
     assert stems["Micrographs/b.mrc"] == Path("Micrographs/b")
     assert stems["c.mrc"] == Path("c")
     assert not stems["/abs/../d.mrc"].is_absolute() and ".." not in stems["/abs/../d.mrc"].parts
