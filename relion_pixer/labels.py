@@ -20,15 +20,17 @@ labels, and micrographs without refined particles get no label map.
 
 Outputs, in ``--o``:
 
-* ``<mic path without its first two components>/<stem>_labels.mrc``: the label map (MRC mode 0, 8-bit; values
+* ``<micrograph path after its Type/jobNNN/ prefix, without extension>_labels.mrc`` (RELION's naming, e.g.
+  ``MotionCorr/job002/Movies/x.mrc`` -> ``Movies/x_labels.mrc``): the label map (MRC mode 0, 8-bit; values
   0 background, 1 particle), with the micrograph's pixel size in the header;
 * ``.../<stem>_coords.star``: the particle centres (``_rlnCoordinateX/Y``, 0-based micrograph pixels, float);
 * ``labels.star``: table ``data_coordinate_files`` with ``_rlnMicrographName``, ``_rlnMicrographCoordinates``,
   ``_pixerLabelName``, ``_rlnMicrographPixelSize`` and ``_pixerNrParticles``, plus a ``data_pixer_labels`` block
   with the particle diameter measured on the masks as the simulator defines it (``_pixerParticleDiameterAngst``,
   see :meth:`MaskRenderer.diameter_angstrom`) and the settings used;
-* ``RELION_OUTPUT_NODES.star`` declaring ``labels.star``, and ``RELION_JOB_EXIT_SUCCESS`` (or
-  ``RELION_JOB_EXIT_FAILURE`` with the reason on stderr).
+* ``RELION_OUTPUT_NODES.star`` declaring ``labels.star`` as :data:`NODE_TYPE` (RELION 4 / 5; RELION 3.1 has
+  only integer node types, none generic, so none is declared there), and ``RELION_JOB_EXIT_SUCCESS`` (or
+  ``RELION_JOB_EXIT_FAILURE`` with the reason on stderr), through :mod:`relion_pixer.relion`.
 
 All paths in ``labels.star`` are relative to the project directory (RELION style) when ``--o`` is.
 :func:`read_label_set` reads the set back at network scale for fine-tuning (``relion_pixer train --from-labels``).
