@@ -60,7 +60,7 @@ def _check_inputs(net_image: Any, xy: Any, box_size: int):
     import torch
 
     if isinstance(net_image, torch.Tensor):
-        image = net_image.detach().to("cpu", torch.float32)
+        image = net_image.detach().to(torch.float32)
     else:
         image = torch.from_numpy(np.ascontiguousarray(np.asarray(net_image, dtype=np.float32)))
     if image.ndim != 2:
@@ -98,7 +98,7 @@ def extract_boxes(net_image: Any, xy: Any, box_size: int = BOX_SIZE):
     Returns
     -------
     torch.Tensor
-        ``N x 1 x box_size x box_size`` float32 (on the CPU).
+        ``N x 1 x box_size x box_size`` float32, on the image's device (the CPU for a NumPy image).
     """
     import torch
 

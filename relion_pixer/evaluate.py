@@ -492,7 +492,10 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
     for mic, coords in zip(block["rlnMicrographName"], block["rlnMicrographCoordinates"]):
         rel = Path(str(coords))
         found = rel if rel.is_absolute() else next((b / rel for b in bases if (b / rel).is_file()), bases[0] / rel)
-        out[micrograph_key(mic)] = found
+        key = micrograph_key(mic)
+        if key in out:
+            raise ValueError(f"{picks}: two micrographs named {key!r}; evaluation matches them by base name")
+        out[key] = found
     return out
 
 

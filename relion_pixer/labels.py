@@ -5,11 +5,18 @@ For each refined particle the map is projected at the particle's Euler angles (R
 (:func:`relion_pixer.masks.binarise_projection`: projected density >= :data:`~relion_pixer.masks.MASK_FRACTION` of
 the projection's maximum, holes filled; the simulator uses the same function, so the two kinds of label agree), and
 pasted (union, clipped at the edges) into a ``uint8`` label map of its micrograph, centred on
-``coordinate - origin`` and at the micrograph's pixel size.
+``trunc(coordinate) - origin`` (see :func:`particle_centres`) and at the micrograph's pixel size.
 
 Speed: masks are coarse, so the map is Fourier-cropped to a working box of at most ``max_box`` voxels (never finer
-than the micrograph's pixels), projected there in batches, then bilinearly resampled onto the micrograph's grid with
-the particle's exact sub-pixel centre, and only then thresholded.
+than the micrograph's pixels), projected there in batches (Fourier slices by default, see
+:class:`relion_pixer.projection.Projector`), then bilinearly resampled onto the micrograph's grid with the particle's
+exact sub-pixel centre, and only then thresholded. Tens of thousands of particles per minute on one CPU core
+(``benchmarks/bench_labels.py``).
+
+The mask threshold is relative (a fraction of each projection's own maximum), so the map's scale and offset do not
+matter, but noise in an unfiltered map can fragment masks: ``lowpass`` (``--lowpass``, Angstrom) filters the map
+first. Only refined particles get a mask: particles discarded earlier (classification) are background in these
+labels, and micrographs without refined particles get no label map.
 
 Outputs, in ``--o``:
 
@@ -30,7 +37,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +45,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relion_pixer import PARTICLE
+from relion_pixer import NET_DIAMETER_PX, PARTICLE
+from relion_pixer.io import atomic_output_path, atomic_write, format_star_table, write_coordinates_star
 from relion_pixer.masks import MASK_FRACTION, binarise_projection
-from relion_pixer.projection import lowpass_volume, project, resample_volume
+from relion_pixer.projection import Projector, lowpass_volume, resample_volume
 
 __all__ = [
     "LabelError",
@@ -49,7 +56,9 @@ __all__ = [
     "paste_mask",
     "read_particles",
     "read_micrograph_pixel_sizes",
+    "particle_centres",
     "make_labels",
+    "read_label_set",
     "main",
     "LABELS_STAR",
     "LABEL_COLUMN",
@@ -269,6 +278,19 @@ def _read_map(path, map_angpix: float | None) -> tuple[np.ndarray, float | None]
     return data, apix
 
 
+def particle_centres(particles: pd.DataFrame, mic_angpix) -> tuple[np.ndarray, np.ndarray]:
+    """Particle centres ``(x, y)`` in micrograph pixels (0-based) from :func:`read_particles` rows.
+
+    RELION extracts a particle around micrograph pixel ``(long) coordinate`` (``src/preprocessing.cpp``,
+    ``extractParticlesFromOneMicrograph``: truncation, then the box centre ``N//2`` sits on that pixel), and the
+    refined origin is the shift that centres the particle in that box, so the centre is
+    ``trunc(coordinate) - origin_A / micrograph_angpix``.
+    """
+    cx = np.trunc(particles["x"].to_numpy(np.float64)) - particles["origin_x_A"].to_numpy(np.float64) / mic_angpix
+    cy = np.trunc(particles["y"].to_numpy(np.float64)) - particles["origin_y_A"].to_numpy(np.float64) / mic_angpix
+    return cx, cy
+
+
 # --------------------------------------------------------------------------------------------------------------
 # masks and pasting
 
@@ -306,6 +328,9 @@ class MaskRenderer:
         Low-pass the map to this resolution (Angstrom) first, so that noise in the map does not fragment masks.
     max_box : int
         Largest working box the map is projected in (it is Fourier-cropped to it).
+    method : {"fourier", "real"}
+        Projection method (:class:`relion_pixer.projection.Projector`): Fourier slice (fast, default) or real-space
+        line integrals.
     """
 
     def __init__(
@@ -317,6 +342,7 @@ class MaskRenderer:
         fraction: float = MASK_FRACTION,
         lowpass: float | None = None,
         max_box: int = DEFAULT_MAX_BOX,
+        method: str = "fourier",
     ):
         vol = np.asarray(volume, dtype=np.float32)
         if vol.ndim != 3 or len(set(vol.shape)) != 1:
@@ -331,6 +357,7 @@ class MaskRenderer:
         target = max(float(mic_angpix), float(map_angpix), n * float(map_angpix) / max(8, int(max_box)))
         m = min(n, max(8, int(round(n * map_angpix / target))))
         self.volume = torch.from_numpy(resample_volume(vol, m) if m != n else vol)
+        self.projector = Projector(self.volume, method=method)
         self.box = m
         self.work_angpix = n * float(map_angpix) / m
         #: working pixels per micrograph pixel
@@ -344,7 +371,7 @@ class MaskRenderer:
 
     def projections(self, rot, tilt, psi) -> torch.Tensor:
         """Projections ``B x M x M`` at the working scale, centred (no shifts)."""
-        return torch.as_tensor(project(self.volume, rot, tilt, psi, out_size=self.box))
+        return self.projector.project(rot, tilt, psi, out_size=self.box)
 
     def masks(self, rot, tilt, psi, centres_xy, chunk: int = 256):
         """Yield ``(mask, x0, y0)`` per particle: a boolean ``K x K`` mask on the micrograph grid and its top-left pixel.
@@ -404,68 +431,59 @@ class MaskRenderer:
 # writing
 
 
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path beside ``path``; on success move it over ``path`` (``os.replace``)."""
+def _write_text(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path, text: str) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_write(path) as fh:
+        fh.write(text)
 
 
 def _write_label_mrc(path, label: np.ndarray, angpix: float) -> None:
     import mrcfile
 
-    with _atomic_path(path) as tmp:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_path(path) as tmp:
         # mode 0 (8-bit): values 0..2 read the same whether a program takes mode 0 as signed or unsigned
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(label.astype(np.int8, copy=False))
             mrc.voxel_size = angpix
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.6f}"
-    s = str(v)
-    if s == "" or any(ch.isspace() for ch in s):
-        return '"' + s.replace('"', "'") + '"'
-    return s
-
-
-def _star_loop(name: str, columns: dict[str, list]) -> str:
-    lines = ["", "# version 50001", "", f"data_{name}", "", "loop_"]
-    lines += [f"_{col} #{i + 1}" for i, col in enumerate(columns)]
-    rows = zip(*columns.values()) if columns else []
-    lines += [" ".join(_fmt(v) for v in row) for row in rows]
-    return "\n".join(lines) + "\n \n"
-
-
 def _star_pairs(name: str, pairs: dict) -> str:
+    """A key-value (non-loop) STAR block."""
+
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return f"{float(v):.6f}"
+        v = str(v)
+        return '"' + v + '"' if (v == "" or any(ch.isspace() for ch in v)) else v
+
     lines = ["", "# version 50001", "", f"data_{name}", ""]
-    lines += [f"_{key} {_fmt(val)}" for key, val in pairs.items()]
+    lines += [f"_{key} {fmt(val)}" for key, val in pairs.items()]
     return "\n".join(lines) + "\n \n"
+
+
+def _safe_parts(micrograph: str) -> list[str]:
+    return [p for p in Path(micrograph).with_suffix("").parts if p not in ("", ".", "..") and p != os.sep]
 
 
 def _relative_output(micrograph: str) -> Path:
     """Where a micrograph's outputs go inside the job directory, RELION style: its path less the job prefix."""
-    parts = [p for p in Path(micrograph).with_suffix("").parts if p not in ("", ".", "..", "/")]
+    parts = _safe_parts(micrograph)
     if len(parts) >= 3:  # e.g. MotionCorr/job002/Movies/x -> Movies/x
         parts = parts[2:]
-    elif len(parts) == 2:  # e.g. Micrographs/x
-        parts = parts[1:] if parts[0].lower().startswith("job") else parts
     return Path(*parts) if parts else Path("micrograph")
+
+
+def _output_stems(names: list[str]) -> dict[str, Path]:
+    """Relative output stem per micrograph name; the whole (sanitised) path where the short ones would collide."""
+    short = {name: _relative_output(name) for name in names}
+    counts: dict[Path, int] = {}
+    for stem in short.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {name: (stem if counts[stem] == 1 else Path(*(_safe_parts(name) or ["micrograph"])))
+            for name, stem in short.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +524,7 @@ def make_labels(
     fraction: float = MASK_FRACTION,
     lowpass: float | None = None,
     max_box: int = DEFAULT_MAX_BOX,
+    method: str = "fourier",
     log=print,
 ) -> LabelSet:
     """Write label maps, coordinate files and ``labels.star`` for a refinement (see the module docstring).
@@ -526,7 +545,7 @@ def make_labels(
         else the MRC header).
     map_angpix, particle_angpix : float, optional
         Override the map's pixel size; pixel size of RELION 3.0 particle images (origins in pixels).
-    fraction, lowpass, max_box
+    fraction, lowpass, max_box, method
         See :class:`MaskRenderer`.
     log : callable
         Progress messages.
@@ -592,7 +611,8 @@ def make_labels(
     def renderer(apix: float) -> MaskRenderer:
         key = round(apix, 6)
         if key not in renderers:
-            renderers[key] = MaskRenderer(volume, vol_apix, apix, fraction=fraction, lowpass=lowpass, max_box=max_box)
+            renderers[key] = MaskRenderer(volume, vol_apix, apix, fraction=fraction, lowpass=lowpass,
+                                          max_box=max_box, method=method)
             r = renderers[key]
             log(f" + micrographs at {apix:.4g} A/px: projecting the {volume.shape[0]}^3 map at {r.work_angpix:.4g} "
                 f"A/px in a {r.box}^3 box, masks {r.mask_box} px")
@@ -605,16 +625,17 @@ def make_labels(
     rows = {"rlnMicrographName": [], "rlnMicrographCoordinates": [], LABEL_COLUMN: [], "rlnMicrographPixelSize": [],
             "pixerNrParticles": []}
     n_done = 0
+    stems = _output_stems([m[0] for m in mics])
     for i, (name, shape, apix, group) in enumerate(mics):
         r = renderer(apix)
-        cx = group["x"].to_numpy() - group["origin_x_A"].to_numpy() / apix
-        cy = group["y"].to_numpy() - group["origin_y_A"].to_numpy() / apix
+        cx, cy = particle_centres(group, apix)
         label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
-        rel = _relative_output(name)
+        rel = stems[name]
         label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
         coords_path = out_dir / rel.parent / f"{rel.name}_coords.star"
         _write_label_mrc(label_path, label, apix)
-        _write_text(coords_path, _star_loop("", {"rlnCoordinateX": list(cx), "rlnCoordinateY": list(cy)}))
+        coords_path.parent.mkdir(parents=True, exist_ok=True)
+        write_coordinates_star(coords_path, np.stack([cx, cy], axis=1), fom=np.ones(len(cx)))
         rows["rlnMicrographName"].append(name)
         rows["rlnMicrographCoordinates"].append(str(coords_path))
         rows[LABEL_COLUMN].append(str(label_path))
@@ -628,13 +649,123 @@ def make_labels(
         "pixerParticleDiameterAngst": diameter,
         "pixerMaskFraction": float(fraction),
         "pixerLowpassAngst": float(lowpass or 0.0),
+        "pixerProjector": method,
         "pixerReferenceMap": str(in_3dref),
         "pixerReferenceMapPixelSize": float(vol_apix),
         "pixerParticles": str(in_parts),
     }
     star_path = out_dir / LABELS_STAR
-    _write_text(star_path, _star_pairs("pixer_labels", general) + _star_loop("coordinate_files", rows))
+    _write_text(star_path, _star_pairs("pixer_labels", general) + format_star_table("coordinate_files", rows))
     return LabelSet(star_path, pd.DataFrame(rows), diameter, n_done, time.perf_counter() - t_start)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading a label set back (fine-tuning)
+
+
+def _find(name: str, bases: list[Path], what: str, star) -> Path:
+    p = Path(name)
+    if p.is_absolute():
+        if p.is_file():
+            return p
+    else:
+        for base in bases:
+            if (base / p).is_file():
+                return base / p
+    raise LabelError(star, f"{what} {name!r} not found (looked relative to {', '.join(str(b) for b in bases[:3])}, ...)")
+
+
+def _nearest(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
+    rows = np.minimum(np.round(np.arange(shape[0]) * label.shape[0] / shape[0]).astype(int), label.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(shape[1]) * label.shape[1] / shape[1]).astype(int), label.shape[1] - 1)
+    return label[np.ix_(rows, cols)]
+
+
+def read_label_set(
+    path,
+    *,
+    diameter_angstrom: float | None = None,
+    project_dir=None,
+    background_within: float | None = None,
+    ignore: int = 255,
+):
+    """Read what :func:`make_labels` wrote, at network scale, as a :class:`relion_pixer.train.LabelledSet`.
+
+    Each micrograph is read and brought to network scale exactly as the picker does
+    (:func:`relion_pixer.preprocess.prepare` with the particle diameter, so that a particle is
+    :data:`relion_pixer.NET_DIAMETER_PX` pixels wide); its label map is resampled onto the same grid
+    (nearest neighbour) and its particle centres are mapped with the same factors.
+
+    Parameters
+    ----------
+    path : path
+        ``labels.star`` written by ``relion_pixer labels``.
+    diameter_angstrom : float, optional
+        Particle diameter for the resampling (default: ``_pixerParticleDiameterAngst`` of the file, the median
+        largest extent of the masks).
+    project_dir : path, optional
+        Directory the file names are relative to (default: the current directory, then the ancestors of ``path``,
+        so that ``External/jobNNN/labels.star`` works from inside or outside the project).
+    background_within : float, optional
+        Only refined particles are labelled, so background far from them may hide unrefined particles: when given,
+        background pixels farther than this many particle diameters from every labelled centre become ``ignore``.
+    ignore : int
+        Label value for pixels the loss should ignore.
+    """
+    import mrcfile
+
+    from relion_pixer.io import read_coordinates_star, read_micrograph
+    from relion_pixer.preprocess import prepare, to_network
+    from relion_pixer.train import LabelledSet
+
+    path = Path(path)
+    blocks = _read_star(path)
+    table = blocks.get("coordinate_files")
+    if not isinstance(table, pd.DataFrame):
+        raise LabelError(path, "no data_coordinate_files table (not written by relion_pixer labels?)")
+    missing = [c for c in ("rlnMicrographName", LABEL_COLUMN, "rlnMicrographCoordinates") if c not in table.columns]
+    if missing:
+        raise LabelError(path, f"missing column(s) {', '.join('_' + c for c in missing)}")
+    if diameter_angstrom is None:
+        general = blocks.get("pixer_labels")
+        value = general.get("pixerParticleDiameterAngst") if isinstance(general, dict) else None
+        if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+            raise LabelError(path, "no particle diameter (_pixerParticleDiameterAngst): give diameter_angstrom")
+        diameter_angstrom = float(value)
+    bases = [Path(project_dir)] if project_dir else [Path.cwd()]
+    bases += list(path.resolve().parent.parents)
+    bases.insert(1, path.resolve().parent)
+
+    images, labels, coords, names = [], [], [], []
+    for _, row in table.iterrows():
+        mic = _find(str(row["rlnMicrographName"]), bases, "micrograph", path)
+        image, header_apix = read_micrograph(mic)
+        apix = float(row["rlnMicrographPixelSize"]) if "rlnMicrographPixelSize" in table.columns else header_apix
+        if not apix:
+            raise LabelError(path, f"no pixel size for {mic}")
+        label = np.asarray(mrcfile.read(_find(str(row[LABEL_COLUMN]), bases, "label map", path))).astype(np.uint8)
+        if label.shape != image.shape:
+            raise LabelError(path, f"label map of {mic} is {label.shape[::-1]} px, the micrograph {image.shape[::-1]}")
+        table_xy = read_coordinates_star(_find(str(row["rlnMicrographCoordinates"]), bases, "coordinates", path))
+        net, factors = prepare(image, apix, diameter_angstrom)
+        lab = _nearest(label, net.shape)
+        xy = to_network(table_xy[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64), factors)
+        if background_within is not None:
+            from scipy.spatial import cKDTree
+
+            far = np.ones(net.shape, dtype=bool)
+            if len(xy):
+                yy, xx = np.mgrid[0 : net.shape[0], 0 : net.shape[1]]
+                dist, _ = cKDTree(xy).query(np.stack([xx.ravel(), yy.ravel()], 1), k=1)
+                far = dist.reshape(net.shape) > background_within * NET_DIAMETER_PX
+            lab = lab.copy()
+            lab[far & (lab == 0)] = ignore
+        images.append(net)
+        labels.append(lab)
+        coords.append(xy.astype(np.float32))
+        names.append(Path(str(row["rlnMicrographName"])).stem)
+    return LabelledSet(images, labels, coords, None, names)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -642,8 +773,8 @@ def make_labels(
 
 
 def _write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> None:
-    text = _star_loop("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
-                                        "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
+    text = format_star_table("output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes],
+                                              "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})
     _write_text(out_dir / "RELION_OUTPUT_NODES.star", text)
 
 
@@ -683,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lowpass", type=float, default=0.0, help="low-pass the map to this resolution (A) first; 0: off")
     p.add_argument("--max_box", type=int, default=DEFAULT_MAX_BOX,
                    help="largest working box the map is projected in (default %(default)s)")
+    p.add_argument("--projector", choices=("fourier", "real"), default="fourier",
+                   help="projection method: Fourier slice (fast) or real-space line integrals (default %(default)s)")
     p.add_argument("--j", type=int, default=None, help="CPU threads")
     p.add_argument("--pipeline_control", default=None, help="(RELION) directory for the exit-status files")
     return p
@@ -720,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
             fraction=args.mask_fraction,
             lowpass=args.lowpass or None,
             max_box=args.max_box,
+            method=args.projector,
         )
         _write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)])
         print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "

@@ -198,6 +198,14 @@ def pick_centres(
         unknown backend.
     ImportError
         The CuPy backend was asked for (or a CUDA tensor given) and CuPy is not installed.
+
+    Notes
+    -----
+    The coordinates are in pixels of ``prob_map`` (network scale for the pipeline: map them back with
+    :func:`relion_pixer.preprocess.to_original`). Because the map is reflected at its edges, a particle whose
+    centre lies within about a quarter diameter of the border is picked on the border; use ``margin_px`` to
+    drop picks whose box would leave the micrograph. Along an axis where the peak is on the border, no
+    sub-pixel refinement is done.
     """
     diameter_px, sigma = _check_diameter_sigma(diameter_px, sigma)
     if min_distance_px is None:
@@ -390,7 +398,11 @@ def _fft_smooth(arr, k: np.ndarray, xp):
 
     ky = np.fft.fft(wrapped(n0)).real  # symmetric kernel: real transform
     kx = np.fft.rfft(wrapped(n1)).real
-    transfer = xp.asarray(np.outer(ky, kx).astype(np.float32))
+    transfer = np.outer(ky, kx).astype(np.float32)
+    # the Gaussian's transfer function underflows to float32 denormals at high frequencies, which makes the
+    # multiply and the inverse FFT many times slower: flush the negligible values to zero
+    transfer[np.abs(transfer) < 1e-12] = 0.0
+    transfer = xp.asarray(transfer)
     if xp is np:
         workers = _fft_workers()
         spec = scipy.fft.rfft2(padded, s=(n0, n1), workers=workers)
@@ -469,12 +481,15 @@ def _peaks_numpy(score: np.ndarray, cell: int, half: int, max_iter: int):
     flat = padded.ravel()
     offs = _window_offsets(half, pw)
     centre = offs.size // 2
+    # windows as a strided view: gathering (n, K, K) windows by their corner copies whole rows at a time
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * half + 1, 2 * half + 1))
     moving = np.unique(_to_padded(_cell_maxima(score, cell, np), width, half))
     done = []
     for _ in range(max_iter):
         if moving.size == 0:
             break
-        vals = flat[moving[:, None] + offs[None, :]]
+        py, px = np.divmod(moving, pw)
+        vals = windows[py - half, px - half].reshape(moving.size, -1)  # row-major over (dy, dx), as offs
         j = vals.argmax(axis=1)
         moves = vals[np.arange(moving.size), j] > vals[:, centre]
         done.append(moving[~moves])

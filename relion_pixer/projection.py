@@ -1,4 +1,4 @@
-"""Projections of a 3D map in RELION's conventions, batched in torch (real space, CPU or GPU).
+"""Projections of a 3D map in RELION's conventions, batched in torch (Fourier slice or real space, CPU or GPU).
 
 Conventions (checked against RELION's source and against images made by ``relion_project``; see
 ``tests/test_projection.py``):
@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["euler_matrix", "project", "resample_volume", "lowpass_volume", "DEFAULT_MAX_POINTS"]
+__all__ = ["euler_matrix", "project", "Projector", "resample_volume", "lowpass_volume", "DEFAULT_MAX_POINTS"]
 
 #: Sample points (rays x depth) per chunk of :func:`project`; bounds the memory of the sampling grid (~12 bytes each).
 DEFAULT_MAX_POINTS = 1 << 22
@@ -75,6 +75,144 @@ def euler_matrix(rot, tilt, psi):
     return lib_stack(rows, -2)
 
 
+class Projector:
+    """Projections of one cubic map at batches of orientations (RELION conventions), real space or Fourier slice.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray or torch.Tensor
+        Cubic map ``[z, y, x]`` (``N x N x N``). A torch tensor keeps its device.
+    method : {"fourier", "real"}
+        ``"fourier"`` (default): central slices of the map's 3D Fourier transform (zero-padded ``padding`` times,
+        trilinear interpolation with the matching real-space gridding correction, as RELION's ``Projector``), one
+        2D inverse FFT per image: ``O(M^2 log M)`` per projection. ``"real"``: line integrals of the map sampled
+        trilinearly on the rotated grid (``torch.nn.functional.grid_sample``): ``O(M^3)`` per projection, exact
+        in the limit of fine sampling; the reference the Fourier method is tested against.
+    padding : int
+        Zero-padding factor of the Fourier method (memory: ``8 * (padding * N)^3`` bytes).
+    """
+
+    def __init__(self, volume, *, method: str = "fourier", padding: int = 2):
+        if method not in ("fourier", "real"):
+            raise ValueError(f"method must be 'fourier' or 'real', got {method!r}")
+        self.is_torch = isinstance(volume, torch.Tensor)
+        vol = volume if self.is_torch else torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        vol = vol.to(torch.float32)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise ValueError(f"volume must be a cubic 3D array, got shape {tuple(vol.shape)}")
+        self.method = method
+        self.n = vol.shape[0]
+        self.device = vol.device
+        if method == "real":
+            self._input = vol[None, None]
+            return
+        n = self.n
+        pad = max(1, int(padding)) * n
+        self.pad = pad
+        # gridding correction: trilinear interpolation in Fourier space multiplies real space by sinc^2(x / pad)
+        x = (torch.arange(n, dtype=torch.float64, device=self.device) - n // 2) / pad
+        s = torch.sinc(x) ** 2
+        corr = (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(torch.float32)
+        padded = torch.zeros((pad, pad, pad), dtype=torch.float32, device=self.device)
+        o = pad // 2 - n // 2  # the map's centre voxel n//2 lands on pad//2
+        padded[o : o + n, o : o + n, o : o + n] = vol / corr
+        spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)))  # zero frequency at pad//2
+        self._input = torch.stack([spec.real, spec.imag])[None].contiguous()  # 1, 2, pad, pad, pad
+
+    def project(
+        self,
+        rot,
+        tilt,
+        psi,
+        shifts=None,
+        *,
+        out_size: int | None = None,
+        pixel_ratio: float = 1.0,
+        depth: int | None = None,
+        max_points: int = DEFAULT_MAX_POINTS,
+    ):
+        """Project at a batch of orientations; see :func:`project` for the parameters and the result."""
+        n, device = self.n, self.device
+        if not pixel_ratio or pixel_ratio <= 0:
+            raise ValueError(f"pixel_ratio must be positive, got {pixel_ratio!r}")
+        m = int(out_size) if out_size is not None else max(1, int(round(n / pixel_ratio)))
+        mats = euler_matrix(*np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, dtype=np.float64))
+                                                   for a in (rot, tilt, psi))))
+        mats = torch.as_tensor(mats, dtype=torch.float32, device=device).reshape(-1, 3, 3)
+        nb = mats.shape[0]
+        if shifts is None:
+            sh = torch.zeros(nb, 2, dtype=torch.float32, device=device)
+        else:
+            sh = torch.as_tensor(np.asarray(shifts, dtype=np.float32).reshape(-1, 2), device=device)
+            if sh.shape[0] == 1 and nb > 1:
+                sh = sh.expand(nb, 2)
+            if sh.shape[0] != nb:
+                raise ValueError(f"got {sh.shape[0]} shifts for {nb} orientations")
+        if self.method == "real":
+            out = self._project_real(mats, sh, m, pixel_ratio, depth, max_points)
+        else:
+            out = self._project_fourier(mats, sh, m, pixel_ratio, max_points)
+        return out if self.is_torch else out.cpu().numpy()
+
+    def _project_real(self, mats, sh, m, pixel_ratio, depth, max_points):
+        n, device = self.n, self.device
+        nz = int(depth) if depth is not None else max(1, int(math.ceil(n / pixel_ratio)))
+        nb = mats.shape[0]
+        # in-plane and depth coordinates, in map voxels, relative to the centres
+        u = (torch.arange(m, dtype=torch.float32, device=device) - m // 2) * pixel_ratio
+        w = (torch.arange(nz, dtype=torch.float32, device=device) - (nz - 1) / 2.0) * pixel_ratio
+        # voxel coordinate -> grid_sample's [-1, 1] (align_corners=True): (r + N//2) * 2/(N-1) - 1
+        norm = 2.0 / (n - 1) if n > 1 else 1.0
+        offset = (n // 2) * norm - 1.0
+        out = torch.empty(nb, m, m, dtype=torch.float32, device=device)
+        chunk = max(1, int(max_points) // (m * m * nz))
+        for s in range(0, nb, chunk):
+            a = mats[s : s + chunk] * norm  # rows A[0], A[1], A[2], pre-scaled
+            b = a.shape[0]
+            su = sh[s : s + chunk, 0] * pixel_ratio  # shift in voxels
+            sv = sh[s : s + chunk, 1] * pixel_ratio
+            # (A^T q)_j = sum_i A[i, j] q_i with q = (u + ox, v + oy, w)
+            cu = (u[None, :] + su[:, None])[:, :, None] * a[:, None, 0, :]  # b, m(x), 3
+            cv = (u[None, :] + sv[:, None])[:, :, None] * a[:, None, 1, :]  # b, m(y), 3
+            cw = w[None, :, None] * a[:, None, 2, :] + offset  # b, nz, 3
+            grid = cw[:, :, None, None, :] + cv[:, None, :, None, :] + cu[:, None, None, :, :]  # b, nz, m, m, 3
+            samples = torch.nn.functional.grid_sample(
+                self._input, grid.reshape(1, b * nz, m, m, 3), mode="bilinear", padding_mode="zeros",
+                align_corners=True,
+            )
+            out[s : s + b] = samples.reshape(b, nz, m, m).sum(dim=1) * pixel_ratio
+        return out
+
+    def _project_fourier(self, mats, sh, m, pixel_ratio, max_points):
+        pad, device = self.pad, self.device
+        nb = mats.shape[0]
+        mh = m // 2 + 1
+        ky = torch.fft.fftfreq(m, d=1.0 / m, device=device).to(torch.float32)  # 0, 1, ..., -1 (integers)
+        kx = torch.arange(mh, dtype=torch.float32, device=device)
+        step = pad / (m * pixel_ratio)  # padded-spectrum samples per output frequency step
+        norm = 2.0 / (pad - 1)
+        offset = (pad // 2) * norm - 1.0
+        out = torch.empty(nb, m, m, dtype=torch.float32, device=device)
+        chunk = max(1, int(max_points) // (m * mh))
+        for s in range(0, nb, chunk):
+            a = mats[s : s + chunk] * (step * norm)
+            b = a.shape[0]
+            # 3D frequency of output frequency (kx, ky): A^T (kx, ky, 0) = kx A[0] + ky A[1]
+            grid = (kx[None, None, :, None] * a[:, None, None, 0, :] + ky[None, :, None, None] * a[:, None, None, 1, :]
+                    + offset)  # b, m(ky), mh(kx), 3
+            samples = torch.nn.functional.grid_sample(
+                self._input, grid.reshape(1, 1, b * m, mh, 3), mode="bilinear", padding_mode="zeros",
+                align_corners=True,
+            )[0, :, 0].reshape(2, b, m, mh)
+            spec = torch.complex(samples[0], samples[1])
+            # origin (ox, oy): I(u) = P(u + o), i.e. multiply the spectrum by exp(+2 pi i k.o / M)
+            phase = (kx[None, None, :] * sh[s : s + b, 0, None, None] + ky[None, :, None] * sh[s : s + b, 1, None, None])
+            spec = spec * torch.polar(torch.ones_like(phase), phase * (2.0 * math.pi / m))
+            img = torch.fft.irfft2(spec, s=(m, m))
+            out[s : s + b] = torch.fft.fftshift(img, dim=(-2, -1)) / (pixel_ratio * pixel_ratio)
+        return out
+
+
 def project(
     volume,
     rot,
@@ -82,6 +220,7 @@ def project(
     psi,
     shifts=None,
     *,
+    method: str = "fourier",
     out_size: int | None = None,
     pixel_ratio: float = 1.0,
     depth: int | None = None,
@@ -89,8 +228,9 @@ def project(
 ):
     """Project a cubic map at a batch of orientations (line integrals along z of the rotated map).
 
-    Real space: for each orientation the map is sampled trilinearly (``torch.nn.functional.grid_sample``) on the
-    rotated grid ``A^T (u, v, w)`` and summed over ``w``. Zero outside the map.
+    The map is sampled at ``A^T (u, v, w)`` (RELION's convention, see the module docstring) and integrated over
+    ``w``; :class:`Projector` holds the two methods (Fourier slice by default, or real space) and is the thing to
+    keep when projecting the same map many times.
 
     Parameters
     ----------
@@ -101,14 +241,17 @@ def project(
     shifts : array_like, optional
         ``B x 2`` RELION origin offsets ``(ox, oy)`` in output pixels; the particle centre lands at
         ``(M//2 - ox, M//2 - oy)`` (column, row). Default: no shift.
+    method : {"fourier", "real"}
+        See :class:`Projector`.
     out_size : int, optional
-        Side ``M`` of the output images (default: ``round(N / pixel_ratio)``).
+        Side ``M`` of the output images (default: ``round(N / pixel_ratio)``). The Fourier method's images are
+        periodic with period ``M * pixel_ratio`` voxels and want ``M * pixel_ratio <= padding * N``.
     pixel_ratio : float
-        Output pixel size over map voxel size (> 1 for coarser output). The map should then be low-passed to the
-        output Nyquist first (e.g. :func:`resample_volume`), as trilinear sampling does not.
+        Output pixel size over map voxel size (> 1 for coarser output). The Fourier method then keeps only the
+        frequencies the output can hold; for the real method, low-pass the map first (e.g. :func:`resample_volume`).
     depth : int, optional
-        Number of samples along the projection direction, spaced one output pixel apart and centred (default:
-        ``ceil(N / pixel_ratio)``, which covers the sphere inscribed in the box).
+        Real method: number of samples along the projection direction, one output pixel apart and centred
+        (default ``ceil(N / pixel_ratio)``, covering the sphere inscribed in the box).
     max_points : int
         Sample points per chunk (memory bound).
 
@@ -118,56 +261,9 @@ def project(
         ``B x M x M`` float32 projections (torch when ``volume`` is torch), indexed ``[row, col]``, in units of
         density times voxel length.
     """
-    is_torch = isinstance(volume, torch.Tensor)
-    vol = torch.as_tensor(volume) if is_torch else torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-    vol = vol.to(torch.float32)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise ValueError(f"volume must be a cubic 3D array, got shape {tuple(vol.shape)}")
-    n = vol.shape[0]
-    if not pixel_ratio or pixel_ratio <= 0:
-        raise ValueError(f"pixel_ratio must be positive, got {pixel_ratio!r}")
-    m = int(out_size) if out_size is not None else max(1, int(round(n / pixel_ratio)))
-    nz = int(depth) if depth is not None else max(1, int(math.ceil(n / pixel_ratio)))
-    device = vol.device
-
-    mats = torch.as_tensor(euler_matrix(*np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, dtype=np.float64))
-                                                               for a in (rot, tilt, psi)))),
-                           dtype=torch.float32, device=device).reshape(-1, 3, 3)
-    nb = mats.shape[0]
-    if shifts is None:
-        sh = torch.zeros(nb, 2, dtype=torch.float32, device=device)
-    else:
-        sh = torch.as_tensor(np.asarray(shifts, dtype=np.float32).reshape(-1, 2), device=device)
-        if sh.shape[0] == 1 and nb > 1:
-            sh = sh.expand(nb, 2)
-        if sh.shape[0] != nb:
-            raise ValueError(f"got {sh.shape[0]} shifts for {nb} orientations")
-
-    # in-plane and depth coordinates, in map voxels, relative to the centres
-    u = (torch.arange(m, dtype=torch.float32, device=device) - m // 2) * pixel_ratio
-    w = (torch.arange(nz, dtype=torch.float32, device=device) - (nz - 1) / 2.0) * pixel_ratio
-    # voxel coordinate -> grid_sample's [-1, 1] (align_corners=True): (r + N//2) * 2/(N-1) - 1
-    norm = 2.0 / (n - 1) if n > 1 else 1.0
-    offset = (n // 2) * norm - 1.0
-
-    out = torch.empty(nb, m, m, dtype=torch.float32, device=device)
-    chunk = max(1, int(max_points) // (m * m * nz))
-    inp = vol[None, None]
-    for s in range(0, nb, chunk):
-        a = mats[s : s + chunk] * norm  # rows A[0], A[1], A[2], pre-scaled
-        b = a.shape[0]
-        su = sh[s : s + chunk, 0] * pixel_ratio  # shift in voxels
-        sv = sh[s : s + chunk, 1] * pixel_ratio
-        # (A^T q)_j = sum_i A[i, j] q_i with q = (u + ox, v + oy, w)
-        cu = (u[None, :] + su[:, None])[:, :, None] * a[:, None, 0, :]  # b, m(x), 3
-        cv = (u[None, :] + sv[:, None])[:, :, None] * a[:, None, 1, :]  # b, m(y), 3
-        cw = w[None, :, None] * a[:, None, 2, :] + offset  # b, nz, 3
-        grid = cw[:, :, None, None, :] + cv[:, None, :, None, :] + cu[:, None, None, :, :]  # b, nz, m, m, 3
-        samples = torch.nn.functional.grid_sample(
-            inp, grid.reshape(1, b * nz, m, m, 3), mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        out[s : s + b] = samples.reshape(b, nz, m, m).sum(dim=1) * pixel_ratio
-    return out if is_torch else out.cpu().numpy()
+    return Projector(volume, method=method).project(
+        rot, tilt, psi, shifts, out_size=out_size, pixel_ratio=pixel_ratio, depth=depth, max_points=max_points
+    )
 
 
 def resample_volume(volume: np.ndarray, size: int) -> np.ndarray:

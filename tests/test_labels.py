@@ -94,6 +94,20 @@ def test_paste_mask_clips_at_edges_and_unions():
     assert set(np.unique(label)) <= {0, PARTICLE}
 
 
+def test_output_paths_follow_relion_and_never_collide():
+    from relion_pixer.labels import _output_stems
+
+    stems = _output_stems(["MotionCorr/job002/Movies/a.mrc", "Micrographs/b.mrc", "c.mrc", "/abs/../d.mrc",
+                           "MotionCorr/job003/Movies/e.mrc", "Other/job009/Movies/e.mrc"])
+    assert stems["MotionCorr/job002/Movies/a.mrc"] == Path("Movies/a")
+    assert stems["Micrographs/b.mrc"] == Path("Micrographs/b")
+    assert stems["c.mrc"] == Path("c")
+    assert not stems["/abs/../d.mrc"].is_absolute() and ".." not in stems["/abs/../d.mrc"].parts
+    # same short name from two jobs: keep the whole paths apart
+    assert stems["MotionCorr/job003/Movies/e.mrc"] == Path("MotionCorr/job003/Movies/e")
+    assert stems["Other/job009/Movies/e.mrc"] == Path("Other/job009/Movies/e")
+
+
 def test_renderer_mask_is_binarise_projection_at_the_micrograph_scale():
     vol = blob_map(40, 4.0)
     r = MaskRenderer(vol, 4.0, 4.0, max_box=64)
@@ -125,6 +139,9 @@ def test_renderer_subpixel_centre_and_downsampling():
     label = r.render((140, 130), 10.0, 80.0, 250.0, centre)
     truth = truth_label_map((140, 130), coarse, centre, [(10.0, 80.0, 250.0)])
     assert iou(label, truth) > 0.9
+    # the real-space projector gives the same masks
+    real = MaskRenderer(fine, 2.0, 4.0, max_box=64, method="real").render((140, 130), 10.0, 80.0, 250.0, centre)
+    assert iou(real, truth) > 0.9 and iou(real, label) > 0.95
     # a working box smaller than the micrograph scale: coarser projection, upsampled, still close
     r16 = MaskRenderer(fine, 2.0, 4.0, max_box=20)
     assert r16.box == 20 and r16.scale == pytest.approx(0.5)
@@ -203,6 +220,16 @@ def test_origins_in_pixels_30_and_angstrom_31_agree(tmp_path):
     np.testing.assert_allclose(read_particles(no_size, particle_angpix=2.0)["origin_x_A"], [6.0, -5.0])
 
 
+def test_particle_centres_truncate_coordinates_like_relion_extract():
+    from relion_pixer.labels import particle_centres
+
+    df = pd.DataFrame({"x": [100.9, 7.2], "y": [50.99, 3.0], "origin_x_A": [0.0, 6.0], "origin_y_A": [0.0, -3.0]})
+    cx, cy = particle_centres(df, 1.5)
+    # RELION windows the particle around pixel (long) coordinate; the origin (A) then moves the centre by -origin
+    np.testing.assert_allclose(cx, [100.0, 7.0 - 4.0])
+    np.testing.assert_allclose(cy, [50.0, 3.0 + 2.0])
+
+
 def test_read_particles_errors_name_the_file_and_columns(tmp_path):
     df = pd.DataFrame({"rlnMicrographName": ["a.mrc"], "rlnCoordinateX": [1.0], "rlnCoordinateY": [2.0],
                        "rlnAnglePsi": [5.0]})
@@ -260,14 +287,16 @@ def _simulated_refinement(tmp_path, rng, style: str):
         angles = np.column_stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))),
                                   rng.uniform(-180, 180, n)])
         truths[name] = truth_label_map(shape, truth_vol, centres, angles)
-        # RELION extracts at integer coordinates near the particle; origins (px) make up the difference
-        coords = np.round(centres) + rng.integers(-6, 7, size=centres.shape)
-        origin_px = coords - centres  # centre = coordinate - origin
+        # picked coordinates near the particle (fractional, as pickers write them); RELION extracts around pixel
+        # (long) coordinate and the refined origin (px) makes up the difference: centre = trunc(coordinate) - origin
+        coords = np.round(centres) + rng.integers(-6, 7, size=centres.shape) + rng.uniform(0, 0.95, centres.shape)
+        coords = np.abs(coords)  # non-negative, as RELION's
+        origin_px = np.trunc(coords) - centres
         for (x, y), (ox, oy), (r, t, p) in zip(coords, origin_px, angles):
             rows.append(dict(rlnMicrographName=name, rlnCoordinateX=x, rlnCoordinateY=y, rlnAngleRot=r,
                              rlnAngleTilt=t, rlnAnglePsi=p, ox=ox, oy=oy))
         # micrograph files: header pixel size deliberately wrong where another source must win
-        write_mrc(tmp_path / name, np.zeros(shape, np.float32), mic_apix if style == "31" else 1.0)
+        write_mrc(tmp_path / name, rng.normal(size=shape).astype(np.float32), mic_apix if style == "31" else 1.0)
     df = pd.DataFrame(rows)
     args = []
     if style == "31":
@@ -324,11 +353,44 @@ def test_end_to_end_labels_match_simulated_label_maps(tmp_path, rng, monkeypatch
             assert mrc.voxel_size.x == pytest.approx(4.0)
         truth = truths[row["rlnMicrographName"]]
         assert label.shape == truth.shape and set(np.unique(label)) == {0, PARTICLE}
+        # the brief's bar is 0.8; the exact conventions reach ~0.99 here, while ignoring RELION's truncation of
+        # fractional coordinates (a sub-pixel error) already drops to ~0.91, so hold the tighter bar too
         assert iou(label, truth) >= 0.8, iou(label, truth)
+        assert iou(label, truth) >= 0.97, iou(label, truth)
         assert row["rlnMicrographPixelSize"] == pytest.approx(4.0) and row["pixerNrParticles"] == 9
         coords = starfile.read(row["rlnMicrographCoordinates"])
         assert list(coords.columns[:2]) == ["rlnCoordinateX", "rlnCoordinateY"] and len(coords) == 9
-    assert not list(job.rglob("*.tmp*"))  # atomic writes leave no temporaries
+    assert not list(job.rglob("*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_label_set_reads_back_at_network_scale(tmp_path, rng, monkeypatch):
+    from relion_pixer import NET_DIAMETER_PX
+    from relion_pixer.labels import read_label_set
+    from relion_pixer.train import labelled_from_star
+
+    monkeypatch.chdir(tmp_path)
+    extra, truths = _simulated_refinement(tmp_path, rng, "31")
+    assert main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", "External/job012/"]) == 0
+    star = "External/job012/labels.star"
+    diameter = starfile.read(star, always_dict=True)["pixer_labels"]["pixerParticleDiameterAngst"]
+    data = labelled_from_star(star)  # the trainer's entry point (--from-labels)
+    assert len(data) == 2 and sorted(data.names) == ["mic0", "mic1"]
+    factor = NET_DIAMETER_PX * 4.0 / diameter
+    for img, lab, xy in zip(data.images, data.labels, data.coords):
+        assert img.shape == lab.shape == tuple(int(round(n * factor)) for n in (260, 300))
+        assert lab.dtype == np.uint8 and set(np.unique(lab)) == {0, PARTICLE}
+        assert xy.shape == (9, 2)
+        inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < lab.shape[1] - 0.5) & (xy[:, 1] < lab.shape[0] - 0.5)
+        centres = np.round(xy[inside]).astype(int)
+        assert lab[centres[:, 1], centres[:, 0]].mean() > 0.8  # particle centres fall on particle pixels
+        # the particle fraction is kept by the resampling
+        assert abs(lab.mean() - np.mean([t.mean() for t in truths.values()])) < 0.02
+    # from outside the project, and with far background ignored
+    monkeypatch.chdir(tmp_path / "External")
+    far = read_label_set(tmp_path / star, background_within=1.0, diameter_angstrom=diameter)
+    assert 255 in np.unique(far.labels[0]) and (far.labels[0] == PARTICLE).sum() == (data.labels[0] == PARTICLE).sum()
+    with pytest.raises(LabelError, match="coordinate_files"):
+        read_label_set(tmp_path / "run_data.star")
 
 
 def test_end_to_end_wrong_origin_unit_would_fail(tmp_path, rng, monkeypatch):
@@ -372,3 +434,60 @@ def test_job_failures_write_the_failure_marker(tmp_path, monkeypatch, capsys):
     assert main(["--in_parts", "parts.star", "--in_3dref", "map.mrc", "--o", "job/"]) == 0
     assert (tmp_path / "job" / "RELION_JOB_EXIT_SUCCESS").exists()
     assert not (tmp_path / "job" / "RELION_JOB_EXIT_FAILURE").exists()
+
+
+def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch):
+    """The simulator's own rendering of particle labels (pseudo-atomic model, splatted projection, shared
+    binarise_projection) against labels reprojected from a 3D map of the same model."""
+    import scipy.ndimage
+
+    from relion_pixer.projection import euler_matrix
+    from relion_pixer.simulate.micrograph import _project_points, _slices
+    from relion_pixer.simulate.shapes import make_shape
+
+    monkeypatch.chdir(tmp_path)
+    model = make_shape(np.random.default_rng(7), "ribosome", diameter=240.0, n_points=3000)
+    mic_apix, shape = 5.0, (280, 320)
+    # the simulator's label map: a point q of the model lands at (R q)[:2]; RELION's matrix A does the same
+    n = 7
+    centres = rng.uniform([20, 20], [shape[1] - 20, shape[0] - 20], size=(n, 2))
+    centres[0] = [3.3, 140.6]  # half outside
+    centres[1] = centres[2] + [30.0, 12.0]  # overlapping
+    angles = np.column_stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))),
+                              rng.uniform(-180, 180, n)])
+    truth = np.zeros(shape, np.uint8)
+    for (x, y), a in zip(centres, angles):
+        R = euler_matrix(*a)
+        patch, half = _project_points(model.xyz, model.weight, R, mic_apix, model.blob_sigma,
+                                      (x - np.floor(x), y - np.floor(y)))
+        dst, src = _slices(shape, int(np.floor(y)) - half, int(np.floor(x)) - half, 2 * half + 1)
+        truth[dst][binarise_projection(patch)[src]] = PARTICLE
+    # the "refined map": the same model as a density (points splatted trilinearly, blurred by the point size)
+    vox, box = 2.5, 112
+    g = model.xyz / vox + box // 2  # (x, y, z) voxel coordinates
+    vol = np.zeros((box,) * 3, np.float64)
+    i0 = np.floor(g).astype(int)
+    f = g - i0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                w = model.weight * np.abs(1 - dx - f[:, 0]) * np.abs(1 - dy - f[:, 1]) * np.abs(1 - dz - f[:, 2])
+                np.add.at(vol, (i0[:, 2] + dz, i0[:, 1] + dy, i0[:, 0] + dx), w)
+    vol = scipy.ndimage.gaussian_filter(vol, model.blob_sigma / vox).astype(np.float32)
+    write_mrc(tmp_path / "run_class001.mrc", vol, vox)
+    write_mrc(tmp_path / "Micrographs" / "sim.mrc", rng.normal(size=shape).astype(np.float32), mic_apix)
+    coords = np.trunc(centres) + rng.integers(-5, 6, size=centres.shape)
+    origin_a = (np.trunc(coords) - centres) * mic_apix
+    df = pd.DataFrame({"rlnMicrographName": "Micrographs/sim.mrc", "rlnCoordinateX": coords[:, 0],
+                       "rlnCoordinateY": coords[:, 1], "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1],
+                       "rlnAnglePsi": angles[:, 2], "rlnOriginXAngst": origin_a[:, 0],
+                       "rlnOriginYAngst": origin_a[:, 1], "rlnOpticsGroup": 1})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnImagePixelSize": [vox], "rlnMicrographPixelSize": [mic_apix]})
+    _star(tmp_path / "run_data.star", {"optics": optics, "particles": df})
+    assert main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", "job/"]) == 0
+    label = mrcfile.read(tmp_path / "job" / "Micrographs" / "sim_labels.mrc").astype(np.uint8)
+    assert iou(label, truth) >= 0.8
+    # and the transposed convention (angles of the inverse rotation) would not do
+    bad = MaskRenderer(vol, vox, mic_apix).render(shape, -angles[:, 2], -angles[:, 1], -angles[:, 0], centres)
+    assert iou(bad, truth) < iou(label, truth) - 0.15

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,23 @@ def test_centres_labelled_particle_and_instances(family):
     assert m.instances.max() <= len(m.coords)
     # the particle diameter is what was asked, within the size jitter
     assert np.median(m.diameters_px) == pytest.approx(24, rel=0.1)
+    # overlaps: the most recently placed particle wins, so the id at a centre is its own or a later one
+    ids = m.instances[xy[:, 1], xy[:, 0]]
+    assert np.all(ids >= np.arange(1, len(xy) + 1)) and ids[-1] == len(xy)
+
+
+def test_mask_extent_matches_diameter():
+    m = _sim(3, shape=(256, 256), families="globular", particle_diameter_px=30, density=0.1, size_jitter=0.0)
+    widths = []
+    for i in range(1, len(m.coords) + 1):
+        ys, xs = np.nonzero(m.instances == i)
+        if len(xs) and xs.min() > 0 and ys.min() > 0 and xs.max() < 255 and ys.max() < 255:
+            widths.append(max(np.ptp(xs), np.ptp(ys)) + 1)
+    widths = np.asarray(widths)
+    assert len(widths) >= 5
+    # one view of the mask is at most the diameter (longest extent over views), and not much less for blobs
+    assert widths.max() <= 30 * 1.1
+    assert np.median(widths) >= 30 * 0.7
 
 
 def test_particles_are_dark():
@@ -86,6 +105,15 @@ def test_contamination_labelled_2():
     assert not np.any(cont[xy[:, 1], xy[:, 0]])
 
 
+def test_carbon_hole():
+    m = _sim(4, shape=(200, 200), carbon_hole=True)
+    assert m.meta["carbon"]["kind"] == "hole"
+    # carbon all around: the corners are label 2, the centre of the hole is not
+    assert all(m.labels[r, c] == CONTAMINATION for r, c in [(0, 0), (0, 199), (199, 0), (199, 199)])
+    assert m.labels[100, 100] != CONTAMINATION
+    assert 0.3 < m.meta["carbon"]["fraction"] < 0.9
+
+
 def test_quantised_export_like_real():
     m = _sim(8, quantise_8bit=True, export_mean=90.0, export_sd=7.0)
     assert np.array_equal(m.image, np.rint(m.image)) and m.image.min() >= 0 and m.image.max() <= 255
@@ -108,3 +136,126 @@ def test_bad_options_raise():
         _sim(families="banana")
     with pytest.raises(TypeError):
         _sim(no_such_option=1)
+
+
+# ------------------------------------------------------------------------------------------ models and files
+
+
+def test_procedural_shapes_span_sizes_and_elongation():
+    from relion_pixer.simulate import make_shape
+
+    rng = np.random.default_rng(0)
+    sizes, aspects = [], []
+    for fam in SHAPE_FAMILIES:
+        m = make_shape(rng, fam, n_points=1500)
+        sizes.append(m.diameter)
+        ev = np.sort(np.linalg.eigvalsh(np.cov(m.xyz.T.astype(np.float64))))
+        aspects.append(np.sqrt(ev[-1] / ev[0]))
+        assert abs(m.xyz.mean(axis=0)).max() < 1.0  # centred
+    assert min(sizes) < 400 and max(sizes) > 400
+    assert max(aspects) > 3.0 and min(aspects) < 1.6
+    assert make_shape(rng, "cage", diameter=700.0).diameter == pytest.approx(700.0)
+
+
+@pytest.mark.shared
+def test_atomic_models_from_shared_data(shared_data):
+    from relion_pixer.simulate import load_atomic_model, make_shape
+
+    pdb = shared_data / "pdb"
+    m = load_atomic_model(pdb / "adk_open.pdb")  # plain PDB
+    assert len(m.xyz) > 1000 and 50 < m.diameter < 120 and m.family == "atomic:adk_open.pdb"
+    m2 = load_atomic_model(pdb / "3KPR.cif.gz", max_points=2000)  # gzipped mmCIF, subsampled
+    assert len(m2.xyz) == 2000
+    assert m2.weight.sum() == pytest.approx(load_atomic_model(pdb / "3KPR.cif.gz").weight.sum(), rel=1e-5)
+    ring = make_shape(np.random.default_rng(0), "ring", diameter=400.0, subunit=m2)  # assembly of copies
+    assert ring.family == "ring:atomic:3KPR.cif.gz" and ring.diameter == pytest.approx(400.0)
+    sim = simulate_micrograph(
+        np.random.default_rng(0), shape=(128, 128), particle_diameter_px=24, families=(), model_files=[pdb / "adk_open.pdb"]
+    )
+    assert sim.meta["families"] == ["atomic:adk_open.pdb"] and len(sim.coords) > 0
+    xy = np.rint(sim.coords).astype(int)
+    assert np.mean(sim.labels[xy[:, 1], xy[:, 0]] == PARTICLE) > 0.9
+
+
+def test_broken_model_file_names_file(tmp_path):
+    from relion_pixer.simulate import ModelFileError, load_atomic_model
+
+    bad = tmp_path / "broken_model.cif"
+    bad.write_text('data_x\nloop_\n_atom_site.id\n"unterminated\n')
+    with pytest.raises(ModelFileError, match="broken_model.cif.*cannot parse"):
+        load_atomic_model(bad)
+    empty = tmp_path / "no_atoms.pdb"
+    empty.write_text("HEADER    NOTHING\nEND\n")
+    with pytest.raises(ModelFileError, match="no_atoms.pdb.*no atoms"):
+        load_atomic_model(empty)
+    with pytest.raises(ModelFileError, match="missing.pdb.*no such file"):
+        load_atomic_model(tmp_path / "missing.pdb")
+
+
+def test_project_writer_reads_back(tmp_path):
+    import json
+
+    import mrcfile
+    import starfile
+
+    from relion_pixer.simulate import simulate_project
+
+    out = simulate_project(tmp_path / "proj", 2, seed=5, shape=(160, 160), angpix=5.36, diameter_A=200.0, contamination=1.0)
+    star = starfile.read(out / "micrographs.star")
+    optics, mics = star["optics"], star["micrographs"]
+    for col in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnMicrographPixelSize", "rlnVoltage",
+                "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        assert col in optics.columns
+    assert optics["rlnMicrographPixelSize"].iloc[0] == pytest.approx(5.36)
+    for col in ("rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"):
+        assert col in mics.columns
+    assert len(mics) == 2
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["settings"]["seed"] == 5 and len(truth["micrographs"]) == 2
+    for i, row in mics.iterrows():
+        with mrcfile.open(out / row["rlnMicrographName"]) as mrc:
+            img = mrc.data
+            assert img.shape == (160, 160) and float(mrc.voxel_size.x) == pytest.approx(5.36, abs=1e-3)
+        name = Path(row["rlnMicrographName"]).stem
+        with mrcfile.open(out / "Labels" / f"{name}_labels.mrc") as mrc:
+            labels = mrc.data.astype(np.uint8)
+        coords = starfile.read(out / "Coordinates" / f"{name}.star")
+        xy = np.rint(coords[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()).astype(int)
+        assert len(xy) == truth["micrographs"][i]["n_particles"] > 0
+        assert np.all(labels[xy[:, 1], xy[:, 0]] == PARTICLE)
+        assert truth["micrographs"][i]["particle_diameter_A"] == pytest.approx(200.0, rel=0.01)
+        assert row["rlnDefocusU"] == pytest.approx(truth["micrographs"][i]["defocus_u"])
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_project_is_reproducible(tmp_path):
+    from relion_pixer.simulate import simulate_project
+
+    import mrcfile
+
+    a = simulate_project(tmp_path / "a", 1, seed=11, shape=(96, 96))
+    b = simulate_project(tmp_path / "b", 1, seed=11, shape=(96, 96))
+    with mrcfile.open(a / "Micrographs/mic_0000.mrc") as ma, mrcfile.open(b / "Micrographs/mic_0000.mrc") as mb:
+        np.testing.assert_array_equal(ma.data, mb.data)
+
+
+def test_cli_tiny(tmp_path, capsys):
+    import json
+
+    import starfile
+
+    from relion_pixer.cli import main as top_main
+    from relion_pixer.simulate.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["--n", "2", "--out", str(out), "--size", "96", "--seed", "2", "--snr", "0.05", "0.2",
+                 "--diameter", "150", "--family", "globular", "--quiet"]) == 0
+    assert len(starfile.read(out / "micrographs.star")["micrographs"]) == 2
+    assert (out / "Coordinates" / "mic_0001.star").is_file()
+    assert top_main(["simulate", "--n", "1", "--out", str(tmp_path / "cli2"), "--size", "64", "--quiet"]) == 0
+    assert main(["--n", "1", "--out", str(tmp_path / "dose"), "--size", "128", "--dose", "40", "--diameter", "150",
+                 "--contamination", "0", "--carbon", "0", "--quiet"]) == 0
+    rec = json.loads((tmp_path / "dose" / "truth.json").read_text())["micrographs"][0]
+    assert rec["dose"] == 40.0 and rec["snr"] > 0 and rec["snr_requested"] is None
+    assert main(["--n", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope.pdb"), "--quiet"]) == 1
+    assert "nope.pdb" in capsys.readouterr().err

@@ -25,6 +25,7 @@ __all__ = [
     "SimulatedMicrograph",
     "simulate_micrograph",
     "random_config",
+    "simulate_project",
     "SHAPE_FAMILIES",
     "ParticleModel",
     "ModelFileError",

@@ -45,9 +45,17 @@ import scipy.fft
 import scipy.ndimage
 from scipy.spatial.transform import Rotation
 
-from relion_pixer import BACKGROUND, CONTAMINATION, PARTICLE
+from relion_pixer import CONTAMINATION, PARTICLE
 from relion_pixer.masks import binarise_projection
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, FAMILY_SIZE_A, ParticleModel, load_atomic_model, make_shape
+from relion_pixer.simulate.shapes import (
+    ASSEMBLY_FAMILIES,
+    FAMILY_SIZE_A,
+    SHAPE_FAMILIES,
+    ParticleModel,
+    load_atomic_model,
+    make_shape,
+    project_model,
+)
 
 __all__ = [
     "SimulatedMicrograph",
@@ -120,8 +128,8 @@ def interaction_constant(voltage_kv: float) -> float:
 
 
 def _freq_grids(shape: tuple[int, int], angpix: float):
-    ky = scipy.fft.fftfreq(shape[0], d=angpix)
-    kx = scipy.fft.rfftfreq(shape[1], d=angpix)
+    ky = scipy.fft.fftfreq(shape[0], d=angpix).astype(np.float32)
+    kx = scipy.fft.rfftfreq(shape[1], d=angpix).astype(np.float32)
     return ky[:, None], kx[None, :]
 
 
@@ -162,65 +170,45 @@ def ctf_2d(
     ky, kx = _freq_grids(shape, angpix)
     k2 = kx**2 + ky**2
     ang = np.arctan2(ky, kx)
-    dz = 0.5 * (defocus_u + defocus_v) + 0.5 * (defocus_u - defocus_v) * np.cos(2.0 * (ang - math.radians(defocus_angle)))
+    dz = np.float32(0.5 * (defocus_u + defocus_v)) + np.float32(0.5 * (defocus_u - defocus_v)) * np.cos(
+        2.0 * (ang - np.float32(math.radians(defocus_angle)))
+    )
     lam = electron_wavelength(voltage)
     cs_a = cs * 1e7
-    chi = math.pi * lam * dz * k2 - 0.5 * math.pi * cs_a * lam**3 * k2**2 + math.radians(phase_shift)
+    chi = np.float32(math.pi * lam) * dz * k2 - np.float32(0.5 * math.pi * cs_a * lam**3) * k2 * k2
+    if phase_shift:
+        chi += np.float32(math.radians(phase_shift))
     w = float(amplitude_contrast)
-    ctf = math.sqrt(1.0 - w * w) * np.sin(chi) + w * np.cos(chi)
+    ctf = np.float32(math.sqrt(1.0 - w * w)) * np.sin(chi) + np.float32(w) * np.cos(chi)
     if bfactor:
-        ctf = ctf * np.exp(-0.25 * bfactor * k2)
+        ctf *= np.exp(np.float32(-0.25 * bfactor) * k2)
     return ctf.astype(np.float32)
 
 
 def _mtf_2d(shape: tuple[int, int], blur_px: float) -> np.ndarray:
     """Detector MTF on the rfft2 grid: pixel-integration sinc times a Gaussian of ``blur_px`` pixels."""
-    fy = scipy.fft.fftfreq(shape[0])[:, None]
-    fx = scipy.fft.rfftfreq(shape[1])[None, :]
+    fy = scipy.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+    fx = scipy.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
     mtf = np.sinc(fx) * np.sinc(fy)
     if blur_px > 0:
-        mtf = mtf * np.exp(-2.0 * (math.pi * blur_px) ** 2 * (fx**2 + fy**2))
+        mtf = mtf * np.exp(np.float32(-2.0 * (math.pi * blur_px) ** 2) * (fx**2 + fy**2))
     return mtf.astype(np.float32)
 
 
+def _workers(n: int) -> int:
+    # threads only pay off for large transforms; training tiles run single-threaded (no oversubscription in loaders)
+    return -1 if n >= 1 << 20 else 1
+
+
 def _rfft(a: np.ndarray) -> np.ndarray:
-    return scipy.fft.rfft2(a, workers=-1)
+    return scipy.fft.rfft2(a, workers=_workers(a.size))
 
 
 def _irfft(a: np.ndarray, shape) -> np.ndarray:
-    return scipy.fft.irfft2(a, s=shape, workers=-1).astype(np.float32, copy=False)
+    return scipy.fft.irfft2(a, s=shape, workers=_workers(shape[0] * shape[1])).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------------ rendering primitives
-
-
-def _project_points(xyz: np.ndarray, weight: np.ndarray, rot: np.ndarray, angpix: float, blob_sigma: float, frac_xy):
-    """Rotate, project along z, splat bilinearly; returns (patch of summed volume / pixel area, offset of centre).
-
-    The model centroid lands at patch position ``(half + frac_x, half + frac_y)``.
-    """
-    p = (xyz @ rot.T.astype(np.float32))[:, :2] / angpix  # (x, y) in pixels
-    sig = blob_sigma / angpix
-    ext = float(np.abs(p).max()) if len(p) else 1.0
-    half = int(math.ceil(ext + 3.0 * sig)) + 2
-    n = 2 * half + 1
-    x = p[:, 0] + half + frac_xy[0]
-    y = p[:, 1] + half + frac_xy[1]
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
-    fx = (x - x0).astype(np.float32)
-    fy = (y - y0).astype(np.float32)
-    idx = y0 * n + x0
-    w = weight
-    acc = np.bincount(idx, w * (1 - fx) * (1 - fy), minlength=n * n)
-    acc += np.bincount(idx + 1, w * fx * (1 - fy), minlength=n * n)[: n * n]
-    acc += np.bincount(idx + n, w * (1 - fx) * fy, minlength=n * n)[: n * n]
-    acc += np.bincount(idx + n + 1, w * fx * fy, minlength=n * n)[: n * n]
-    patch = acc[: n * n].reshape(n, n).astype(np.float32)
-    if sig > 0.3:
-        patch = scipy.ndimage.gaussian_filter(patch, sig, truncate=3.0)
-    patch /= angpix * angpix  # volume per pixel area -> thickness in Angstrom
-    return patch, half
 
 
 def _slices(shape, r0: int, c0: int, n: int):
@@ -234,18 +222,20 @@ def _slices(shape, r0: int, c0: int, n: int):
 
 
 def _smooth_field(rng, shape, n_waves: int = 4, max_cycles: float = 1.5) -> np.ndarray:
-    """Smooth random field in [-1, 1]-ish: a sum of low-frequency plane waves (separable, cheap)."""
+    """Smooth random field of unit-order amplitude: a sum of low-frequency plane waves.
+
+    ``cos(a x + b y + p) = cos(a x + p) cos(b y) - sin(a x + p) sin(b y)``, so the sum is one small matrix product.
+    """
     H, W = shape
-    y = np.arange(H, dtype=np.float32)[:, None] / max(H, W)
-    x = np.arange(W, dtype=np.float32)[None, :] / max(H, W)
-    out = np.zeros(shape, dtype=np.float32)
-    for _ in range(n_waves):
-        fx, fy = rng.uniform(-max_cycles, max_cycles, 2)
-        ph = rng.uniform(0, 2 * np.pi)
-        a = 2 * np.pi * fx * x + ph
-        b = 2 * np.pi * fy * y
-        out += np.cos(a) * np.cos(b) - np.sin(a) * np.sin(b)
-    return out / math.sqrt(n_waves)
+    y = np.arange(H, dtype=np.float64) / max(H, W)
+    x = np.arange(W, dtype=np.float64) / max(H, W)
+    fx, fy = rng.uniform(-max_cycles, max_cycles, (2, n_waves))
+    ph = rng.uniform(0, 2 * np.pi, n_waves)
+    a = 2 * np.pi * fx[:, None] * x[None, :] + ph[:, None]  # (K, W)
+    b = 2 * np.pi * fy[:, None] * y[None, :]  # (K, H)
+    left = np.concatenate([np.cos(b), -np.sin(b)]).T.astype(np.float32)  # (H, 2K)
+    right = np.concatenate([np.cos(a), np.sin(a)]).astype(np.float32)  # (2K, W)
+    return (left @ right) / np.float32(math.sqrt(n_waves))
 
 
 def _sphere_cluster(rng, diameter_px: float, n_spheres: int):
@@ -272,9 +262,13 @@ def _build_species(rng, n_species, families, model_files, diameter_A, n_points) 
     for _ in range(n_species):
         if model_files and (not families or rng.random() < 0.5):
             path = model_files[int(rng.integers(len(model_files)))]
-            m = load_atomic_model(path, max_points=n_points, rng=rng)
-            if diameter_A is not None:
-                m = m.scaled(diameter_A)
+            atom = load_atomic_model(path, max_points=n_points, rng=rng)
+            assemblies = [f for f in (families or ASSEMBLY_FAMILIES) if f in ASSEMBLY_FAMILIES]
+            if assemblies and rng.random() < 0.5:  # an assembly of copies of the atomic model
+                fam = assemblies[int(rng.integers(len(assemblies)))]
+                m = make_shape(rng, fam, diameter=diameter_A, n_points=n_points, subunit=atom)
+            else:
+                m = atom.scaled(diameter_A) if diameter_A is not None else atom
         else:
             fam = families[int(rng.integers(len(families)))]
             m = make_shape(rng, fam, diameter=diameter_A, n_points=n_points)
@@ -291,6 +285,7 @@ def simulate_micrograph(
     *,
     families: tuple[str, ...] | str = SHAPE_FAMILIES,
     model_files: tuple | list = (),
+    models: list | None = None,
     diameter_A: float | None = None,
     n_species: int = 1,
     size_jitter: float = 0.05,
@@ -304,16 +299,18 @@ def simulate_micrograph(
     defocus_um: float = 2.0,
     astigmatism_um: float = 0.05,
     astigmatism_angle: float | None = None,
-    bfactor: float = 100.0,
+    bfactor: float = 250.0,
     dose: float = 40.0,
-    mtf_blur_px: float = 0.6,
+    structural_noise: float = 0.6,
+    mtf_blur_px: float = 0.45,
     ice_thickness_A: float = 400.0,
-    ice_gradient: float = 0.2,
+    ice_gradient: float = 0.1,
     n_ice: int = 0,
     ice_size: tuple[float, float] = (1.0, 5.0),
     n_aggregates: int = 0,
     carbon_edge: bool = False,
     carbon_fraction: tuple[float, float] = (0.1, 0.4),
+    carbon_hole: bool = False,
     quantise_8bit: bool = False,
     export_mean: float = 90.0,
     export_sd: float = 7.0,
@@ -330,15 +327,20 @@ def simulate_micrograph(
     angpix : float
         Pixel size in Angstrom (used for the CTF, the dose and the particle scale).
     particle_diameter_px : float, optional
-        Scale every particle model so that its diameter (twice the largest distance of a model point from the
-        centroid, plus the point size: orientation-independent, the length of a rod) is this many pixels, before
-        per-particle jitter. None: the model's own size (``diameter_A``, or the family's natural range).
+        Scale every particle model so that its diameter is this many pixels (before per-particle jitter). The
+        diameter is the longest extent of the particle's binarised projection (the label-1 mask) over
+        orientations (:attr:`~relion_pixer.simulate.shapes.ParticleModel.diameter`): the length of a rod, the
+        diameter of a sphere. None: the model's own size (``diameter_A``, or the family's natural range).
     snr : float or None
         Wanted linear SNR (see the module docstring for the exact definition); None: use ``dose``.
     families : tuple of str or str
         Procedural shape families to draw species from (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`).
     model_files : sequence of path
-        Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not empty).
+        Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not
+        empty); half of those become assemblies (dimer, ring, cylinder, cage, filament among ``families``, or
+        any when ``families`` is empty) of copies of the model.
+    models : list of ParticleModel, optional
+        Use these particle models (e.g. the same species across a data set) instead of drawing species.
     diameter_A : float, optional
         Particle diameter in Angstrom when ``particle_diameter_px`` is None.
     n_species : int
@@ -362,6 +364,9 @@ def simulate_micrograph(
         Envelope B-factor (A^2): coherence, drift and detector losses.
     dose : float
         Electrons per A^2, used when ``snr`` is None.
+    structural_noise : float
+        Fraction (0..0.95) of the noise power that comes from the vitreous ice's amorphous structure (a random
+        phase field imaged through the CTF: Thon rings in the background); the rest is shot noise.
     mtf_blur_px : float
         Gaussian charge-spread of the detector MTF in pixels (0: sinc only).
     ice_thickness_A, ice_gradient : float
@@ -375,7 +380,10 @@ def simulate_micrograph(
     carbon_edge : bool
         Add a curved carbon film edge (the carbon side is label 2 and holds no particles).
     carbon_fraction : tuple of float
-        Range of the fraction of the image covered by carbon.
+        Range of the fraction of the image covered by carbon (``carbon_edge``).
+    carbon_hole : bool
+        Show a whole hole instead: a circular hole of radius 0.25-0.45 image sizes near the centre, carbon all
+        around it (label 2, no particles), as at low magnification.
     quantise_8bit : bool
         Export like an 8-bit micrograph: mean ``export_mean``, standard deviation ``export_sd``, rounded to
         integers in 0..255 (stored as float32).
@@ -406,7 +414,10 @@ def simulate_micrograph(
     # ---- particle species, scaled to the wanted size
     if particle_diameter_px is not None:
         diameter_A = float(particle_diameter_px) * angpix
-    species = _build_species(rng, max(1, int(n_species)), families, model_files, diameter_A, n_points)
+    if models:
+        species = list(models)
+    else:
+        species = _build_species(rng, max(1, int(n_species)), families, model_files, diameter_A, n_points)
     if diameter_A is not None:
         species = [m.scaled(diameter_A) for m in species]
     d_nominal_px = float(np.mean([m.diameter for m in species])) / angpix
@@ -423,28 +434,37 @@ def simulate_micrograph(
     t_ice = ice_thickness_A * (1.0 + ice_gradient * _smooth_field(rng, (H, W)))
     np.clip(t_ice, 0.0, None, out=t_ice)
 
-    # ---- carbon film edge: a large circular hole whose rim crosses the image
+    # ---- carbon film: a large circular hole whose rim crosses the image, or a whole hole in view
     carbon_info = None
-    if carbon_edge:
-        frac = rng.uniform(*carbon_fraction)
-        theta = rng.uniform(0, 2 * np.pi)
-        R = rng.uniform(0.8, 3.0) * max(H, W)
+    if carbon_edge or carbon_hole:
         cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
-        # distance of the rim from the image centre along theta so that about `frac` of the image is carbon
-        offset = (0.5 - frac) * (abs(np.cos(theta)) * W + abs(np.sin(theta)) * H)
-        hx, hy = cx - np.cos(theta) * (R - offset), cy - np.sin(theta) * (R - offset)
+        if carbon_hole:
+            R = rng.uniform(0.25, 0.45) * min(H, W)
+            hx, hy = cx + rng.uniform(-0.1, 0.1) * W, cy + rng.uniform(-0.1, 0.1) * H
+        else:
+            frac = rng.uniform(*carbon_fraction)
+            theta = rng.uniform(0, 2 * np.pi)
+            R = rng.uniform(0.8, 3.0) * max(H, W)
+            # distance of the rim from the image centre along theta so that about `frac` of the image is carbon
+            offset = (0.5 - frac) * (abs(np.cos(theta)) * W + abs(np.sin(theta)) * H)
+            hx, hy = cx - np.cos(theta) * (R - offset), cy - np.sin(theta) * (R - offset)
         yy = np.arange(H, dtype=np.float32)[:, None] - hy
         xx = np.arange(W, dtype=np.float32)[None, :] - hx
         dist = np.sqrt(xx * xx + yy * yy) - R  # > 0 on carbon
         carbon = dist > 0
         thick = rng.uniform(100.0, 250.0)
-        tex = rng.normal(0.0, 0.25, size=(H, W)).astype(np.float32)
+        tex = rng.standard_normal((H, W), dtype=np.float32) * np.float32(0.25)
         edge_soft = np.clip(dist + 0.5, 0.0, 1.0)
         t_carbon = (thick * edge_soft * (1.0 + tex)).astype(np.float32)
         # thicker ice at the rim of the hole
         t_ice += (0.6 * ice_thickness_A * np.exp(-np.clip(-dist, 0, None) / (2.0 * d_nominal_px))).astype(np.float32) * (~carbon)
         contam_mask |= carbon
-        carbon_info = {"fraction": float(carbon.mean()), "thickness_A": float(thick)}
+        carbon_info = {
+            "kind": "hole" if carbon_hole else "edge",
+            "fraction": float(carbon.mean()),
+            "thickness_A": float(thick),
+            "hole_radius_px": float(R),
+        }
 
     # ---- ice contamination: dense sphere clusters
     for _ in range(int(n_ice)):
@@ -463,14 +483,19 @@ def simulate_micrograph(
     for _ in range(int(n_aggregates)):
         k = int(rng.integers(4, 13))
         m = species[int(rng.integers(len(species)))]
-        spread = 0.45 * math.sqrt(k) * m.diameter / angpix
+        d_px = m.diameter / angpix
         rots = Rotation.random(k, rng=rng).as_matrix()
-        offs = rng.normal(scale=spread / 2.0, size=(k, 2))
+        # grow a connected clump: each member touches (overlaps) a random earlier one
+        offs = np.zeros((k, 2))
+        for j in range(1, k):
+            a = rng.uniform(0, 2 * np.pi)
+            offs[j] = offs[int(rng.integers(j))] + rng.uniform(0.45, 0.7) * d_px * np.array([np.cos(a), np.sin(a)])
+        offs -= offs.mean(axis=0)
         box = int(math.ceil(np.abs(offs).max() + m.diameter / angpix)) + 4
         n_box = 2 * box + 1
         acc = np.zeros((n_box, n_box), dtype=np.float32)
         for rot, (ox, oy) in zip(rots, offs):
-            patch, half = _project_points(m.xyz, m.weight, rot, angpix, m.blob_sigma, (0.0, 0.0))
+            patch, half = project_model(m, rot, angpix)
             r0, c0 = int(round(box + oy)) - half, int(round(box + ox)) - half
             sl = _slices(acc.shape, r0, c0, 2 * half + 1)
             if sl is not None:
@@ -481,7 +506,7 @@ def simulate_micrograph(
             continue
         dst, src = sl
         t_aggr[dst] += acc[src]
-        contam_mask[dst] |= binarise_projection(acc)[src]
+        contam_mask[dst] |= binarise_projection(acc, fraction=0.05)[src]  # whole clump, not only its dense core
 
     forbidden |= contam_mask
 
@@ -514,10 +539,13 @@ def simulate_micrograph(
     ctf = ctf_2d((H, W), angpix, voltage, cs, amplitude_contrast, dfu, dfv, astigmatism_angle, bfactor)
     mtf = _mtf_2d((H, W), mtf_blur_px)
 
-    contam_t_eff = 250.0 * np.tanh(t_contam / 250.0)  # strong phase objects: keep the linear CTF sane
-    phi_other = sigma * (_DV_PROTEIN * t_aggr + _DV_CARBON * t_carbon + _DV_ICE * contam_t_eff)
     transmission = np.exp(-(t_ice / _LAMBDA_ICE + t_carbon / _LAMBDA_CARBON + t_contam / _LAMBDA_CONTAM)).astype(np.float32)
-    c_other = _irfft(ctf * _rfft(phi_other), (H, W))
+    if t_aggr.any() or t_carbon.any() or t_contam.any():
+        contam_t_eff = 250.0 * np.tanh(t_contam / 250.0)  # strong phase objects: keep the linear CTF sane
+        phi_other = sigma * (_DV_PROTEIN * t_aggr + _DV_CARBON * t_carbon + _DV_ICE * contam_t_eff)
+        c_other = _irfft(ctf * _rfft(phi_other), (H, W))
+    else:  # nothing but particles in the ice: skip an FFT pair
+        c_other = np.zeros((H, W), dtype=np.float32)
     c_part = _irfft(ctf * _rfft(sigma * _DV_PROTEIN * t_particles), (H, W))
     # per unit of D a^2: intensity before the detector, and the particles' part of it
     intensity = transmission * (1.0 - 2.0 * (c_other + c_part))
@@ -525,31 +553,45 @@ def simulate_micrograph(
     sig_part = _irfft(mtf * _rfft(-2.0 * transmission * c_part), (H, W))
 
     pmask = labels == PARTICLE
-    mtf_power = float(_mean_power_rfft(mtf, W))
-    mean_int = float(intensity[pmask].mean()) if pmask.any() else float(intensity.mean())
-    if pmask.any():
-        unit_signal = float(np.mean(sig_part[pmask].astype(np.float64) ** 2))
-    else:
-        unit_signal = 0.0
+    region = pmask if pmask.any() else np.ones((H, W), dtype=bool)
+    mtf_power = _mean_power_rfft(mtf, W)
+    mean_int = float(intensity[region].mean())
+    unit_signal = float(np.mean(sig_part[pmask].astype(np.float64) ** 2)) if pmask.any() else 0.0
+    # vitreous-ice structure: an amorphous random phase field seen through the CTF and MTF; it puts Thon rings
+    # into the background as in real micrographs. Part of the noise, not of the clean image.
+    f_struct = float(np.clip(structural_noise, 0.0, 0.95))
+    struct_unit = None
+    if f_struct > 0:
+        spec = rng.standard_normal((H, W // 2 + 1), dtype=np.float32) + 1j * rng.standard_normal(
+            (H, W // 2 + 1), dtype=np.float32
+        )
+        struct_unit = -2.0 * transmission * _irfft(ctf * mtf * spec, (H, W))
+        u_struct = float(np.mean(struct_unit[region].astype(np.float64) ** 2))
     if snr is not None:
         if unit_signal <= 0:
             # no particles here: calibrate on virtual particles so the noise level matches the requested SNR
             unit_signal, mean_int = _virtual_calibration(
                 rng, species, (H, W), angpix, size_jitter, density, ctf, mtf, transmission, sigma
             )
-        counts_per_px = snr * mean_int * mtf_power / unit_signal
+        # shot-noise power (1 - f) P_noise = mean_int * c * mtf_power, with P_noise = unit_signal c^2 / snr
+        counts_per_px = snr * mean_int * mtf_power / ((1.0 - f_struct) * unit_signal)
         dose_used = counts_per_px / (angpix * angpix)
     else:
         dose_used = float(dose)
         counts_per_px = dose_used * angpix * angpix
-    expected = (counts_per_px * intensity).astype(np.float64)
+    expected = counts_per_px * intensity
     clean = _irfft(mtf * _rfft(expected), (H, W))
-    shot = rng.poisson(expected).astype(np.float32) - expected.astype(np.float32)
+    shot = rng.poisson(expected).astype(np.float32) - expected
     noise = _irfft(mtf * _rfft(shot), (H, W))
+    shot_power = mean_int * counts_per_px * mtf_power
+    struct_power = 0.0
+    if struct_unit is not None:
+        struct_power = f_struct / (1.0 - f_struct) * shot_power
+        noise += (math.sqrt(struct_power / u_struct) * struct_unit).astype(np.float32)
     image = clean + noise
 
     signal_power = unit_signal * counts_per_px**2
-    noise_power = mean_int * counts_per_px * mtf_power
+    noise_power = shot_power + struct_power
     snr_expected = signal_power / noise_power if signal_power > 0 else float("nan")
     if pmask.any():
         noise_measured = float(np.var(noise[pmask].astype(np.float64)))
@@ -581,6 +623,8 @@ def simulate_micrograph(
         "signal_power": float(signal_power),
         "noise_power": float(noise_power),
         "dose": float(dose_used),
+        "counts_per_px": float(counts_per_px),
+        "structural_noise": f_struct,
         "voltage": float(voltage),
         "cs": float(cs),
         "amplitude_contrast": float(amplitude_contrast),
@@ -646,7 +690,7 @@ def _place_particles(rng, species, n_target, shape, angpix, size_jitter, min_sep
                 continue
         rot = Rotation.random(rng=rng).as_matrix()
         fx, fy = x - math.floor(x), y - math.floor(y)
-        patch, half = _project_points(m.xyz * scale, m.weight * scale**3, rot, angpix, m.blob_sigma * scale, (fx, fy))
+        patch, half = project_model(m, rot, angpix, (fx, fy), scale)
         sl = _slices(shape, math.floor(y) - half, math.floor(x) - half, 2 * half + 1)
         if sl is None:  # cannot happen for a centre inside the image; kept for safety
             continue
@@ -681,7 +725,8 @@ def _mean_power_rfft(h: np.ndarray, width: int) -> float:
     w[0] = 1.0
     if width % 2 == 0:
         w[-1] = 1.0
-    return float((np.abs(h.astype(np.float64)) ** 2 * w[None, :]).sum() / (h.shape[0] * width))
+    col = np.einsum("ij,ij->j", h, h, dtype=np.float64) if not np.iscomplexobj(h) else (np.abs(h) ** 2).sum(axis=0)
+    return float((col * w).sum() / (h.shape[0] * width))
 
 
 def _db(x) -> float:
@@ -699,10 +744,10 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     ``shape``). The result can be passed on as ``simulate_micrograph(rng, **random_config(rng, ...))``.
 
     Drawn: ``snr`` log-uniform 0.01..0.5 (-20..-3 dB), ``voltage`` 200 or 300 kV with ``cs`` 2.0-2.7 mm,
-    ``amplitude_contrast`` 0.07-0.1, ``defocus_um`` 0.5-3.5, ``astigmatism_um`` 0-0.3, ``bfactor`` 20-250,
-    ``mtf_blur_px`` 0-1.2, one shape family (``families``), ``n_species`` 1 (10 %: 2), ``size_jitter`` 0-0.12,
+    ``amplitude_contrast`` 0.07-0.1, ``defocus_um`` 0.5-3.5, ``astigmatism_um`` 0-0.3, ``bfactor`` 20-400,
+    ``mtf_blur_px`` 0-1.2, ``structural_noise`` 0.2-0.8, one shape family (``families``), ``n_species`` 1 (10 %: 2), ``size_jitter`` 0-0.12,
     ``density`` log-uniform 0.02-0.5, ``min_separation`` 0.7-1.1 (touching and overlapping particles),
-    ``empty`` (5 %), ``n_ice`` (40 %: 1-4), ``n_aggregates`` (25 %: 1-3), ``carbon_edge`` (15 %),
+    ``empty`` (5 %), ``n_ice`` (40 %: 1-4), ``n_aggregates`` (25 %: 1-3), ``carbon_edge`` (15 %), ``carbon_hole`` (4 %),
     ``ice_thickness_A`` 200-900, ``ice_gradient`` 0-0.5, ``quantise_8bit`` (50 %, with ``export_sd`` 5-10) and
     ``angpix``: when ``particle_diameter_px`` is in ``overrides`` the particle is given a physical diameter drawn
     from its family's size range and ``angpix = diameter_A / particle_diameter_px``; otherwise 1-6 A/px.
@@ -724,8 +769,9 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     cfg["amplitude_contrast"] = float(rng.uniform(0.07, 0.1))
     cfg["defocus_um"] = float(rng.uniform(0.5, 3.5))
     cfg["astigmatism_um"] = float(rng.uniform(0.0, 0.3))
-    cfg["bfactor"] = float(rng.uniform(20.0, 250.0))
+    cfg["bfactor"] = float(rng.uniform(20.0, 400.0))
     cfg["mtf_blur_px"] = float(rng.uniform(0.0, 1.2))
+    cfg["structural_noise"] = float(rng.uniform(0.2, 0.8))
     fam = str(rng.choice(SHAPE_FAMILIES))
     cfg["families"] = (fam,)
     cfg["n_species"] = 2 if rng.random() < 0.1 else 1
@@ -736,10 +782,17 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     cfg["n_ice"] = int(rng.integers(1, 5)) if rng.random() < 0.4 else 0
     cfg["n_aggregates"] = int(rng.integers(1, 4)) if rng.random() < 0.25 else 0
     cfg["carbon_edge"] = bool(rng.random() < 0.15)
+    cfg["carbon_hole"] = bool(rng.random() < 0.04)
     cfg["ice_thickness_A"] = float(rng.uniform(200.0, 900.0))
     cfg["ice_gradient"] = float(rng.uniform(0.0, 0.5))
     cfg["quantise_8bit"] = bool(rng.random() < 0.5)
     cfg["export_sd"] = float(rng.uniform(5.0, 10.0))
+    fixed = overrides.get("families")
+    if fixed:  # size the particle for the family that will actually be drawn
+        fixed = (fixed,) if isinstance(fixed, str) else tuple(fixed)
+        fam = fixed[int(rng.integers(len(fixed)))]
+        if fam not in FAMILY_SIZE_A:
+            raise ValueError(f"unknown shape family {fam!r}; choose from {', '.join(SHAPE_FAMILIES)}")
     lo, hi = FAMILY_SIZE_A[fam]
     diameter_A = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     if overrides.get("particle_diameter_px") is not None:

@@ -12,7 +12,9 @@ Procedural families (no data needed at run time): ``globular``, ``dimer``, ``rin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +22,18 @@ import numpy as np
 __all__ = [
     "ParticleModel",
     "SHAPE_FAMILIES",
+    "ASSEMBLY_FAMILIES",
     "make_shape",
+    "project_model",
     "load_atomic_model",
     "ModelFileError",
 ]
 
 #: Procedural shape families, each drawable by :func:`make_shape`.
 SHAPE_FAMILIES = ("globular", "dimer", "ring", "cylinder", "cage", "elongated", "ribosome")
+
+#: Families that are assemblies of subunits (can be built from an atomic model with ``make_shape(subunit=...)``).
+ASSEMBLY_FAMILIES = ("dimer", "ring", "cylinder", "cage", "elongated")
 
 #: Typical size range of each family (longest extent, Angstrom) when no size is given.
 FAMILY_SIZE_A = {
@@ -76,14 +83,27 @@ class ParticleModel:
     blob_sigma: float
     family: str
 
-    @property
-    def diameter(self) -> float:
-        """Diameter in Angstrom: twice the largest distance of a point from the centroid, plus the blob size.
+    _diameter: float | None = field(default=None, repr=False, compare=False)
 
-        Orientation-independent; for a sphere it is the sphere's diameter, for a rod its length.
-        """
+    @property
+    def extent(self) -> float:
+        """Geometric extent in Angstrom: twice the largest distance of a point from the centroid, plus 2 blob sigmas."""
         r = float(np.sqrt((self.xyz.astype(np.float64) ** 2).sum(axis=1).max())) if len(self.xyz) else 0.0
         return 2.0 * r + 2.0 * self.blob_sigma
+
+    @property
+    def diameter(self) -> float:
+        """Particle diameter in Angstrom: the longest extent of its binarised projection, over orientations.
+
+        The particle is projected in :data:`DIAMETER_VIEWS` fixed orientations at a sampling of
+        ``extent / 64``; each projection is binarised with :func:`relion_pixer.masks.binarise_projection`
+        (the label-map definition of the particle) and its Feret diameter is measured (largest width over
+        8 directions). The diameter is the largest of these: the length of a rod, the diameter of a sphere,
+        the visible size a user would type as "particle diameter". Computed once and cached.
+        """
+        if self._diameter is None:
+            self._diameter = _mask_diameter(self)
+        return self._diameter
 
     def scaled(self, diameter: float) -> "ParticleModel":
         """Copy scaled isotropically so that :attr:`diameter` becomes ``diameter`` (Angstrom).
@@ -92,8 +112,93 @@ class ParticleModel:
         """
         f = float(diameter) / self.diameter
         return ParticleModel(
-            (self.xyz * f).astype(np.float32), (self.weight * f**3).astype(np.float32), self.blob_sigma * f, self.family
+            (self.xyz * f).astype(np.float32),
+            (self.weight * f**3).astype(np.float32),
+            self.blob_sigma * f,
+            self.family,
+            float(diameter),
         )
+
+
+#: Orientations over which :attr:`ParticleModel.diameter` takes the largest mask extent.
+DIAMETER_VIEWS = 16
+
+
+def project_model(
+    model: "ParticleModel", rot: np.ndarray, angpix: float, frac_xy=(0.0, 0.0), scale: float = 1.0
+) -> tuple[np.ndarray, int]:
+    """Project a model along z after rotating it: the projected protein thickness (Angstrom) on a square patch.
+
+    Points are rotated (``rot @ xyz``), splatted bilinearly onto pixels of ``angpix`` Angstrom and blurred by the
+    point size. The centroid lands at patch position ``(half + frac_x, half + frac_y)`` (x = column).
+
+    Parameters
+    ----------
+    model : ParticleModel
+    rot : numpy.ndarray
+        3 x 3 rotation matrix.
+    angpix : float
+        Pixel size in Angstrom.
+    frac_xy : tuple of float
+        Sub-pixel offset of the centroid.
+    scale : float
+        Isotropic scale applied on the fly (size jitter), as :meth:`ParticleModel.scaled` would.
+
+    Returns
+    -------
+    patch : numpy.ndarray
+        ``(2 half + 1)`` square float32 thickness map.
+    half : int
+    """
+    import scipy.ndimage
+
+    p = (model.xyz @ (np.asarray(rot, dtype=np.float32).T * np.float32(scale / angpix)))[:, :2]
+    sig = model.blob_sigma * scale / angpix
+    ext = float(np.abs(p).max()) if len(p) else 1.0
+    half = int(math.ceil(ext + 3.0 * sig)) + 2
+    n = 2 * half + 1
+    x = p[:, 0] + np.float32(half + frac_xy[0])
+    y = p[:, 1] + np.float32(half + frac_xy[1])
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = x - x0
+    fy = y - y0
+    idx = y0.astype(np.int64) * n + x0.astype(np.int64)
+    w = model.weight * np.float32(scale**3)
+    size = n * n + n + 2
+    acc = np.bincount(idx, w * (1 - fx) * (1 - fy), minlength=size)
+    acc += np.bincount(idx + 1, w * fx * (1 - fy), minlength=size)
+    acc += np.bincount(idx + n, w * (1 - fx) * fy, minlength=size)
+    acc += np.bincount(idx + n + 1, w * fx * fy, minlength=size)
+    patch = acc[: n * n].reshape(n, n).astype(np.float32)
+    if sig > 0.3:
+        patch = scipy.ndimage.gaussian_filter(patch, sig, truncate=3.0)
+    patch *= np.float32(1.0 / (angpix * angpix))  # volume per pixel area -> thickness in Angstrom
+    return patch, half
+
+
+def _feret(mask: np.ndarray) -> float:
+    """Largest width of a binary mask over 8 directions, in pixels."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0
+    best = 0.0
+    for a in np.arange(8) * (np.pi / 8):
+        proj = xs * np.cos(a) + ys * np.sin(a)
+        best = max(best, float(proj.max() - proj.min()) + 1.0)
+    return best
+
+
+def _mask_diameter(model: "ParticleModel") -> float:
+    from scipy.spatial.transform import Rotation
+
+    from relion_pixer.masks import binarise_projection
+
+    px = model.extent / 64.0
+    if px <= 0:
+        return 0.0
+    rots = Rotation.random(DIAMETER_VIEWS, rng=np.random.default_rng(20240601)).as_matrix()
+    return max(_feret(binarise_projection(project_model(model, r, px)[0])) for r in rots) * px
 
 
 def _centre(xyz: np.ndarray) -> np.ndarray:
@@ -110,13 +215,17 @@ def _ball(rng: np.random.Generator, n: int, radii) -> np.ndarray:
 
 def _lumpy_blob(rng: np.random.Generator, n: int, radius: float, lumps: int = 6) -> np.ndarray:
     """Globular domain made of a few overlapping sub-domains (domains, not a smooth ball)."""
-    n_core = int(0.4 * n)  # a continuous core, so domains touch as in a folded protein
+    n_core = int(0.3 * n)  # a continuous core, so domains touch as in a folded protein
     centres = _ball(rng, lumps, (0.45 * radius,) * 3)
     sizes = rng.uniform(0.45, 0.7, lumps) * radius
-    counts = rng.multinomial(n - n_core, sizes**3 / (sizes**3).sum())
+    # domains differ in density (protein vs nucleic acid, packing): uneven point densities give internal texture
+    dens = rng.lognormal(0.0, 0.8, lumps)
+    counts = rng.multinomial(n - n_core, sizes**3 * dens / (sizes**3 * dens).sum())
     parts = [c + _ball(rng, k, (s * rng.uniform(0.8, 1.2), s * rng.uniform(0.8, 1.2), s)) for c, s, k in zip(centres, sizes, counts)]
     parts.append(_ball(rng, n_core, (0.85 * radius,) * 3))
-    return np.concatenate(parts)
+    xyz = np.concatenate(parts)
+    # keep the domains inside the envelope: no stray points that would inflate the diameter
+    return xyz[(xyz**2).sum(axis=1) <= radius * radius]
 
 
 def _rot_z(a: float) -> np.ndarray:
@@ -124,18 +233,30 @@ def _rot_z(a: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _subunit(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
-    return _lumpy_blob(rng, n, radius, lumps=int(rng.integers(2, 5)))
+def _subunit(rng: np.random.Generator, n: int, radius: float, template: "ParticleModel | None" = None) -> np.ndarray:
+    """One subunit of an assembly: a lumpy blob, or ``template`` (e.g. an atomic model) turned at random and
+    scaled so that the sphere with its radius of gyration has radius ``radius``."""
+    if template is None:
+        return _lumpy_blob(rng, n, radius, lumps=int(rng.integers(2, 5)))
+    from scipy.spatial.transform import Rotation
+
+    xyz = template.xyz.astype(np.float64)
+    if len(xyz) > n:
+        xyz = xyz[rng.choice(len(xyz), size=n, replace=False)]
+    xyz = xyz @ Rotation.random(rng=rng).as_matrix().T
+    # the radius of the uniform sphere with the same radius of gyration: irregular subunits still touch
+    r = float(np.sqrt(5.0 / 3.0 * (xyz**2).sum(axis=1).mean())) or 1.0
+    return xyz * (radius / r)
 
 
-def _ring(rng, n, size, layers=1):
+def _ring(rng, n, size, layers=1, template=None):
     k = int(rng.integers(5, 15))  # fold
     R = size / 2.0
     r_sub = R * np.sin(np.pi / k) * rng.uniform(1.3, 1.7)
     R_c = R - r_sub
     per = max(8, n // (k * layers))
-    unit = _subunit(rng, per, r_sub)
-    height = 1.5 * r_sub
+    unit = _subunit(rng, per, r_sub, template)
+    height = 1.2 * r_sub
     parts = []
     for layer in range(layers):
         z = (layer - (layers - 1) / 2.0) * height
@@ -146,7 +267,7 @@ def _ring(rng, n, size, layers=1):
     return np.concatenate(parts)
 
 
-def _cage(rng, n, size):
+def _cage(rng, n, size, template=None):
     k = int(rng.choice([12, 24, 32, 60]))
     R = size / 2.0
     # quasi-uniform points on a sphere (Fibonacci)
@@ -156,17 +277,17 @@ def _cage(rng, n, size):
     dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
     r_sub = R * np.sqrt(4.0 / k) * rng.uniform(0.9, 1.1)
     per = max(8, n // k)
-    unit = _subunit(rng, per, r_sub)
+    unit = _subunit(rng, per, r_sub, template)
     return np.concatenate([unit + d * (R - r_sub) for d in dirs])
 
 
-def _elongated(rng, n, size):
-    """Helical filament segment or rod: subunits along a helix, length ``size``, width 80-200 A."""
-    width = rng.uniform(0.15, 0.35) * size
+def _elongated(rng, n, size, template=None):
+    """Helical filament segment or rod: subunits along a helix, length ``size``, width 20-40 % of it."""
+    width = rng.uniform(0.2, 0.4) * size
     k = max(4, int(size / (0.35 * width)))
     r_sub = 0.35 * width
     per = max(8, n // k)
-    unit = _subunit(rng, per, r_sub)
+    unit = _subunit(rng, per, r_sub, template)
     rise = (size - 2 * r_sub) / (k - 1)
     twist = rng.uniform(0.5, 3.0)
     R_h = 0.15 * width
@@ -174,7 +295,13 @@ def _elongated(rng, n, size):
     return np.concatenate(parts)
 
 
-def make_shape(rng: np.random.Generator, family: str, diameter: float | None = None, n_points: int | None = None) -> ParticleModel:
+def make_shape(
+    rng: np.random.Generator,
+    family: str,
+    diameter: float | None = None,
+    n_points: int | None = None,
+    subunit: "ParticleModel | None" = None,
+) -> ParticleModel:
     """Draw a procedural pseudo-atomic model.
 
     Parameters
@@ -187,14 +314,20 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
         Wanted diameter (see :attr:`ParticleModel.diameter`) in Angstrom; default drawn from
         :data:`FAMILY_SIZE_A`.
     n_points : int, optional
-        Number of points (default: grows with the volume, at most :data:`MAX_POINTS`).
+        Number of points (default :data:`MAX_POINTS`).
+    subunit : ParticleModel, optional
+        Build the assembly (families in :data:`ASSEMBLY_FAMILIES`) from copies of this model, e.g. an atomic
+        model from :func:`load_atomic_model`, instead of procedural blobs.
 
     Returns
     -------
     ParticleModel
+        ``family`` is the family name, or ``"<family>:<subunit family>"`` when built from ``subunit``.
     """
     if family not in SHAPE_FAMILIES:
         raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+    if subunit is not None and family not in ASSEMBLY_FAMILIES:
+        raise ValueError(f"family {family!r} is not an assembly; subunits work with {', '.join(ASSEMBLY_FAMILIES)}")
     if diameter is None:
         lo, hi = FAMILY_SIZE_A[family]
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -204,35 +337,40 @@ def make_shape(rng: np.random.Generator, family: str, diameter: float | None = N
     size = 100.0  # build at a reference size, then scale
     if family == "globular":
         aspect = rng.uniform(0.6, 1.0, 2)
-        xyz = _lumpy_blob(rng, n, size / 2, lumps=int(rng.integers(3, 9))) * np.array([1.0, aspect[0], aspect[1]])
+        xyz = _lumpy_blob(rng, n, size / 2, lumps=int(rng.integers(4, 14))) * np.array([1.0, aspect[0], aspect[1]])
     elif family == "dimer":
         r1 = size / 4
         r2 = r1 * rng.uniform(0.7, 1.0)
         n1 = int(n * r1**3 / (r1**3 + r2**3))
-        a = _lumpy_blob(rng, n1, r1, 4) - np.array([r1 * 0.7, 0, 0])
-        b = _lumpy_blob(rng, n - n1, r2, 4) + np.array([r2 * 0.7, 0, 0])
+        if subunit is None:
+            a = _lumpy_blob(rng, n1, r1, 4) - np.array([r1 * 0.7, 0, 0])
+            b = _lumpy_blob(rng, n - n1, r2, 4) + np.array([r2 * 0.7, 0, 0])
+        else:  # homodimer
+            a = _subunit(rng, n // 2, r1, subunit) - np.array([r1 * 0.45, 0, 0])
+            b = _subunit(rng, n // 2, r1, subunit) + np.array([r1 * 0.45, 0, 0])
         xyz = np.concatenate([a, b])
     elif family == "ring":
-        xyz = _ring(rng, n, size, layers=1)
+        xyz = _ring(rng, n, size, layers=1, template=subunit)
     elif family == "cylinder":
-        xyz = _ring(rng, n, size * 0.8, layers=int(rng.integers(2, 5)))
+        xyz = _ring(rng, n, size * 0.6, layers=int(rng.integers(3, 6)), template=subunit)
     elif family == "cage":
-        xyz = _cage(rng, n, size)
+        xyz = _cage(rng, n, size, template=subunit)
     elif family == "elongated":
-        xyz = _elongated(rng, n, size)
+        xyz = _elongated(rng, n, size, template=subunit)
     else:  # ribosome: large subunit and a smaller one sitting on it, slightly offset
         r_l = size * 0.3
-        r_s = r_l * rng.uniform(0.65, 0.8)
+        r_s = r_l * rng.uniform(0.7, 0.85)
         n_l = int(n * 0.65)
-        large = _lumpy_blob(rng, n_l, r_l, 7) * np.array([1.0, 0.9, 0.8])
-        small = _lumpy_blob(rng, n - n_l, r_s, 5) * np.array([1.1, 0.7, 0.8]) + np.array([0.0, 0.15 * r_l, r_l * 0.75])
+        large = _lumpy_blob(rng, n_l, r_l, 14) * np.array([1.0, 0.9, 0.8])
+        small = _lumpy_blob(rng, n - n_l, r_s, 8) * np.array([1.15, 0.8, 0.85]) + np.array([0.0, 0.15 * r_l, r_l * 0.6])
         xyz = np.concatenate([large, small])
     xyz = _centre(xyz)
-    # protein fills about 60 % of the convex volume of the sub-domains: share it over the points
-    blob = size / 50.0
+    # protein volume: the voxels (two point sizes wide) that hold points; shared evenly over the points
+    blob = size / 70.0
     vol = _approx_volume(xyz, blob * 2.0)
     weight = np.full(len(xyz), vol / len(xyz), dtype=np.float32)
-    model = ParticleModel(xyz, weight, blob, family)
+    name = family if subunit is None else f"{family}:{subunit.family}"
+    model = ParticleModel(xyz, weight, blob, name)
     return model.scaled(diameter)
 
 
@@ -242,6 +380,30 @@ def _approx_volume(xyz: np.ndarray, voxel: float) -> float:
     idx -= idx.min(axis=0)
     key = (idx[:, 0] * 100003 + idx[:, 1]) * 100003 + idx[:, 2]
     return float(len(np.unique(key))) * voxel**3
+
+
+@functools.lru_cache(maxsize=128)
+def _read_heavy_atoms(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """Heavy-atom coordinates of the first model of a PDB/mmCIF file (cached by path, mtime and size)."""
+    try:
+        import gemmi
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelFileError(path, "reading atomic models needs the 'gemmi' package (pip install gemmi)") from exc
+    try:
+        st = gemmi.read_structure(path)
+    except Exception as exc:  # gemmi raises RuntimeError / ValueError with a message
+        raise ModelFileError(path, f"cannot parse atomic model ({type(exc).__name__}: {exc})") from exc
+    if len(st) == 0:
+        raise ModelFileError(path, "no models in file")
+    st.remove_hydrogens()
+    st.remove_waters()
+    coords = [a.pos.tolist() for ch in st[0] for res in ch for a in res]
+    if not coords:
+        raise ModelFileError(path, "no atoms in the first model")
+    xyz = np.asarray(coords, dtype=np.float64)
+    if not np.all(np.isfinite(xyz)):
+        raise ModelFileError(path, "non-finite atom coordinates")
+    return xyz
 
 
 def load_atomic_model(path, max_points: int | None = None, rng: np.random.Generator | None = None) -> ParticleModel:
@@ -271,24 +433,9 @@ def load_atomic_model(path, max_points: int | None = None, rng: np.random.Genera
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "no such file")
-    try:
-        import gemmi
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelFileError(path, "reading atomic models needs the 'gemmi' package (pip install gemmi)") from exc
-    try:
-        st = gemmi.read_structure(str(path))
-    except Exception as exc:  # gemmi raises RuntimeError / ValueError with a message
-        raise ModelFileError(path, f"cannot parse atomic model ({type(exc).__name__}: {exc})") from exc
-    if len(st) == 0:
-        raise ModelFileError(path, "no models in file")
-    st.remove_hydrogens()
-    st.remove_waters()
-    coords = [a.pos.tolist() for ch in st[0] for res in ch for a in res]
-    if not coords:
-        raise ModelFileError(path, "no atoms in the first model")
-    xyz = np.asarray(coords, dtype=np.float64)
-    if not np.all(np.isfinite(xyz)):
-        raise ModelFileError(path, "non-finite atom coordinates")
+    stat = path.stat()
+    # parsed files are cached (training draws the same models again and again); the copy keeps the cache intact
+    xyz = _read_heavy_atoms(str(path.resolve()), stat.st_mtime_ns, stat.st_size).copy()
     weight = np.full(len(xyz), ATOM_VOLUME_A3, dtype=np.float32)
     if max_points is not None and len(xyz) > max_points:
         rng = rng if rng is not None else np.random.default_rng(0)

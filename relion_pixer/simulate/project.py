@@ -1,0 +1,271 @@
+"""Write simulated micrographs as a RELION-looking project with ground truth.
+
+Layout of ``out_dir``::
+
+    Micrographs/mic_0000.mrc            float32 micrographs, header pixel size set
+    Labels/mic_0000_labels.mrc          int8 label maps (0 background, 1 particle, 2 contamination)
+    Labels/mic_0000_instances.mrc       int16 instance maps (particle index + 1, 0 elsewhere; float32 if > 32767)
+    Coordinates/mic_0000.star           ground-truth centres, _rlnCoordinateX/Y (0-based pixels, x = column)
+    micrographs.star                    data_optics + data_micrographs (with CTF columns), RELION 3.1+ style
+    truth.json                          settings, seed and per-micrograph meta (SNR, particle diameter, ...)
+
+Every file is written to a temporary name in its folder and renamed into place, so an interrupted run leaves
+no half-written file. Micrograph ``i`` is drawn from its own generator (``SeedSequence(seed).spawn``), so the
+same seed gives the same files, and micrograph ``i`` does not depend on ``n``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from relion_pixer.simulate.micrograph import SimulatedMicrograph, simulate_micrograph
+from relion_pixer.simulate.shapes import SHAPE_FAMILIES, load_atomic_model, make_shape
+
+__all__ = ["simulate_project", "write_micrograph_files"]
+
+
+@contextmanager
+def _atomic(path: Path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_mrc(path: Path, data: np.ndarray, angpix: float) -> None:
+    import mrcfile
+
+    with _atomic(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(data))
+            mrc.voxel_size = float(angpix)
+
+
+def _write_star(path: Path, blocks: dict) -> None:
+    import starfile
+
+    with _atomic(path) as tmp:
+        starfile.write(blocks, tmp, overwrite=True)
+
+
+def write_micrograph_files(out_dir, name: str, sim: SimulatedMicrograph, angpix: float) -> dict:
+    """Write one simulated micrograph, its label and instance maps and its coordinate STAR.
+
+    Returns the paths written, relative to ``out_dir``.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    rel = {
+        "micrograph": f"Micrographs/{name}.mrc",
+        "labels": f"Labels/{name}_labels.mrc",
+        "instances": f"Labels/{name}_instances.mrc",
+        "coordinates": f"Coordinates/{name}.star",
+    }
+    _write_mrc(out_dir / rel["micrograph"], sim.image.astype(np.float32), angpix)
+    _write_mrc(out_dir / rel["labels"], sim.labels.astype(np.int8), angpix)
+    inst = sim.instances.astype(np.int16) if sim.instances.max(initial=0) < 32767 else sim.instances.astype(np.float32)
+    _write_mrc(out_dir / rel["instances"], inst, angpix)
+    df = pd.DataFrame(
+        {
+            "rlnCoordinateX": sim.coords[:, 0].astype(float),
+            "rlnCoordinateY": sim.coords[:, 1].astype(float),
+        }
+    )
+    _write_star(out_dir / rel["coordinates"], {"": df})
+    return rel
+
+
+def simulate_project(
+    out_dir,
+    n: int,
+    seed: int = 0,
+    shape: tuple[int, int] = (1024, 1024),
+    angpix: float = 5.36,
+    snr: float | tuple[float, float] | None = 0.05,
+    diameter_A: float | None = None,
+    family: str | None = None,
+    model_file=None,
+    defocus_um: tuple[float, float] = (0.8, 3.5),
+    voltage: float = 300.0,
+    cs: float = 2.7,
+    amplitude_contrast: float = 0.1,
+    contamination: float = 0.5,
+    carbon_probability: float = 0.1,
+    quantise_8bit: bool = True,
+    progress: bool = False,
+    **options,
+) -> Path:
+    """Simulate ``n`` micrographs of one particle species and write them as a RELION-looking project.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Project folder (created; existing files of the same names are replaced).
+    n : int
+        Number of micrographs.
+    seed : int
+        Seed; the same seed and settings give the same project.
+    shape : tuple of int
+        Micrograph shape ``(H, W)``.
+    angpix : float
+        Pixel size in Angstrom (written to the MRC headers and the optics table).
+    snr : float, (low, high) or None
+        Linear SNR of every micrograph, a log-uniform range drawn per micrograph, or None for the dose in
+        ``options`` (default 40 e/A^2).
+    diameter_A : float, optional
+        Particle diameter in Angstrom (default: the family's own size range; 300 A for ``ribosome``-like).
+    family : str, optional
+        Procedural shape family (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`); default ``ribosome``
+        unless ``model_file`` is given.
+    model_file : str or Path, optional
+        Atomic model (PDB / mmCIF) to use as the particle instead of a procedural shape.
+    defocus_um : tuple of float
+        Range the defocus of each micrograph is drawn from (uniform).
+    voltage, cs, amplitude_contrast : float
+        Optics, written to ``data_optics``.
+    contamination : float
+        Mean number of ice blobs per micrograph (Poisson); aggregates get a third of it.
+    carbon_probability : float
+        Probability that a micrograph shows a carbon film edge.
+    quantise_8bit : bool
+        Export the micrographs like 8-bit images (as the EMPIAR-10028 exports).
+    progress : bool
+        Show a progress bar (tqdm).
+    **options
+        Further fixed :func:`simulate_micrograph` options (e.g. ``density``, ``mtf_blur_px``).
+
+    Returns
+    -------
+    Path
+        The project folder.
+    """
+    import pandas as pd
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    children = np.random.SeedSequence(int(seed)).spawn(int(n) + 1)
+    species_rng = np.random.default_rng(children[0])
+    if model_file is not None:
+        model = load_atomic_model(model_file, max_points=options.get("n_points", 4000), rng=species_rng)
+        if diameter_A is not None:
+            model = model.scaled(diameter_A)
+    else:
+        family = family or "ribosome"
+        if family not in SHAPE_FAMILIES:
+            raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+        if diameter_A is None and family == "ribosome":
+            diameter_A = 300.0
+        model = make_shape(species_rng, family, diameter=diameter_A, n_points=options.get("n_points", 4000))
+    options.pop("n_points", None)
+
+    rows, truth = [], []
+    iterator = range(int(n))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="simulate", unit="mic")
+    for i in iterator:
+        rng = np.random.default_rng(children[i + 1])
+        if isinstance(snr, (tuple, list)):
+            snr_i = float(np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]))))
+        else:
+            snr_i = snr
+        kw = dict(
+            defocus_um=float(rng.uniform(*defocus_um)),
+            astigmatism_um=float(rng.uniform(0.0, 0.1)),
+            n_ice=int(rng.poisson(contamination)),
+            n_aggregates=int(rng.poisson(contamination / 3.0)),
+            carbon_edge=bool(rng.random() < carbon_probability),
+            ice_gradient=float(rng.uniform(0.05, 0.3)),
+            ice_thickness_A=float(rng.uniform(300.0, 700.0)),
+            quantise_8bit=quantise_8bit,
+            export_mean=float(rng.uniform(80.0, 100.0)),
+            export_sd=float(rng.uniform(6.0, 8.0)),
+            voltage=voltage,
+            cs=cs,
+            amplitude_contrast=amplitude_contrast,
+        )
+        kw.update(options)
+        sim = simulate_micrograph(rng, shape=shape, angpix=angpix, snr=snr_i, models=[model], **kw)
+        name = f"mic_{i:04d}"
+        rel = write_micrograph_files(out_dir, name, sim, angpix)
+        meta = dict(sim.meta)
+        rows.append(
+            {
+                "rlnMicrographName": rel["micrograph"],
+                "rlnOpticsGroup": 1,
+                "rlnDefocusU": meta["defocus_u"],
+                "rlnDefocusV": meta["defocus_v"],
+                "rlnDefocusAngle": meta["defocus_angle"],
+            }
+        )
+        truth.append({"name": name, **rel, **meta})
+
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnMicrographPixelSize": [float(angpix)],
+            "rlnVoltage": [float(voltage)],
+            "rlnSphericalAberration": [float(cs)],
+            "rlnAmplitudeContrast": [float(amplitude_contrast)],
+        }
+    )
+    mics = pd.DataFrame(
+        rows, columns=["rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]
+    )
+    _write_star(out_dir / "micrographs.star", {"optics": optics, "micrographs": mics})
+    settings = {
+        "n": int(n),
+        "seed": int(seed),
+        "shape": [int(shape[0]), int(shape[1])],
+        "angpix": float(angpix),
+        "snr": list(snr) if isinstance(snr, (tuple, list)) else snr,
+        "particle": model.family,
+        "particle_diameter_A": float(model.diameter),
+        "coordinate_convention": "0-based pixel positions, x = column, y = row",
+        "options": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+    with _atomic(out_dir / "truth.json") as tmp:
+        tmp.write_text(json.dumps(_finite({"settings": settings, "micrographs": truth}), indent=1, default=_json_default))
+    return out_dir
+
+
+def _finite(obj):
+    """Replace NaN / inf by None, recursively (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
