@@ -59,8 +59,8 @@ class TrainConfig:
     sim_train: int = 400
     sim_valid: int = 24
     sim_size: int = 384
-    snr_min: float = 0.005
-    snr_max: float = 0.5
+    snr_min: float = 0.01
+    snr_max: float = 1.0
     oversample_min: float = 1.2
     oversample_max: float = 2.5
     valid_snrs: tuple = (0.01, 0.1)
@@ -81,6 +81,8 @@ class TrainConfig:
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
+    particle_diameter: float | None = None  # A; default: the diameter `relion_pixer labels` measured
+    background_within: float | None = 1.5  # trust background only this many diameters from labelled particles
     # bookkeeping
     checkpoint_every: int = 250
     valid_every: int = 500
@@ -104,8 +106,25 @@ class TrainConfig:
         return cls(**flat)
 
 
-def load_config(path: str | Path | None, **overrides) -> TrainConfig:
-    """Read a TOML config (or defaults when ``path`` is None) and apply ``overrides`` (None values ignored)."""
+#: Settings for fine-tuning (``--from-labels`` without ``--config``): short, gentle, with a simulated replay.
+FINETUNE_DEFAULTS = {
+    "sim_train": 200,
+    "sim_valid": 8,
+    "cls_steps": 300,
+    "cls_lr": 5e-4,
+    "seg_steps": 600,
+    "seg_lr": 5e-4,
+    "seg_crop": 160,
+    "valid_every": 200,
+    "checkpoint_every": 100,
+}
+
+
+def load_config(path: str | Path | None, finetune: bool = False, **overrides) -> TrainConfig:
+    """Read a TOML config (or defaults when ``path`` is None) and apply ``overrides`` (None values ignored).
+
+    With ``finetune`` and no file, the defaults are :data:`FINETUNE_DEFAULTS`.
+    """
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -115,6 +134,8 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
             raise FileNotFoundError(f"training config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    if finetune and path is None:
+        data = dict(FINETUNE_DEFAULTS)
     cfg = TrainConfig.from_dict(data)
     for key, value in overrides.items():
         if value is not None:
@@ -172,11 +193,12 @@ def simulated_set(
         value = _draw(rng, snr)
         k = _draw(rng, oversample)
         jitter = float(rng.uniform(0.85, 1.15))
-        cfg = random_config(rng)
-        cfg.update(snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, angpix=1.0)
+        # random_config gives the particle a physical size and sets the pixel size to match
+        cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter)
         native = int(round(size * k))
         sim = simulate_micrograph(rng, shape=(native, native), **cfg)
-        net, factors = prepare(sim.image, angpix=1.0, diameter_angstrom=NET_DIAMETER_PX * k)
+        angpix = float(cfg["angpix"])
+        net, factors = prepare(sim.image, angpix=angpix, diameter_angstrom=NET_DIAMETER_PX * k * angpix)
         images.append(net)
         labels.append(_nearest_resample(np.asarray(sim.labels, dtype=np.uint8), net.shape))
         instances.append(_nearest_resample(np.asarray(sim.instances, dtype=np.int32), net.shape))
@@ -473,7 +495,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     real = _real_from_config(cfg.real) if cfg.real else LabelledSet([], [], [], None, [])
     user = None
     if cfg.from_labels:
-        user = labelled_from_star(cfg.from_labels)
+        user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
     _log(f"data: {len(sim_train)} simulated, {len(real)} real, {len(user) if user else 0} user micrographs")
 
     # ---- models
@@ -631,11 +653,15 @@ def validate_segmenter(segmenter, valid_sets: dict) -> dict:
     return figures
 
 
-def labelled_from_star(path: str | Path) -> LabelledSet:
-    """A labelled set from the STAR file ``relion_pixer labels`` writes (micrograph, label map, coordinates)."""
+def labelled_from_star(path: str | Path, diameter: float | None = None, background_within: float | None = None) -> LabelledSet:
+    """A labelled set from the STAR file ``relion_pixer labels`` writes (micrograph, label map, coordinates).
+
+    Only refined particles carry labels, so background farther than ``background_within`` diameters from every
+    labelled particle is ignored by the loss (it may hold particles that classification threw away).
+    """
     from relion_pixer.labels import read_label_set
 
-    return read_label_set(path)
+    return read_label_set(path, diameter_angstrom=diameter, background_within=background_within, ignore=IGNORE)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -655,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_out", help="where to write the final model file (default OUT/model.pt)")
     parser.add_argument("--from-labels", "--from_labels", dest="from_labels", help="labels STAR from `relion_pixer labels` (fine-tuning)")
     parser.add_argument("--init", help="start from this model file (default for fine-tuning: the shipped weights)")
+    parser.add_argument("--particle_diameter", type=float, help="particle diameter in A for --from-labels (default: as measured by `labels`)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", "--j", type=int, dest="threads")
@@ -665,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(
         args.config,
+        finetune=bool(args.from_labels),
         seed=args.seed,
         threads=args.threads,
         cls_steps=args.cls_steps,
@@ -673,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         sim_valid=args.sim_valid,
         from_labels=args.from_labels,
         init=args.init,
+        particle_diameter=args.particle_diameter,
     )
     if cfg.from_labels and not cfg.init:
         from importlib import resources

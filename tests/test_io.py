@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -22,7 +23,8 @@ RELION = "relion"  # sub-directory of ../shared/data
 
 def write_mrc(path: Path, data: np.ndarray, angpix: float | None = 1.5) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with mrcfile.new(path, overwrite=True) as m:
+    with warnings.catch_warnings(), mrcfile.new(path, overwrite=True) as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's header statistics of deliberately bad data
         m.set_data(data)
         if angpix is not None:
             m.voxel_size = angpix

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -95,7 +96,8 @@ CtfFind/job005/micrographs_ctf.star            1
 
 def write_mrc(path: Path, data: np.ndarray, angpix: float | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with mrcfile.new(path, overwrite=True) as m:
+    with warnings.catch_warnings(), mrcfile.new(path, overwrite=True) as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's header statistics of deliberately bad data
         m.set_data(data)
         if angpix is not None:
             m.voxel_size = angpix

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", type=float, default=0.5, help="mean ice blobs per micrograph (default 0.5)")
     p.add_argument("--carbon", type=float, default=0.1, help="probability of a carbon edge per micrograph (default 0.1)")
     p.add_argument("--float", dest="quantise", action="store_false", help="write float counts instead of 8-bit-like exports")
+    p.add_argument("--float16", action="store_true", help="store micrographs as float16 (MRC mode 12)")
+    p.add_argument("--no_labels", dest="labels", action="store_false", help="do not write label and instance maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -96,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             quantise_8bit=args.quantise,
             density=args.density,
             progress=not args.quiet,
+            float16=args.float16,
+            labels=args.labels,
             **extra,
         )
     except ModelFileError as exc:
         print(f"relion_pixer simulate: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.n} micrographs to {out} (micrographs.star, Coordinates/, Labels/, truth.json)")
+    print(f"wrote {args.n} micrographs to {out} (micrographs.star, Coordinates/, {'Labels/, ' if args.labels else ''}truth.json)")
     return 0
 
 

@@ -66,10 +66,13 @@ def _write_star(path: Path, blocks: dict) -> None:
         starfile.write(blocks, tmp, overwrite=True)
 
 
-def write_micrograph_files(out_dir, name: str, sim: SimulatedMicrograph, angpix: float) -> dict:
+def write_micrograph_files(
+    out_dir, name: str, sim: SimulatedMicrograph, angpix: float, dtype=np.float32, labels: bool = True
+) -> dict:
     """Write one simulated micrograph, its label and instance maps and its coordinate STAR.
 
-    Returns the paths written, relative to ``out_dir``.
+    ``dtype`` is the micrograph's MRC data type (float32, or float16 for small files); ``labels=False`` skips
+    the label and instance maps. Returns the paths written, relative to ``out_dir``.
     """
     import pandas as pd
 
@@ -80,10 +83,13 @@ def write_micrograph_files(out_dir, name: str, sim: SimulatedMicrograph, angpix:
         "instances": f"Labels/{name}_instances.mrc",
         "coordinates": f"Coordinates/{name}.star",
     }
-    _write_mrc(out_dir / rel["micrograph"], sim.image.astype(np.float32), angpix)
-    _write_mrc(out_dir / rel["labels"], sim.labels.astype(np.int8), angpix)
-    inst = sim.instances.astype(np.int16) if sim.instances.max(initial=0) < 32767 else sim.instances.astype(np.float32)
-    _write_mrc(out_dir / rel["instances"], inst, angpix)
+    _write_mrc(out_dir / rel["micrograph"], sim.image.astype(dtype), angpix)
+    if labels:
+        _write_mrc(out_dir / rel["labels"], sim.labels.astype(np.int8), angpix)
+        inst = sim.instances.astype(np.int16) if sim.instances.max(initial=0) < 32767 else sim.instances.astype(np.float32)
+        _write_mrc(out_dir / rel["instances"], inst, angpix)
+    else:
+        del rel["labels"], rel["instances"]
     df = pd.DataFrame(
         {
             "rlnCoordinateX": sim.coords[:, 0].astype(float),
@@ -112,6 +118,8 @@ def simulate_project(
     carbon_probability: float = 0.1,
     quantise_8bit: bool = True,
     progress: bool = False,
+    float16: bool = False,
+    labels: bool = True,
     **options,
 ) -> Path:
     """Simulate ``n`` micrographs of one particle species and write them as a RELION-looking project.
@@ -150,6 +158,10 @@ def simulate_project(
         Export the micrographs like 8-bit images (as the EMPIAR-10028 exports).
     progress : bool
         Show a progress bar (tqdm).
+    float16 : bool
+        Store micrographs as float16 (MRC mode 12; half the size) instead of float32.
+    labels : bool
+        Also write the label and instance maps.
     **options
         Further fixed :func:`simulate_micrograph` options (e.g. ``density``, ``mtf_blur_px``).
 
@@ -209,7 +221,7 @@ def simulate_project(
         kw.update(options)
         sim = simulate_micrograph(rng, shape=shape, angpix=angpix, snr=snr_i, models=[model], **kw)
         name = f"mic_{i:04d}"
-        rel = write_micrograph_files(out_dir, name, sim, angpix)
+        rel = write_micrograph_files(out_dir, name, sim, angpix, np.float16 if float16 else np.float32, labels)
         meta = dict(sim.meta)
         rows.append(
             {

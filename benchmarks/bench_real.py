@@ -1,0 +1,71 @@
+"""Accuracy on real data: PIXER vs a LoG blob picker on the EMPIAR-10028 test split.
+
+Both run with settings fixed before looking at the test split: PIXER with its defaults (shipped weights,
+classifier threshold 0.6), the LoG baseline with the threshold that maximises F1 on the train + valid split.
+Matching is one-to-one (Hungarian) within half the particle diameter. The labels are incomplete (CryoPPP), so
+precision reads lower than it is. Usage::
+
+    python benchmarks/bench_real.py [--model FILE] [--split test] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from common import (
+    REAL_DIAMETER_A,
+    best_threshold,
+    fmt,
+    real_micrographs,
+    run_log,
+    run_pixer,
+    score,
+)
+from relion_pixer.models import load_pretrained
+from relion_pixer.pipeline import PickParams
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="model file (default: shipped weights)")
+    ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ap.add_argument("--threshold", type=float, default=PickParams.threshold)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    models = load_pretrained(args.model)
+    radius = 0.5 * REAL_DIAMETER_A / 5.36
+    tune = real_micrographs("train") + real_micrographs("valid")
+    log_tune = run_log(tune, REAL_DIAMETER_A, threshold=0.5)
+    log_t, log_tune_score = best_threshold(log_tune, tune, radius, np.arange(0.5, 6.01, 0.25))
+    mics = real_micrographs(args.split)
+    t0 = time.time()
+    pixer = run_pixer(mics, REAL_DIAMETER_A, models, PickParams(threshold=args.threshold, max_particles=500))
+    seconds = (time.time() - t0) / len(mics)
+    log = run_log(mics, REAL_DIAMETER_A, threshold=log_t)
+    figures = {
+        "split": args.split,
+        "radius_px": radius,
+        "pixer": score(pixer, mics, radius),
+        "pixer_seconds_per_micrograph": seconds,
+        "log_threshold_from_train_valid": log_t,
+        "log": score(log, mics, radius),
+        "per_micrograph": {m.name: score([p], [m], radius)["f1"] for m, p in zip(mics, pixer)},
+    }
+    print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px")
+    print(fmt("PIXER (defaults)", figures["pixer"]))
+    print(fmt(f"LoG (threshold {log_t:g} from train+valid)", figures["log"]))
+    print(f"PIXER time per 1024 px micrograph: {seconds:.2f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Helpers shared by the accuracy benchmarks: run PIXER and the LoG baseline on micrographs and score them."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from relion_pixer import NET_DIAMETER_PX  # noqa: E402
+from relion_pixer.baseline import log_pick  # noqa: E402
+from relion_pixer.evaluate import pooled_precision_recall_f1  # noqa: E402
+from relion_pixer.pipeline import PickParams, pick_micrograph  # noqa: E402
+from relion_pixer.preprocess import prepare, to_original  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "empiar10028_ribosome80S"
+SPLITS = {
+    "train": ["061", "062", "063", "064"],
+    "valid": ["065"],
+    "test": ["311", "312", "313", "314", "315"],
+}
+#: EMPIAR-10028 as the shared data's README gives it: 5.36 A/px, ribosome about 300 A (56 px) across.
+REAL_ANGPIX = 5.36
+REAL_DIAMETER_A = 300.0
+
+
+@dataclass
+class Micrograph:
+    name: str
+    image: np.ndarray
+    angpix: float
+    truth: np.ndarray  # (N, 2) x, y in micrograph pixels
+
+
+def real_micrographs(split: str) -> list[Micrograph]:
+    """The EMPIAR-10028 micrographs of one split with their expert labels."""
+    import mrcfile
+    import starfile
+
+    if not REAL.is_dir():
+        raise SystemExit(f"{REAL} is absent: this benchmark needs ../shared/data")
+    out = []
+    for stem in SPLITS[split]:
+        name = f"{stem}_10028"
+        image = mrcfile.read(REAL / "micrographs" / f"{name}.mrc")
+        table = starfile.read(REAL / "coords" / f"{name}.star")
+        truth = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+        out.append(Micrograph(name, np.asarray(image, np.float32), REAL_ANGPIX, truth))
+    return out
+
+
+def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickParams | None = None):
+    """PIXER picks (xy, fom) per micrograph."""
+    params = params or PickParams()
+    results = [pick_micrograph(m.image, m.angpix, diameter_A, models, params) for m in mics]
+    return [(r.xy, r.fom) for r in results]
+
+
+def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
+    """LoG baseline picks (xy, score) per micrograph, in micrograph pixels."""
+    out = []
+    for m in mics:
+        net, factors = prepare(m.image, m.angpix, diameter_A)
+        xy, score = log_pick(net, NET_DIAMETER_PX, threshold=threshold)
+        out.append((to_original(xy, factors), score))
+    return out
+
+
+def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | None = None) -> dict:
+    """Pooled one-to-one precision, recall and F1 (Hungarian matching within ``radius_px``)."""
+    preds = []
+    for xy, s in picks:
+        preds.append(xy if min_score is None else xy[s >= min_score])
+    res = pooled_precision_recall_f1(preds, [m.truth for m in mics], radius_px)
+    return {"precision": res.precision, "recall": res.recall, "f1": res.f1, "picks": int(sum(len(p) for p in preds)), "truth": int(sum(len(m.truth) for m in mics))}
+
+
+def best_threshold(picks, mics: list[Micrograph], radius_px: float, candidates) -> tuple[float, dict]:
+    """The score threshold with the best F1 on ``mics`` (used on the train/valid split only)."""
+    best = None
+    for t in candidates:
+        s = score(picks, mics, radius_px, min_score=t)
+        if best is None or s["f1"] > best[1]["f1"]:
+            best = (float(t), s)
+    return best
+
+
+def fmt(name: str, s: dict) -> str:
+    return f"{name:28s} precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  ({s['picks']} picks, {s['truth']} true)"
