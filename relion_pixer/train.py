@@ -451,6 +451,15 @@ def _cosine(step: int, total: int, lr: float, warmup: int = 50) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def _optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One optimiser step on ``loss`` at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (particles weighted x2) plus a soft Dice term on the particle channel."""
     weight = torch.tensor([1.0, 2.0, 1.0], device=logits.device)
@@ -540,12 +549,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
             x = torch.rot90(x, k, (-2, -1)) * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
             x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
             y = torch.from_numpy(classes_np[idx])
-            for g in opt.param_groups:
-                g["lr"] = _cosine(step, cfg.cls_steps, cfg.cls_lr)
             loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _optimise(opt, loss, _cosine(step, cfg.cls_steps, cfg.cls_lr))
             step += 1
             if step % 50 == 0:
                 _log(f"classifier step {step}/{cfg.cls_steps} loss {loss.item():.4f} ({_eta(t0, step, cfg.cls_steps, 0)})")
@@ -630,12 +635,8 @@ def fit_segmenter(
     while step < steps:
         segmenter.train()
         x, y = seg_batch(sets, batch, crop, gen)
-        for g in opt.param_groups:
-            g["lr"] = _cosine(step, steps, lr)
         loss = _seg_loss(segmenter(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1
         if step % 50 == 0:
             _log(f"segmenter step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")

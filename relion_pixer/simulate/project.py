@@ -17,9 +17,6 @@ same seed gives the same files, and micrograph ``i`` does not depend on ``n``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +27,12 @@ from relion_pixer.simulate.shapes import SHAPE_FAMILIES, load_atomic_model, make
 __all__ = ["simulate_project", "write_micrograph_files"]
 
 
-@contextmanager
 def _atomic(path: Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds."""
+    """Temporary path beside ``path`` that replaces it when the block succeeds (:func:`relion_pixer.io.atomic_output_path`)."""
+    from relion_pixer.io import atomic_output_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return atomic_output_path(path)
 
 
 def _write_mrc(path: Path, data: np.ndarray, angpix: float) -> None:

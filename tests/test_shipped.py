@@ -1,0 +1,61 @@
+"""The shipped weights: present, small, safe to load, and they find particles."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relion_pixer import PARTICLE
+from relion_pixer.models import DEFAULT_WEIGHTS, load_pretrained
+from relion_pixer.pipeline import PickParams, pick_micrograph
+from relion_pixer.preprocess import prepare
+from relion_pixer.segment import predict_probability
+from relion_pixer.simulate import random_config, simulate_micrograph
+from relion_pixer.evaluate import pooled_precision_recall_f1
+from relion_pixer.train import _nearest_resample
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights"
+
+
+def test_weights_are_shipped_small_and_load_with_weights_only():
+    total = sum(p.stat().st_size for p in WEIGHTS.iterdir() if p.is_file())
+    assert total <= 20 * 1024**2
+    payload = torch.load(WEIGHTS / DEFAULT_WEIGHTS, weights_only=True)
+    assert payload["format"] == "relion_pixer/1"
+    assert (WEIGHTS / "MODEL_CARD.md").is_file()
+    models = load_pretrained()
+    assert models.segmenter.rates == (2, 4, 6, 8)
+    assert "validation" in models.meta
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    rng = np.random.default_rng(4242)  # not a training seed
+    cfg = random_config(
+        rng, snr=0.3, angpix=2.5, particle_diameter_px=64.0, families="globular", empty=False,
+        n_ice=1, carbon_edge=False, density=0.15,
+    )
+    sim = simulate_micrograph(rng, shape=(512, 512), **cfg)
+    return sim, float(cfg["angpix"]) * 64.0
+
+
+def test_probability_map_separates_particles_from_background(simulated):
+    sim, diameter = simulated
+    models = load_pretrained()
+    net, _ = prepare(sim.image, 2.5, diameter)
+    prob = predict_probability(models.segmenter, net).numpy()
+    labels = _nearest_resample(sim.labels, net.shape)
+    on, off = prob[labels == PARTICLE].mean(), prob[labels == 0].mean()
+    assert on > off + 0.3, (on, off)
+    pred, truth = prob >= 0.5, labels == PARTICLE
+    assert (pred & truth).sum() / (pred | truth).sum() > 0.4
+
+
+def test_picks_match_the_simulated_particles(simulated):
+    sim, diameter = simulated
+    models = load_pretrained()
+    res = pick_micrograph(sim.image, 2.5, diameter, models, PickParams())
+    assert np.all(np.diff(res.fom) <= 0) and np.all((res.fom >= 0.6) & (res.fom <= 1))
+    scores = pooled_precision_recall_f1([res.xy], [sim.coords], radius=32.0)
+    assert scores.f1 >= 0.7, scores
