@@ -28,13 +28,24 @@ def log_response(net_image: np.ndarray, diameter_px: float = NET_DIAMETER_PX) ->
 
 
 def log_pick(
-    net_image: np.ndarray, diameter_px: float = NET_DIAMETER_PX, threshold: float = 3.0, min_distance: float | None = None
+    net_image: np.ndarray,
+    diameter_px: float = NET_DIAMETER_PX,
+    threshold: float = 3.0,
+    min_distance: float | None = None,
+    margin: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pick blobs: returns ``(xy, score)`` sorted by decreasing score (score = LoG response in robust sd)."""
+    """Pick blobs: returns ``(xy, score)`` sorted by decreasing score (score = LoG response in robust sd).
+
+    Picks closer than ``margin`` pixels to the edge are dropped (default: half a diameter, as PIXER does).
+    """
     resp = log_response(net_image, diameter_px)
+    margin = 0.5 * diameter_px if margin is None else float(margin)
     dist = int(round(min_distance if min_distance is not None else 0.8 * diameter_px))
     size = 2 * max(1, dist // 2) + 1
     peaks = (resp == scipy.ndimage.maximum_filter(resp, size=size, mode="nearest")) & (resp >= threshold)
+    h, w = resp.shape
+    peaks[: int(np.ceil(margin)), :] = peaks[h - int(np.ceil(margin)) :, :] = False
+    peaks[:, : int(np.ceil(margin))] = peaks[:, w - int(np.ceil(margin)) :] = False
     rows, cols = np.nonzero(peaks)
     score = resp[rows, cols]
     order = np.argsort(-score, kind="stable")

@@ -48,6 +48,7 @@ SPEC = {
     "threshold": "value",
     "max_particles": "value",
     "min_distance": "value",
+    "margin": "value",
     "device": "value",
     "batch_size": "value",
     "angpix": "value",
@@ -77,7 +78,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   particle_diameter A   particle diameter in Angstrom (required)
   threshold P           lowest classifier probability of a pick, 0-1 (default 0.6)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
-  min_distance A        smallest distance between picks in Angstrom (default: about one diameter)
+  min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
+  margin A              drop picks closer than this to the micrograph edge, in Angstrom
+                        (default: half a diameter, i.e. keep particles that lie wholly inside)
   device D              auto, cpu, cuda or cuda:N (default auto)
   batch_size N          classifier boxes per batch (default 256)
   angpix A/PX           pixel size; overrides the STAR file (needed when neither STAR nor MRC header has one)
@@ -106,6 +109,7 @@ class JobOptions:
     threshold: float = 0.6
     max_particles: int = 500
     min_distance: float | None = None
+    margin: float | None = None
     device: str = "auto"
     batch_size: int = 256
     angpix: float | None = None
@@ -195,6 +199,9 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     min_distance = _number(values, "min_distance", float, None, warnings, what="a distance in Angstrom")
     if min_distance is not None and min_distance <= 0:
         raise UsageError(f"--min_distance must be positive, not {min_distance:g}")
+    margin = _number(values, "margin", float, None, warnings, what="a distance in Angstrom")
+    if margin is not None and margin < 0:
+        raise UsageError(f"--margin must be 0 or positive, not {margin:g}")
     batch_size = _number(values, "batch_size", _int, 256, warnings, what="a whole number")
     if batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, not {batch_size}")
@@ -237,6 +244,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         threshold=float(threshold),
         max_particles=int(max_particles),
         min_distance=min_distance,
+        margin=margin,
         device=device,
         batch_size=int(batch_size),
         angpix=angpix,
@@ -499,7 +507,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     outcome = _Outcome()
     if todo:
         params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
-                            min_distance_A=opts.min_distance, device="cpu", batch_size=opts.batch_size)
+                            min_distance_A=opts.min_distance, margin_A=opts.margin, device="cpu",
+                            batch_size=opts.batch_size)
         if opts.threads:
             import torch
 

@@ -27,6 +27,9 @@ class PickParams:
         Lowest classifier probability of "particle" that a pick may have (the figure of merit written out).
     max_particles : int
         Keep at most this many picks per micrograph, best first; 0 means no cap.
+    margin_A : float or None
+        Drop picks closer than this to the micrograph's edge, in Angstrom (None: half the particle diameter, so
+        only particles lying wholly inside the micrograph are kept; 0 keeps every centre inside the image).
     min_distance_A : float or None
         Smallest distance between two picks, in Angstrom (None: the picker's default, about one diameter).
     device : str
@@ -38,6 +41,7 @@ class PickParams:
     threshold: float = 0.6
     max_particles: int = 500
     min_distance_A: float | None = None
+    margin_A: float | None = None
     device: str = "cpu"
     batch_size: int = 256
 
@@ -93,7 +97,9 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
     min_distance_px = None
     if params.min_distance_A:
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
-    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px)
+    margin_A = 0.5 * float(diameter_A) if params.margin_A is None else float(params.margin_A)
+    margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
+    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px, margin_px=margin_px)
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
     result = classify.filter_candidates(
         models.classifier,

@@ -78,6 +78,10 @@ class TrainConfig:
     seg_lr: float = 2e-3
     rates: tuple = DEFAULT_RATES
     real_fraction: float = 0.25
+    # classifier refinement on the segmentation stage's own candidates (hard negatives)
+    refine_steps: int = 0
+    refine_lr: float = 5e-4
+    refine_sim: int = 200
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -534,33 +538,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     vxyz, vcls = box_samples(valid_sets[cfg.valid_snrs[0]], np.random.default_rng(cfg.seed + 1))
     vboxes = cut_boxes(valid_sets[cfg.valid_snrs[0]].images, vxyz)
     _log(f"classifier boxes: {np.bincount(classes_np, minlength=3).tolist()} (background/particle/contamination)")
-    if stage == "classifier" and cfg.cls_steps > 0:
-        opt = torch.optim.AdamW(classifier.parameters(), lr=cfg.cls_lr, weight_decay=1e-4)
-        if state is not None and "opt" in state:
-            opt.load_state_dict(state["opt"])
-        counts = np.bincount(classes_np, minlength=3).astype(np.float64)
-        sample_w = torch.from_numpy(1.0 / np.maximum(counts[classes_np], 1))
-        t0 = time.time()
-        while step < cfg.cls_steps:
-            classifier.train()
-            idx = torch.multinomial(sample_w, cfg.cls_batch, replacement=True, generator=gen).numpy()
-            x = torch.from_numpy(boxes_np[idx])[:, None]
-            k = int(torch.randint(0, 4, (1,), generator=gen))
-            x = torch.rot90(x, k, (-2, -1)) * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
-            x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
-            y = torch.from_numpy(classes_np[idx])
-            loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
-            _optimise(opt, loss, _cosine(step, cfg.cls_steps, cfg.cls_lr))
-            step += 1
-            if step % 50 == 0:
-                _log(f"classifier step {step}/{cfg.cls_steps} loss {loss.item():.4f} ({_eta(t0, step, cfg.cls_steps, 0)})")
+    if stage == "classifier":
+
+        def on_cls_step(step, loss, opt):
             if step % cfg.valid_every == 0 or step == cfg.cls_steps:
-                run.log(stage="classifier", step=step, loss=loss.item(), **classifier_accuracy(classifier.cpu(), vboxes, vcls))
+                run.log(stage="classifier", step=step, loss=loss, **classifier_accuracy(classifier.cpu(), vboxes, vcls))
                 classifier.to(device)
             if step % cfg.checkpoint_every == 0:
                 run.save_checkpoint(
                     {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
                 )
+
+        fit_classifier(
+            classifier, boxes_np, classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr, gen, device,
+            start=step, opt_state=state.get("opt") if state else None, on_step=on_cls_step,
+        )
         stage, step, state = "segmenter", 0, None
 
     # ---- stage 2: segmentation net from the classifier's trunk
@@ -592,10 +584,47 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 }
             )
 
-    fit_segmenter(
-        segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
-        start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
-    )
+    if stage == "segmenter":
+        fit_segmenter(
+            segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
+            start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
+        )
+        stage, step, state = "refine", 0, None
+
+    # ---- stage 3: the classifier learns the segmentation stage's own candidates (PIXER's filter sees those)
+    if cfg.refine_steps > 0:
+        segmenter.cpu().eval()
+        mine_sources = [LabelledSet(sim_train.images[: cfg.refine_sim], sim_train.labels[: cfg.refine_sim],
+                                    sim_train.coords[: cfg.refine_sim], sim_train.instances[: cfg.refine_sim])]
+        mine_sources += ([real] if len(real) else []) + ([user] if user else [])
+        mined_boxes, mined_classes = [], []
+        for data in mine_sources:
+            xyz, cls = mine_candidates(segmenter, data)
+            mined_boxes.append(cut_boxes(data.images, xyz))
+            mined_classes.append(cls)
+        mined_np, mined_cls = np.concatenate(mined_boxes), np.concatenate(mined_classes)
+        _log(f"mined candidates: {np.bincount(mined_cls, minlength=3).tolist()} (background/particle/contamination)")
+        segmenter.to(device)
+        all_boxes = np.concatenate([boxes_np, mined_np])
+        all_classes = np.concatenate([classes_np, mined_cls])
+        # half of every batch from the mined candidates, each half class-balanced
+        weights = np.concatenate([_balanced_weights(classes_np), _balanced_weights(mined_cls)])
+
+        def on_refine_step(step, loss, opt):
+            if step % cfg.valid_every == 0 or step == cfg.refine_steps:
+                run.log(stage="refine", step=step, loss=loss, **classifier_accuracy(classifier.cpu(), vboxes, vcls))
+                classifier.to(device)
+            if step % cfg.checkpoint_every == 0 or step == cfg.refine_steps:
+                run.save_checkpoint(
+                    {"stage": "refine", "step": step, "classifier": classifier.state_dict(),
+                     "segmenter": segmenter.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
+                )
+
+        fit_classifier(
+            classifier, all_boxes, all_classes, cfg.refine_steps, cfg.cls_batch, cfg.refine_lr, gen, device,
+            start=step if stage == "refine" else 0, opt_state=state.get("opt") if state else None,
+            on_step=on_refine_step, sample_weights=weights,
+        )
 
     # ---- final figures and the model file
     classifier.cpu().eval()
@@ -608,6 +637,87 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     (run.path / "final.json").write_text(json.dumps(final, indent=1))
     _log(f"final: {json.dumps(final)}")
     return final
+
+
+def _balanced_weights(classes: np.ndarray) -> np.ndarray:
+    """Sampling weights that draw every class equally often and sum to 1."""
+    counts = np.bincount(classes, minlength=3).astype(np.float64)
+    w = 1.0 / np.maximum(counts[classes], 1)
+    return w / w.sum()
+
+
+def fit_classifier(
+    classifier,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    steps: int,
+    batch: int,
+    lr: float,
+    gen: torch.Generator,
+    device: torch.device,
+    start: int = 0,
+    opt_state: dict | None = None,
+    on_step=None,
+    sample_weights: np.ndarray | None = None,
+) -> None:
+    """Train ``classifier`` on boxes (N x box x box) with augmentation (rot90, intensity, noise).
+
+    Batches are drawn with ``sample_weights`` (default: every class equally often).
+    ``on_step(step, loss, optimizer)`` is called after every step.
+    """
+    opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    weights = torch.from_numpy(_balanced_weights(classes) if sample_weights is None else sample_weights)
+    t0 = time.time()
+    step = start
+    while step < steps:
+        classifier.train()
+        idx = torch.multinomial(weights, batch, replacement=True, generator=gen).numpy()
+        x = torch.from_numpy(boxes[idx])[:, None]
+        k = int(torch.randint(0, 4, (1,), generator=gen))
+        x = torch.rot90(x, k, (-2, -1)) * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
+        x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
+        y = torch.from_numpy(classes[idx])
+        loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
+        _optimise(opt, loss, _cosine(step, steps, lr))
+        step += 1
+        if step % 50 == 0:
+            _log(f"classifier step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
+        if on_step is not None:
+            on_step(step, loss.item(), opt)
+
+
+@torch.no_grad()
+def mine_candidates(segmenter, data: LabelledSet, radius: float = 0.5 * NET_DIAMETER_PX) -> tuple[np.ndarray, np.ndarray]:
+    """The picker's candidates on labelled micrographs, labelled by the truth: rows ``(image, x, y)`` and classes.
+
+    Candidates within ``radius`` of a labelled particle (one-to-one) are particles; the others are background,
+    or contamination where a complete label map says so. Candidates that are unmatched but near a labelled
+    particle (a second pick on one particle) are background too.
+    """
+    from relion_pixer.evaluate import match_picks
+    from relion_pixer.picking import pick_centres
+    from relion_pixer.segment import predict_probability
+
+    rows, classes = [], []
+    for i, img in enumerate(data.images):
+        prob = predict_probability(segmenter, img)
+        xy = np.asarray(pick_centres(prob, NET_DIAMETER_PX, margin_px=0.5 * NET_DIAMETER_PX)[0]).reshape(-1, 2)
+        if not len(xy):
+            continue
+        cls = np.full(len(xy), BACKGROUND)
+        truth = np.asarray(data.coords[i]).reshape(-1, 2)
+        if len(truth):
+            cls[match_picks(xy, truth, radius).pred_index] = PARTICLE
+        lab = data.labels[i]
+        at = lab[np.clip(np.round(xy[:, 1]).astype(int), 0, lab.shape[0] - 1), np.clip(np.round(xy[:, 0]).astype(int), 0, lab.shape[1] - 1)]
+        cls[(cls == BACKGROUND) & (at == CONTAMINATION)] = CONTAMINATION
+        rows.append(np.concatenate([np.full((len(xy), 1), i), xy], 1))
+        classes.append(cls)
+    if not rows:
+        return np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(rows).astype(np.float32), np.concatenate(classes).astype(np.int64)
 
 
 def fit_segmenter(
