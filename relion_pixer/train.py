@@ -78,10 +78,6 @@ class TrainConfig:
     seg_lr: float = 2e-3
     rates: tuple = DEFAULT_RATES
     real_fraction: float = 0.25
-    # classifier refinement on the segmentation stage's own candidates (hard negatives)
-    refine_steps: int = 0
-    refine_lr: float = 5e-4
-    refine_sim: int = 200
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -584,47 +580,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 }
             )
 
-    if stage == "segmenter":
-        fit_segmenter(
-            segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
-            start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
-        )
-        stage, step, state = "refine", 0, None
-
-    # ---- stage 3: the classifier learns the segmentation stage's own candidates (PIXER's filter sees those)
-    if cfg.refine_steps > 0:
-        segmenter.cpu().eval()
-        mine_sources = [LabelledSet(sim_train.images[: cfg.refine_sim], sim_train.labels[: cfg.refine_sim],
-                                    sim_train.coords[: cfg.refine_sim], sim_train.instances[: cfg.refine_sim])]
-        mine_sources += ([real] if len(real) else []) + ([user] if user else [])
-        mined_boxes, mined_classes = [], []
-        for data in mine_sources:
-            xyz, cls = mine_candidates(segmenter, data)
-            mined_boxes.append(cut_boxes(data.images, xyz))
-            mined_classes.append(cls)
-        mined_np, mined_cls = np.concatenate(mined_boxes), np.concatenate(mined_classes)
-        _log(f"mined candidates: {np.bincount(mined_cls, minlength=3).tolist()} (background/particle/contamination)")
-        segmenter.to(device)
-        all_boxes = np.concatenate([boxes_np, mined_np])
-        all_classes = np.concatenate([classes_np, mined_cls])
-        # half of every batch from the mined candidates, each half class-balanced
-        weights = np.concatenate([_balanced_weights(classes_np), _balanced_weights(mined_cls)])
-
-        def on_refine_step(step, loss, opt):
-            if step % cfg.valid_every == 0 or step == cfg.refine_steps:
-                run.log(stage="refine", step=step, loss=loss, **classifier_accuracy(classifier.cpu(), vboxes, vcls))
-                classifier.to(device)
-            if step % cfg.checkpoint_every == 0 or step == cfg.refine_steps:
-                run.save_checkpoint(
-                    {"stage": "refine", "step": step, "classifier": classifier.state_dict(),
-                     "segmenter": segmenter.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
-                )
-
-        fit_classifier(
-            classifier, all_boxes, all_classes, cfg.refine_steps, cfg.cls_batch, cfg.refine_lr, gen, device,
-            start=step if stage == "refine" else 0, opt_state=state.get("opt") if state else None,
-            on_step=on_refine_step, sample_weights=weights,
-        )
+    fit_segmenter(
+        segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
+        start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
+    )
 
     # ---- final figures and the model file
     classifier.cpu().eval()
@@ -686,38 +645,6 @@ def fit_classifier(
             _log(f"classifier step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
         if on_step is not None:
             on_step(step, loss.item(), opt)
-
-
-@torch.no_grad()
-def mine_candidates(segmenter, data: LabelledSet, radius: float = 0.5 * NET_DIAMETER_PX) -> tuple[np.ndarray, np.ndarray]:
-    """The picker's candidates on labelled micrographs, labelled by the truth: rows ``(image, x, y)`` and classes.
-
-    Candidates within ``radius`` of a labelled particle (one-to-one) are particles; the others are background,
-    or contamination where a complete label map says so. Candidates that are unmatched but near a labelled
-    particle (a second pick on one particle) are background too.
-    """
-    from relion_pixer.evaluate import match_picks
-    from relion_pixer.picking import pick_centres
-    from relion_pixer.segment import predict_probability
-
-    rows, classes = [], []
-    for i, img in enumerate(data.images):
-        prob = predict_probability(segmenter, img)
-        xy = np.asarray(pick_centres(prob, NET_DIAMETER_PX, margin_px=0.5 * NET_DIAMETER_PX)[0]).reshape(-1, 2)
-        if not len(xy):
-            continue
-        cls = np.full(len(xy), BACKGROUND)
-        truth = np.asarray(data.coords[i]).reshape(-1, 2)
-        if len(truth):
-            cls[match_picks(xy, truth, radius).pred_index] = PARTICLE
-        lab = data.labels[i]
-        at = lab[np.clip(np.round(xy[:, 1]).astype(int), 0, lab.shape[0] - 1), np.clip(np.round(xy[:, 0]).astype(int), 0, lab.shape[1] - 1)]
-        cls[(cls == BACKGROUND) & (at == CONTAMINATION)] = CONTAMINATION
-        rows.append(np.concatenate([np.full((len(xy), 1), i), xy], 1))
-        classes.append(cls)
-    if not rows:
-        return np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(rows).astype(np.float32), np.concatenate(classes).astype(np.int64)
 
 
 def fit_segmenter(

@@ -20,8 +20,6 @@ valid_oversample = 1.5
 cls_steps = 5
 cls_batch = 8
 seg_steps = 5
-refine_steps = 3
-refine_sim = 2
 seg_batch = 2
 seg_crop = 64
 checkpoint_every = 2
@@ -40,13 +38,13 @@ def test_five_step_training_smoke_run(tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert {"classifier", "segmenter_snr0.01", "segmenter_snr0.1"} <= set(final)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in log] == ["classifier", "segmenter", "refine"]
+    assert [r["stage"] for r in log] == ["classifier", "segmenter"]
     assert all(np.isfinite(r["loss"]) for r in log)
     # rerunning resumes from the finished checkpoint and does no more steps
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ckpt["stage"] == "refine" and ckpt["step"] == 3
+    assert ckpt["stage"] == "segmenter" and ckpt["step"] == 5
     assert main(["--config", str(cfg), "--out", str(out)]) == 0
-    assert len((out / "log.jsonl").read_text().splitlines()) == 3
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_config_errors(tmp_path):
