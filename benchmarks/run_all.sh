@@ -7,8 +7,12 @@ mkdir -p results
 PY=${PYTHON:-python3}
 $PY bench_real.py --split valid --json results/real_valid.json
 $PY bench_real.py --split test --json results/real_test.json
-$PY bench_sim.py --snr 0.01 --n 12 --json results/sim_snr0.01.json
-$PY bench_sim.py --snr 0.1 --n 12 --json results/sim_snr0.1.json
+for snr in 0.01 0.1; do
+  $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
+  $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
+done
 $PY bench_classifier.py --json results/classifier.json
+$PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json
 $PY bench_picking.py --quick > results/picking.txt
+$PY ablation_branches.py --steps 300 --sim_train 120 --sim_valid 8 --out results/ablation
