@@ -87,3 +87,117 @@ def test_model_map_projects_like_the_simulator():
         assert iou(mine, sim) > 0.9, angles
     with pytest.raises(ValueError, match="too small"):
         model_map(model, 4.0, box=20)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# end to end: refinement -> labels -> train --from-labels -> pick --model
+
+
+@pytest.fixture
+def init_model(tmp_path):
+    """A freshly initialised model file (stands in for the shipped weights)."""
+    from relion_pixer.models import build_classifier, build_segmenter, save_models
+
+    torch.manual_seed(0)
+    classifier = build_classifier()
+    path = tmp_path / "init.pt"
+    save_models(path, classifier, build_segmenter(classifier), {"note": "test"})
+    return path
+
+
+def test_finetune_from_reprojection_labels_end_to_end(tmp_path, monkeypatch, capsys, init_model):
+    from relion_pixer.cli import main as cli
+    from relion_pixer.io import read_coordinates_star
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams, pick_micrograph
+
+    torch.set_num_threads(1)
+    project = tmp_path / "project"
+    ref = simulate_refinement(project, 2, seed=5, family="elongated", diameter_A=240.0, angpix=5.0,
+                              shape=(240, 256), snr=0.05, n_points=1500, density=0.3, keep_sims=True)
+    assert ref.n_particles == sum(len(s.coords) for s in ref.sims) > 4
+    monkeypatch.chdir(project)
+
+    # labels by reprojection agree with the simulator's own label maps
+    assert cli(["labels", "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc,
+                "--in_mics", ref.micrographs_star, "--o", "External/job002/"]) == 0
+    table = starfile.read("External/job002/labels.star", always_dict=True)["coordinate_files"]
+    assert len(table) == 2
+    for (_, row), sim in zip(table.iterrows(), ref.sims):
+        assert iou(mrcfile.read(row["pixerLabelName"]) == PARTICLE, sim.labels == PARTICLE) >= 0.8
+
+    # fine-tuning from the labels, starting from the given model, with progress lines (loss, time left)
+    capsys.readouterr()
+    rc = cli(["train", "--from-labels", "External/job002/labels.star", "--init", str(init_model), "--out", "run",
+              "--model_out", "run/finetuned.pt", "--cls_steps", "4", "--seg_steps", "3", "--sim_train", "2",
+              "--sim_valid", "1", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "data: 2 simulated, 0 real, 2 user micrographs" in out
+    assert "classifier step 4/4 loss" in out and "segmenter step 3/3 loss" in out
+    assert len([line for line in out.splitlines() if " loss " in line and "min left" in line]) == 4 + 3
+    config = json.loads((project / "run" / "config.json").read_text())
+    assert config["from_labels"] == "External/job002/labels.star" and config["init"] == str(init_model)
+    assert config["cls_lr"] == 5e-4 and config["seg_lr"] == 5e-4  # the fine-tuning defaults
+
+    # the model file: readable, it moved away from the initial weights, and it picks
+    tuned = load_pretrained(project / "run" / "finetuned.pt", fuse=False)
+    start = load_pretrained(init_model, fuse=False)
+    assert tuned.meta["config"]["from_labels"] == "External/job002/labels.star"
+    for net in ("classifier", "segmenter"):
+        a, b = getattr(start, net).state_dict(), getattr(tuned, net).state_dict()
+        assert a.keys() == b.keys()
+        assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point()), net
+    models = load_pretrained(project / "run" / "finetuned.pt")
+    res = pick_micrograph(ref.sims[0].image, 5.0, 240.0, models, PickParams(threshold=0.0))
+    assert res.xy.ndim == 2 and res.xy.shape[1] == 2 and len(res.fom) == len(res.xy)
+    assert res.prob_map is not None and np.isfinite(res.prob_map).all()
+
+    # and the picking job takes it
+    rc = cli(["--in_mics", "micrographs.star", "--o", "External/job003/", "--particle_diameter", "240",
+              "--model", "run/finetuned.pt", "--threshold", "0", "--j", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert (project / "External/job003/RELION_JOB_EXIT_SUCCESS").exists()
+    picks = starfile.read("External/job003/autopick.star", always_dict=True)["coordinate_files"]
+    assert len(picks) == 2
+    coords = read_coordinates_star(picks["rlnMicrographCoordinates"].iloc[0])
+    np.testing.assert_allclose(np.sort(coords["rlnCoordinateX"].to_numpy()), np.sort(res.xy[:, 0]), atol=0.01)
+
+
+def test_finetune_errors_are_clear_and_early(tmp_path, monkeypatch, capsys, init_model):
+    from relion_pixer.labels import main as labels_main
+    from relion_pixer.train import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    # a labels file that is not one: a one-line error naming the file, before any simulation
+    (tmp_path / "bogus.star").write_text("data_particles\nloop_\n_rlnCoordinateX #1\n1.0\n")
+    assert train_main(["--from-labels", "bogus.star", "--init", str(init_model), "--out", "run"]) == 1
+    out, err = capsys.readouterr()
+    assert "bogus.star" in err and "coordinate_files" in err and "Traceback" not in err
+    assert "simulated" not in out
+    # no initial model: found out before simulating the replay data
+    ref = simulate_refinement(tmp_path / "p", 1, seed=1, diameter_A=200.0, angpix=5.0, shape=(128, 128),
+                              n_points=800)
+    monkeypatch.chdir(tmp_path / "p")
+    assert labels_main(["--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc, "--o", "lab/"]) == 0
+    capsys.readouterr()
+    assert train_main(["--from-labels", "lab/labels.star", "--init", "missing.pt", "--out", "run"]) == 1
+    out, err = capsys.readouterr()
+    assert "missing.pt" in err and "simulated" not in out
+
+
+def test_box_weights_give_the_users_boxes_their_share():
+    from relion_pixer.train import box_weights
+
+    classes = np.array([0] * 90 + [1] * 100 + [2] * 10 + [0] * 10 + [1] * 5)
+    user = np.array([False] * 200 + [True] * 15)
+    w = box_weights(classes, user, 0.7)
+    assert w.sum() == pytest.approx(1.0)
+    for c in (0, 1, 2):
+        assert w[classes == c].sum() == pytest.approx(1 / 3)  # classes balanced
+    assert w[(classes == 1) & user].sum() == pytest.approx(0.7 / 3)  # 5 user particles weigh as much as 70 %
+    assert w[(classes == 0) & user].sum() == pytest.approx(0.7 / 3)
+    # without user boxes: plain class balance
+    w0 = box_weights(classes, np.zeros_like(user), 0.7)
+    np.testing.assert_allclose(w0[classes == 2], 1 / 3 / 10)
