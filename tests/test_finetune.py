@@ -89,6 +89,33 @@ def test_model_map_projects_like_the_simulator():
         model_map(model, 4.0, box=20)
 
 
+def test_simulated_refinement_follows_relion_conventions(tmp_path):
+    from relion_pixer.labels import particle_centres, read_micrograph_pixel_sizes, read_particles
+
+    ref = simulate_refinement(tmp_path, 2, seed=2, family="ring", diameter_A=200.0, angpix=4.0, shape=(200, 220),
+                              n_points=1000, density=0.4, keep_fraction=0.6, pick_error_px=4, map_angpix=5.0,
+                              keep_sims=True)
+    parts = read_particles(tmp_path / ref.particles_star)
+    total = sum(len(s.coords) for s in ref.sims)
+    assert len(parts) == ref.n_particles and 0 < ref.n_particles < total  # some "lost in classification"
+    assert read_micrograph_pixel_sizes(tmp_path / ref.micrographs_star) == {n: 4.0 for n in ref.micrographs}
+    with mrcfile.open(tmp_path / ref.map_mrc) as mrc:
+        assert mrc.voxel_size.x == pytest.approx(5.0) and mrc.data.shape[0] == mrc.data.shape[2]
+    optics = starfile.read(tmp_path / ref.particles_star, always_dict=True)["optics"]
+    assert optics["rlnImagePixelSize"].iloc[0] == pytest.approx(5.0)
+    for name, sim in zip(ref.micrographs, ref.sims):
+        group = parts[parts["micrograph"] == name]
+        assert (group["x"] == np.round(group["x"])).all()  # picked coordinates: whole pixels, a few px off
+        # RELION's centre (trunc(coordinate) - origin) is exactly a true particle centre, with its true pose
+        cx, cy = particle_centres(group, 4.0)
+        d = np.hypot(cx[:, None] - sim.coords[None, :, 0], cy[:, None] - sim.coords[None, :, 1])
+        j = d.argmin(axis=1)
+        assert d.min(axis=1).max() < 1e-6 and len(set(j)) == len(j)
+        assert np.abs(np.hypot(group["x"] - sim.coords[j, 0], group["y"] - sim.coords[j, 1])).max() <= 4 * 2**0.5
+        np.testing.assert_allclose(euler_matrix(group["rot"], group["tilt"], group["psi"]), sim.rotations[j],
+                                   atol=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # end to end: refinement -> labels -> train --from-labels -> pick --model
 
