@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["euler_matrix", "project", "Projector", "resample_volume", "lowpass_volume", "DEFAULT_MAX_POINTS"]
+__all__ = ["euler_matrix", "euler_angles", "project", "Projector", "resample_volume", "lowpass_volume", "DEFAULT_MAX_POINTS"]
 
 #: Sample points (rays x depth) per chunk of :func:`project`; bounds the memory of the sampling grid (~12 bytes each).
 DEFAULT_MAX_POINTS = 1 << 22
@@ -73,6 +73,35 @@ def euler_matrix(rot, tilt, psi):
         lib_stack([sc, ss, cb], -1),
     ]
     return lib_stack(rows, -2)
+
+
+def euler_angles(matrix) -> np.ndarray:
+    """RELION Euler angles ``(rot, tilt, psi)`` in degrees of rotation matrices; the inverse of :func:`euler_matrix`.
+
+    As RELION's ``Euler_matrix2angles`` (``src/euler.cpp``): ``tilt`` in ``[0, 180]``, ``rot`` and ``psi`` in
+    ``(-180, 180]``; at ``tilt`` 0 or 180 (gimbal lock) ``rot`` is 0 and the whole in-plane angle goes to ``psi``.
+
+    Parameters
+    ----------
+    matrix : array_like
+        ``(..., 3, 3)`` proper rotation matrices (orthonormal, determinant +1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., 3)`` float64 angles such that ``euler_matrix(*angles.T)`` gives back ``matrix``.
+    """
+    a = np.asarray(matrix, dtype=np.float64)
+    if a.shape[-2:] != (3, 3):
+        raise ValueError(f"expected (..., 3, 3) rotation matrices, got shape {a.shape}")
+    abs_sb = np.hypot(a[..., 0, 2], a[..., 1, 2])
+    regular = abs_sb > 16 * np.finfo(np.float32).eps
+    # regular case: sin(tilt) > 0, so A[0,2] = -cos(psi) sin(tilt), A[1,2] = sin(psi) sin(tilt), A[2,0..1] = sin(tilt) (cos, sin)(rot)
+    rot = np.where(regular, np.arctan2(a[..., 2, 1], a[..., 2, 0]), 0.0)
+    tilt = np.where(regular, np.arctan2(abs_sb, a[..., 2, 2]), np.where(a[..., 2, 2] > 0, 0.0, np.pi))
+    psi_lock = np.where(a[..., 2, 2] > 0, np.arctan2(-a[..., 1, 0], a[..., 0, 0]), np.arctan2(a[..., 1, 0], -a[..., 0, 0]))
+    psi = np.where(regular, np.arctan2(a[..., 1, 2], -a[..., 0, 2]), psi_lock)
+    return np.degrees(np.stack([rot, tilt, psi], axis=-1))
 
 
 class Projector:

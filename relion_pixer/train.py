@@ -83,6 +83,9 @@ class TrainConfig:
     init: str | None = None
     particle_diameter: float | None = None  # A; default: the diameter `relion_pixer labels` measured
     background_within: float | None = 1.5  # trust background only this many diameters from labelled particles
+    # share of the user's labelled data in the classifier's boxes (per class) and in the segmentation crops; the
+    # rest is the simulated replay, so the model does not forget
+    user_fraction: float = 0.7
     # bookkeeping
     checkpoint_every: int = 250
     valid_every: int = 500
@@ -358,6 +361,43 @@ def box_samples(data: LabelledSet, rng: np.random.Generator, per_image: int = 24
     return xyz, np.concatenate(classes).astype(np.int64)
 
 
+def box_weights(classes: np.ndarray, user: np.ndarray, user_fraction: float = 0.7) -> np.ndarray:
+    """Sampling weights of the classifier's boxes: classes balanced, and the user's boxes a fixed share.
+
+    Each class gets a third of the sampling mass. Within a class that has boxes from the user's labels
+    (fine-tuning), those get ``user_fraction`` of the class's mass and the other (simulated replay, real) boxes the
+    rest, each group spread evenly over its boxes; otherwise all boxes of the class share it evenly. Without this
+    the user's few hundred particles would drown among thousands of simulated ones.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        ``N`` class of each box (0, 1, 2).
+    user : numpy.ndarray
+        ``N`` bool, whether a box comes from the user's labelled micrographs.
+    user_fraction : float
+        Share of the user's boxes within each class they appear in.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``N`` float64 weights summing to 1 (for :func:`torch.multinomial`).
+    """
+    classes = np.asarray(classes)
+    user = np.asarray(user, dtype=bool)
+    w = np.zeros(len(classes), dtype=np.float64)
+    present = [c for c in np.unique(classes)]
+    for c in present:
+        in_c = classes == c
+        mine, other = in_c & user, in_c & ~user
+        if mine.any() and other.any():
+            w[mine] = user_fraction / mine.sum()
+            w[other] = (1.0 - user_fraction) / other.sum()
+        else:
+            w[in_c] = 1.0 / in_c.sum()
+    return w / max(len(present), 1)
+
+
 def cut_boxes(images: list, xyz: np.ndarray, box: int = BOX_SIZE, jitter: float = 0.0, rng=None) -> np.ndarray:
     """Cut ``box`` x ``box`` boxes centred at ``(image index, x, y)`` rows, zero-padded at the edges."""
     half = box // 2
@@ -482,6 +522,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     rng = np.random.default_rng(cfg.seed)
     (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=str))
 
+    # ---- the user's labels and the initial model first: their errors should not wait for the simulated data
+    if not 0.0 < cfg.user_fraction < 1.0:
+        raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
+    user = None
+    if cfg.from_labels:
+        user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
+        if not len(user):
+            raise ValueError(f"{cfg.from_labels}: no labelled micrographs")
+    init = load_pretrained(cfg.init, fuse=False) if cfg.init else None
+
     # ---- data
     sim_cache = run.path / "sim_train.pt"
     if sim_cache.is_file():
@@ -502,14 +552,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
             )
             torch.save(valid_sets[snr].__dict__, cache)
     real = _real_from_config(cfg.real) if cfg.real else LabelledSet([], [], [], None, [])
-    user = None
-    if cfg.from_labels:
-        user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
     _log(f"data: {len(sim_train)} simulated, {len(real)} real, {len(user) if user else 0} user micrographs")
 
     # ---- models
-    if cfg.init:
-        init = load_pretrained(cfg.init, fuse=False)
+    if init is not None:
         classifier, segmenter = init.classifier, init.segmenter
     else:
         classifier = build_classifier()
@@ -525,12 +571,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
 
     # ---- stage 1: classifier on boxes
     box_sources = [sim_train] + ([real] if len(real) else []) + ([user] if user else [])
-    boxes, classes = [], []
-    for data in box_sources:
+    boxes, classes, sources = [], [], []
+    for k, data in enumerate(box_sources):
         xyz, cls = box_samples(data, rng)
         boxes.append(cut_boxes(data.images, xyz, jitter=2.0, rng=rng))
         classes.append(cls)
+        sources.append(np.full(len(cls), k))
     boxes_np, classes_np = np.concatenate(boxes), np.concatenate(classes)
+    user_box = np.concatenate(sources) == len(box_sources) - 1 if user else np.zeros(len(classes_np), bool)
     vxyz, vcls = box_samples(valid_sets[cfg.valid_snrs[0]], np.random.default_rng(cfg.seed + 1))
     vboxes = cut_boxes(valid_sets[cfg.valid_snrs[0]].images, vxyz)
     _log(f"classifier boxes: {np.bincount(classes_np, minlength=3).tolist()} (background/particle/contamination)")
@@ -548,6 +596,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         fit_classifier(
             classifier, boxes_np, classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr, gen, device,
             start=step, opt_state=state.get("opt") if state else None, on_step=on_cls_step,
+            sample_weights=box_weights(classes_np, user_box, cfg.user_fraction),
         )
         stage, step, state = "segmenter", 0, None
 
@@ -561,7 +610,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     if len(real):
         sets.append((real, cfg.real_fraction))
     if user:
-        sets = [(user, 0.7), (sim_train, 0.3)]
+        sets = [(user, cfg.user_fraction), (sim_train, 1.0 - cfg.user_fraction)]
 
     def on_step(step, loss, opt):
         if step % cfg.valid_every == 0 or step == cfg.seg_steps:
@@ -598,13 +647,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     return final
 
 
-def _balanced_weights(classes: np.ndarray) -> np.ndarray:
-    """Sampling weights that draw every class equally often and sum to 1."""
-    counts = np.bincount(classes, minlength=3).astype(np.float64)
-    w = 1.0 / np.maximum(counts[classes], 1)
-    return w / w.sum()
-
-
 def fit_classifier(
     classifier,
     boxes: np.ndarray,
@@ -627,7 +669,9 @@ def fit_classifier(
     opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    weights = torch.from_numpy(_balanced_weights(classes) if sample_weights is None else sample_weights)
+    if sample_weights is None:
+        sample_weights = box_weights(classes, np.zeros(len(classes), dtype=bool))
+    weights = torch.from_numpy(sample_weights)
     t0 = time.time()
     step = start
     while step < steps:
@@ -641,7 +685,7 @@ def fit_classifier(
         loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
         _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1
-        if step % 50 == 0:
+        if step % _progress_every(steps) == 0 or step == steps:
             _log(f"classifier step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
         if on_step is not None:
             on_step(step, loss.item(), opt)
@@ -675,7 +719,7 @@ def fit_segmenter(
         loss = _seg_loss(segmenter(x.to(device)), y.to(device))
         _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1
-        if step % 50 == 0:
+        if step % _progress_every(steps) == 0 or step == steps:
             _log(f"segmenter step {step}/{steps} loss {loss.item():.4f} ({_eta(t0, step, steps, start)})")
         if on_step is not None:
             on_step(step, loss.item(), opt)
@@ -707,6 +751,11 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _progress_every(total: int) -> int:
+    """Steps between progress lines: every 50 steps, or about 10 lines for a short run (fine-tuning)."""
+    return max(1, min(50, int(total) // 10))
+
+
 def _eta(t0: float, step: int, total: int, start: int) -> str:
     rate = (time.time() - t0) / max(1, step - start)
     return f"{rate:.2f} s/step, {rate * (total - step) / 60:.1f} min left"
@@ -728,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim_train", type=int)
     parser.add_argument("--sim_valid", type=int)
     args = parser.parse_args(argv)
+    from relion_pixer.labels import LabelError
+
     cfg = load_config(
         args.config,
         finetune=bool(args.from_labels),
@@ -747,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.init = str(resources.files("relion_pixer") / "weights" / "pixer_v1.pt")
     try:
         train(cfg, args.out, args.model_out, resume=not args.no_resume)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LabelError) as exc:
         print(f"relion_pixer train: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -99,6 +99,15 @@ class SimulatedMicrograph:
         ``signal_power``, ``noise_power``, ``angpix``, ``voltage``, ``cs``, ``amplitude_contrast``,
         ``defocus_u``, ``defocus_v`` (Angstrom), ``defocus_angle`` (degrees), ``dose``, ``families``,
         ``particle_diameter_px``, ``particle_diameter_A``, ``n_particles``, ...
+    rotations : numpy.ndarray
+        ``N x 3 x 3`` float64 rotation matrix of each particle: a point ``q`` of its model (Angstrom, centroid at
+        the origin) lands at in-plane position ``(R q)[:2] / angpix`` pixels from the particle's centre. ``R`` is
+        RELION's matrix of the particle's Euler angles (:func:`relion_pixer.projection.euler_matrix`), so
+        :func:`relion_pixer.projection.euler_angles` gives them.
+    scales : numpy.ndarray
+        ``N`` float64 isotropic scale of each particle's model (size jitter; 1 = the species' nominal size).
+    species : numpy.ndarray
+        ``N`` int64 index of each particle's species (order of ``meta["families"]``).
     """
 
     image: np.ndarray
@@ -108,6 +117,9 @@ class SimulatedMicrograph:
     coords: np.ndarray
     diameters_px: np.ndarray
     meta: dict = field(default_factory=dict)
+    rotations: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 3)))
+    scales: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    species: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------------------------- physics helpers
@@ -518,7 +530,7 @@ def simulate_micrograph(
         n_target = int(round(density * area_free / (math.pi * 0.25 * d_nominal_px**2)))
     else:
         n_target = int(n_particles)
-    coords, diam, inst_masks = _place_particles(
+    coords, diam, inst_masks, poses = _place_particles(
         rng, species, n_target, (H, W), angpix, size_jitter, min_separation, forbidden
     )
     instances = np.zeros((H, W), dtype=np.int32)
@@ -655,17 +667,25 @@ def simulate_micrograph(
         coords=np.asarray(coords, dtype=np.float64).reshape(-1, 2),
         diameters_px=d_px,
         meta=meta,
+        rotations=poses["rotations"],
+        scales=poses["scales"],
+        species=poses["species"],
     )
 
 
 def _place_particles(rng, species, n_target, shape, angpix, size_jitter, min_separation, forbidden):
     """Random sequential placement with a least centre distance; renders each accepted particle.
 
-    Returns centres, diameters (px) and, per particle, (dst slices, src slices, thickness patch, mask patch).
+    Returns centres, diameters (px), per particle (dst slices, src slices, thickness patch, mask patch), and the
+    poses: a dict of ``rotations`` (N x 3 x 3), ``scales`` (N) and ``species`` (N, index into ``species``).
+    The poses are recorded, not drawn, so the random stream is the same as without them.
     """
     H, W = shape
     coords = np.zeros((max(n_target, 0), 2))
     diam = np.zeros(max(n_target, 0))
+    rots = np.zeros((max(n_target, 0), 3, 3))
+    scales = np.zeros(max(n_target, 0))
+    which = np.zeros(max(n_target, 0), dtype=np.int64)
     rendered = []
     n = 0
     tries = 0
@@ -674,7 +694,8 @@ def _place_particles(rng, species, n_target, shape, angpix, size_jitter, min_sep
     while n < n_target and tries < max_tries:
         tries += 1
         x, y = rng.uniform(0, W - 1), rng.uniform(0, H - 1)
-        m = species[int(rng.integers(len(species)))]
+        k = int(rng.integers(len(species)))
+        m = species[k]
         scale = float(np.clip(1.0 + size_jitter * rng.normal(), 0.6, 1.4))
         d = m.diameter * scale / angpix
         if forbidden[int(round(y)), int(round(x))]:
@@ -696,9 +717,12 @@ def _place_particles(rng, species, n_target, shape, angpix, size_jitter, min_sep
             continue
         coords[n] = (x, y)
         diam[n] = d
+        rots[n] = rot
+        scales[n] = scale
+        which[n] = k
         rendered.append((sl[0], sl[1], patch, binarise_projection(patch)))
         n += 1
-    return coords[:n], diam[:n], rendered
+    return coords[:n], diam[:n], rendered, {"rotations": rots[:n], "scales": scales[:n], "species": which[:n]}
 
 
 def _virtual_calibration(rng, species, shape, angpix, size_jitter, density, ctf, mtf, transmission, sigma):
@@ -707,7 +731,7 @@ def _virtual_calibration(rng, species, shape, angpix, size_jitter, density, ctf,
     d_px = float(np.mean([m.diameter for m in species])) / angpix
     n = max(1, int(round(max(density, 0.05) * H * W / (math.pi * 0.25 * d_px**2))))
     sub = np.random.default_rng(rng.integers(2**63))  # keep the main stream independent of this step's length
-    coords, _, rendered = _place_particles(sub, species, n, shape, angpix, size_jitter, 1.0, np.zeros(shape, bool))
+    coords, _, rendered, _ = _place_particles(sub, species, n, shape, angpix, size_jitter, 1.0, np.zeros(shape, bool))
     t = np.zeros(shape, dtype=np.float32)
     mask = np.zeros(shape, dtype=bool)
     for dst, src, patch, m in rendered:
