@@ -39,15 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import Micrograph, fmt, run_pixer, score
+from common import Micrograph, fmt, mask_iou, run_pixer, score
 from relion_pixer import PARTICLE
 from relion_pixer.cli import main as relion_pixer
-from relion_pixer.evaluate import particle_ious
 from relion_pixer.models import load_pretrained
-from relion_pixer.preprocess import prepare
-from relion_pixer.segment import predict_probability
 from relion_pixer.simulate.refinement import simulate_refinement
-from relion_pixer.train import FINETUNE_DEFAULTS, _nearest_resample
+from relion_pixer.train import FINETUNE_DEFAULTS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights" / "pixer_v1.pt"
 
@@ -89,18 +86,6 @@ def label_iou(project: Path, labels_star: Path) -> list[float]:
         truth = mrcfile.read(project / "Labels" / f"{Path(row['rlnMicrographName']).stem}_labels.mrc") == PARTICLE
         out.append(float((mine & truth).sum() / max(1, (mine | truth).sum())))
     return out
-
-
-def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:
-    """Mean particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instances."""
-    ious = []
-    for m, sim in zip(mics, sims):
-        net, _ = prepare(m.image, m.angpix, diameter_A)
-        with torch.no_grad():
-            prob = predict_probability(models.segmenter, net).numpy()
-        inst = _nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
-        ious.extend(particle_ious(prob >= 0.5, inst)[1])
-    return float(np.mean(ious)) if ious else float("nan")
 
 
 def main() -> None:

@@ -21,14 +21,10 @@ import json
 import numpy as np
 import torch
 
-from common import Micrograph, best_threshold, fmt, run_log, run_pixer, score
+from common import Micrograph, best_threshold, fmt, mask_iou, run_log, run_pixer, score
 from relion_pixer import NET_DIAMETER_PX
-from relion_pixer.evaluate import particle_ious
 from relion_pixer.models import load_pretrained
-from relion_pixer.segment import predict_probability
 from relion_pixer.simulate import random_config, simulate_micrograph
-from relion_pixer.train import _nearest_resample
-from relion_pixer.preprocess import prepare
 
 def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float) -> tuple[list[Micrograph], list]:
     rng = np.random.default_rng(seed)
@@ -43,16 +39,6 @@ def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A
         mics.append(Micrograph(f"sim{i:03d}", sim.image, angpix, xy[inside]))
         sims.append(sim)
     return mics, sims
-
-
-def mask_iou(models, mics, sims, diameter_A: float) -> float:
-    ious = []
-    for m, sim in zip(mics, sims):
-        net, _ = prepare(m.image, m.angpix, diameter_A)
-        prob = predict_probability(models.segmenter, net).numpy()
-        inst = _nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
-        ious.extend(particle_ious(prob >= 0.5, inst)[1])
-    return float(np.mean(ious)) if ious else float("nan")
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
-from relion_pixer.evaluate import pooled_precision_recall_f1  # noqa: E402
+from relion_pixer.evaluate import particle_ious, pooled_precision_recall_f1  # noqa: E402
 from relion_pixer.pipeline import PickParams, pick_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
+from relion_pixer.segment import predict_probability  # noqa: E402
+from relion_pixer.train import _nearest_resample  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "empiar10028_ribosome80S"
 SPLITS = {
@@ -67,6 +69,17 @@ def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
         xy, score = log_pick(net, NET_DIAMETER_PX, threshold=threshold)
         out.append((to_original(xy, factors), score))
     return out
+
+
+def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:
+    """Mean particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps."""
+    ious = []
+    for m, sim in zip(mics, sims):
+        net, _ = prepare(m.image, m.angpix, diameter_A)
+        prob = predict_probability(models.segmenter, net).numpy()
+        inst = _nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
+        ious.extend(particle_ious(prob >= 0.5, inst)[1])
+    return float(np.mean(ious)) if ious else float("nan")
 
 
 def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | None = None) -> dict:
