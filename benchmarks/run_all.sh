@@ -16,3 +16,4 @@ $PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json
 $PY bench_picking.py --quick > results/picking.txt
 $PY ablation_branches.py --steps 300 --sim_train 120 --sim_valid 8 --out results/ablation
+$PY bench_finetune.py --control --json results/finetune.json
