@@ -164,7 +164,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
     Writes go to a temporary file in the same directory (created with the usual ``0666 & ~umask`` permissions),
     which is flushed, ``fsync``-ed and renamed over ``path`` with :func:`os.replace` when the ``with`` block ends
-    normally. If the block raises, the temporary file is deleted and any existing ``path`` is untouched.
+    normally (:func:`atomic_output_path`). If the block raises, the temporary file is deleted and any existing ``path`` is untouched.
 
     Parameters
     ----------
@@ -177,29 +177,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
-    path = Path(path)
-    tmp = _temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        if mode == "wb":
-            fh = os.fdopen(fd, "wb")
-        else:
-            fh = os.fdopen(fd, "w", encoding=encoding, newline="\n")
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    try:
-        with fh:
+    text = {} if mode == "wb" else {"encoding": encoding, "newline": "\n"}
+    with atomic_output_path(path) as tmp:
+        # "x": create the temporary file exclusively; atomic_output_path fsyncs and renames it
+        with open(tmp, mode.replace("w", "x"), **text) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------------------------------------------
