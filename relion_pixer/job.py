@@ -46,6 +46,7 @@ SPEC = {
     "in_mics": "value",
     "particle_diameter": "value",
     "threshold": "value",
+    "map_threshold": "value",
     "max_particles": "value",
     "min_distance": "value",
     "margin": "value",
@@ -77,6 +78,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
 
   particle_diameter A   particle diameter in Angstrom (required)
   threshold P           lowest classifier probability of a pick, 0-1 (default 0.6)
+  map_threshold P       lowest smoothed probability-map score of a candidate before the classifier,
+                        0-1 (default 0.5; lower it for very noisy data, where the map is faint)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
@@ -106,12 +109,13 @@ class JobOptions:
     particle_diameter: float
     in_mics: str | None = None
     micrographs: tuple[str, ...] = ()
-    threshold: float = 0.6
-    max_particles: int = 500
+    threshold: float = PickParams.threshold
+    map_threshold: float = PickParams.map_threshold
+    max_particles: int = PickParams.max_particles
     min_distance: float | None = None
     margin: float | None = None
     device: str = "auto"
-    batch_size: int = 256
+    batch_size: int = PickParams.batch_size
     angpix: float | None = None
     model: str | None = None
     write_maps: bool = False
@@ -139,6 +143,29 @@ def _number(values: dict, key: str, kind, default, warnings: list, what: str = "
             raise ValueError
     except ValueError:
         raise UsageError(f"--{key} needs {what}, not {raw!r}") from None
+    return value
+
+
+#: Numeric options: name -> (type, default, what the value is, test of the value, the test in words).
+#: One table, so every option is read and checked the same way.
+_NUMBERS = {
+    "threshold": (float, PickParams.threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "map_threshold": (float, PickParams.map_threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "max_particles": ("int", PickParams.max_particles, "a whole number (0 = no cap)", lambda v: v >= 0, "0 (no cap) or positive"),
+    "min_distance": (float, None, "a distance in Angstrom", lambda v: v > 0, "positive"),
+    "margin": (float, None, "a distance in Angstrom", lambda v: v >= 0, "0 or positive"),
+    "batch_size": ("int", PickParams.batch_size, "a whole number", lambda v: v >= 1, "at least 1"),
+    "angpix": (float, None, "a pixel size in Angstrom", lambda v: v > 0, "positive"),
+    "j": ("int", None, "a number of threads", lambda v: v >= 1, "at least 1"),
+}
+
+
+def _bounded(values: dict, key: str, warnings: list):
+    """Option ``key`` read with :func:`_number` and checked as :data:`_NUMBERS` says (None when absent)."""
+    kind, default, what, ok, bound = _NUMBERS[key]
+    value = _number(values, key, _int if kind == "int" else kind, default, warnings, what=what)
+    if value is not None and not ok(value):
+        raise UsageError(f"--{key} must be {bound}, not {value:g}")
     return value
 
 
@@ -190,27 +217,10 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     if diameter <= 0:
         raise UsageError(f"--particle_diameter must be positive, not {diameter:g}")
 
-    threshold = _number(values, "threshold", float, 0.6, warnings, what="a probability between 0 and 1")
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold must be between 0 and 1, not {threshold:g}")
-    max_particles = _number(values, "max_particles", _int, 500, warnings, what="a whole number (0 = no cap)")
-    if max_particles < 0:
-        raise UsageError(f"--max_particles must be 0 (no cap) or positive, not {max_particles}")
-    min_distance = _number(values, "min_distance", float, None, warnings, what="a distance in Angstrom")
-    if min_distance is not None and min_distance <= 0:
-        raise UsageError(f"--min_distance must be positive, not {min_distance:g}")
-    margin = _number(values, "margin", float, None, warnings, what="a distance in Angstrom")
-    if margin is not None and margin < 0:
-        raise UsageError(f"--margin must be 0 or positive, not {margin:g}")
-    batch_size = _number(values, "batch_size", _int, 256, warnings, what="a whole number")
-    if batch_size < 1:
-        raise UsageError(f"--batch_size must be at least 1, not {batch_size}")
-    angpix = _number(values, "angpix", float, None, warnings, what="a pixel size in Angstrom")
-    if angpix is not None and angpix <= 0:
-        raise UsageError(f"--angpix must be positive, not {angpix:g}")
-    threads = _number(values, "j", _int, None, warnings, what="a number of threads")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--j must be at least 1, not {threads}")
+    numbers = {key: _bounded(values, key, warnings) for key in _NUMBERS}
+    threshold, map_threshold = numbers["threshold"], numbers["map_threshold"]
+    max_particles, min_distance, margin = numbers["max_particles"], numbers["min_distance"], numbers["margin"]
+    batch_size, angpix, threads = numbers["batch_size"], numbers["angpix"], numbers["j"]
 
     device = values.get("device")
     if device is None or device is True:
@@ -242,6 +252,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         in_mics=in_mics,
         micrographs=tuple(micrographs),
         threshold=float(threshold),
+        map_threshold=float(map_threshold),
         max_particles=int(max_particles),
         min_distance=min_distance,
         margin=margin,
@@ -507,7 +518,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     outcome = _Outcome()
     if todo:
         params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
-                            min_distance_A=opts.min_distance, margin_A=opts.margin, device="cpu",
+                            min_distance_A=opts.min_distance, margin_A=opts.margin,
+                            map_threshold=opts.map_threshold, device="cpu",
                             batch_size=opts.batch_size)
         if opts.threads:
             import torch

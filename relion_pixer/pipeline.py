@@ -32,6 +32,9 @@ class PickParams:
         only particles lying wholly inside the micrograph are kept; 0 keeps every centre inside the image).
     min_distance_A : float or None
         Smallest distance between two picks, in Angstrom (None: the picker's default, about one diameter).
+    map_threshold : float
+        Lowest score (the probability map smoothed by a particle-sized Gaussian) a candidate centre may have
+        before the classifier sees it.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
     batch_size : int
@@ -42,6 +45,7 @@ class PickParams:
     max_particles: int = 500
     min_distance_A: float | None = None
     margin_A: float | None = None
+    map_threshold: float = 0.5
     device: str = "cpu"
     batch_size: int = 256
 
@@ -99,7 +103,8 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
     margin_A = 0.5 * float(diameter_A) if params.margin_A is None else float(params.margin_A)
     margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
-    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px, margin_px=margin_px)
+    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px, margin_px=margin_px,
+                                       threshold=params.map_threshold)
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
     result = classify.filter_candidates(
         models.classifier,

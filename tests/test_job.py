@@ -710,6 +710,8 @@ def test_relion_command_line_is_parsed_tolerantly():
         ("--Particle-Diameter=150", "particle_diameter", 150.0),
         ("--min_distance 120", "min_distance", 120.0),
         ("--batch_size 64", "batch_size", 64),
+        ("--map_threshold 0.2", "map_threshold", 0.2),
+        ("--margin 0", "margin", 0.0),
         ("--model my.pt", "model", "my.pt"),
         ("--device CUDA:1", "device", "cuda:1"),
         ("--relion_version 3.1", "relion_version", 3),
@@ -739,6 +741,10 @@ def test_parameter_forms(args, field, value):
         ("--o out/ --in_mics m.star --particle_diameter 150 --write_maps maybe", None),
         ("--o out/ --in_mics m.star --particle_diameter 150 --relion_version 3.0", "3.0 has no External job"),
         ("--o out/ --in_mics m.star --particle_diameter 150 --j 0", "at least 1"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --map_threshold -0.1", "--map_threshold must be between 0 and 1"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --margin -3", "--margin must be 0 or positive"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --min_distance 0", "--min_distance must be positive"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --angpix abc", "--angpix needs a pixel size"),
     ],
 )
 def test_bad_arguments(args, match):
