@@ -80,6 +80,9 @@ LABEL_COLUMN = "pixerLabelName"
 #: Node type of ``labels.star`` in ``RELION_OUTPUT_NODES.star``: RELION 4/5's generic "ProcessData" top-level type
 #: (as ``ProcessData.star.relion.postprocess`` for postprocess.star), with our own sub-type.
 NODE_TYPE = "ProcessData.star.relion_pixer.labels"
+#: Model file a labels job with ``--finetune`` writes in its output directory, and its node type.
+FINETUNED_MODEL = "pixer_finetuned.pt"
+MODEL_NODE_TYPE = "ProcessData.pt.relion_pixer.model"
 #: Default side, in voxels, of the working box the map is projected in.
 DEFAULT_MAX_BOX = 64
 
@@ -808,6 +811,12 @@ SPEC = {
     "lowpass": "value",
     "max_box": "value",
     "projector": "value",
+    "finetune": "flag",
+    "particle_diameter": "value",
+    "init": "value",
+    "cls_steps": "value",
+    "seg_steps": "value",
+    "sim_train": "value",
     "relion_version": "value",
     "j": "value",
     "pipeline_control": "value",
@@ -835,11 +844,18 @@ label / value pairs (label without dashes):
   lowpass A             low-pass the map to this resolution first (default 0: off)
   max_box N             largest working box the map is projected in (default {DEFAULT_MAX_BOX})
   projector P           fourier (default) or real
+  finetune [Yes/No]     then fine-tune the picker on these labels (`relion_pixer train --from-labels`) and write
+                        {FINETUNED_MODEL}: give it as the picking job's `model` parameter
+  particle_diameter A   particle diameter for fine-tuning (default: as measured on the reprojection masks)
+  init FILE             model to fine-tune (default: the shipped weights)
+  cls_steps N, seg_steps N, sim_train N
+                        fine-tuning length and simulated replay (defaults: those of `relion_pixer train`)
   relion_version V      3, 4 or 5 for RELION_OUTPUT_NODES.star (default: from default_pipeline.star, else 5)
   j N                   CPU threads
 
 Writes, in --o: <micrograph>_labels.mrc (8-bit, 1 = particle), <micrograph>_coords.star, {LABELS_STAR}
-(for `relion_pixer train --from-labels`), RELION_OUTPUT_NODES.star and RELION_JOB_EXIT_SUCCESS / _FAILURE.
+(for `relion_pixer train --from-labels`), RELION_OUTPUT_NODES.star and RELION_JOB_EXIT_SUCCESS / _FAILURE;
+with finetune also {FINETUNED_MODEL} and the training run (checkpoints, log.jsonl) in finetune/.
 """
 
 
@@ -851,6 +867,30 @@ def _number(values: dict, key: str, kind=float, default=None):
         return kind(raw)
     except (TypeError, ValueError):
         raise ValueError(f"--{key}: expected a number, got {raw!r}") from None
+
+
+def _finetune(values: dict, labels_star: Path, out_dir: Path, threads: int | None) -> Path:
+    """Fine-tune the picker on the labels just written (the job's ``--finetune``); returns the model file."""
+    from relion_pixer import train as training
+    from relion_pixer.models import shipped_weights
+
+    cfg = training.load_config(
+        None,
+        finetune=True,
+        from_labels=str(labels_star),
+        init=values.get("init") or str(shipped_weights()),
+        particle_diameter=_number(values, "particle_diameter"),
+        cls_steps=_number(values, "cls_steps", int),
+        seg_steps=_number(values, "seg_steps", int),
+        sim_train=_number(values, "sim_train", int),
+        threads=threads,
+    )
+    model = out_dir / FINETUNED_MODEL
+    print(f" + fine-tuning {cfg.init} on {labels_star}: {cfg.cls_steps} classifier and {cfg.seg_steps} "
+          f"segmenter steps", flush=True)
+    training.train(cfg, out_dir / "finetune", model)
+    print(f" + wrote {model}: pick with it by giving the picking job the parameter `model {model}`", flush=True)
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -905,13 +945,16 @@ def main(argv: list[str] | None = None) -> int:
             method=projector,
             star_version=relion.star_version(version),
         )
+        print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "
+              f"in {result.seconds:.1f} s", flush=True)
+        nodes = [(str(result.star), NODE_TYPE)]
+        if values.get("finetune"):
+            nodes.append((str(_finetune(values, result.star, out_dir, threads)), MODEL_NODE_TYPE))
         if version >= 4:
-            relion.write_output_nodes(out_dir, [(str(result.star), NODE_TYPE)], version)
+            relion.write_output_nodes(out_dir, nodes, version)
         else:
             # RELION 3.1 has only integer node types, none of them generic: declare no output node
             print(" + RELION 3.1: no output node declared (RELION 3.1 has no generic node type)")
-        print(f" + wrote {result.star}: {len(result.table)} micrographs, {result.n_particles} particles "
-              f"in {result.seconds:.1f} s")
     except (LabelError, ValueError, OSError) as exc:
         print(f"ERROR: relion_pixer labels: {exc}", file=sys.stderr)
         if control:

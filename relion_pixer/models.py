@@ -39,6 +39,7 @@ __all__ = [
     "save_models",
     "fuse_batchnorm",
     "DEFAULT_WEIGHTS",
+    "shipped_weights",
 ]
 
 NUM_CLASSES = 3
@@ -209,6 +210,11 @@ def save_models(path: str | Path, classifier: Classifier, segmenter: Segmentatio
     tmp.replace(path)
 
 
+def shipped_weights() -> Path:
+    """Path of the weights that ship with the package (:data:`DEFAULT_WEIGHTS` in ``relion_pixer/weights/``)."""
+    return Path(str(resources.files("relion_pixer") / "weights" / DEFAULT_WEIGHTS))
+
+
 def load_pretrained(path: str | Path | None = None, device: str | torch.device = "cpu", fuse: bool = True) -> PixerModels:
     """Load the shipped weights (default) or a fine-tuned model file, ready for inference.
 
@@ -222,7 +228,7 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
         Fold batch normalisation into the convolutions (inference only).
     """
     if path is None:
-        path = resources.files("relion_pixer") / "weights" / DEFAULT_WEIGHTS
+        path = shipped_weights()
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights not found at {path}: the package is incomplete")
     path = Path(str(path))

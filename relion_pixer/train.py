@@ -40,6 +40,7 @@ from relion_pixer.models import (
     build_segmenter,
     load_pretrained,
     save_models,
+    shipped_weights,
 )
 from relion_pixer.preprocess import prepare, to_network
 
@@ -793,9 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         particle_diameter=args.particle_diameter,
     )
     if cfg.from_labels and not cfg.init:
-        from importlib import resources
-
-        cfg.init = str(resources.files("relion_pixer") / "weights" / "pixer_v1.pt")
+        cfg.init = str(shipped_weights())
     try:
         train(cfg, args.out, args.model_out, resume=not args.no_resume)
     except (FileNotFoundError, ValueError, LabelError) as exc:

@@ -228,3 +228,38 @@ def test_box_weights_give_the_users_boxes_their_share():
     # without user boxes: plain class balance
     w0 = box_weights(classes, np.zeros_like(user), 0.7)
     np.testing.assert_allclose(w0[classes == 2], 1 / 3 / 10)
+
+
+def test_labels_job_can_finetune_in_one_go(tmp_path, monkeypatch, capsys, init_model):
+    """RELION External job with --in_parts/--in_3dref and `finetune Yes`: labels, then a model file for picking."""
+    from relion_pixer.cli import main as cli
+    from relion_pixer.labels import FINETUNED_MODEL, MODEL_NODE_TYPE, NODE_TYPE
+    from relion_pixer.models import load_pretrained
+
+    torch.set_num_threads(1)
+    project = tmp_path / "project"
+    ref = simulate_refinement(project, 1, seed=2, diameter_A=200.0, angpix=5.0, shape=(160, 160), n_points=800)
+    monkeypatch.chdir(project)
+    # as RELION calls it: bare flag for a "Yes" given without a value, its own --j and --pipeline_control last
+    rc = cli(["--o", "External/job004/", "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc,
+              "--finetune", "--init", str(init_model), "--cls_steps", "2", "--seg_steps", "2", "--sim_train", "1",
+              "--j", "1", "--pipeline_control", "External/job004/"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    job = project / "External" / "job004"
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert "classifier step 2/2" in out and "segmenter step 2/2" in out
+    nodes = starfile.read(job / "RELION_OUTPUT_NODES.star")
+    assert list(nodes["rlnPipeLineNodeName"]) == ["External/job004/labels.star", f"External/job004/{FINETUNED_MODEL}"]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [NODE_TYPE, MODEL_NODE_TYPE]
+    tuned = load_pretrained(job / FINETUNED_MODEL, fuse=False)
+    assert tuned.meta["config"]["from_labels"] == "External/job004/labels.star"
+    assert tuned.meta["config"]["init"] == str(init_model)
+
+    # a missing initial model: the job fails with the file named, and declares no output node
+    rc = cli(["--o", "External/job005/", "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc,
+              "--finetune", "Yes", "--init", "missing.pt", "--sim_train", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "missing.pt" in err and "Traceback" not in err
+    assert (project / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
+    assert not (project / "External/job005/RELION_OUTPUT_NODES.star").exists()
