@@ -613,10 +613,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     if user:
         sets = [(user, cfg.user_fraction), (sim_train, 1.0 - cfg.user_fraction)]
 
+    last_figures: dict = {}  # validation of the final weights, computed once for the log and the model file
+
     def on_step(step, loss, opt):
         if step % cfg.valid_every == 0 or step == cfg.seg_steps:
             segmenter.cpu()
-            run.log(stage="segmenter", step=step, loss=loss, **validate_segmenter(segmenter, valid_sets))
+            full: dict = {}
+            run.log(stage="segmenter", step=step, loss=loss, **validate_segmenter(segmenter, valid_sets, full))
+            if step == cfg.seg_steps:
+                last_figures.update(full)
             segmenter.to(device)
         if step % cfg.checkpoint_every == 0 or step == cfg.seg_steps:
             run.save_checkpoint(
@@ -639,8 +644,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     classifier.cpu().eval()
     segmenter.cpu().eval()
     final = {"classifier": classifier_accuracy(classifier, vboxes, vcls)}
-    for snr, vset in valid_sets.items():
-        final[f"segmenter_snr{snr:g}"] = seg_metrics(segment_set(segmenter, vset), vset)
+    if not last_figures:  # resumed after the last step: nothing was validated in this process
+        validate_segmenter(segmenter, valid_sets, last_figures)
+    final.update(last_figures)
     meta = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}, "validation": final}
     save_models(model_out or (run.path / "model.pt"), classifier, segmenter, meta)
     (run.path / "final.json").write_text(json.dumps(final, indent=1))
@@ -726,13 +732,18 @@ def fit_segmenter(
             on_step(step, loss.item(), opt)
 
 
-def validate_segmenter(segmenter, valid_sets: dict) -> dict:
-    """Particle IoU and pixel IoU on each validation set (keyed by SNR)."""
+def validate_segmenter(segmenter, valid_sets: dict, full: dict | None = None) -> dict:
+    """Particle IoU and pixel IoU on each validation set (keyed by SNR).
+
+    ``full``, when given, receives every :func:`seg_metrics` figure as ``{"segmenter_snr<S>": {...}}``.
+    """
     figures = {}
     for snr, vset in valid_sets.items():
         m = seg_metrics(segment_set(segmenter, vset), vset)
         figures[f"iou_snr{snr:g}"] = m["particle_iou"]
         figures[f"pixel_iou_snr{snr:g}"] = m["pixel_iou"]
+        if full is not None:
+            full[f"segmenter_snr{snr:g}"] = m
     return figures
 
 

@@ -40,11 +40,15 @@ def test_five_step_training_smoke_run(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["classifier", "segmenter"]
     assert all(np.isfinite(r["loss"]) for r in log)
+    # the model file's figures are those logged for the final weights
+    assert final["segmenter_snr0.1"]["particle_iou"] == log[-1]["iou_snr0.1"]
+    assert models.meta["validation"]["segmenter_snr0.01"] == final["segmenter_snr0.01"]
     # rerunning resumes from the finished checkpoint and does no more steps
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["stage"] == "segmenter" and ckpt["step"] == 5
     assert main(["--config", str(cfg), "--out", str(out)]) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "final.json").read_text())["segmenter_snr0.1"] == final["segmenter_snr0.1"]
 
 
 def test_config_errors(tmp_path):
