@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p results
 PY=${PYTHON:-python3}
+$PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_real.py --split valid --json results/real_valid.json
 $PY bench_real.py --split test --json results/real_test.json
 for snr in 0.01 0.1; do

@@ -59,3 +59,14 @@ def test_picks_match_the_simulated_particles(simulated):
     assert np.all(np.diff(res.fom) <= 0) and np.all((res.fom >= 0.6) & (res.fom <= 1))
     scores = pooled_precision_recall_f1([res.xy], [sim.coords], radius=32.0)
     assert scores.f1 >= 0.7, scores
+
+
+def test_map_threshold_decides_which_candidates_reach_the_classifier(simulated):
+    sim, diameter = simulated
+    models = load_pretrained()
+    counts = []
+    for map_threshold in (0.05, 0.5, 0.95, 1.0):
+        res = pick_micrograph(sim.image, 2.5, diameter, models, PickParams(threshold=0.0, map_threshold=map_threshold))
+        counts.append(len(res.xy))
+    assert counts[0] >= counts[1] >= counts[2] >= counts[3] == 0
+    assert counts[0] > counts[2]
