@@ -72,6 +72,8 @@ class TrainConfig:
     cls_steps: int = 1500
     cls_batch: int = 128
     cls_lr: float = 2e-3
+    # networks: trunk channels of the three stages (full, 1/2 and 1/4 resolution)
+    widths: tuple = (16, 32, 64)
     # segmentation
     seg_steps: int = 3000
     seg_batch: int = 8
@@ -104,7 +106,7 @@ class TrainConfig:
         unknown = set(flat) - known
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        for key in ("valid_snrs", "rates", "real"):
+        for key in ("valid_snrs", "rates", "real", "widths"):
             if key in flat:
                 flat[key] = tuple(flat[key])
         return cls(**flat)
@@ -559,7 +561,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     if init is not None:
         classifier, segmenter = init.classifier, init.segmenter
     else:
-        classifier = build_classifier()
+        classifier = build_classifier(cfg.widths)
         segmenter = None
     classifier.to(device)
     state = run.load_checkpoint() if resume else None

@@ -17,6 +17,7 @@ sim_size = 96
 oversample_min = 1.2
 oversample_max = 1.5
 valid_oversample = 1.5
+widths = [8, 16, 16]
 cls_steps = 5
 cls_batch = 8
 seg_steps = 5
@@ -35,6 +36,7 @@ def test_five_step_training_smoke_run(tmp_path):
     assert main(["--config", str(cfg), "--out", str(out)]) == 0
     models = load_pretrained(out / "model.pt")
     assert models.segmenter.rates == (2, 4, 6, 8)
+    assert models.classifier.trunk.widths == models.segmenter.trunk.widths == (8, 16, 16)
     final = json.loads((out / "final.json").read_text())
     assert {"classifier", "segmenter_snr0.01", "segmenter_snr0.1"} <= set(final)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
