@@ -47,6 +47,7 @@ SPEC = {
     "particle_diameter": "value",
     "threshold": "value",
     "map_threshold": "value",
+    "map_relative": "value",
     "max_particles": "value",
     "min_distance": "value",
     "margin": "value",
@@ -78,8 +79,10 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
 
   particle_diameter A   particle diameter in Angstrom (required)
   threshold P           lowest classifier probability of a pick, 0-1 (default 0.6)
-  map_threshold P       lowest smoothed probability-map score of a candidate before the classifier,
-                        0-1 (default 0.5; lower it for very noisy data, where the map is faint)
+  map_threshold P       lowest smoothed probability-map score of a candidate before the classifier, 0-1
+                        (default 0.05)
+  map_relative F        a candidate also needs this fraction of the micrograph's typical candidate score, 0-1
+                        (default 0.2; 0: map_threshold alone decides)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
@@ -111,6 +114,7 @@ class JobOptions:
     micrographs: tuple[str, ...] = ()
     threshold: float = PickParams.threshold
     map_threshold: float = PickParams.map_threshold
+    map_relative: float = PickParams.map_relative
     max_particles: int = PickParams.max_particles
     min_distance: float | None = None
     margin: float | None = None
@@ -151,6 +155,7 @@ def _number(values: dict, key: str, kind, default, warnings: list, what: str = "
 _NUMBERS = {
     "threshold": (float, PickParams.threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
     "map_threshold": (float, PickParams.map_threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "map_relative": (float, PickParams.map_relative, "a fraction between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
     "max_particles": ("int", PickParams.max_particles, "a whole number (0 = no cap)", lambda v: v >= 0, "0 (no cap) or positive"),
     "min_distance": (float, None, "a distance in Angstrom", lambda v: v > 0, "positive"),
     "margin": (float, None, "a distance in Angstrom", lambda v: v >= 0, "0 or positive"),
@@ -218,7 +223,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         raise UsageError(f"--particle_diameter must be positive, not {diameter:g}")
 
     numbers = {key: _bounded(values, key, warnings) for key in _NUMBERS}
-    threshold, map_threshold = numbers["threshold"], numbers["map_threshold"]
+    threshold, map_threshold, map_relative = numbers["threshold"], numbers["map_threshold"], numbers["map_relative"]
     max_particles, min_distance, margin = numbers["max_particles"], numbers["min_distance"], numbers["margin"]
     batch_size, angpix, threads = numbers["batch_size"], numbers["angpix"], numbers["j"]
 
@@ -253,6 +258,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         micrographs=tuple(micrographs),
         threshold=float(threshold),
         map_threshold=float(map_threshold),
+        map_relative=float(map_relative),
         max_particles=int(max_particles),
         min_distance=min_distance,
         margin=margin,
@@ -519,7 +525,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if todo:
         params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
                             min_distance_A=opts.min_distance, margin_A=opts.margin,
-                            map_threshold=opts.map_threshold, device="cpu",
+                            map_threshold=opts.map_threshold, map_relative=opts.map_relative, device="cpu",
                             batch_size=opts.batch_size)
         if opts.threads:
             import torch

@@ -44,6 +44,7 @@ __all__ = [
     "MIN_DISTANCE_PER_DIAMETER",
     "PickResult",
     "pick_centres",
+    "adaptive_threshold",
     "score_map",
     "gaussian_kernel1d",
 ]
@@ -263,6 +264,40 @@ def pick_centres(
 
 # ----------------------------------------------------------------------------------------------------------
 # input handling
+
+
+#: Quantile of a micrograph's candidate scores that :func:`adaptive_threshold` takes as its typical particle score.
+ADAPTIVE_QUANTILE = 75.0
+
+
+def adaptive_threshold(scores: np.ndarray, floor: float, relative: float, quantile: float = ADAPTIVE_QUANTILE) -> float:
+    """A micrograph's own score threshold: ``max(floor, relative * q)``.
+
+    ``q`` is the ``quantile`` (percent) of the candidate ``scores`` at or above ``floor``: a typical particle's
+    score on this micrograph. On clean data particles score near 1, so faint specks below ``relative`` of that are
+    dropped; on very noisy data every particle scores low, and the threshold falls with them down to ``floor``.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Scores of the candidates (:func:`pick_centres` with ``threshold=floor``).
+    floor : float
+        Lowest threshold.
+    relative : float
+        Fraction of the typical score a candidate needs; 0 gives ``floor``.
+    quantile : float
+        Which quantile of the scores is "typical", in percent.
+
+    Returns
+    -------
+    float
+        The threshold (``floor`` when no score reaches it).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores = scores[scores >= floor]
+    if not len(scores) or relative <= 0:
+        return float(floor)
+    return float(max(floor, relative * np.percentile(scores, quantile)))
 
 
 def _empty_result() -> PickResult:

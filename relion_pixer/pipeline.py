@@ -35,6 +35,10 @@ class PickParams:
     map_threshold : float
         Lowest score (the probability map smoothed by a particle-sized Gaussian) a candidate centre may have
         before the classifier sees it.
+    map_relative : float
+        A candidate also needs this fraction of the micrograph's typical candidate score (its 75th percentile;
+        :func:`relion_pixer.picking.adaptive_threshold`), so faint specks on clean data are dropped while on very
+        noisy data, where every particle scores low, the threshold falls to ``map_threshold``. 0 turns it off.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
     batch_size : int
@@ -45,7 +49,8 @@ class PickParams:
     max_particles: int = 500
     min_distance_A: float | None = None
     margin_A: float | None = None
-    map_threshold: float = 0.5
+    map_threshold: float = 0.05
+    map_relative: float = 0.2
     device: str = "cpu"
     batch_size: int = 256
 
@@ -103,9 +108,13 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
     margin_A = 0.5 * float(diameter_A) if params.margin_A is None else float(params.margin_A)
     margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
-    cand_xy, _ = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px, margin_px=margin_px,
-                                       threshold=params.map_threshold)
+    cand_xy, cand_score = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px,
+                                               margin_px=margin_px, threshold=params.map_threshold)
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
+    cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
+    # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
+    cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative)
+    cand_xy = cand_xy[cand_score >= cut]
     result = classify.filter_candidates(
         models.classifier,
         net_image,

@@ -711,6 +711,7 @@ def test_relion_command_line_is_parsed_tolerantly():
         ("--min_distance 120", "min_distance", 120.0),
         ("--batch_size 64", "batch_size", 64),
         ("--map_threshold 0.2", "map_threshold", 0.2),
+        ("--map_relative 0", "map_relative", 0.0),
         ("--margin 0", "margin", 0.0),
         ("--model my.pt", "model", "my.pt"),
         ("--device CUDA:1", "device", "cuda:1"),
@@ -944,15 +945,19 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
         seen["seg"] = (segmenter, net_image.shape, device)
         return np.full(net_image.shape, 0.5, np.float32)
 
-    def pick_centres(prob_map, diameter_px, min_distance_px=None, **kw):
+    def pick_centres(prob_map, diameter_px, min_distance_px=None, threshold=None, **kw):
         seen["pick"] = (prob_map.shape, diameter_px, min_distance_px)
+        seen["map_threshold"] = threshold
         return np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]]), np.array([0.5, 0.6, 0.7])
 
     def filter_candidates(classifier, net_image, xy, threshold=0.6, max_particles=500, device="cpu", batch_size=256):
         seen["cls"] = (classifier, xy.shape, threshold, max_particles, device, batch_size)
         return types.SimpleNamespace(xy=xy[:2], fom=np.array([0.7, 0.9]), probs=None)
 
-    fakes = {"segment": dict(predict_probability=predict_probability), "picking": dict(pick_centres=pick_centres),
+    from relion_pixer.picking import adaptive_threshold
+
+    fakes = {"segment": dict(predict_probability=predict_probability),
+             "picking": dict(pick_centres=pick_centres, adaptive_threshold=adaptive_threshold),
              "classify": dict(filter_candidates=filter_candidates)}
     for name, attrs in fakes.items():
         mod = types.ModuleType(f"relion_pixer.{name}")
@@ -971,6 +976,10 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
     np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
     assert res.factors == (128 / 400, 192 / 600)
     assert res.prob_map.shape == res.net_image.shape == (128, 192)
+    assert seen["map_threshold"] == PickParams.map_threshold
+    # the micrograph's own cut: 0.9 x the 75th percentile of (0.5, 0.6, 0.7) = 0.585 leaves two candidates
+    pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(map_threshold=0.2, map_relative=0.9))
+    assert seen["map_threshold"] == 0.2 and seen["cls"][1] == (2, 2)
     pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(max_particles=50))
     assert seen["cls"][3] == 50 and seen["pick"][2] is None
 

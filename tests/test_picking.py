@@ -400,3 +400,17 @@ def test_cupy_backend_gives_the_same_picks(shape):
     np.testing.assert_allclose(cupy.asnumpy(score_map(t, D)), score_map(m, D), atol=1e-5)
     # a CUDA tensor on the NumPy backend is copied to the host
     np.testing.assert_allclose(pick_centres(t, D, backend="numpy").xy, cpu.xy)
+
+
+def test_adaptive_threshold_follows_the_typical_score():
+    from relion_pixer.picking import adaptive_threshold
+
+    clean = np.array([0.98, 0.97, 0.95, 0.96, 0.2, 0.1])  # particles near 1, two faint specks
+    t = adaptive_threshold(clean, floor=0.05, relative=0.3)
+    assert t == pytest.approx(0.3 * np.percentile(clean, 75))
+    assert (clean >= t).sum() == 4
+    noisy = np.array([0.12, 0.1, 0.09, 0.08, 0.06, 0.04])  # every particle faint: the cut falls to the floor
+    assert adaptive_threshold(noisy, floor=0.05, relative=0.3) == 0.05
+    assert adaptive_threshold(clean, floor=0.05, relative=0.0) == 0.05
+    assert adaptive_threshold(np.array([]), floor=0.2, relative=0.3) == 0.2
+    assert adaptive_threshold(np.array([0.1]), floor=0.2, relative=0.3) == 0.2  # nothing reaches the floor

@@ -66,7 +66,16 @@ def test_map_threshold_decides_which_candidates_reach_the_classifier(simulated):
     models = load_pretrained()
     counts = []
     for map_threshold in (0.05, 0.5, 0.95, 1.0):
-        res = pick_micrograph(sim.image, 2.5, diameter, models, PickParams(threshold=0.0, map_threshold=map_threshold))
+        params = PickParams(threshold=0.0, map_threshold=map_threshold, map_relative=0.0)
+        res = pick_micrograph(sim.image, 2.5, diameter, models, params)
         counts.append(len(res.xy))
     assert counts[0] >= counts[1] >= counts[2] >= counts[3] == 0
     assert counts[0] > counts[2]
+
+
+def test_map_relative_drops_candidates_faint_for_their_micrograph(simulated):
+    sim, diameter = simulated
+    models = load_pretrained()
+    n = [len(pick_micrograph(sim.image, 2.5, diameter, models, PickParams(threshold=0.0, map_threshold=0.05,
+                                                                         map_relative=r)).xy) for r in (0.0, 0.3, 0.9)]
+    assert n[0] >= n[1] >= n[2] > 0 and n[0] > n[2]
