@@ -46,7 +46,7 @@ from relion_pixer.models import load_pretrained
 from relion_pixer.simulate.refinement import simulate_refinement
 from relion_pixer.train import FINETUNE_DEFAULTS
 
-SHIPPED = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights" / "pixer_v1.pt"
+SHIPPED = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights" / "pixer_v2.pt"
 
 
 @contextlib.contextmanager
