@@ -42,12 +42,9 @@ import torch
 from common import Micrograph, fmt, mask_iou, run_pixer, score
 from relion_pixer import PARTICLE
 from relion_pixer.cli import main as relion_pixer
-from relion_pixer.models import load_pretrained
+from relion_pixer.models import load_pretrained, shipped_weights
 from relion_pixer.simulate.refinement import simulate_refinement
 from relion_pixer.train import FINETUNE_DEFAULTS
-
-SHIPPED = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights" / "pixer_v2.pt"
-
 
 @contextlib.contextmanager
 def chdir(path: Path):
@@ -90,7 +87,7 @@ def label_iou(project: Path, labels_star: Path) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--init", default=str(SHIPPED), help="initial model (default: the shipped weights)")
+    ap.add_argument("--init", default=str(shipped_weights()), help="initial model (default: the shipped weights)")
     ap.add_argument("--family", default="elongated", help="shape family of the one particle type")
     ap.add_argument("--diameter", type=float, default=300.0, help="particle diameter, A")
     ap.add_argument("--angpix", type=float, default=3.75, help="micrograph pixel size, A (300 A = 80 px)")

@@ -872,13 +872,12 @@ def _number(values: dict, key: str, kind=float, default=None):
 def _finetune(values: dict, labels_star: Path, out_dir: Path, threads: int | None) -> Path:
     """Fine-tune the picker on the labels just written (the job's ``--finetune``); returns the model file."""
     from relion_pixer import train as training
-    from relion_pixer.models import shipped_weights
 
     cfg = training.load_config(
         None,
         finetune=True,
         from_labels=str(labels_star),
-        init=values.get("init") or str(shipped_weights()),
+        init=values.get("init") or None,
         particle_diameter=_number(values, "particle_diameter"),
         cls_steps=_number(values, "cls_steps", int),
         seg_steps=_number(values, "seg_steps", int),

@@ -129,7 +129,8 @@ FINETUNE_DEFAULTS = {
 def load_config(path: str | Path | None, finetune: bool = False, **overrides) -> TrainConfig:
     """Read a TOML config (or defaults when ``path`` is None) and apply ``overrides`` (None values ignored).
 
-    With ``finetune`` and no file, the defaults are :data:`FINETUNE_DEFAULTS`.
+    With ``finetune`` and no file, the defaults are :data:`FINETUNE_DEFAULTS`. Fine-tuning (``from_labels`` set)
+    without ``init`` starts from the shipped weights.
     """
     data: dict = {}
     if path is not None:
@@ -146,6 +147,8 @@ def load_config(path: str | Path | None, finetune: bool = False, **overrides) ->
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)
+    if cfg.from_labels and not cfg.init:
+        cfg.init = str(shipped_weights())
     return cfg
 
 
@@ -806,8 +809,6 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
         particle_diameter=args.particle_diameter,
     )
-    if cfg.from_labels and not cfg.init:
-        cfg.init = str(shipped_weights())
     try:
         train(cfg, args.out, args.model_out, resume=not args.no_resume)
     except (FileNotFoundError, ValueError, LabelError) as exc:
