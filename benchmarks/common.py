@@ -71,15 +71,24 @@ def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
     return out
 
 
-def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:
-    """Mean particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps."""
-    ious = []
+def particle_mask_ious(models, mics: list[Micrograph], sims, diameter_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps, and
+    each particle's mask area (network-scale pixels)."""
+    ious, areas = [], []
     for m, sim in zip(mics, sims):
         net, _ = prepare(m.image, m.angpix, diameter_A)
         prob = predict_probability(models.segmenter, net).numpy()
         inst = _nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
-        ious.extend(particle_ious(prob >= 0.5, inst)[1])
-    return float(np.mean(ious)) if ious else float("nan")
+        ids, iou = particle_ious(prob >= 0.5, inst)[:2]
+        ious.extend(iou)
+        areas.extend(np.bincount(inst.ravel())[np.asarray(ids, dtype=np.int64)])
+    return np.asarray(ious, np.float64), np.asarray(areas, np.float64)
+
+
+def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:
+    """Mean particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps."""
+    ious, _ = particle_mask_ious(models, mics, sims, diameter_A)
+    return float(np.mean(ious)) if len(ious) else float("nan")
 
 
 def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | None = None) -> dict:

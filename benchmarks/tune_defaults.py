@@ -1,10 +1,11 @@
 """Choose the picker's candidate thresholds on validation data only (never on a test split).
 
 Validation data: the EMPIAR-10028 *valid* micrograph (065) and simulated micrographs (150 px particles) at SNR
-0.01 and 0.1 whose seeds are disjoint from training and from ``bench_sim.py``'s held-apart micrographs. For every
+0.01, 0.1 and 3 whose seeds are disjoint from training and from ``bench_sim.py``'s held-apart micrographs. For every
 pair of ``map_threshold`` (lowest smoothed-map score of a candidate) and ``map_relative`` (fraction of the
 micrograph's typical candidate score it also needs), with the classifier at its default threshold (PIXER's 0.6),
-it reports the F1 on each set and their mean; the defaults should hold the pair with the best mean. Usage::
+it reports the F1 on each set and their mean; the defaults should hold the pair with the best mean. Each
+micrograph is segmented once; only the candidate cut and the classifier rerun per pair. Usage::
 
     python benchmarks/tune_defaults.py [--model FILE] [--n 12] [--seed 700000] [--json OUT]
 """
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import REAL_DIAMETER_A, real_micrographs, run_pixer, score
+from common import REAL_DIAMETER_A, real_micrographs, score
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams
+from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
 
-#: Seeds of the simulated validation micrographs (training uses 0 and 10_000 + k, bench_sim 900_000 and 900_001).
+#: Seeds of the simulated validation micrographs (training uses 0 and 10_000 + k, bench_sim 900_000 and 900_001);
+#: each SNR adds round(1000 x SNR).
 VALID_SEED = 700_000
 MAP_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 MAP_RELATIVES = (0.0, 0.2, 0.3, 0.4, 0.5)
@@ -40,9 +42,10 @@ def main() -> None:
     models = load_pretrained(args.model)
 
     sets = {"real_valid": (real_micrographs("valid"), REAL_DIAMETER_A)}
-    for snr in (0.01, 0.1):
+    for snr in (0.01, 0.1, 3.0):
         mics, _ = simulate(args.n, snr, args.seed + int(round(snr * 1000)), 2048, 1.0, 150.0)
         sets[f"sim_snr{snr:g}"] = (mics, 150.0)
+    maps = {name: [segment_micrograph(m.image, m.angpix, d, models) for m in mics] for name, (mics, d) in sets.items()}
 
     rows = []
     for mt in MAP_THRESHOLDS:
@@ -50,7 +53,8 @@ def main() -> None:
             params = PickParams(map_threshold=mt, map_relative=rel)
             f1 = {}
             for name, (mics, d) in sets.items():
-                f1[name] = score(run_pixer(mics, d, models, params), mics, 0.5 * d / mics[0].angpix)["f1"]
+                picks = [pick_from_map(*seg, d, models, params) for seg in maps[name]]
+                f1[name] = score([(r.xy, r.fom) for r in picks], mics, 0.5 * d / mics[0].angpix)["f1"]
             rows.append({"map_threshold": mt, "map_relative": rel, **f1, "mean": float(np.mean(list(f1.values())))})
             print(f"map_threshold {mt:<5g} map_relative {rel:<4g} "
                   + "  ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k not in ("map_threshold", "map_relative")),

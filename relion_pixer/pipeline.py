@@ -14,7 +14,7 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX, preprocess
 
-__all__ = ["PickParams", "PickResult", "pick_micrograph"]
+__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map"]
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,28 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
     -------
     PickResult
     """
-    from relion_pixer import classify, picking, segment
+    net_image, prob, factors = segment_micrograph(image, angpix, diameter_A, models, params.device)
+    return pick_from_map(net_image, prob, factors, diameter_A, models, params)
+
+
+def segment_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, device: str = "cpu"):
+    """The first two stages: the network-scale image, its particle probability map and the scale ``factors``."""
+    from relion_pixer import segment
 
     net_image, factors = preprocess.prepare(image, angpix, diameter_A)
-    prob = segment.predict_probability(models.segmenter, net_image, params.device)
+    prob = segment.predict_probability(models.segmenter, net_image, device)
+    return net_image, prob, factors
+
+
+def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], diameter_A: float, models,
+                  params: PickParams) -> PickResult:
+    """The last stages: candidates from the probability map, the classifier's filter, micrograph coordinates.
+
+    ``net_image``, ``prob`` and ``factors`` are what :func:`segment_micrograph` returns; only ``params`` may differ
+    between calls, so settings can be compared without segmenting again.
+    """
+    from relion_pixer import classify, picking
+
     min_distance_px = None
     if params.min_distance_A:
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
