@@ -12,6 +12,10 @@ for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
 done
+# high SNR (denoised-looking data): clearly visible particles must not be lost
+for snr in 1 10; do
+  $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
+done
 $PY bench_empty.py --json results/empty.json
 $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json
