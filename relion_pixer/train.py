@@ -81,6 +81,9 @@ class TrainConfig:
     seg_lr: float = 2e-3
     rates: tuple = DEFAULT_RATES
     real_fraction: float = 0.25
+    # share of training crops and boxes low-passed by a Gaussian of sd 0.5-2.5 network pixels (denoised or
+    # low-passed micrographs); 0: none
+    blur_fraction: float = 0.0
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -284,12 +287,46 @@ def _real_from_config(entries) -> LabelledSet:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def _augment(img: torch.Tensor, lab: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rot90/flip (same for image and labels), intensity scale and extra noise (image only)."""
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian low-pass of images ``x`` (... x H x W) with sd ``sigma`` pixels, renormalised to unit variance
+    about their median so a blurred input looks like a normalised micrograph (reflect padding)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    shape = x.shape
+    y = x.reshape(-1, 1, *shape[-2:]).float()
+    pad = min(radius, shape[-1] - 1, shape[-2] - 1)
+    if pad < radius:
+        kernel = kernel[radius - pad : radius + pad + 1]
+        kernel = kernel / kernel.sum()
+        radius = pad
+    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel.view(1, 1, 1, -1))
+    y = F.conv2d(y, kernel.view(1, 1, -1, 1))
+    y = y.reshape(shape)
+    flat = y.reshape(*shape[:-2], -1)
+    med = flat.median(-1, keepdim=True).values
+    scale = (flat - med).abs().median(-1, keepdim=True).values * 1.4826 + 1e-6
+    return ((flat - med) / scale).reshape(shape)
+
+
+def _maybe_blur(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    if fraction > 0 and float(torch.rand(1, generator=gen)) < fraction:
+        return _gaussian_blur(x, float(torch.empty(1).uniform_(0.5, 2.5, generator=gen)))
+    return x
+
+
+def _augment(
+    img: torch.Tensor, lab: torch.Tensor, gen: torch.Generator, blur_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rot90/flip (same for image and labels), a low-pass (``blur_fraction`` of the time), intensity scale
+    and extra noise (image only)."""
     k = int(torch.randint(0, 4, (1,), generator=gen))
     img, lab = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
     if torch.rand(1, generator=gen) < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
+    img = _maybe_blur(img, blur_fraction, gen)
     scale = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
     noise = float(torch.empty(1).uniform_(0.0, 0.3, generator=gen))
     img = img * scale + noise * torch.randn(img.shape, generator=gen)
@@ -317,7 +354,7 @@ def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator):
     return img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]
 
 
-def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator):
+def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator, blur_fraction: float = 0.0):
     """A batch of augmented crops drawn from several sets with the given probabilities."""
     weights = torch.tensor([w for _, w in sets], dtype=torch.float64)
     imgs, labs = [], []
@@ -325,7 +362,9 @@ def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen:
         data = sets[int(torch.multinomial(weights, 1, generator=gen))][0]
         idx = int(torch.randint(0, len(data), (1,), generator=gen))
         img, lab = _random_crop(data, idx, crop, gen)
-        img, lab = _augment(torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab)), gen)
+        img, lab = _augment(
+            torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab)), gen, blur_fraction
+        )
         imgs.append(img)
         labs.append(lab)
     return torch.stack(imgs)[:, None].float(), torch.stack(labs).long()
@@ -602,7 +641,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         fit_classifier(
             classifier, boxes_np, classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr, gen, device,
             start=step, opt_state=state.get("opt") if state else None, on_step=on_cls_step,
-            sample_weights=box_weights(classes_np, user_box, cfg.user_fraction),
+            sample_weights=box_weights(classes_np, user_box, cfg.user_fraction), blur_fraction=cfg.blur_fraction,
         )
         stage, step, state = "segmenter", 0, None
 
@@ -642,7 +681,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
 
     fit_segmenter(
         segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
-        start=step, opt_state=state.get("opt") if state else None, on_step=on_step,
+        start=step, opt_state=state.get("opt") if state else None, on_step=on_step, blur_fraction=cfg.blur_fraction,
     )
 
     # ---- final figures and the model file
@@ -672,6 +711,7 @@ def fit_classifier(
     opt_state: dict | None = None,
     on_step=None,
     sample_weights: np.ndarray | None = None,
+    blur_fraction: float = 0.0,
 ) -> None:
     """Train ``classifier`` on boxes (N x box x box) with augmentation (rot90, intensity, noise).
 
@@ -691,7 +731,12 @@ def fit_classifier(
         idx = torch.multinomial(weights, batch, replacement=True, generator=gen).numpy()
         x = torch.from_numpy(boxes[idx])[:, None]
         k = int(torch.randint(0, 4, (1,), generator=gen))
-        x = torch.rot90(x, k, (-2, -1)) * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
+        x = torch.rot90(x, k, (-2, -1))
+        if blur_fraction > 0:
+            sel = torch.rand(len(x), generator=gen) < blur_fraction
+            if sel.any():
+                x[sel] = _gaussian_blur(x[sel], float(torch.empty(1).uniform_(0.5, 2.5, generator=gen)))
+        x = x * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
         x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
         y = torch.from_numpy(classes[idx])
         loss = F.cross_entropy(classifier(x.to(device)), y.to(device))
@@ -715,10 +760,12 @@ def fit_segmenter(
     start: int = 0,
     opt_state: dict | None = None,
     on_step=None,
+    blur_fraction: float = 0.0,
 ) -> None:
     """Train ``segmenter`` for ``steps`` steps on crops from ``sets`` ((LabelledSet, weight) pairs).
 
-    ``on_step(step, loss, optimizer)`` is called after every step (validation, checkpoints).
+    ``on_step(step, loss, optimizer)`` is called after every step (validation, checkpoints); ``blur_fraction`` of
+    the crops are low-passed (:func:`_augment`).
     """
     opt = torch.optim.AdamW(segmenter.parameters(), lr=lr, weight_decay=1e-4)
     if opt_state is not None:
@@ -727,7 +774,7 @@ def fit_segmenter(
     step = start
     while step < steps:
         segmenter.train()
-        x, y = seg_batch(sets, batch, crop, gen)
+        x, y = seg_batch(sets, batch, crop, gen, blur_fraction)
         loss = _seg_loss(segmenter(x.to(device)), y.to(device))
         _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1

@@ -23,6 +23,7 @@ cls_batch = 8
 seg_steps = 5
 seg_batch = 2
 seg_crop = 64
+blur_fraction = 0.5
 checkpoint_every = 2
 valid_every = 5
 threads = 1
@@ -89,3 +90,33 @@ def test_cut_boxes_pads_at_edges():
     assert boxes.shape == (2, 4, 4)
     assert boxes[0, 2, 2] == img[0, 0] and boxes[0, 0, 0] == 0
     assert np.array_equal(boxes[1], img[3:7, 3:7])
+
+
+def test_blur_augmentation_lowpasses_and_renormalises():
+    from relion_pixer.train import _gaussian_blur
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 64, 64)).astype(np.float32))
+    y = _gaussian_blur(x, 2.0)
+    assert y.shape == x.shape
+
+    def neighbour_corr(a):
+        a = a - a.mean()
+        return float((a[..., :, 1:] * a[..., :, :-1]).mean() / (a * a).mean())
+
+    assert neighbour_corr(x) < 0.1 < 0.8 < neighbour_corr(y)
+    for img in y:  # each image on its own: median 0, robust sd 1, as preprocess.normalise leaves a micrograph
+        assert abs(float(img.median())) < 1e-5
+        assert abs(float((img - img.median()).abs().median()) * 1.4826 - 1.0) < 1e-3
+
+
+def test_blur_fraction_zero_leaves_training_batches_unchanged():
+    from relion_pixer.train import LabelledSet, seg_batch
+
+    rng = np.random.default_rng(1)
+    data = LabelledSet([rng.standard_normal((80, 80)).astype(np.float32)], [np.zeros((80, 80), np.uint8)],
+                       [np.zeros((0, 2), np.float32)])
+    a = seg_batch([(data, 1.0)], 4, 48, torch.Generator().manual_seed(3))
+    b = seg_batch([(data, 1.0)], 4, 48, torch.Generator().manual_seed(3), 0.0)
+    c = seg_batch([(data, 1.0)], 4, 48, torch.Generator().manual_seed(3), 1.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.allclose(a[0], c[0])
