@@ -288,8 +288,9 @@ def _real_from_config(entries) -> LabelledSet:
 
 # ------------------------------------------------------------------------------------------------ sampling
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian low-pass of images ``x`` (... x H x W) with sd ``sigma`` pixels, renormalised to unit variance
-    about their median so a blurred input looks like a normalised micrograph (reflect padding)."""
+    """Gaussian low-pass of images ``x`` (... x H x W) with sd ``sigma`` pixels, renormalised to unit standard
+    deviation about their median so a blurred input looks like a normalised micrograph (reflect padding). The
+    standard deviation, not the MAD: boxes half in zero padding have a MAD of 0."""
     radius = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -307,7 +308,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = y.reshape(shape)
     flat = y.reshape(*shape[:-2], -1)
     med = flat.median(-1, keepdim=True).values
-    scale = (flat - med).abs().median(-1, keepdim=True).values * 1.4826 + 1e-6
+    scale = flat.std(-1, keepdim=True).clamp_min(1e-3)
     return ((flat - med) / scale).reshape(shape)
 
 
