@@ -8,6 +8,10 @@ PY=${PYTHON:-python3}
 $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_real.py --split valid --json results/real_valid.json
 $PY bench_real.py --split test --json results/real_test.json
+# low-passed (denoised-looking) real micrographs
+for lp in 2 4; do
+  $PY bench_real.py --split test --lowpass $lp --json results/real_test_lowpass${lp}.json
+done
 for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
