@@ -43,6 +43,25 @@ def fom_matched_unmatched(picks, mics, radius: float) -> tuple[float, float]:
     return (float(np.mean(hit)) if hit else float("nan"), float(np.mean(miss)) if miss else float("nan"))
 
 
+def unmatched_distances(picks, mics, radius: float, diameter_px: float) -> dict:
+    """Where the unmatched picks lie: their distance to the nearest label, and the labels' own nearest-neighbour
+    distance, in particle diameters (unlabelled neighbours of labelled particles sit about one diameter away)."""
+    from scipy.spatial import cKDTree
+
+    away, neighbour = [], []
+    for (xy, _), m in zip(picks, mics):
+        matched = np.zeros(len(xy), bool)
+        matched[match_picks(xy, m.truth, radius).pred_index] = True
+        tree = cKDTree(m.truth)
+        if (~matched).any():
+            away.extend(tree.query(xy[~matched])[0] / diameter_px)
+        if len(m.truth) > 1:
+            neighbour.extend(tree.query(m.truth, k=2)[0][:, 1] / diameter_px)
+    q = np.percentile(away, [10, 50, 90]).tolist() if away else [float("nan")] * 3
+    return {"unmatched_to_label_p10_p50_p90": q,
+            "label_nearest_neighbour_median": float(np.median(neighbour)) if neighbour else float("nan")}
+
+
 def lowpass(mics, sigma: float):
     """The micrographs blurred by a Gaussian of sd ``sigma`` pixels (unchanged when 0)."""
     import scipy.ndimage
@@ -83,6 +102,7 @@ def main() -> None:
         "log": score(log, mics, radius),
         "per_micrograph": {m.name: score([p], [m], radius)["f1"] for m, p in zip(mics, pixer)},
         "fom_matched_unmatched": fom_matched_unmatched(pixer, mics, radius),
+        "unmatched_distance_diameters": unmatched_distances(pixer, mics, radius, 2 * radius),
     }
     print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px"
           + (f", low-passed (Gaussian sd {args.lowpass:g} px)" if args.lowpass else ""))
@@ -91,6 +111,10 @@ def main() -> None:
     fm = figures["fom_matched_unmatched"]
     print(f"mean figure of merit of picks with a label {fm[0]:.3f}, without one {fm[1]:.3f} "
           "(close values: the classifier sees no difference, as with unlabelled particles)")
+    ud = figures["unmatched_distance_diameters"]
+    print("picks without a label lie {:.2f} / {:.2f} / {:.2f} diameters (10th / 50th / 90th percentile) from the "
+          "nearest label; labelled particles' nearest neighbours lie a median {:.2f} diameters away".format(
+              *ud["unmatched_to_label_p10_p50_p90"], ud["label_nearest_neighbour_median"]))
     print(f"PIXER time per 1024 px micrograph: {seconds:.2f} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -10,7 +10,9 @@ The LoG threshold is tuned on a separate simulated set. Reports:
 pooled precision/recall/F1 at half a diameter (one-to-one), and the mean particle IoU of the segmentation mask
 (probability >= 0.5) against the simulator's label map at network scale, with the share of particles it misses
 (IoU < 0.1), the median IoU of those it finds, and the mean IoU per quartile of the true masks' areas (thin,
-elongated particles have the smallest masks and the least signal). Usage::
+elongated particles have the smallest masks and the least signal). It also reports the picks with the classifier's
+threshold at 0 (how much the classifier stage removes) and the median distance of matched picks from the true
+centre at network scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--model FILE] [--json OUT]
 """
@@ -25,7 +27,9 @@ import torch
 
 from common import Micrograph, best_threshold, fmt, particle_mask_ious, run_log, run_pixer, score
 from relion_pixer import NET_DIAMETER_PX
+from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
+from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float) -> tuple[list[Micrograph], list]:
@@ -41,6 +45,13 @@ def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A
         mics.append(Micrograph(f"sim{i:03d}", sim.image, angpix, xy[inside]))
         sims.append(sim)
     return mics, sims
+
+
+def median_offset(picks, mics: list[Micrograph], radius: float, to_net: float) -> float:
+    """Median distance of matched picks from their true centre, in network-scale pixels."""
+    dist = [match_picks(xy, m.truth, radius).distance for (xy, _), m in zip(picks, mics)]
+    dist = np.concatenate(dist) if dist else np.zeros(0)
+    return float(np.median(dist) * to_net) if len(dist) else float("nan")
 
 
 def main() -> None:
@@ -61,6 +72,7 @@ def main() -> None:
     tune, _ = simulate(max(4, args.n // 3), args.snr, 900_001, args.size, args.angpix, d)
     log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
     mics, sims = simulate(args.n, args.snr, 900_000, args.size, args.angpix, d)
+    pixer = run_pixer(mics, d, models)
     ious, areas = particle_mask_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
     quartile = np.clip(np.searchsorted(edges, areas, side="right") - 1, 0, 3)
@@ -70,7 +82,10 @@ def main() -> None:
         "size": args.size,
         "angpix": args.angpix,
         "diameter_A": d,
-        "pixer": score(run_pixer(mics, d, models), mics, radius),
+        "pixer": score(pixer, mics, radius),
+        # the classifier's share: the same candidates with its threshold at 0 instead of 0.6
+        "pixer_threshold0": score(run_pixer(mics, d, models, PickParams(threshold=0.0)), mics, radius),
+        "median_offset_net_px": median_offset(pixer, mics, radius, NET_DIAMETER_PX / (d / args.angpix)),
         "log_threshold": log_t,
         "log": score(run_log(mics, d, log_t), mics, radius),
         "mean_particle_iou": float(ious.mean()),
@@ -82,7 +97,10 @@ def main() -> None:
     print(f"simulated, SNR {args.snr:g} ({10 * np.log10(args.snr):.0f} dB), {args.n} micrographs of {args.size} px, "
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)")
     print(fmt("PIXER (defaults)", figures["pixer"]))
+    print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))
+    print(f"matched picks lie a median {figures['median_offset_net_px']:.1f} px (network scale, particle "
+          f"{NET_DIAMETER_PX} px) from the true centre")
     print(f"mean particle IoU of the segmentation mask: {figures['mean_particle_iou']:.3f} "
           f"(missed {figures['missed_fraction']:.1%}, median of the found {figures['median_iou_found']:.3f}; "
           f"by mask-area quartile {' / '.join(f'{v:.2f}' for v in figures['iou_by_area_quartile'])})")
