@@ -44,7 +44,7 @@ __all__ = [
 
 NUM_CLASSES = 3
 DEFAULT_RATES = (2, 4, 6, 8)
-DEFAULT_WEIGHTS = "pixer_v3.pt"
+DEFAULT_WEIGHTS = "pixer_v4.pt"
 
 
 def _conv_bn_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
