@@ -3,10 +3,11 @@
 Both run with settings fixed before looking at the test split: PIXER with its defaults (shipped weights,
 classifier threshold 0.6), the LoG baseline with the threshold that maximises F1 on the train + valid split.
 Matching is one-to-one (Hungarian) within half the particle diameter. The labels are incomplete (CryoPPP), so
-precision reads lower than it is. ``--lowpass SIGMA`` first blurs every micrograph (train/valid for the LoG threshold
+precision reads lower than it is. ``--diameter`` gives both pickers a wrong particle diameter (the labels' 300 A
+still sets the match radius), to measure how much a user's misjudged diameter costs. ``--lowpass SIGMA`` first blurs every micrograph (train/valid for the LoG threshold
 too) with a Gaussian of that sd in micrograph pixels, a stand-in for denoised or low-passed micrographs. Usage::
 
-    python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--json OUT]
+    python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--json OUT]
 """
 
 from __future__ import annotations
@@ -79,22 +80,25 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied first")
+    ap.add_argument("--diameter", type=float, default=REAL_DIAMETER_A,
+                    help="particle diameter given to both pickers, in A (the labels' 300 A still sets the match radius)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     radius = 0.5 * REAL_DIAMETER_A / 5.36
     tune = lowpass(real_micrographs("train") + real_micrographs("valid"), args.lowpass)
-    log_tune = run_log(tune, REAL_DIAMETER_A, threshold=0.5)
+    log_tune = run_log(tune, args.diameter, threshold=0.5)
     log_t, log_tune_score = best_threshold(log_tune, tune, radius, np.arange(0.5, 6.01, 0.25))
     mics = lowpass(real_micrographs(args.split), args.lowpass)
     t0 = time.time()
-    pixer = run_pixer(mics, REAL_DIAMETER_A, models, PickParams(threshold=args.threshold, max_particles=500))
+    pixer = run_pixer(mics, args.diameter, models, PickParams(threshold=args.threshold, max_particles=500))
     seconds = (time.time() - t0) / len(mics)
-    log = run_log(mics, REAL_DIAMETER_A, threshold=log_t)
+    log = run_log(mics, args.diameter, threshold=log_t)
     figures = {
         "split": args.split,
         "lowpass_sigma_px": args.lowpass,
+        "diameter_A": args.diameter,
         "radius_px": radius,
         "pixer": score(pixer, mics, radius),
         "pixer_seconds_per_micrograph": seconds,
@@ -104,7 +108,8 @@ def main() -> None:
         "fom_matched_unmatched": fom_matched_unmatched(pixer, mics, radius),
         "unmatched_distance_diameters": unmatched_distances(pixer, mics, radius, 2 * radius),
     }
-    print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px"
+    print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px, "
+          f"particle diameter given {args.diameter:g} A"
           + (f", low-passed (Gaussian sd {args.lowpass:g} px)" if args.lowpass else ""))
     print(fmt("PIXER (defaults)", figures["pixer"]))
     print(fmt(f"LoG (threshold {log_t:g} from train+valid)", figures["log"]))

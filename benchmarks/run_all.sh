@@ -12,6 +12,10 @@ $PY bench_real.py --split test --json results/real_test.json
 for lp in 2 4; do
   $PY bench_real.py --split test --lowpass $lp --json results/real_test_lowpass${lp}.json
 done
+# a misjudged particle diameter (true 300 A): -20 %, -10 %, +10 %, +20 %
+for d in 240 270 330 360; do
+  $PY bench_real.py --split test --diameter $d --json results/real_test_diameter${d}.json
+done
 for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json

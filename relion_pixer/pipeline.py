@@ -31,7 +31,8 @@ class PickParams:
         Drop picks closer than this to the micrograph's edge, in Angstrom (None: half the particle diameter, so
         only particles lying wholly inside the micrograph are kept; 0 keeps every centre inside the image).
     min_distance_A : float or None
-        Smallest distance between two picks, in Angstrom (None: the picker's default, about one diameter).
+        Smallest distance between two picks, in Angstrom (None: the picker's default, half a diameter,
+        :data:`relion_pixer.picking.MIN_DISTANCE_PER_DIAMETER`).
     map_threshold : float
         Lowest score (the probability map smoothed by a particle-sized Gaussian) a candidate centre may have
         before the classifier sees it.
