@@ -531,6 +531,25 @@ class RunDir:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _torch_rng_state() -> dict:
+    """torch's global random state (dropout draws from it), saved with each checkpoint."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_torch_rng(checkpoint: dict | None) -> None:
+    """Put torch's global random state back where the checkpoint left it, so that a resumed run draws the same
+    dropout masks as an uninterrupted one (checkpoints written before this was saved resume without it)."""
+    rng = (checkpoint or {}).get("torch_rng")
+    if rng is None:
+        return
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def _cosine(step: int, total: int, lr: float, warmup: int = 50) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -636,9 +655,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 classifier.to(device)
             if step % cfg.checkpoint_every == 0:
                 run.save_checkpoint(
-                    {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
+                    {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(),
+                     "gen": gen.get_state(), "torch_rng": _torch_rng_state()}
                 )
 
+        _restore_torch_rng(state)
         fit_classifier(
             classifier, boxes_np, classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr, gen, device,
             start=step, opt_state=state.get("opt") if state else None, on_step=on_cls_step,
@@ -677,9 +698,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                     "segmenter": segmenter.state_dict(),
                     "opt": opt.state_dict(),
                     "gen": gen.get_state(),
+                    "torch_rng": _torch_rng_state(),
                 }
             )
 
+    _restore_torch_rng(state)
     fit_segmenter(
         segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
         start=step, opt_state=state.get("opt") if state else None, on_step=on_step, blur_fraction=cfg.blur_fraction,

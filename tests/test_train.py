@@ -125,3 +125,38 @@ def test_blur_fraction_zero_leaves_training_batches_unchanged():
     c = seg_batch([(data, 1.0)], 4, 48, torch.Generator().manual_seed(3), 1.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.allclose(a[0], c[0])
+
+
+@pytest.mark.parametrize("stage", ["classifier", "segmenter"])
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatch, stage):
+    """A run stopped after a checkpoint in either stage and resumed ends with the weights of an uninterrupted run
+    (dropout draws from torch's global random state, which the checkpoint must carry)."""
+    from relion_pixer import train as train_mod
+
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(["--config", str(cfg), "--out", str(whole)]) == 0
+
+    saved = train_mod.RunDir.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, state):
+        saved(self, state)
+        if state["stage"] == stage and state["step"] == 2:
+            raise Killed  # the machine goes away right after this checkpoint
+
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        main(["--config", str(cfg), "--out", str(killed)])
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", saved)
+    assert main(["--config", str(cfg), "--out", str(killed)]) == 0
+
+    a = torch.load(whole / "model.pt", weights_only=True)
+    b = torch.load(killed / "model.pt", weights_only=True)
+    for part in ("classifier", "segmenter"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resuming"
