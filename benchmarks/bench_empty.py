@@ -15,9 +15,9 @@ import json
 import numpy as np
 import torch
 
-import common  # noqa: F401  (puts the repository on sys.path)
+from common import Micrograph, picks_from_maps, segment_all
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_micrograph
+from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 SNRS = (0.01, 0.1, 0.5)
@@ -45,8 +45,9 @@ def main() -> None:
         cfg = random_config(rng, snr=snr, angpix=args.angpix, particle_diameter_px=args.diameter / args.angpix, empty=True)
         sim = simulate_micrograph(rng, shape=(args.size, args.size), **cfg)
         assert len(np.asarray(sim.coords).reshape(-1, 2)) == 0
-        default = len(pick_micrograph(sim.image, args.angpix, args.diameter, models, PickParams()).xy)
-        stricter = len(pick_micrograph(sim.image, args.angpix, args.diameter, models, strict).xy)
+        maps = segment_all([Micrograph(f"empty{i}", sim.image, args.angpix, np.zeros((0, 2)))], args.diameter, models)
+        default = len(picks_from_maps(maps, args.diameter, models)[0][0])
+        stricter = len(picks_from_maps(maps, args.diameter, models, strict)[0][0])
         rows.append({"snr": snr, "default": default, "stricter": stricter})
         print(f"empty micrograph {i}, SNR {snr:g}: {default} picks with the defaults, {stricter} with map_threshold "
               f"{args.map_threshold:g} map_relative {args.map_relative:g}", flush=True)

@@ -4,8 +4,9 @@ Both run with settings fixed before looking at the test split: PIXER with its de
 classifier threshold 0.6), the LoG baseline with the threshold that maximises F1 on the train + valid split.
 Matching is one-to-one (Hungarian) within half the particle diameter. The labels are incomplete (CryoPPP), so
 precision reads lower than it is. ``--diameter`` gives both pickers a wrong particle diameter (the labels' 300 A
-still sets the match radius), to measure how much a user's misjudged diameter costs. ``--lowpass SIGMA`` first blurs every micrograph (train/valid for the LoG threshold
-too) with a Gaussian of that sd in micrograph pixels, a stand-in for denoised or low-passed micrographs. Usage::
+still sets the match radius), to measure how much a user's misjudged diameter costs. ``--lowpass SIGMA`` first
+blurs every micrograph (train/valid for the LoG threshold too) with a Gaussian of that sd in micrograph pixels, a
+stand-in for denoised or low-passed micrographs. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--json OUT]
 """
@@ -33,12 +34,18 @@ from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 
 
+def _matched(xy: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
+    """Which picks match a label (one-to-one, within ``radius``)."""
+    matched = np.zeros(len(xy), bool)
+    matched[match_picks(xy, truth, radius).pred_index] = True
+    return matched
+
+
 def fom_matched_unmatched(picks, mics, radius: float) -> tuple[float, float]:
     """Mean figure of merit of the picks that match a label, and of those that match none."""
     hit, miss = [], []
     for (xy, fom), m in zip(picks, mics):
-        matched = np.zeros(len(xy), bool)
-        matched[match_picks(xy, m.truth, radius).pred_index] = True
+        matched = _matched(xy, m.truth, radius)
         hit.extend(fom[matched])
         miss.extend(fom[~matched])
     return (float(np.mean(hit)) if hit else float("nan"), float(np.mean(miss)) if miss else float("nan"))
@@ -51,8 +58,7 @@ def unmatched_distances(picks, mics, radius: float, diameter_px: float) -> dict:
 
     away, neighbour = [], []
     for (xy, _), m in zip(picks, mics):
-        matched = np.zeros(len(xy), bool)
-        matched[match_picks(xy, m.truth, radius).pred_index] = True
+        matched = _matched(xy, m.truth, radius)
         tree = cKDTree(m.truth)
         if (~matched).any():
             away.extend(tree.query(xy[~matched])[0] / diameter_px)

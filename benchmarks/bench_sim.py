@@ -25,7 +25,7 @@ import json
 import numpy as np
 import torch
 
-from common import Micrograph, best_threshold, fmt, particle_mask_ious, run_log, run_pixer, score
+from common import Micrograph, best_threshold, fmt, particle_mask_ious, picks_from_maps, run_log, score, segment_all
 from relion_pixer import NET_DIAMETER_PX
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -72,7 +72,8 @@ def main() -> None:
     tune, _ = simulate(max(4, args.n // 3), args.snr, 900_001, args.size, args.angpix, d)
     log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
     mics, sims = simulate(args.n, args.snr, 900_000, args.size, args.angpix, d)
-    pixer = run_pixer(mics, d, models)
+    maps = segment_all(mics, d, models)
+    pixer = picks_from_maps(maps, d, models)
     ious, areas = particle_mask_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
     quartile = np.clip(np.searchsorted(edges, areas, side="right") - 1, 0, 3)
@@ -84,7 +85,7 @@ def main() -> None:
         "diameter_A": d,
         "pixer": score(pixer, mics, radius),
         # the classifier's share: the same candidates with its threshold at 0 instead of 0.6
-        "pixer_threshold0": score(run_pixer(mics, d, models, PickParams(threshold=0.0)), mics, radius),
+        "pixer_threshold0": score(picks_from_maps(maps, d, models, PickParams(threshold=0.0)), mics, radius),
         "median_offset_net_px": median_offset(pixer, mics, radius, NET_DIAMETER_PX / (d / args.angpix)),
         "log_threshold": log_t,
         "log": score(run_log(mics, d, log_t), mics, radius),

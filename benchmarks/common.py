@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
 from relion_pixer.evaluate import particle_ious, pooled_precision_recall_f1  # noqa: E402
-from relion_pixer.pipeline import PickParams, pick_micrograph  # noqa: E402
+from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
 from relion_pixer.train import _nearest_resample  # noqa: E402
@@ -54,11 +54,22 @@ def real_micrographs(split: str) -> list[Micrograph]:
     return out
 
 
+def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str = "cpu") -> list:
+    """Each micrograph's network-scale image, probability map and scale factors (``segment_micrograph``), so that
+    several picking settings can be compared without segmenting again."""
+    return [segment_micrograph(m.image, m.angpix, diameter_A, models, device) for m in mics]
+
+
+def picks_from_maps(maps: list, diameter_A: float, models, params: PickParams | None = None):
+    """PIXER picks (xy, fom) per micrograph from :func:`segment_all`'s output."""
+    params = params or PickParams()
+    return [(r.xy, r.fom) for r in (pick_from_map(*seg, diameter_A, models, params) for seg in maps)]
+
+
 def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickParams | None = None):
     """PIXER picks (xy, fom) per micrograph."""
     params = params or PickParams()
-    results = [pick_micrograph(m.image, m.angpix, diameter_A, models, params) for m in mics]
-    return [(r.xy, r.fom) for r in results]
+    return picks_from_maps(segment_all(mics, diameter_A, models, params.device), diameter_A, models, params)
 
 
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import REAL_DIAMETER_A, real_micrographs, score
+from common import REAL_DIAMETER_A, picks_from_maps, real_micrographs, score, segment_all
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
+from relion_pixer.pipeline import PickParams
 
 #: Seeds of the simulated validation micrographs (training uses 0 and 10_000 + k, bench_sim 900_000 and 900_001);
 #: each SNR adds round(1000 x SNR).
@@ -45,7 +45,7 @@ def main() -> None:
     for snr in (0.01, 0.1, 3.0):
         mics, _ = simulate(args.n, snr, args.seed + int(round(snr * 1000)), 2048, 1.0, 150.0)
         sets[f"sim_snr{snr:g}"] = (mics, 150.0)
-    maps = {name: [segment_micrograph(m.image, m.angpix, d, models) for m in mics] for name, (mics, d) in sets.items()}
+    maps = {name: segment_all(mics, d, models) for name, (mics, d) in sets.items()}
 
     rows = []
     for mt in MAP_THRESHOLDS:
@@ -53,8 +53,7 @@ def main() -> None:
             params = PickParams(map_threshold=mt, map_relative=rel)
             f1 = {}
             for name, (mics, d) in sets.items():
-                picks = [pick_from_map(*seg, d, models, params) for seg in maps[name]]
-                f1[name] = score([(r.xy, r.fom) for r in picks], mics, 0.5 * d / mics[0].angpix)["f1"]
+                f1[name] = score(picks_from_maps(maps[name], d, models, params), mics, 0.5 * d / mics[0].angpix)["f1"]
             rows.append({"map_threshold": mt, "map_relative": rel, **f1, "mean": float(np.mean(list(f1.values())))})
             print(f"map_threshold {mt:<5g} map_relative {rel:<4g} "
                   + "  ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k not in ("map_threshold", "map_relative")),

@@ -287,6 +287,10 @@ def _real_from_config(entries) -> LabelledSet:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
+#: Range of the blur augmentation's Gaussian sd, in network pixels (``blur_fraction``).
+BLUR_SIGMA = (0.5, 2.5)
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian low-pass of images ``x`` (... x H x W) with sd ``sigma`` pixels, renormalised to unit standard
     deviation about their median so a blurred input looks like a normalised micrograph (reflect padding). The
@@ -312,9 +316,14 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return ((flat - med) / scale).reshape(shape)
 
 
+def _blur_sigma(gen: torch.Generator) -> float:
+    """The sd of one blur augmentation, uniform in :data:`BLUR_SIGMA` (network pixels)."""
+    return float(torch.empty(1).uniform_(*BLUR_SIGMA, generator=gen))
+
+
 def _maybe_blur(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
     if fraction > 0 and float(torch.rand(1, generator=gen)) < fraction:
-        return _gaussian_blur(x, float(torch.empty(1).uniform_(0.5, 2.5, generator=gen)))
+        return _gaussian_blur(x, _blur_sigma(gen))
     return x
 
 
@@ -759,7 +768,7 @@ def fit_classifier(
         if blur_fraction > 0:
             sel = torch.rand(len(x), generator=gen) < blur_fraction
             if sel.any():
-                x[sel] = _gaussian_blur(x[sel], float(torch.empty(1).uniform_(0.5, 2.5, generator=gen)))
+                x[sel] = _gaussian_blur(x[sel], _blur_sigma(gen))
         x = x * float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
         x = x + float(torch.empty(1).uniform_(0, 0.3, generator=gen)) * torch.randn(x.shape, generator=gen)
         y = torch.from_numpy(classes[idx])
