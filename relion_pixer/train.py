@@ -529,8 +529,9 @@ class RunDir:
         _log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "time"))
 
     def save_checkpoint(self, state: dict) -> None:
+        """Write ``state`` atomically, with torch's global random state added (see :func:`_restore_torch_rng`)."""
         tmp = self.path / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
+        torch.save({**state, "torch_rng": _torch_rng_state()}, tmp)
         tmp.replace(self.path / "checkpoint.pt")
 
     def load_checkpoint(self) -> dict | None:
@@ -664,8 +665,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 classifier.to(device)
             if step % cfg.checkpoint_every == 0:
                 run.save_checkpoint(
-                    {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(),
-                     "gen": gen.get_state(), "torch_rng": _torch_rng_state()}
+                    {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
                 )
 
         _restore_torch_rng(state)
@@ -707,7 +707,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                     "segmenter": segmenter.state_dict(),
                     "opt": opt.state_dict(),
                     "gen": gen.get_state(),
-                    "torch_rng": _torch_rng_state(),
                 }
             )
 
