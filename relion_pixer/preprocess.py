@@ -5,7 +5,8 @@ Fourier-cropped (or zero-padded) so that the user's particle diameter becomes th
 exactly with :func:`to_original` because Fourier resampling keeps the field of view: output pixel ``k`` sits at
 input position ``k * N / M``.
 
-Normalisation is robust to 8-bit exports, float16, gain differences and slow gradients: a Gaussian high-pass
+Normalisation is robust to 8-bit exports, float16, gain differences, hot pixels and slow gradients: extreme pixels
+are clipped before resampling (:func:`clip_outliers`), then a Gaussian high-pass
 removes ice-thickness ramps and uneven illumination, then the image is standardised by its median and
 median absolute deviation and clipped.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "resample",
     "normalise",
     "prepare",
+    "clip_outliers",
     "to_original",
     "to_network",
 ]
@@ -133,15 +135,56 @@ def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMET
     return out.astype(np.float32, copy=False)
 
 
+#: Outlier pixels (hot pixels, dead columns) are clipped to the range between these percentiles of the micrograph
+#: widened by its own width on each side, before resampling spreads them as Fourier ringing.
+OUTLIER_PERCENTILES = (0.01, 99.99)
+#: At most this many pixels (a regular subsample) estimate those percentiles.
+_OUTLIER_SAMPLE = 1 << 20
+
+
+def clip_outliers(image: np.ndarray) -> np.ndarray:
+    """The image with extreme pixels clipped, or the image itself when it has none.
+
+    The bounds are ``lo - w`` and ``hi + w``, where ``lo`` and ``hi`` are the :data:`OUTLIER_PERCENTILES` and
+    ``w = hi - lo``: about +-11 sd for Gaussian noise, so ordinary pixels, 8-bit exports and dark ice or carbon keep
+    their values, while a hot pixel thousands of sd out no longer rings across the whole resampled micrograph.
+
+    Raises
+    ------
+    ValueError
+        If the image has NaN or infinite pixels (they would spread over the whole image in the Fourier crop).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D image, got shape {image.shape}")
+    lo_all, hi_all = image.min(), image.max()
+    if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ValueError(f"image has {bad} non-finite pixel{'s' if bad != 1 else ''} (NaN or inf)")
+    flat = image.reshape(-1)
+    sample = flat[:: max(1, flat.size // _OUTLIER_SAMPLE)].astype(np.float64)
+    lo, hi = np.percentile(sample, OUTLIER_PERCENTILES)
+    width = hi - lo
+    lo, hi = lo - width, hi + width
+    if lo_all >= lo and hi_all <= hi:
+        return image
+    return np.clip(image.astype(np.float32, copy=False), lo, hi)
+
+
 def prepare(
     image: np.ndarray, angpix: float, diameter_angstrom: float, target_px: float = NET_DIAMETER_PX
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resample a micrograph to network scale and normalise it.
+    """Clip outlier pixels, resample a micrograph to network scale and normalise it.
 
     Returns the network-scale image and the exact ``(fy, fx)`` factors for :func:`to_original`.
+
+    Raises
+    ------
+    ValueError
+        If the image has NaN or infinite pixels, has no contrast, or the diameter or pixel size is not positive.
     """
     factor = scale_factor(diameter_angstrom, angpix, target_px)
-    small, factors = resample(image, factor)
+    small, factors = resample(clip_outliers(image), factor)
     return normalise(small), factors
 
 

@@ -66,7 +66,9 @@ def predict_probability(
     batch_size : int
         Tiles per forward pass.
     tile, margin : int
-        Tile side and kept margin, in pixels.
+        Tile side (rounded down to whole network strides) and the margin dropped from each tile's inner edges,
+        in pixels. The margin must cover the network's receptive field radius (about 50 px for the shipped
+        network; the default 64 does), or the stitched map differs from whole-image inference near tile edges.
     all_classes : bool
         Return all class probabilities (3 x H x W) instead of the particle channel (H x W).
 
@@ -82,6 +84,11 @@ def predict_probability(
     img = img.to(device=device, dtype=torch.float32)
     h0, w0 = img.shape
     stride = segmenter.trunk.stride
+    # tiles of whole strides: with the image padded to whole strides, the last tile then ends at its edge
+    tile = int(tile) // stride * stride
+    if tile - 2 * int(margin) < stride:
+        raise ValueError(f"tile {tile} px is too small for a margin of {margin} px: the tile must exceed twice the "
+                         f"margin by at least the network stride ({stride} px)")
     if h0 <= tile and w0 <= tile:
         probs = torch.softmax(segmenter(img[None, None]), dim=1)[0]
     else:

@@ -98,6 +98,13 @@ def test_load_errors_name_the_file(tmp_path):
         load_pretrained(other)
 
 
+def test_tile_too_small_for_its_margin_is_a_clear_error():
+    seg = build_segmenter().eval()
+    img = np.zeros((400, 400), np.float32)
+    with pytest.raises(ValueError, match="too small for a margin"):
+        predict_probability(seg, img, tile=128, margin=64)
+
+
 @pytest.mark.parametrize("shape", [(701, 1103), (1100, 699), (300, 257)])
 def test_tiled_inference_has_no_seams(shape):
     torch.manual_seed(0)
@@ -109,6 +116,9 @@ def test_tiled_inference_has_no_seams(shape):
     tiled = predict_probability(seg, img, tile=256, margin=64, batch_size=3)
     assert whole.shape == shape
     assert torch.allclose(whole, tiled, atol=1e-5)
+    # a tile that is not a whole number of strides used to leave the last rows and columns unwritten
+    for odd_tile in (257, 254):
+        assert torch.allclose(whole, predict_probability(seg, img, tile=odd_tile, margin=64), atol=1e-5)
     both = predict_probability(seg, img, tile=256, all_classes=True)
     assert both.shape == (3, *shape)
     assert torch.allclose(both.sum(0), torch.ones(shape), atol=1e-5)
