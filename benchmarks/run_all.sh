@@ -25,6 +25,7 @@ for snr in 1 10; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
 done
 $PY bench_empty.py --json results/empty.json
+$PY bench_contrast.py --json results/contrast.json
 $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json

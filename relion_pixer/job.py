@@ -32,7 +32,7 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from relion_pixer import NET_DIAMETER_PX, __version__, io, relion
+from relion_pixer import NET_DIAMETER_PX, __version__, io, preprocess, relion
 from relion_pixer.pipeline import PickParams, PickResult
 
 __all__ = ["JobOptions", "UsageError", "parse_args", "run_job", "main", "PickFunction"]
@@ -56,6 +56,7 @@ SPEC = {
     "angpix": "value",
     "model": "value",
     "write_maps": "flag",
+    "invert": "flag",
     "relion_version": "value",
     "j": "value",
     "strict": "flag",
@@ -92,6 +93,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   angpix A/PX           pixel size; overrides the STAR file (needed when neither STAR nor MRC header has one)
   model FILE            fine-tuned weights from `relion_pixer train` (default: the shipped weights)
   write_maps [Yes/No]   also save each probability map (MRC) and a picture of the picks (PNG)
+  invert [Yes/No]       particles are lighter than the background (negative stain, inverted exports); the
+                        networks expect cryo-EM contrast, dark particles (like RELION's LoG_invert)
   relion_version V      3.1, 4 or 5: output flavour (default: from default_pipeline.star; 5 when absent)
   strict [Yes/No]       stop at the first unreadable micrograph instead of skipping it
   j N                   CPU threads (RELION's "Number of threads")
@@ -123,6 +126,7 @@ class JobOptions:
     angpix: float | None = None
     model: str | None = None
     write_maps: bool = False
+    invert: bool = False
     relion_version: int | None = None
     threads: int | None = None
     strict: bool = False
@@ -134,12 +138,22 @@ class JobOptions:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: How the warning for an option given without a value names a default that is computed later.
+_DEFAULT_WORDS = {
+    "min_distance": "half the particle diameter",
+    "margin": "half the particle diameter",
+    "angpix": "the pixel size of the STAR file or the MRC header",
+    "j": "all the threads torch sees",
+}
+
+
 def _number(values: dict, key: str, kind, default, warnings: list, what: str = "a number"):
     if key not in values:
         return default
     raw = values[key]
     if raw is None or raw is True:
-        warnings.append(f"--{key} was given without a value; using the default ({default})")
+        shown = _DEFAULT_WORDS.get(key, default) if default is None else default
+        warnings.append(f"--{key} was given without a value; using the default ({shown})")
         return default
     try:
         value = kind(raw)
@@ -199,7 +213,8 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     micrographs: list[str] = []
     if in_mics:
         if parsed.positional:
-            warnings.append(f"ignoring arguments that belong to no option: {' '.join(parsed.positional)}")
+            warnings.append(f"ignoring arguments that belong to no option: {' '.join(parsed.positional)} (RELION "
+                            "passes values unquoted, so a path with spaces arrives split: rename it without spaces)")
     else:
         for item in parsed.positional:
             if any(c in item for c in "*?[") and not os.path.exists(item):
@@ -267,6 +282,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         angpix=angpix,
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
+        invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
         strict=bool(values.get("strict", False)),
@@ -538,7 +554,15 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             log.info(f" + networks loaded, running on {device}")
         elif opts.device != "auto":
             params = dataclasses.replace(params, device=opts.device)
-        _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
+        try:
+            _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
+        except (KeyboardInterrupt, _Terminated) as exc:
+            # a queue system's SIGTERM or Ctrl-C: the coordinate files are written atomically, so every one that
+            # exists is finished; list them below as after RELION_JOB_ABORT_NOW
+            outcome.aborted = True
+            what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+            log.error(f"stopped by {what}; finished micrographs are kept and listed, run the job again to continue")
+            _clean_temp_files(job_dir)
 
     # the coordinate list and the output nodes, also after an abort or a fatal error, so that finished work is usable
     listed = [(e.name, c) for e, c in zip(entries, coord_files) if Path(c).exists()]
@@ -599,18 +623,21 @@ def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction,
                 angpix = entry.angpix or header_angpix
                 if angpix is None:
                     raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
+                preprocess.check_particle_width(opts.particle_diameter, angpix)
                 diameter_px = opts.particle_diameter / angpix
                 if min(image.shape) < diameter_px:
                     raise io.MicrographError(
                         entry.path,
                         f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
                         f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
+                if opts.invert:
+                    image = np.negative(image, dtype=np.float32)  # float first: unsigned data would wrap
                 result = pick_fn(image, angpix, opts.particle_diameter, params)
             except (io.MicrographError, ValueError) as exc:
                 reason = str(exc).splitlines()[0]
                 if not isinstance(exc, io.MicrographError):
                     reason = f"{entry.path}: {reason}"
-                outcome.failed.append((entry.name, reason))
+                outcome.failed.append((entry.name, reason.removeprefix(f"{entry.path}: ")))
                 if opts.strict:
                     outcome.fatal = f"{reason} (--strict: stopping)"
                     return

@@ -232,18 +232,29 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights not found at {path}: the package is incomplete")
     path = Path(str(path))
+    if path.is_dir():
+        raise ValueError(f"model file {path} is a directory, not a model file (relion_pixer train writes one)")
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise ValueError(f"{path}: not a relion_pixer model file ({exc})") from exc
+        if "can still be loaded" in str(exc):  # torch: a valid file with objects that weights_only refuses
+            why = ("it holds Python objects besides weights, as training checkpoints and data caches do; model files "
+                   "are loaded as weights only, for safety")
+        else:
+            why = "not a PyTorch file"
+        raise ValueError(f"{path}: not a relion_pixer model file ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != "relion_pixer/1":
         raise ValueError(f"{path}: not a relion_pixer model file (missing format tag)")
-    classifier = build_classifier(payload["widths"], payload["box_size"])
-    classifier.load_state_dict(payload["classifier"])
-    segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"])
-    segmenter.load_state_dict(payload["segmenter"])
+    try:
+        classifier = build_classifier(payload["widths"], payload["box_size"])
+        classifier.load_state_dict(payload["classifier"])
+        segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"])
+        segmenter.load_state_dict(payload["segmenter"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: a damaged or incompatible relion_pixer model file ({reason})") from None
     classifier.eval()
     segmenter.eval()
     if fuse:

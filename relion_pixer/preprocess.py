@@ -25,6 +25,7 @@ __all__ = [
     "normalise",
     "prepare",
     "clip_outliers",
+    "check_particle_width",
     "to_original",
     "to_network",
 ]
@@ -171,6 +172,21 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32, copy=False), lo, hi)
 
 
+#: Smallest particle, in micrograph pixels, that :func:`prepare` accepts. Smaller ones would be upsampled more than
+#: 3x to the network's scale (slow, gigabytes of memory, and too few pixels to pick from): usually the diameter was
+#: given in nm or the pixel size is wrong.
+MIN_PARTICLE_PX = 10.0
+
+
+def check_particle_width(diameter_angstrom: float, angpix: float) -> None:
+    """Raise ValueError, with the likely cause, if the particle is narrower than :data:`MIN_PARTICLE_PX` pixels."""
+    width = float(diameter_angstrom) / float(angpix)
+    if width < MIN_PARTICLE_PX:
+        raise ValueError(
+            f"a {diameter_angstrom:g} A particle is only {width:.1f} px wide at {angpix:g} A/px (at least "
+            f"{MIN_PARTICLE_PX:g} px are needed): is the diameter in Angstrom, and the pixel size right?")
+
+
 def prepare(
     image: np.ndarray, angpix: float, diameter_angstrom: float, target_px: float = NET_DIAMETER_PX
 ) -> tuple[np.ndarray, tuple[float, float]]:
@@ -181,9 +197,11 @@ def prepare(
     Raises
     ------
     ValueError
-        If the image has NaN or infinite pixels, has no contrast, or the diameter or pixel size is not positive.
+        If the image has NaN or infinite pixels, has no contrast, the diameter or pixel size is not positive, or
+        the particle is narrower than :data:`MIN_PARTICLE_PX` pixels.
     """
     factor = scale_factor(diameter_angstrom, angpix, target_px)
+    check_particle_width(diameter_angstrom, angpix)
     small, factors = resample(clip_outliers(image), factor)
     return normalise(small), factors
 

@@ -502,8 +502,28 @@ def test_sigterm_marks_the_job_aborted(tmp_path, monkeypatch):
     jd = root / "External/job012"
     assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
     assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
-    for f in movies.glob("*_autopick.star"):
+    finished = list(movies.glob("*_autopick.star"))
+    for f in finished:
         assert len(io.read_coordinates_star(f)) == 2000
+    # the finished work is listed and the node written, as after RELION_JOB_ABORT_NOW
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == len(finished) >= 1
+    assert (jd / "RELION_OUTPUT_NODES.star").exists()
+
+
+def test_ctrl_c_lists_the_finished_micrographs(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=5)
+    monkeypatch.chdir(root)
+    jd = root / "External/job012"
+
+    def interrupt(k):
+        if k == 3:
+            raise KeyboardInterrupt
+
+    rc, _, err = run(RELION_CMD, FakePicker(per_call=interrupt))
+    assert rc == 2 and "stopped by SIGINT" in err
+    assert (jd / relion.EXIT_ABORTED).exists()
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 2
+    assert (jd / "RELION_OUTPUT_NODES.star").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -529,10 +549,46 @@ def test_one_bad_micrograph_is_skipped_and_listed(tmp_path, monkeypatch):
     assert "mic_002.mrc: contains 1 NaN or infinite pixel values" in err
     assert "mic_003.mrc: MRC mode 4 (complex64) is complex" in err
     assert "Skipped 3 micrograph(s)" in out
-    assert re.search(r"^\s+\* MotionCorr/job002/Movies/mic_001.mrc: .*does not exist$", out, re.M)
+    assert re.search(r"^\s+\* MotionCorr/job002/Movies/mic_001.mrc: file does not exist$", out, re.M)
+    assert re.search(r"^\s+\* MotionCorr/job002/Movies/mic_002.mrc: contains 1 NaN", out, re.M)  # path once
     lst = io.read_star(root / "External/job012/autopick.star")["coordinate_files"]
     assert list(lst["rlnMicrographName"]) == ["MotionCorr/job002/Movies/mic_000.mrc",
                                               "MotionCorr/job002/Movies/mic_004.mrc"]
+
+
+def test_invert_gives_the_networks_dark_particles(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    mic = root / "MotionCorr/job002/Movies/mic_000.mrc"
+    light = np.zeros((256, 256), np.uint8)
+    light[100:120, 100:120] = 200  # a light particle on a dark background, unsigned: negating must not wrap
+    write_mrc(mic, light, 1.5)
+    seen = []
+
+    class Recorder(FakePicker):
+        def __call__(self, image, angpix, diameter_A, params):
+            seen.append(np.array(image))
+            return super().__call__(image, angpix, diameter_A, params)
+
+    for flag in ("", " --invert", " --invert Yes", " --invert No"):
+        rc, _, err = run(RELION_CMD + flag, Recorder())
+        assert rc == 0, err
+        (root / "External/job012/Movies/mic_000_autopick.star").unlink()
+    plain, inverted, yes, no = seen
+    assert plain[110, 110] > plain[10, 10]
+    assert inverted.dtype == np.float32 and inverted[110, 110] == -200 and inverted[10, 10] == 0
+    assert np.array_equal(yes, inverted) and np.array_equal(no, plain)
+
+
+def test_a_diameter_in_nm_is_refused_instead_of_upsampling(tmp_path, monkeypatch):
+    """15 (nm, meant as 150 A) makes a 10 px particle at 1.5 A/px: refused per micrograph with the likely cause."""
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    rc, out, err = run(RELION_CMD.replace("--particle_diameter 150", "--particle_diameter 12"))
+    assert rc == 1
+    assert "mic_000.mrc: a 12 A particle is only 8.0 px wide at 1.5 A/px" in err
+    assert "is the diameter in Angstrom" in err
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
 
 
 def test_strict_makes_a_bad_micrograph_fatal(tmp_path, monkeypatch):
@@ -756,6 +812,15 @@ def test_bad_arguments(args, match):
         return
     with pytest.raises(job.UsageError, match=re.escape(match)):
         job.parse_args(args.split())
+
+
+def test_an_empty_value_names_the_default_it_falls_back_to():
+    """RELION sends an empty GUI field as a bare --label; the warning says what is used instead."""
+    opts = job.parse_args("--o out/ --in_mics m.star --particle_diameter 150 --min_distance --margin --threshold".split())
+    assert opts.min_distance is None and opts.margin is None and opts.threshold == 0.6
+    assert "--min_distance was given without a value; using the default (half the particle diameter)" in opts.warnings
+    assert "--margin was given without a value; using the default (half the particle diameter)" in opts.warnings
+    assert "--threshold was given without a value; using the default (0.6)" in opts.warnings
 
 
 def test_pipeline_filenames_like_relion():

@@ -96,6 +96,23 @@ def test_load_errors_name_the_file(tmp_path):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="other.pt"):
         load_pretrained(other)
+    # one-line reasons, never torch's advice to load untrusted files with weights_only=False
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError, match=r"noise.pt: not a relion_pixer model file \(not a PyTorch file\)$"):
+        load_pretrained(noise)
+    pickled = tmp_path / "checkpoint.pt"
+    torch.save({"array": np.zeros(3)}, pickled)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: .*Python objects besides weights") as info:
+        load_pretrained(pickled)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_pretrained(tmp_path)
+    broken = tmp_path / "broken.pt"
+    torch.save({"format": "relion_pixer/1", "widths": [8], "box_size": 48, "classifier": {}, "segmenter": {},
+                "rates": [2]}, broken)
+    with pytest.raises(ValueError, match="broken.pt: a damaged or incompatible"):
+        load_pretrained(broken)
 
 
 def test_tile_too_small_for_its_margin_is_a_clear_error():

@@ -103,3 +103,12 @@ def test_a_hot_pixel_does_not_ring_across_the_micrograph():
     far = np.ones(clean.shape, bool)
     far[200 - 8 : 200 + 8, 25 - 8 : 25 + 8] = False
     assert np.abs(spoilt - clean)[far].max() < 0.2
+
+
+def test_a_particle_of_a_few_pixels_is_a_clear_error():
+    """A diameter typed in nm (18 for 180 A) must not upsample the micrograph 7x and pick noise for minutes."""
+    img = np.random.default_rng(6).standard_normal((256, 256)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"only 4.5 px wide at 4 A/px .*Angstrom"):
+        prepare(img, angpix=4.0, diameter_angstrom=18.0)
+    net, _ = prepare(img, angpix=4.0, diameter_angstrom=40.0)  # 10 px: accepted, upsampled 3.2x
+    assert net.shape == (819, 819)
