@@ -308,6 +308,7 @@ def simulate_micrograph(
     voltage: float = 300.0,
     cs: float = 2.7,
     amplitude_contrast: float = 0.1,
+    phase_shift: float = 0.0,
     defocus_um: float = 2.0,
     astigmatism_um: float = 0.05,
     astigmatism_angle: float | None = None,
@@ -370,6 +371,9 @@ def simulate_micrograph(
         matches a micrograph of the same SNR).
     voltage, cs, amplitude_contrast : float
         kV, mm, fraction.
+    phase_shift : float
+        Extra phase shift in degrees, as a Volta phase plate gives (about 90): strong low-frequency contrast,
+        particles as dark blobs without the CTF's light fringes.
     defocus_um, astigmatism_um, astigmatism_angle : float
         Mean defocus and astigmatism ``(dU - dV)`` in micrometres; angle in degrees (None: random).
     bfactor : float
@@ -548,7 +552,7 @@ def simulate_micrograph(
         astigmatism_angle = float(rng.uniform(0.0, 180.0))
     dfu = (defocus_um + 0.5 * astigmatism_um) * 1e4
     dfv = (defocus_um - 0.5 * astigmatism_um) * 1e4
-    ctf = ctf_2d((H, W), angpix, voltage, cs, amplitude_contrast, dfu, dfv, astigmatism_angle, bfactor)
+    ctf = ctf_2d((H, W), angpix, voltage, cs, amplitude_contrast, dfu, dfv, astigmatism_angle, bfactor, phase_shift)
     mtf = _mtf_2d((H, W), mtf_blur_px)
 
     transmission = np.exp(-(t_ice / _LAMBDA_ICE + t_carbon / _LAMBDA_CARBON + t_contam / _LAMBDA_CONTAM)).astype(np.float32)
@@ -640,6 +644,7 @@ def simulate_micrograph(
         "voltage": float(voltage),
         "cs": float(cs),
         "amplitude_contrast": float(amplitude_contrast),
+        "phase_shift": float(phase_shift),
         "defocus_u": float(dfu),
         "defocus_v": float(dfv),
         "defocus_angle": float(astigmatism_angle),
