@@ -14,7 +14,8 @@ elongated particles have the smallest masks and the least signal). It also repor
 threshold at 0 (how much the classifier stage removes) and the median distance of matched picks from the true
 centre at network scale. Usage::
 
-    python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--model FILE] [--json OUT]
+    python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90]
+        [--seed 900000] [--model FILE] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
-def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float) -> tuple[list[Micrograph], list]:
+def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float,
+             phase_shift: float = 0.0) -> tuple[list[Micrograph], list]:
     rng = np.random.default_rng(seed)
     mics, sims = [], []
     for i in range(n):
-        cfg = random_config(rng, snr=snr, angpix=angpix, particle_diameter_px=diameter_A / angpix, empty=False)
+        cfg = random_config(rng, snr=snr, angpix=angpix, particle_diameter_px=diameter_A / angpix, empty=False,
+                            phase_shift=phase_shift)
         sim = simulate_micrograph(rng, shape=(size, size), **cfg)
         xy = np.asarray(sim.coords, np.float64).reshape(-1, 2)
         # like expert labels (and RELION's Extract), count only particles lying wholly inside the micrograph
@@ -62,6 +65,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--angpix", type=float, default=1.0)
     ap.add_argument("--diameter", type=float, default=150.0, help="particle diameter in A")
+    ap.add_argument("--phase_shift", type=float, default=0.0,
+                    help="phase plate: extra phase shift in degrees (about 90 for a Volta phase plate)")
+    ap.add_argument("--seed", type=int, default=900_000,
+                    help="seed of the scored micrographs (the LoG's tuning set uses seed + 1); the default set is "
+                         "the held-apart one the README reports, other seeds give validation sets")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -69,9 +77,9 @@ def main() -> None:
     models = load_pretrained(args.model)
     d = args.diameter
     radius = 0.5 * d / args.angpix
-    tune, _ = simulate(max(4, args.n // 3), args.snr, 900_001, args.size, args.angpix, d)
+    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d, args.phase_shift)
     log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
-    mics, sims = simulate(args.n, args.snr, 900_000, args.size, args.angpix, d)
+    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift)
     maps = segment_all(mics, d, models)
     pixer = picks_from_maps(maps, d, models)
     ious, areas = particle_mask_ious(models, mics, sims, d)
@@ -79,6 +87,8 @@ def main() -> None:
     quartile = np.clip(np.searchsorted(edges, areas, side="right") - 1, 0, 3)
     figures = {
         "snr": args.snr,
+        "phase_shift": args.phase_shift,
+        "seed": args.seed,
         "micrographs": args.n,
         "size": args.size,
         "angpix": args.angpix,
@@ -96,7 +106,8 @@ def main() -> None:
         "area_quartile_edges_px": [float(e) for e in edges],
     }
     print(f"simulated, SNR {args.snr:g} ({10 * np.log10(args.snr):.0f} dB), {args.n} micrographs of {args.size} px, "
-          f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)")
+          f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
+          + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else ""))
     print(fmt("PIXER (defaults)", figures["pixer"]))
     print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))

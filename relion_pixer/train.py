@@ -84,6 +84,10 @@ class TrainConfig:
     # share of training crops and boxes low-passed by a Gaussian of sd 0.5-2.5 network pixels (denoised or
     # low-passed micrographs); 0: none
     blur_fraction: float = 0.0
+    # share of simulated training micrographs taken with a Volta phase plate (phase shift drawn from
+    # phase_shift_range, degrees): strong low-frequency contrast, particles without the CTF's light fringes; 0: none
+    phase_plate_fraction: float = 0.0
+    phase_shift_range: tuple = (30.0, 120.0)
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -109,7 +113,7 @@ class TrainConfig:
         unknown = set(flat) - known
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        for key in ("valid_snrs", "rates", "real", "widths"):
+        for key in ("valid_snrs", "rates", "real", "widths", "phase_shift_range"):
             if key in flat:
                 flat[key] = tuple(flat[key])
         return cls(**flat)
@@ -187,6 +191,8 @@ def simulated_set(
     snr: float | tuple = (0.005, 0.5),
     oversample: float | tuple = (1.2, 2.5),
     progress: bool = True,
+    phase_plate_fraction: float = 0.0,
+    phase_shift_range: tuple = (30.0, 120.0),
 ) -> LabelledSet:
     """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
@@ -194,7 +200,9 @@ def simulated_set(
     ``32 k`` pixels, ``k`` drawn from ``oversample``), with the SNR defined at that native sampling, then
     Fourier-cropped and normalised by :func:`relion_pixer.preprocess.prepare`, so training sees what picking sees.
     ``snr`` and ``oversample`` are one value, or a (min, max) range drawn log-uniformly per micrograph.
-    The output images are about ``size`` pixels wide.
+    The output images are about ``size`` pixels wide. A share ``phase_plate_fraction`` of the micrographs is
+    taken with a phase plate (phase shift uniform in ``phase_shift_range`` degrees); with 0 no extra random number
+    is drawn, so sets made before this option existed are reproduced exactly.
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
 
@@ -207,6 +215,8 @@ def simulated_set(
         jitter = float(rng.uniform(0.85, 1.15))
         # random_config gives the particle a physical size and sets the pixel size to match
         cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter)
+        if phase_plate_fraction > 0 and rng.random() < phase_plate_fraction:
+            cfg["phase_shift"] = float(rng.uniform(*phase_shift_range))
         native = int(round(size * k))
         sim = simulate_micrograph(rng, shape=(native, native), **cfg)
         angpix = float(cfg["angpix"])
@@ -613,7 +623,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         sim_train = LabelledSet(**torch.load(sim_cache, weights_only=False))
     else:
         sim_train = simulated_set(
-            cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max)
+            cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max),
+            phase_plate_fraction=cfg.phase_plate_fraction, phase_shift_range=tuple(cfg.phase_shift_range),
         )
         torch.save(sim_train.__dict__, sim_cache)
     valid_sets = {}
