@@ -259,3 +259,19 @@ def test_cli_tiny(tmp_path, capsys):
     assert rec["dose"] == 40.0 and rec["snr"] > 0 and rec["snr_requested"] is None
     assert main(["--n", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope.pdb"), "--quiet"]) == 1
     assert "nope.pdb" in capsys.readouterr().err
+
+
+def test_phase_plate_moves_contrast_to_low_frequencies():
+    """A Volta phase plate (90 degrees) turns the CTF's sine into a cosine: at low defocus the particles' contrast
+    moves to low spatial frequencies (dark blobs instead of fringed outlines)."""
+
+    def low_share(phase_shift):
+        m = _sim(7, shape=(256, 256), particle_diameter_px=32, snr=1.0, defocus_um=0.7, phase_shift=phase_shift,
+                 ice_gradient=0.0, quantise_8bit=False, density=0.2, structural_noise=0.2)
+        assert m.meta["phase_shift"] == phase_shift
+        clean = m.clean.astype(np.float64) - m.clean.mean()
+        power = np.abs(np.fft.fft2(clean)) ** 2
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(256), np.fft.fftfreq(256)))
+        return power[(f > 0) & (f < 1 / 32)].sum() / power[f > 0].sum()
+
+    assert low_share(90.0) > low_share(0.0) + 0.1

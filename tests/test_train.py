@@ -160,3 +160,14 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, monkeypat
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resuming"
+
+
+def test_phase_plate_fraction_zero_reproduces_the_earlier_training_set():
+    """The option draws no random number when off, so configs written before it still make the same data."""
+    from relion_pixer.train import simulated_set
+
+    plain = simulated_set(2, 96, seed=3, snr=0.3, progress=False)
+    off = simulated_set(2, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=0.0)
+    on = simulated_set(2, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.images, off.images))
+    assert not np.array_equal(plain.images[0], on.images[0])
