@@ -24,6 +24,10 @@ done
 for snr in 1 10; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
 done
+# Volta phase plate (90 degrees): dark blobs without CTF fringes
+for snr in 0.1 1; do
+  $PY bench_sim.py --snr $snr --n 12 --phase_shift 90 --json results/sim_snr${snr}_150px_phaseplate.json
+done
 $PY bench_empty.py --json results/empty.json
 $PY bench_contrast.py --json results/contrast.json
 $PY bench_classifier.py --json results/classifier.json
