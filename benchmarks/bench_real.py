@@ -16,6 +16,7 @@ again against the completed set. The criterion is a dark blob, which is what the
 figures favour the LoG. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--json OUT]
+        [--picture PNG]
 """
 
 from __future__ import annotations
@@ -144,6 +145,39 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
     return out
 
 
+def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float) -> None:
+    """One micrograph with PIXER's picks and the labels: picks on a label green, picks without one orange when
+    particle-like (density at least ``cut``) and red when not, labels without a pick cyan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scipy.ndimage
+
+    xy = picks[0]
+    matched = _matched(xy, mic.truth, radius)
+    like = _at(density_map(mic.image, diameter_px), xy) >= cut
+    found = np.zeros(len(mic.truth), bool)
+    found[match_picks(xy, mic.truth, radius).true_index] = True
+    img = scipy.ndimage.gaussian_filter(mic.image.astype(np.float64), 2.0)
+    lo, hi = np.percentile(img, [1, 99])
+    fig, ax = plt.subplots(figsize=(8, 8.4))
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+    groups = [(xy[matched], "lime", f"pick on a label ({matched.sum()})"),
+              (xy[~matched & like], "orange", f"pick without a label, particle-like ({(~matched & like).sum()})"),
+              (xy[~matched & ~like], "red", f"pick without a label, not particle-like ({(~matched & ~like).sum()})"),
+              (mic.truth[~found], "cyan", f"label without a pick ({(~found).sum()})")]
+    for pts, colour, label in groups:
+        for x, y in pts:
+            ax.add_patch(plt.Circle((x, y), 0.9 * radius, fill=False, color=colour, lw=1.2))
+        ax.plot([], [], "o", mfc="none", color=colour, label=label)
+    ax.set_axis_off()
+    ax.set_title(f"EMPIAR-10028 {mic.name}: PIXER (defaults) against the expert labels")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=64, bbox_inches="tight")
+    plt.close(fig)
+
+
 def lowpass(mics, sigma: float):
     """The micrographs blurred by a Gaussian of sd ``sigma`` pixels (unchanged when 0)."""
     import scipy.ndimage
@@ -164,6 +198,7 @@ def main() -> None:
     ap.add_argument("--diameter", type=float, default=REAL_DIAMETER_A,
                     help="particle diameter given to both pickers, in A (the labels' 300 A still sets the match radius)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--picture", help="draw the first micrograph's picks and labels into this PNG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
@@ -215,6 +250,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
+    if args.picture:
+        picture(args.picture, mics[0], pixer[0], lc["density_cut"], radius, 2 * radius)
 
 
 if __name__ == "__main__":
