@@ -136,7 +136,7 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
             n += int((~_matched(xy, m.truth, radius)).sum())
             like += len(loose)
             for c in loose:
-                if np.hypot(*(completed[i] - c).T).min() > radius:
+                if not len(completed[i]) or np.hypot(*(completed[i] - c).T).min() > radius:
                     completed[i] = np.vstack([completed[i], c])
         out["unmatched"][name], out["particle_like"][name] = n, like
     done = [replace(m, truth=t) for m, t in zip(mics, completed)]
@@ -238,7 +238,7 @@ def main() -> None:
           "nearest label; labelled particles' nearest neighbours lie a median {:.2f} diameters away".format(
               *ud["unmatched_to_label_p10_p50_p90"], ud["label_nearest_neighbour_median"]))
     lc = figures["completed_labels"]
-    print("picks without a label that look like a particle (density at least the labels' {:g}th percentile; {:.1%} "
+    print("picks without a label that look like a particle (density at least the labels' {:g}th percentile; {:.2%} "
           "of background points do): PIXER {} of {}, LoG {} of {}".format(
               DENSITY_PERCENTILE, lc["background_particle_like"], lc["particle_like"]["pixer"],
               lc["unmatched"]["pixer"], lc["particle_like"]["log"], lc["unmatched"]["log"]))

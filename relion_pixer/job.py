@@ -103,6 +103,10 @@ Rerunning on the same output directory picks only micrographs that have no coord
 """
 
 
+#: Below this diameter (A) the job warns that the value may have been given in nm.
+MIN_PLAUSIBLE_DIAMETER_A = 40.0
+
+
 class UsageError(ValueError):
     """A bad command line; the message is one line for RELION's run.err."""
 
@@ -236,6 +240,9 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     diameter = _number(values, "particle_diameter", float, None, warnings, "a diameter in Angstrom")
     if diameter <= 0:
         raise UsageError(f"--particle_diameter must be positive, not {diameter:g}")
+    if diameter < MIN_PLAUSIBLE_DIAMETER_A:
+        warnings.append(f"--particle_diameter {diameter:g} A is smaller than any particle picked in practice: it is "
+                        f"in Angstrom ({diameter * 10:g} for {diameter:g} nm)")
 
     numbers = {key: _bounded(values, key, warnings) for key in _NUMBERS}
     threshold, map_threshold, map_relative = numbers["threshold"], numbers["map_threshold"], numbers["map_relative"]
@@ -623,7 +630,7 @@ def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction,
                 angpix = entry.angpix or header_angpix
                 if angpix is None:
                     raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
-                preprocess.check_particle_width(opts.particle_diameter, angpix)
+                preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
                 diameter_px = opts.particle_diameter / angpix
                 if min(image.shape) < diameter_px:
                     raise io.MicrographError(

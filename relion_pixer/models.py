@@ -239,11 +239,15 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report any unpickling failure with the file name
-        if "can still be loaded" in str(exc):  # torch: a valid file with objects that weights_only refuses
+        import pickle
+        import zipfile
+
+        if isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            # a complete PyTorch file whose contents weights_only refuses
             why = ("it holds Python objects besides weights, as training checkpoints and data caches do; model files "
                    "are loaded as weights only, for safety")
         else:
-            why = "not a PyTorch file"
+            why = "not a PyTorch file, or a damaged one"
         raise ValueError(f"{path}: not a relion_pixer model file ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != "relion_pixer/1":
         raise ValueError(f"{path}: not a relion_pixer model file (missing format tag)")

@@ -13,6 +13,8 @@ median absolute deviation and clipped.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft
 import scipy.ndimage
@@ -136,19 +138,32 @@ def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMET
     return out.astype(np.float32, copy=False)
 
 
-#: Outlier pixels (hot pixels, dead columns) are clipped to the range between these percentiles of the micrograph
-#: widened by its own width on each side, before resampling spreads them as Fourier ringing.
-OUTLIER_PERCENTILES = (0.01, 99.99)
-#: At most this many pixels (a regular subsample) estimate those percentiles.
+#: Outlier pixels (hot pixels, hot rows and columns, small defects) are clipped before resampling spreads them as
+#: Fourier ringing: to the range between these percentiles of the micrograph, widened by ``OUTLIER_WIDEN`` times
+#: its width on each side. Defects covering less than 1 % of the micrograph cannot move the percentiles.
+OUTLIER_PERCENTILES = (1.0, 99.0)
+OUTLIER_WIDEN = 3.0
+#: At most about this many pixels estimate those percentiles.
 _OUTLIER_SAMPLE = 1 << 20
 
 
-def clip_outliers(image: np.ndarray) -> np.ndarray:
-    """The image with extreme pixels clipped, or the image itself when it has none.
+def _sample(image: np.ndarray, n: int) -> np.ndarray:
+    """About ``n`` pixels spread over every row and column: a flat stride coprime with the row length, so the
+    sampled columns shift from row to row."""
+    flat = image.reshape(-1)
+    step = max(1, flat.size // n)
+    while step > 1 and math.gcd(step, image.shape[1]) != 1:
+        step += 1
+    return flat[::step]
 
-    The bounds are ``lo - w`` and ``hi + w``, where ``lo`` and ``hi`` are the :data:`OUTLIER_PERCENTILES` and
-    ``w = hi - lo``: about +-11 sd for Gaussian noise, so ordinary pixels, 8-bit exports and dark ice or carbon keep
-    their values, while a hot pixel thousands of sd out no longer rings across the whole resampled micrograph.
+
+def clip_outliers(image: np.ndarray) -> np.ndarray:
+    """The image with extreme pixels clipped (float32), or the image itself when it has none.
+
+    The bounds are ``lo - k w`` and ``hi + k w``, where ``lo`` and ``hi`` are the :data:`OUTLIER_PERCENTILES`,
+    ``w = hi - lo`` and ``k`` = :data:`OUTLIER_WIDEN`: about +-16 sd for Gaussian noise, so ordinary pixels, 8-bit
+    exports, dark ice or carbon and strong particles keep their values, while hot pixels, rows or columns thousands
+    of sd out no longer ring across the whole resampled micrograph.
 
     Raises
     ------
@@ -162,29 +177,40 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         raise ValueError(f"image has {bad} non-finite pixel{'s' if bad != 1 else ''} (NaN or inf)")
-    flat = image.reshape(-1)
-    sample = flat[:: max(1, flat.size // _OUTLIER_SAMPLE)].astype(np.float64)
-    lo, hi = np.percentile(sample, OUTLIER_PERCENTILES)
+    lo, hi = np.percentile(_sample(image, _OUTLIER_SAMPLE).astype(np.float64), OUTLIER_PERCENTILES)
     width = hi - lo
-    lo, hi = lo - width, hi + width
+    lo, hi = lo - OUTLIER_WIDEN * width, hi + OUTLIER_WIDEN * width
     if lo_all >= lo and hi_all <= hi:
         return image
-    return np.clip(image.astype(np.float32, copy=False), lo, hi)
+    out = image.astype(np.float32, copy=True)
+    np.clip(out, np.float32(lo), np.float32(hi), out=out)
+    return out
 
 
-#: Smallest particle, in micrograph pixels, that :func:`prepare` accepts. Smaller ones would be upsampled more than
-#: 3x to the network's scale (slow, gigabytes of memory, and too few pixels to pick from): usually the diameter was
-#: given in nm or the pixel size is wrong.
+#: Smallest particle, in micrograph pixels, that :func:`prepare` accepts: smaller ones have too few pixels to pick
+#: from, and usually mean the diameter was given in nm or the pixel size is wrong.
 MIN_PARTICLE_PX = 10.0
+#: Largest side, in pixels, of the network-scale image :func:`prepare` makes. Particles under 32 px are upsampled;
+#: beyond this the job would take minutes and gigabytes per micrograph (bin the micrographs less instead).
+MAX_NETWORK_SIDE = 8192
 
 
-def check_particle_width(diameter_angstrom: float, angpix: float) -> None:
-    """Raise ValueError, with the likely cause, if the particle is narrower than :data:`MIN_PARTICLE_PX` pixels."""
+def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[int, int] | None = None) -> None:
+    """Raise ValueError, with the likely cause, if the particle is narrower than :data:`MIN_PARTICLE_PX` pixels,
+    or (given the micrograph's ``shape``) if resampling it to network scale would exceed :data:`MAX_NETWORK_SIDE`."""
     width = float(diameter_angstrom) / float(angpix)
     if width < MIN_PARTICLE_PX:
         raise ValueError(
             f"a {diameter_angstrom:g} A particle is only {width:.1f} px wide at {angpix:g} A/px (at least "
             f"{MIN_PARTICLE_PX:g} px are needed): is the diameter in Angstrom, and the pixel size right?")
+    if shape is not None:
+        out = _output_shape(tuple(shape), scale_factor(diameter_angstrom, angpix))
+        if max(out) > MAX_NETWORK_SIDE:
+            raise ValueError(
+                f"a {diameter_angstrom:g} A particle is {width:.1f} px wide at {angpix:g} A/px, so this "
+                f"{shape[1]} x {shape[0]} px micrograph would be upsampled to {out[1]} x {out[0]} px for the "
+                f"networks (at most {MAX_NETWORK_SIDE}): bin the micrographs less, or check the diameter "
+                "and the pixel size")
 
 
 def prepare(
@@ -198,10 +224,12 @@ def prepare(
     ------
     ValueError
         If the image has NaN or infinite pixels, has no contrast, the diameter or pixel size is not positive, or
-        the particle is narrower than :data:`MIN_PARTICLE_PX` pixels.
+        the particle is narrower than :data:`MIN_PARTICLE_PX` pixels or the network-scale image would be wider
+        than :data:`MAX_NETWORK_SIDE`.
     """
     factor = scale_factor(diameter_angstrom, angpix, target_px)
-    check_particle_width(diameter_angstrom, angpix)
+    if target_px == NET_DIAMETER_PX:
+        check_particle_width(diameter_angstrom, angpix, np.shape(image))
     small, factors = resample(clip_outliers(image), factor)
     return normalise(small), factors
 

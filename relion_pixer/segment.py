@@ -86,12 +86,12 @@ def predict_probability(
     stride = segmenter.trunk.stride
     # tiles of whole strides: with the image padded to whole strides, the last tile then ends at its edge
     tile = int(tile) // stride * stride
-    if tile - 2 * int(margin) < stride:
-        raise ValueError(f"tile {tile} px is too small for a margin of {margin} px: the tile must exceed twice the "
-                         f"margin by at least the network stride ({stride} px)")
     if h0 <= tile and w0 <= tile:
         probs = torch.softmax(segmenter(img[None, None]), dim=1)[0]
     else:
+        if tile - 2 * int(margin) < stride:
+            raise ValueError(f"tile {tile} px is too small for a margin of {margin} px: the tile must exceed twice "
+                             f"the margin by at least the network stride ({stride} px)")
         # pad to whole strides exactly as the network pads a whole image, so tiles align with it
         img = segmenter.pad_to_stride(img[None, None])[0, 0]
         h, w = img.shape

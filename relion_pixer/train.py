@@ -206,6 +206,10 @@ def simulated_set(
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
 
+    if not 0.0 <= phase_plate_fraction <= 1.0:
+        raise ValueError(f"phase_plate_fraction must be between 0 and 1, not {phase_plate_fraction:g}")
+    if len(phase_shift_range) != 2 or not 0.0 <= phase_shift_range[0] <= phase_shift_range[1] <= 180.0:
+        raise ValueError(f"phase_shift_range must be (min, max) degrees within 0-180, not {phase_shift_range!r}")
     rng = np.random.default_rng(seed)
     images, labels, coords, instances = [], [], [], []
     t0 = time.time()

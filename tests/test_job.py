@@ -588,6 +588,7 @@ def test_a_diameter_in_nm_is_refused_instead_of_upsampling(tmp_path, monkeypatch
     assert rc == 1
     assert "mic_000.mrc: a 12 A particle is only 8.0 px wide at 1.5 A/px" in err
     assert "is the diameter in Angstrom" in err
+    assert "smaller than any particle picked in practice: it is in Angstrom (120 for 12 nm)" in err
     assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
 
 

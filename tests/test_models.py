@@ -11,6 +11,7 @@ from relion_pixer.models import (
     fuse_batchnorm,
     load_pretrained,
     save_models,
+    shipped_weights,
 )
 from relion_pixer.segment import predict_probability
 
@@ -99,8 +100,12 @@ def test_load_errors_name_the_file(tmp_path):
     # one-line reasons, never torch's advice to load untrusted files with weights_only=False
     noise = tmp_path / "noise.pt"
     noise.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(ValueError, match=r"noise.pt: not a relion_pixer model file \(not a PyTorch file\)$"):
+    with pytest.raises(ValueError, match=r"noise.pt: not a relion_pixer model file \(not a PyTorch file, or a damaged one\)$"):
         load_pretrained(noise)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(shipped_weights().read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=r"truncated.pt: .*a damaged one"):
+        load_pretrained(truncated)
     pickled = tmp_path / "checkpoint.pt"
     torch.save({"array": np.zeros(3)}, pickled)
     with pytest.raises(ValueError, match=r"checkpoint.pt: .*Python objects besides weights") as info:

@@ -78,10 +78,32 @@ def test_clip_outliers_leaves_ordinary_images_alone_and_clips_hot_pixels():
     hot[100, 100], hot[7, 400] = 1e7, -1e6
     out = clip_outliers(hot)
     assert hot[100, 100] == 1e7  # the caller's array is not changed
-    assert 5 < out[100, 100] < 15 and -15 < out[7, 400] < -5
+    assert 10 < out[100, 100] < 25 and -25 < out[7, 400] < -10
     mask = np.ones(img.shape, bool)
     mask[100, 100] = mask[7, 400] = False
     assert np.array_equal(out[mask], img[mask])
+    assert out.dtype == np.float32  # not float64: twice the memory on a 4096 px micrograph
+    sixteen_bit = eight_bit.astype(np.uint16)
+    sixteen_bit[100, 100] = 60000
+    assert clip_outliers(sixteen_bit).dtype == np.float32 and clip_outliers(sixteen_bit).max() < 1000
+
+
+@pytest.mark.parametrize("defect", ["row", "column", "column17", "streak"])
+def test_clip_outliers_catches_hot_rows_columns_and_streaks(defect):
+    """Defects wider than one pixel must not move the bounds (a 0.01 % percentile did: a hot row is 0.05 % of a
+    2048 px image), and the sample must see every column (a stride of 16 saw one column in 16)."""
+    img = np.random.default_rng(7).standard_normal((2048, 2048)).astype(np.float32)
+    bad = img.copy()
+    if defect == "row":
+        bad[500, :] = 1e6
+    elif defect == "column":
+        bad[:, 80] = 1e6
+    elif defect == "column17":
+        bad[:, 17] = -1e6
+    else:
+        bad[1000, 300:500] = 1e7
+    out = clip_outliers(bad)
+    assert np.abs(out).max() < 20
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -112,3 +134,13 @@ def test_a_particle_of_a_few_pixels_is_a_clear_error():
         prepare(img, angpix=4.0, diameter_angstrom=18.0)
     net, _ = prepare(img, angpix=4.0, diameter_angstrom=40.0)  # 10 px: accepted, upsampled 3.2x
     assert net.shape == (819, 819)
+
+
+def test_an_upsampling_beyond_the_network_size_limit_is_refused():
+    """A 10 px particle in a 4096 px micrograph would make a 13107 px image (minutes, gigabytes): refused."""
+    from relion_pixer.preprocess import MAX_NETWORK_SIDE, check_particle_width
+
+    check_particle_width(40.0, 4.0, (2048, 2048))  # 6554 px: fine
+    with pytest.raises(ValueError, match=r"upsampled to 13107 x 13107 px .*bin the micrographs less"):
+        check_particle_width(40.0, 4.0, (4096, 4096))
+    assert MAX_NETWORK_SIDE == 8192

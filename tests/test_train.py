@@ -163,11 +163,15 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, monkeypat
 
 
 def test_phase_plate_fraction_zero_reproduces_the_earlier_training_set():
-    """The option draws no random number when off, so configs written before it still make the same data."""
+    """The option draws no random number when off, so configs written before it still make the same data: the
+    pixels below were made by the code before the option existed (commit aa401d7)."""
     from relion_pixer.train import simulated_set
 
-    plain = simulated_set(2, 96, seed=3, snr=0.3, progress=False)
+    before = [[2.17428, 0.04796, 1.49272, -0.94957], [0.44893, -1.33899, -1.03409, -0.73665]]
     off = simulated_set(2, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=0.0)
+    assert np.allclose(off.images[0][:2, :4], before, atol=1e-3)
+    assert np.allclose(off.images[1][10, 10:14], [-0.99577, 0.03960, -0.83959, -0.94507], atol=1e-3)
     on = simulated_set(2, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=1.0)
-    assert all(np.array_equal(a, b) for a, b in zip(plain.images, off.images))
-    assert not np.array_equal(plain.images[0], on.images[0])
+    assert not np.allclose(on.images[0][:2, :4], before, atol=1e-3)
+    with pytest.raises(ValueError, match="phase_plate_fraction"):
+        simulated_set(1, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=1.5)
