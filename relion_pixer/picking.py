@@ -34,6 +34,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -336,6 +337,23 @@ def _import_cupy():
     return cupy
 
 
+def _cupy_available() -> bool:
+    try:
+        _import_cupy()
+    except ImportError:
+        return False
+    return True
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def _as_backend_array(prob_map: Any, backend: str):
     """Return ``(xp, array)``: the array module and the map as a float32 array of it (no copy if possible)."""
     if backend not in _BACKENDS:
@@ -345,6 +363,11 @@ def _as_backend_array(prob_map: Any, backend: str):
         if t.dtype != sys.modules["torch"].float32:
             t = t.float()  # also half / bfloat16 / bool, which NumPy or DLPack may not take
         on_cuda = t.device.type == "cuda"
+        if backend == "auto" and on_cuda and not _cupy_available():
+            # torch has CUDA but CuPy (the optional [gpu] extra) is absent: climb on the CPU instead of failing
+            _warn_once("CuPy is not installed (pip install 'relion-pixer[gpu]'): the local-maximum search runs on "
+                       "the CPU; segmentation and classification stay on the GPU")
+            return np, _float32(t.cpu().numpy(), np)
         if backend == "cupy" or (backend == "auto" and on_cuda):
             cupy = _import_cupy()
             if on_cuda:
@@ -587,7 +610,8 @@ def _peaks_cupy(score, cell: int, half: int, max_iter: int):
     _climb_kernel(cupy)(
         ((n + threads - 1) // threads,),
         (threads,),
-        (score, np.int32(height), np.int32(width), np.int32(half), np.int32(max_iter), start, finish, np.int32(n)),
+        (score, np.int32(height), np.int32(width), np.int32(half), np.int32(min(int(max_iter), 2**31 - 1)), start,
+         finish, np.int32(n)),
     )
     peaks = cupy.unique(finish)
     peaks = peaks[peaks >= 0]

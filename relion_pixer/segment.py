@@ -28,6 +28,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was asked for, but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r} was asked for, but there are only {torch.cuda.device_count()} CUDA "
+                           f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 

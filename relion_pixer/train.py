@@ -571,7 +571,9 @@ def _restore_torch_rng(checkpoint: dict | None) -> None:
         return
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        # one state per device; a machine with fewer GPUs than the one that wrote the checkpoint restores those it has
+        for index, state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
 
 
 def _cosine(step: int, total: int, lr: float, warmup: int = 50) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage
+import torch
 
 from relion_pixer import picking
 from relion_pixer.picking import DEFAULT_THRESHOLD, PickResult, pick_centres, score_map
@@ -414,3 +415,24 @@ def test_adaptive_threshold_follows_the_typical_score():
     assert adaptive_threshold(clean, floor=0.05, relative=0.0) == 0.05
     assert adaptive_threshold(np.array([]), floor=0.2, relative=0.3) == 0.2
     assert adaptive_threshold(np.array([0.1]), floor=0.2, relative=0.3) == 0.2  # nothing reaches the floor
+
+
+class _TensorClaimingCuda(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:0, to exercise the GPU-without-CuPy path on any machine."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_a_cuda_map_without_cupy_is_picked_on_the_cpu(monkeypatch):
+    """CuPy is an optional extra: a CUDA machine with only torch must still pick (it used to raise ImportError,
+    which stopped the whole job), with one warning, and give the NumPy result."""
+    monkeypatch.setattr(picking, "_cupy_available", lambda: False)
+    monkeypatch.setattr(picking, "_WARNED", set())
+    prob = torch.from_numpy(np.random.default_rng(0).random((128, 128)).astype(np.float32))
+    with pytest.warns(RuntimeWarning, match="CuPy is not installed"):
+        got = picking.pick_centres(prob.clone().as_subclass(_TensorClaimingCuda), 16.0)
+    want = picking.pick_centres(prob.numpy(), 16.0)
+    assert np.array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    assert np.array_equal(np.asarray(got[1]), np.asarray(want[1]))
