@@ -132,8 +132,8 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
         n = like = 0
         for i, ((xy, _), d, m) in enumerate(zip(picks, dens, mics)):
             loose = xy[~_matched(xy, m.truth, radius)]
+            n += len(loose)
             loose = loose[_at(d, loose) >= cut] if len(loose) else loose
-            n += int((~_matched(xy, m.truth, radius)).sum())
             like += len(loose)
             for c in loose:
                 if not len(completed[i]) or np.hypot(*(completed[i] - c).T).min() > radius:
@@ -155,10 +155,12 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
     import scipy.ndimage
 
     xy = picks[0]
-    matched = _matched(xy, mic.truth, radius)
-    like = _at(density_map(mic.image, diameter_px), xy) >= cut
+    pairs = match_picks(xy, mic.truth, radius)
+    matched = np.zeros(len(xy), bool)
+    matched[pairs.pred_index] = True
     found = np.zeros(len(mic.truth), bool)
-    found[match_picks(xy, mic.truth, radius).true_index] = True
+    found[pairs.true_index] = True
+    like = _at(density_map(mic.image, diameter_px), xy) >= cut
     img = scipy.ndimage.gaussian_filter(mic.image.astype(np.float64), 2.0)
     lo, hi = np.percentile(img, [1, 99])
     fig, ax = plt.subplots(figsize=(8, 8.4))

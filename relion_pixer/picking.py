@@ -31,6 +31,7 @@ host, where selection is shared by both backends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -337,7 +338,9 @@ def _import_cupy():
     return cupy
 
 
+@functools.cache
 def _cupy_available() -> bool:
+    """Whether CuPy imports (asked once per process: a failed import would search ``sys.path`` per micrograph)."""
     try:
         _import_cupy()
     except ImportError:

@@ -195,16 +195,18 @@ MIN_PARTICLE_PX = 10.0
 MAX_NETWORK_SIDE = 8192
 
 
-def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[int, int] | None = None) -> None:
+def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[int, int] | None = None,
+                         target_px: float = NET_DIAMETER_PX) -> None:
     """Raise ValueError, with the likely cause, if the particle is narrower than :data:`MIN_PARTICLE_PX` pixels,
-    or (given the micrograph's ``shape``) if resampling it to network scale would exceed :data:`MAX_NETWORK_SIDE`."""
+    or (given the micrograph's ``shape``) if resampling it so the particle is ``target_px`` wide would exceed
+    :data:`MAX_NETWORK_SIDE`."""
     width = float(diameter_angstrom) / float(angpix)
     if width < MIN_PARTICLE_PX:
         raise ValueError(
             f"a {diameter_angstrom:g} A particle is only {width:.1f} px wide at {angpix:g} A/px (at least "
             f"{MIN_PARTICLE_PX:g} px are needed): is the diameter in Angstrom, and the pixel size right?")
     if shape is not None:
-        out = _output_shape(tuple(shape), scale_factor(diameter_angstrom, angpix))
+        out = _output_shape(tuple(shape), scale_factor(diameter_angstrom, angpix, target_px))
         if max(out) > MAX_NETWORK_SIDE:
             raise ValueError(
                 f"a {diameter_angstrom:g} A particle is {width:.1f} px wide at {angpix:g} A/px, so this "
@@ -227,9 +229,8 @@ def prepare(
         the particle is narrower than :data:`MIN_PARTICLE_PX` pixels or the network-scale image would be wider
         than :data:`MAX_NETWORK_SIDE`.
     """
-    factor = scale_factor(diameter_angstrom, angpix, target_px)
-    if target_px == NET_DIAMETER_PX:
-        check_particle_width(diameter_angstrom, angpix, np.shape(image))
+    factor = scale_factor(diameter_angstrom, angpix, target_px)  # first: it rejects a diameter or pixel size <= 0
+    check_particle_width(diameter_angstrom, angpix, np.shape(image), target_px)
     small, factors = resample(clip_outliers(image), factor)
     return normalise(small), factors
 
