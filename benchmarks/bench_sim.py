@@ -34,13 +34,14 @@ from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float,
-             phase_shift: float = 0.0) -> tuple[list[Micrograph], list]:
+             phase_shift: float = 0.0, **options) -> tuple[list[Micrograph], list]:
+    """``n`` held-apart micrographs; ``options`` go to ``simulate_micrograph`` (none may draw random numbers)."""
     rng = np.random.default_rng(seed)
     mics, sims = [], []
     for i in range(n):
         cfg = random_config(rng, snr=snr, angpix=angpix, particle_diameter_px=diameter_A / angpix, empty=False,
                             phase_shift=phase_shift)
-        sim = simulate_micrograph(rng, shape=(size, size), **cfg)
+        sim = simulate_micrograph(rng, shape=(size, size), **cfg, **options)
         xy = np.asarray(sim.coords, np.float64).reshape(-1, 2)
         # like expert labels (and RELION's Extract), count only particles lying wholly inside the micrograph
         half = 0.5 * diameter_A / angpix

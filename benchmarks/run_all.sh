@@ -20,6 +20,11 @@ for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
 done
+# how detectable the particles are at all: ideal-observer d' and F1 bound on the same held-apart micrographs
+for snr in 0.01 0.1; do
+  $PY bench_detectability.py --snr $snr --json results/detectability_snr${snr}_150px.json
+done
+$PY bench_detectability.py --snr 0.01 --angpix 2.5 --diameter 200 --size 1024 --json results/detectability_snr0.01_80px.json
 # high SNR (denoised-looking data): clearly visible particles must not be lost
 for snr in 1 10; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json

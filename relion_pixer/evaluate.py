@@ -56,6 +56,7 @@ __all__ = [
     "pooled_average_precision",
     "mask_iou",
     "particle_ious",
+    "matched_filter_dprime",
     "read_coordinates",
     "read_picks",
     "read_truth",
@@ -392,6 +393,69 @@ def particle_ious(pred_mask, instance_map, margin_px: int = 8) -> tuple[np.ndarr
 
 #: Suffixes stripped from a file stem to find its micrograph (``mic_autopick.star`` -> ``mic``).
 _SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pixer|particles))+$", re.IGNORECASE)
+
+
+def _boxes(image: np.ndarray, xy: np.ndarray, box: int) -> np.ndarray:
+    """Boxes of side ``box`` centred (to the nearest pixel) on ``xy``, zero outside the image."""
+    half = box // 2
+    padded = np.pad(np.asarray(image, np.float64), half + 1)
+    out = np.empty((len(xy), box, box), dtype=np.float64)
+    for i, (x, y) in enumerate(np.rint(xy).astype(int)):
+        out[i] = padded[y + 1 : y + 1 + box, x + 1 : x + 1 + box]
+    return out
+
+
+def matched_filter_dprime(signal, noise, xy, box: int, mask_radius: float | None = None, n_noise_boxes: int = 128,
+                          rng: np.random.Generator | None = None) -> np.ndarray:
+    """Ideal-observer detectability ``d'`` of particles whose noise-free image and noise are known.
+
+    Parameters
+    ----------
+    signal : array_like
+        2D noise-free image of the particles alone (e.g. ``SimulatedMicrograph.particle_signal``).
+    noise : array_like
+        2D noise image of the same shape (e.g. ``image - clean``); it must hold at least one whole box.
+    xy : array_like
+        ``N x 2`` ``(x, y)`` particle centres in pixels.
+    box : int
+        Box side in pixels (e.g. two particle diameters).
+    mask_radius : float, optional
+        Keep only the signal within this radius of the centre (leaves neighbouring particles out); None: the
+        whole box.
+    n_noise_boxes : int
+        Random noise boxes averaged for the noise power spectrum.
+    rng : numpy.random.Generator, optional
+        Draws the noise boxes' positions (default: seed 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``N`` float64 ``d'`` (see the module docstring).
+    """
+    signal = np.asarray(signal)
+    noise = np.asarray(noise)
+    if signal.ndim != 2 or signal.shape != noise.shape:
+        raise ValueError(f"signal and noise must be 2D images of one shape, got {signal.shape} and {noise.shape}")
+    box = int(box)
+    h, w = noise.shape
+    if not 2 <= box <= min(h, w):
+        raise ValueError(f"box must be between 2 and the image's smaller side ({min(h, w)}), got {box}")
+    xy = _as_xy(xy, "xy")
+    rng = np.random.default_rng(0) if rng is None else rng
+    ys = rng.integers(0, h - box + 1, int(n_noise_boxes))
+    xs = rng.integers(0, w - box + 1, int(n_noise_boxes))
+    stack = np.stack([noise[a : a + box, b : b + box] for a, b in zip(ys, xs)]).astype(np.float64)
+    stack -= stack.mean(axis=(1, 2), keepdims=True)
+    psd = (np.abs(np.fft.fft2(stack, norm="ortho")) ** 2).mean(0)
+    psd[0, 0] = np.inf  # the box mean: no picker can tell it from the background level
+    boxes = _boxes(signal, xy, box)
+    if mask_radius is not None:
+        yy, xx = np.mgrid[:box, :box] - box // 2
+        boxes *= np.hypot(yy, xx) <= float(mask_radius)
+    spec = np.abs(np.fft.fft2(boxes, norm="ortho")) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(psd > 0, spec / psd, 0.0)
+    return np.sqrt(ratio.sum(axis=(1, 2)))
 
 
 def micrograph_key(path: str | Path) -> str:

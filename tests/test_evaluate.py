@@ -315,3 +315,29 @@ def test_reads_relion_autopick_star(shared_data):
     xy, fom = ev.read_coordinates(picks["20170629_00021_frameImage"])
     assert xy.shape[1] == 2 and len(xy) > 10 and fom is not None and len(fom) == len(xy)
     assert xy[0] == pytest.approx([1614.217657, 112.882354])
+
+
+def test_matched_filter_dprime_white_noise_matches_theory():
+    rng = np.random.default_rng(0)
+    n, d, a, sd = 512, 30, 0.2, 2.0
+    yy, xx = np.mgrid[:n, :n]
+    xy = np.array([[120.0, 130.0], [380.0, 300.0]])
+    signal = sum(a * (np.hypot(xx - x, yy - y) <= d / 2) for x, y in xy)
+    noise = sd * rng.standard_normal((n, n))
+    box = 2 * d
+    dp = ev.matched_filter_dprime(signal, noise, xy, box, mask_radius=0.75 * d, rng=rng)
+    # white noise: d'^2 = (sum s^2 - (sum s)^2 / box^2) / sd^2 (the box mean is left out)
+    disc = a * (np.hypot(*(np.mgrid[:box, :box] - box // 2)) <= d / 2)
+    expected = math.sqrt(((disc**2).sum() - disc.sum() ** 2 / box**2) / sd**2)
+    np.testing.assert_allclose(dp, expected, rtol=0.1)
+    # four times the noise power halves d'; a coloured noise that spares the signal's band raises it
+    np.testing.assert_allclose(ev.matched_filter_dprime(signal, 2 * noise, xy, box, 0.75 * d), dp / 2, rtol=0.15)
+    from scipy.ndimage import gaussian_filter
+
+    low = gaussian_filter(noise, 4.0)
+    low *= sd / low.std()
+    assert (ev.matched_filter_dprime(signal, low, xy, box, 0.75 * d) > 2 * dp).all()
+    with pytest.raises(ValueError, match="one shape"):
+        ev.matched_filter_dprime(signal, noise[:10], xy, box)
+    with pytest.raises(ValueError, match="box"):
+        ev.matched_filter_dprime(signal, noise, xy, 1000)

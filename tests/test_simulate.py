@@ -275,3 +275,22 @@ def test_phase_plate_moves_contrast_to_low_frequencies():
         return power[(f > 0) & (f < 1 / 32)].sum() / power[f > 0].sum()
 
     assert low_share(90.0) > low_share(0.0) + 0.1
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_particle_signal_is_the_particles_part_of_clean(quantise):
+    kw = dict(shape=(256, 256), snr=0.1, ice_gradient=0.0, density=0.3, quantise_8bit=quantise)
+    plain = _sim(9, **kw)
+    m = _sim(9, keep_particle_signal=True, **kw)
+    # asking for the signal changes nothing else
+    np.testing.assert_array_equal(plain.image, m.image)
+    np.testing.assert_array_equal(plain.clean, m.clean)
+    assert plain.particle_signal is None and m.particle_signal.shape == m.image.shape
+    # on flat ice without contamination, clean = background level + particle signal
+    far = m.labels == BACKGROUND
+    level = np.median(m.clean[far])
+    p = m.labels == PARTICLE
+    np.testing.assert_allclose(m.clean[p], level + m.particle_signal[p], atol=0.02 * np.abs(m.particle_signal[p]).max())
+    # and it is the signal the SNR is defined with
+    snr = np.mean(m.particle_signal[p].astype(np.float64) ** 2) / np.var((m.image - m.clean)[p].astype(np.float64))
+    assert snr == pytest.approx(m.meta["snr_measured"], rel=0.15 if quantise else 1e-4)

@@ -108,6 +108,9 @@ class SimulatedMicrograph:
         ``N`` float64 isotropic scale of each particle's model (size jitter; 1 = the species' nominal size).
     species : numpy.ndarray
         ``N`` int64 index of each particle's species (order of ``meta["families"]``).
+    particle_signal : numpy.ndarray or None
+        ``H x W`` float32 particles' part ``S`` of ``clean`` (see the module docstring), in the image's units;
+        only with ``keep_particle_signal=True``, else None.
     """
 
     image: np.ndarray
@@ -120,6 +123,7 @@ class SimulatedMicrograph:
     rotations: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 3)))
     scales: np.ndarray = field(default_factory=lambda: np.zeros(0))
     species: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    particle_signal: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------------------- physics helpers
@@ -328,6 +332,7 @@ def simulate_micrograph(
     export_mean: float = 90.0,
     export_sd: float = 7.0,
     n_points: int = 4000,
+    keep_particle_signal: bool = False,
 ) -> SimulatedMicrograph:
     """Simulate one micrograph with ground truth.
 
@@ -405,6 +410,9 @@ def simulate_micrograph(
         integers in 0..255 (stored as float32).
     n_points : int
         Points per procedural model (speed vs detail).
+    keep_particle_signal : bool
+        Also return the particles' part of the noise-free image (``particle_signal``), for detectability
+        analyses; it changes nothing else (no extra random draws).
 
     Returns
     -------
@@ -626,6 +634,9 @@ def simulate_micrograph(
         signal_power *= gain * gain
         noise_power *= gain * gain
         export = {"mean": float(export_mean), "sd": float(export_sd), "gain": gain}
+    particle_signal = None
+    if keep_particle_signal:
+        particle_signal = (sig_part * (counts_per_px * (export["gain"] if export else 1.0))).astype(np.float32)
 
     d_px = np.asarray(diam, dtype=np.float64)
     meta = {
@@ -675,6 +686,7 @@ def simulate_micrograph(
         rotations=poses["rotations"],
         scales=poses["scales"],
         species=poses["species"],
+        particle_signal=particle_signal,
     )
 
 

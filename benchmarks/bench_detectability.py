@@ -1,0 +1,157 @@
+"""How detectable are the simulated particles at all? An ideal-observer bound, at native and network scale.
+
+For every true particle of ``bench_sim.py``'s held-apart micrographs (same seeds and settings, so the same
+micrographs), this computes the detectability ``d'`` that an ideal observer would have if it knew the particle's
+exact noise-free image ``s`` (the simulator's particles' part of the clean image, cut in a box of two diameters and
+masked to a disc of 1.5 diameters) and its position: the prewhitened matched filter,
+``d'^2 = sum_k |S_k|^2 / P_N(k)``, with ``P_N`` the noise power spectrum measured on the micrograph's exact noise
+(``image - clean``, shot noise plus the ice's structural noise) at random boxes. ``d'`` is the distance, in
+standard deviations, between the filter's output with and without the particle.
+
+Any real picker knows less (not the particle's image, orientation or position), so ``d'`` bounds from above what
+any method can do with each particle. It is computed twice: on the micrograph as recorded (native sampling) and
+after the picker's Fourier crop to network scale (particle :data:`relion_pixer.NET_DIAMETER_PX` px), which shows
+how much of each particle's information the network scale keeps. Recall of PIXER (defaults) and of the LoG
+baseline is reported per ``d'`` bin at network scale, so one can see whether the picker misses particles that
+carry the information or only those that do not.
+
+For scale: a picker scanning a micrograph must keep false alarms rare among the many particle-sized places
+without a particle, so it needs its threshold several standard deviations above the noise; with one false alarm per
+100 empty places the threshold is at about 2.3 sd, and finding 90 % of the particles then needs ``d'`` of at least
+2.3 + 1.3 = 3.6 for nearly all of them, even for the ideal observer. The script turns this into an F1 bound:
+every particle-sized place of the micrograph (``area / (pi r^2)``, of which the particles fill some) is tested
+once, with a statistic distributed N(d', 1) at a particle and N(0, 1) elsewhere, at the threshold that maximises
+the expected F1. A real picker tests many positions per place, does not know the particles' images, and so does
+worse: the bound is generous. Usage::
+
+    python benchmarks/bench_detectability.py [--snr 0.01] [--n 12] [--angpix 1 --diameter 150 --size 2048]
+        [--seed 900000] [--model FILE] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from bench_sim import simulate
+from common import picks_from_maps, run_log, segment_all, best_threshold
+from relion_pixer.evaluate import match_picks, matched_filter_dprime
+from relion_pixer.models import load_pretrained
+from relion_pixer.preprocess import resample, scale_factor
+
+#: d' bins (network scale) for the recall table.
+BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0, np.inf)
+#: d' an ideal observer needs to find 90 % of the particles at about one false alarm per 100 empty places.
+NEEDED = 3.6
+
+
+def detectability(signal: np.ndarray, noise: np.ndarray, xy: np.ndarray, diameter_px: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``d'`` of each particle at ``xy``: a box of two diameters, the signal masked to a disc of 1.5 diameters
+    (the particle and its CTF fringes, not its neighbours)."""
+    return matched_filter_dprime(signal, noise, xy, int(2 * round(diameter_px)), 0.75 * diameter_px, rng=rng)
+
+
+def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
+    """Best expected F1 of the one-test-per-place ideal observer (see the module docstring)."""
+    from scipy.stats import norm
+
+    dprime = np.asarray(dprime, np.float64)
+    best = 0.0
+    for t in np.linspace(-2.0, 8.0, 1001):
+        tp = norm.sf(t - dprime).sum()
+        fp = empty_places * norm.sf(t)
+        best = max(best, 2.0 * tp / (tp + fp + len(dprime)))
+    return float(best)
+
+
+def recall_by_bin(picks, mics, dprime: list, radius: float) -> list[dict]:
+    found = np.concatenate([
+        np.isin(np.arange(len(m.truth)), match_picks(xy, m.truth, radius).true_index) for (xy, _), m in zip(picks, mics)
+    ])
+    d = np.concatenate(dprime)
+    rows = []
+    for lo, hi in zip(BINS[:-1], BINS[1:]):
+        sel = (d >= lo) & (d < hi)
+        rows.append({"lo": lo, "hi": hi, "particles": int(sel.sum()),
+                     "recall": float(found[sel].mean()) if sel.any() else float("nan")})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model")
+    ap.add_argument("--snr", type=float, default=0.01)
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--angpix", type=float, default=1.0)
+    ap.add_argument("--diameter", type=float, default=150.0, help="particle diameter in A")
+    ap.add_argument("--seed", type=int, default=900_000, help="bench_sim.py's held-apart set by default")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    d, d_px = args.diameter, args.diameter / args.angpix
+    radius = 0.5 * d_px
+    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, keep_particle_signal=True)
+    factor = scale_factor(d, args.angpix)
+    rng = np.random.default_rng(args.seed)
+    native, network = [], []
+    place = np.pi * (0.5 * d_px) ** 2
+    empty_places = sum(max(0.0, args.size * args.size / place - len(sim.coords)) for sim in sims)
+    for m, sim in zip(mics, sims):
+        noise = sim.image - sim.clean
+        native.append(detectability(sim.particle_signal, noise, m.truth, d_px, rng))
+        s_net, fac = resample(sim.particle_signal, factor)
+        n_net, _ = resample(noise, factor)
+        network.append(detectability(s_net, n_net, m.truth * np.array([fac[1], fac[0]]), d_px * fac[1], rng))
+        sim.particle_signal = None  # 16 MB each
+    models = load_pretrained(args.model)
+    pixer = picks_from_maps(segment_all(mics, d, models), d, models)
+    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d)
+    log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
+    log = run_log(mics, d, log_t)
+
+    nat, net = np.concatenate(native), np.concatenate(network)
+    q = [10, 50, 90]
+    figures = {
+        "snr": args.snr, "seed": args.seed, "micrographs": args.n, "size": args.size, "angpix": args.angpix,
+        "diameter_A": d, "particles": int(len(nat)),
+        "dprime_native_percentiles_10_50_90": [float(v) for v in np.percentile(nat, q)],
+        "dprime_network_percentiles_10_50_90": [float(v) for v in np.percentile(net, q)],
+        "network_over_native_median": float(np.median(net) / np.median(nat)),
+        "fraction_native_above_needed": float((nat >= NEEDED).mean()),
+        "fraction_network_above_needed": float((net >= NEEDED).mean()),
+        "needed": NEEDED,
+        "empty_places": float(empty_places),
+        "f1_bound_native": f1_bound(nat, empty_places),
+        "f1_bound_network": f1_bound(net, empty_places),
+        "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, mics, network, radius),
+                                     "log": recall_by_bin(log, mics, network, radius)},
+        "log_threshold": log_t,
+    }
+    print(f"simulated, SNR {args.snr:g}, {args.n} micrographs of {args.size} px, particles {d_px:.0f} px "
+          f"({len(nat)} particles)")
+    print("ideal-observer d' (knows each particle's exact image and position), 10th / 50th / 90th percentile:")
+    print(f"  native sampling   {' / '.join(f'{v:.1f}' for v in figures['dprime_native_percentiles_10_50_90'])}"
+          f"   ({figures['fraction_native_above_needed']:.0%} of particles at d' >= {NEEDED})")
+    print(f"  network scale     {' / '.join(f'{v:.1f}' for v in figures['dprime_network_percentiles_10_50_90'])}"
+          f"   ({figures['fraction_network_above_needed']:.0%} at d' >= {NEEDED}; the median is "
+          f"{figures['network_over_native_median']:.0%} of the native one)")
+    print(f"ideal-observer F1 bound (one test per particle-sized place, {empty_places:.0f} empty places): native "
+          f"{figures['f1_bound_native']:.3f}, network scale {figures['f1_bound_network']:.3f}")
+    print("recall by network-scale d':   " + "  ".join(
+        f"[{r['lo']:g},{r['hi']:g}) n={r['particles']}" for r in figures["recall_by_network_dprime"]["pixer"]))
+    for name in ("pixer", "log"):
+        print(f"  {name:6s}" + "".join(f"{r['recall']:>11.2f}" if r["particles"] else f"{'-':>11s}"
+                                       for r in figures["recall_by_network_dprime"][name]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
