@@ -15,7 +15,7 @@ threshold at 0 (how much the classifier stage removes) and the median distance o
 centre at network scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90]
-        [--seed 900000] [--model FILE] [--json OUT]
+        [--seed 900000] [--families elongated cylinder] [--model FILE] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float,
-             phase_shift: float = 0.0, **options) -> tuple[list[Micrograph], list]:
-    """``n`` held-apart micrographs; ``options`` go to ``simulate_micrograph`` (none may draw random numbers)."""
+             phase_shift: float = 0.0, families: tuple | None = None, **options) -> tuple[list[Micrograph], list]:
+    """``n`` held-apart micrographs; ``families`` restricts the particle shapes (None: all, drawn as in training);
+    ``options`` go to ``simulate_micrograph`` (none may draw random numbers)."""
     rng = np.random.default_rng(seed)
     mics, sims = [], []
+    extra = {"families": tuple(families)} if families else {}
     for i in range(n):
         cfg = random_config(rng, snr=snr, angpix=angpix, particle_diameter_px=diameter_A / angpix, empty=False,
-                            phase_shift=phase_shift)
+                            phase_shift=phase_shift, **extra)
         sim = simulate_micrograph(rng, shape=(size, size), **cfg, **options)
         xy = np.asarray(sim.coords, np.float64).reshape(-1, 2)
         # like expert labels (and RELION's Extract), count only particles lying wholly inside the micrograph
@@ -71,6 +73,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=900_000,
                     help="seed of the scored micrographs (the LoG's tuning set uses seed + 1); the default set is "
                          "the held-apart one the README reports, other seeds give validation sets")
+    ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
+                    "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -78,9 +82,10 @@ def main() -> None:
     models = load_pretrained(args.model)
     d = args.diameter
     radius = 0.5 * d / args.angpix
-    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d, args.phase_shift)
+    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d, args.phase_shift,
+                       args.families)
     log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
-    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift)
+    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families)
     maps = segment_all(mics, d, models)
     pixer = picks_from_maps(maps, d, models)
     ious, areas = particle_mask_ious(models, mics, sims, d)
@@ -89,6 +94,7 @@ def main() -> None:
     figures = {
         "snr": args.snr,
         "phase_shift": args.phase_shift,
+        "families": args.families or "all",
         "seed": args.seed,
         "micrographs": args.n,
         "size": args.size,
@@ -108,7 +114,8 @@ def main() -> None:
     }
     print(f"simulated, SNR {args.snr:g} ({10 * np.log10(args.snr):.0f} dB), {args.n} micrographs of {args.size} px, "
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
-          + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else ""))
+          + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else "")
+          + (f", families {' '.join(args.families)}" if args.families else ""))
     print(fmt("PIXER (defaults)", figures["pixer"]))
     print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))

@@ -88,6 +88,10 @@ class TrainConfig:
     # phase_shift_range, degrees): strong low-frequency contrast, particles without the CTF's light fringes; 0: none
     phase_plate_fraction: float = 0.0
     phase_shift_range: tuple = (30.0, 120.0)
+    # per-particle loss weight of the segmentation net: pixels of a particle whose mask is smaller than a disc of
+    # the network diameter weigh (disc area / mask area), at most this much (thin, elongated particles would
+    # otherwise count for little); 1: every particle pixel alike
+    small_mask_weight_max: float = 1.0
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -342,29 +346,37 @@ def _maybe_blur(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch
 
 
 def _augment(
-    img: torch.Tensor, lab: torch.Tensor, gen: torch.Generator, blur_fraction: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rot90/flip (same for image and labels), a low-pass (``blur_fraction`` of the time), intensity scale
-    and extra noise (image only)."""
+    img: torch.Tensor, lab: torch.Tensor, gen: torch.Generator, blur_fraction: float = 0.0, extra=None
+):
+    """Random rot90/flip (same for image, labels and the ``extra`` map when given), a low-pass (``blur_fraction``
+    of the time), intensity scale and extra noise (image only). Returns ``(img, lab)``, or ``(img, lab, extra)``."""
     k = int(torch.randint(0, 4, (1,), generator=gen))
     img, lab = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
-    if torch.rand(1, generator=gen) < 0.5:
+    flip = bool(torch.rand(1, generator=gen) < 0.5)
+    if flip:
         img, lab = img.flip(-1), lab.flip(-1)
+    if extra is not None:
+        extra = torch.rot90(extra, k, (-2, -1))
+        extra = extra.flip(-1) if flip else extra
     img = _maybe_blur(img, blur_fraction, gen)
     scale = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
     noise = float(torch.empty(1).uniform_(0.0, 0.3, generator=gen))
     img = img * scale + noise * torch.randn(img.shape, generator=gen)
-    return img, lab
+    return (img, lab) if extra is None else (img, lab, extra)
 
 
-def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator):
+def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator, weight: np.ndarray | None = None):
+    """A crop of image ``idx`` and its labels (and of ``weight``, a per-pixel map of the same shape, when given)."""
     img, lab = data.images[idx], data.labels[idx]
     h, w = img.shape
     if h < crop or w < crop:
         pad = ((0, max(0, crop - h)), (0, max(0, crop - w)))
         img = np.pad(img, pad)
         lab = np.pad(lab, pad, constant_values=IGNORE)
+        weight = None if weight is None else np.pad(weight, pad, constant_values=1.0)
         h, w = img.shape
+    cut = lambda y, x: (img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]) + (  # noqa: E731
+        () if weight is None else (weight[y : y + crop, x : x + crop],))
     if data.names is not None and (lab == IGNORE).mean() > 0.3:
         # real micrographs: centre crops on a labelled particle so most crops carry labels
         xy = data.coords[idx]
@@ -372,26 +384,49 @@ def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator):
             cx, cy = xy[int(torch.randint(0, len(xy), (1,), generator=gen))]
             y = int(np.clip(cy - crop // 2 + int(torch.randint(-crop // 3, crop // 3 + 1, (1,), generator=gen)), 0, h - crop))
             x = int(np.clip(cx - crop // 2 + int(torch.randint(-crop // 3, crop // 3 + 1, (1,), generator=gen)), 0, w - crop))
-            return img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]
+            return cut(y, x)
     y = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
     x = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
-    return img[y : y + crop, x : x + crop], lab[y : y + crop, x : x + crop]
+    return cut(y, x)
 
 
-def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator, blur_fraction: float = 0.0):
-    """A batch of augmented crops drawn from several sets with the given probabilities."""
+def small_mask_weights(instances: np.ndarray, max_weight: float, ref_area: float = math.pi * (NET_DIAMETER_PX / 2) ** 2):
+    """Per-pixel loss weights: on each particle's pixels ``ref_area / (its mask area)`` clipped to
+    ``[1, max_weight]``, 1 elsewhere, so a thin particle with a quarter of a disc's pixels counts about as much as a
+    round one (``ref_area``: a disc of the network diameter)."""
+    inst = np.asarray(instances)
+    out = np.ones(inst.shape, dtype=np.float32)
+    on = inst > 0
+    if on.any():
+        area = np.bincount(inst[on].ravel()).astype(np.float64)
+        out[on] = np.clip(ref_area / np.maximum(area[inst[on]], 1.0), 1.0, float(max_weight))
+    return out
+
+
+def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator,
+              blur_fraction: float = 0.0, small_mask_weight_max: float = 1.0):
+    """A batch of augmented crops drawn from several sets with the given probabilities: ``(images, labels)``, and
+    per-pixel loss weights (:func:`small_mask_weights`; 1 for sets without instance maps) as a third item when
+    ``small_mask_weight_max > 1``."""
     weights = torch.tensor([w for _, w in sets], dtype=torch.float64)
-    imgs, labs = [], []
+    with_weights = small_mask_weight_max > 1.0
+    imgs, labs, pix = [], [], []
     for _ in range(batch):
         data = sets[int(torch.multinomial(weights, 1, generator=gen))][0]
         idx = int(torch.randint(0, len(data), (1,), generator=gen))
-        img, lab = _random_crop(data, idx, crop, gen)
-        img, lab = _augment(
-            torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab)), gen, blur_fraction
-        )
-        imgs.append(img)
-        labs.append(lab)
-    return torch.stack(imgs)[:, None].float(), torch.stack(labs).long()
+        wmap = None
+        if with_weights:
+            wmap = (small_mask_weights(data.instances[idx], small_mask_weight_max) if data.instances is not None
+                    else np.ones(data.labels[idx].shape, np.float32))
+        parts = _random_crop(data, idx, crop, gen, wmap)
+        out = _augment(*(torch.from_numpy(np.ascontiguousarray(a)) for a in parts[:2]), gen, blur_fraction,
+                       torch.from_numpy(np.ascontiguousarray(parts[2])) if with_weights else None)
+        imgs.append(out[0])
+        labs.append(out[1])
+        if with_weights:
+            pix.append(out[2])
+    x, y = torch.stack(imgs)[:, None].float(), torch.stack(labs).long()
+    return (x, y, torch.stack(pix).float()) if with_weights else (x, y)
 
 
 def box_samples(data: LabelledSet, rng: np.random.Generator, per_image: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -591,14 +626,24 @@ def _optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None
     opt.step()
 
 
-def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (particles weighted x2) plus a soft Dice term on the particle channel."""
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (particles weighted x2) plus a soft Dice term on the particle channel.
+
+    ``pixel_weight`` (N x H x W), when given, multiplies each pixel's weight in both terms (the cross-entropy stays
+    a weighted mean, as torch's class weights make it)."""
     weight = torch.tensor([1.0, 2.0, 1.0], device=logits.device)
-    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
     valid = (target != IGNORE).float()
-    p = torch.softmax(logits, 1)[:, PARTICLE] * valid
-    t = (target == PARTICLE).float() * valid
-    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    if pixel_weight is None:
+        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+        pw = valid
+    else:
+        safe = torch.where(target == IGNORE, torch.zeros_like(target), target)
+        pw = pixel_weight * valid
+        w = weight[safe] * pw
+        ce = (F.cross_entropy(logits, safe, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+    p = torch.softmax(logits, 1)[:, PARTICLE] * pw
+    t = (target == PARTICLE).float() * pw
+    dice = 1 - (2 * (p * (target == PARTICLE).float()).sum() + 1) / (p.sum() + t.sum() + 1)
     return ce + dice
 
 
@@ -616,6 +661,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     # ---- the user's labels and the initial model first: their errors should not wait for the simulated data
     if not 0.0 < cfg.user_fraction < 1.0:
         raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
+    if not cfg.small_mask_weight_max >= 1.0:
+        raise ValueError(f"small_mask_weight_max must be at least 1 (1: no extra weight), got {cfg.small_mask_weight_max}")
     user = None
     if cfg.from_labels:
         user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
@@ -731,6 +778,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     fit_segmenter(
         segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
         start=step, opt_state=state.get("opt") if state else None, on_step=on_step, blur_fraction=cfg.blur_fraction,
+        small_mask_weight_max=cfg.small_mask_weight_max,
     )
 
     # ---- final figures and the model file
@@ -810,11 +858,13 @@ def fit_segmenter(
     opt_state: dict | None = None,
     on_step=None,
     blur_fraction: float = 0.0,
+    small_mask_weight_max: float = 1.0,
 ) -> None:
     """Train ``segmenter`` for ``steps`` steps on crops from ``sets`` ((LabelledSet, weight) pairs).
 
     ``on_step(step, loss, optimizer)`` is called after every step (validation, checkpoints); ``blur_fraction`` of
-    the crops are low-passed (:func:`_augment`).
+    the crops are low-passed (:func:`_augment`); ``small_mask_weight_max`` > 1 weighs small particle masks up
+    (:func:`small_mask_weights`).
     """
     opt = torch.optim.AdamW(segmenter.parameters(), lr=lr, weight_decay=1e-4)
     if opt_state is not None:
@@ -823,8 +873,8 @@ def fit_segmenter(
     step = start
     while step < steps:
         segmenter.train()
-        x, y = seg_batch(sets, batch, crop, gen, blur_fraction)
-        loss = _seg_loss(segmenter(x.to(device)), y.to(device))
+        x, y, *pw = seg_batch(sets, batch, crop, gen, blur_fraction, small_mask_weight_max)
+        loss = _seg_loss(segmenter(x.to(device)), y.to(device), pw[0].to(device) if pw else None)
         _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1
         if step % _progress_every(steps) == 0 or step == steps:

@@ -127,6 +127,68 @@ def test_blur_fraction_zero_leaves_training_batches_unchanged():
     assert not torch.allclose(a[0], c[0])
 
 
+def test_small_mask_weights_favour_thin_particles():
+    from relion_pixer.train import small_mask_weights
+
+    inst = np.zeros((96, 96), np.int32)
+    yy, xx = np.mgrid[:96, :96]
+    inst[np.hypot(yy - 30, xx - 30) <= 16] = 1  # a disc of the network diameter (32 px)
+    inst[70:74, 40:72] = 2  # a rod 32 x 4 px: 1/6 of the disc's area
+    inst[5:7, 80:82] = 3  # a 2 x 2 fleck: clipped at the maximum
+    w = small_mask_weights(inst, 4.0)
+    assert w.dtype == np.float32 and w.shape == inst.shape
+    assert np.all(w[inst == 0] == 1)
+    assert np.allclose(w[inst == 1], 1.0, atol=0.02)  # a pixelated disc: about the reference area
+    assert np.all(w[inst == 3] == 4)
+    assert w[72, 50] == pytest.approx(min(4.0, np.pi * 16**2 / 128), rel=1e-6)
+    assert np.all(small_mask_weights(inst, 1.0) == 1)
+
+
+def test_small_mask_weighting_off_leaves_batches_unchanged_and_on_keeps_maps_aligned():
+    from relion_pixer.train import LabelledSet, seg_batch, small_mask_weights
+
+    rng = np.random.default_rng(2)
+    inst = np.zeros((80, 80), np.int32)
+    inst[10:14, 20:52] = 1
+    inst[50:60, 50:60] = 2
+    labels = (inst > 0).astype(np.uint8)
+    data = LabelledSet([rng.standard_normal((80, 80)).astype(np.float32)], [labels],
+                       [np.zeros((0, 2), np.float32)], [inst])
+    a = seg_batch([(data, 1.0)], 6, 48, torch.Generator().manual_seed(5))
+    b = seg_batch([(data, 1.0)], 6, 48, torch.Generator().manual_seed(5), 0.0, 1.0)
+    c = seg_batch([(data, 1.0)], 6, 48, torch.Generator().manual_seed(5), 0.0, 4.0)
+    assert len(a) == len(b) == 2 and len(c) == 3
+    # the same crops, augmentations and noise whether or not weights are asked for
+    for u, v, t in zip(a, b, c[:2]):
+        assert torch.equal(u, v) and torch.equal(u, t)
+    # weights follow their labels through crop, rotation and flip: > 1 exactly on the small particles' pixels
+    w_full = small_mask_weights(inst, 4.0)
+    y, w = c[1], c[2]
+    assert torch.equal(w > 1, y == 1)
+    assert set(np.unique(w[y == 1].numpy()).round(4)) <= set(np.unique(w_full[inst > 0]).round(4))
+    # a set without instance maps (real labels) gets weight 1
+    plain = LabelledSet(data.images, data.labels, data.coords)
+    assert torch.all(seg_batch([(plain, 1.0)], 2, 48, torch.Generator().manual_seed(5), 0.0, 4.0)[2] == 1)
+
+
+def test_seg_loss_pixel_weights():
+    from relion_pixer.train import IGNORE, _seg_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, generator=g)
+    target = torch.randint(0, 3, (2, 16, 16), generator=g)
+    target[0, :4] = IGNORE
+    ones = torch.ones(2, 16, 16)
+    # unit weights give the unweighted loss; weights change it, and ignored pixels stay ignored
+    assert _seg_loss(logits, target, ones).item() == pytest.approx(_seg_loss(logits, target).item(), rel=1e-5)
+    heavy = ones.clone()
+    heavy[target == 1] = 4.0
+    assert _seg_loss(logits, target, heavy).item() != pytest.approx(_seg_loss(logits, target).item(), rel=1e-3)
+    on_ignored = ones.clone()
+    on_ignored[0, :4] = 50.0
+    assert _seg_loss(logits, target, on_ignored).item() == pytest.approx(_seg_loss(logits, target).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("stage", ["classifier", "segmenter"])
 def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatch, stage):
     """A run stopped after a checkpoint in either stage and resumed ends with the weights of an uninterrupted run
