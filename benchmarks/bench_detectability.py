@@ -30,14 +30,13 @@ worse: the bound is generous. Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import torch
 
-from bench_sim import simulate
-from common import picks_from_maps, run_log, segment_all, best_threshold
+from bench_sim import sim_arguments, simulate, tuned_log_threshold
+from common import picks_from_maps, run_log, segment_all
 from relion_pixer.evaluate import match_picks, matched_filter_dprime
 from relion_pixer.models import load_pretrained
 from relion_pixer.preprocess import resample, scale_factor
@@ -82,17 +81,7 @@ def recall_by_bin(picks, mics, dprime: list, radius: float) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model")
-    ap.add_argument("--snr", type=float, default=0.01)
-    ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--angpix", type=float, default=1.0)
-    ap.add_argument("--diameter", type=float, default=150.0, help="particle diameter in A")
-    ap.add_argument("--seed", type=int, default=900_000, help="bench_sim.py's held-apart set by default")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
+    args = sim_arguments(__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
     d, d_px = args.diameter, args.diameter / args.angpix
     radius = 0.5 * d_px
@@ -111,8 +100,7 @@ def main() -> None:
         sim.particle_signal = None  # 16 MB each
     models = load_pretrained(args.model)
     pixer = picks_from_maps(segment_all(mics, d, models), d, models)
-    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d)
-    log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
+    log_t = tuned_log_threshold(args)
     log = run_log(mics, d, log_t)
 
     nat, net = np.concatenate(native), np.concatenate(network)

@@ -60,31 +60,44 @@ def median_offset(picks, mics: list[Micrograph], radius: float, to_net: float) -
     return float(np.median(dist) * to_net) if len(dist) else float("nan")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sim_arguments(description: str) -> argparse.ArgumentParser:
+    """The options that choose a simulated set (shared with bench_detectability.py: the same defaults give the
+    same held-apart micrographs)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model")
     ap.add_argument("--snr", type=float, default=0.01)
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--angpix", type=float, default=1.0)
     ap.add_argument("--diameter", type=float, default=150.0, help="particle diameter in A")
-    ap.add_argument("--phase_shift", type=float, default=0.0,
-                    help="phase plate: extra phase shift in degrees (about 90 for a Volta phase plate)")
     ap.add_argument("--seed", type=int, default=900_000,
                     help="seed of the scored micrographs (the LoG's tuning set uses seed + 1); the default set is "
                          "the held-apart one the README reports, other seeds give validation sets")
-    ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
-                    "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    return ap
+
+
+def tuned_log_threshold(args, phase_shift: float = 0.0, families=None) -> float:
+    """The LoG threshold with the best F1 on a tuning set (seed + 1) simulated like the scored one."""
+    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, args.diameter,
+                       phase_shift, families)
+    radius = 0.5 * args.diameter / args.angpix
+    return best_threshold(run_log(tune, args.diameter, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))[0]
+
+
+def main() -> None:
+    ap = sim_arguments(__doc__.split("\n\n")[0])
+    ap.add_argument("--phase_shift", type=float, default=0.0,
+                    help="phase plate: extra phase shift in degrees (about 90 for a Volta phase plate)")
+    ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
+                    "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     d = args.diameter
     radius = 0.5 * d / args.angpix
-    tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, d, args.phase_shift,
-                       args.families)
-    log_t, _ = best_threshold(run_log(tune, d, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
+    log_t = tuned_log_threshold(args, args.phase_shift, args.families)
     mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families)
     maps = segment_all(mics, d, models)
     pixer = picks_from_maps(maps, d, models)
