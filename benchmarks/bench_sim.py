@@ -15,13 +15,15 @@ threshold at 0 (how much the classifier stage removes) and the median distance o
 centre at network scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90]
-        [--seed 900000] [--families elongated cylinder] [--model FILE] [--json OUT]
+        [--seed 900000] [--families elongated cylinder] [--map_threshold 0.05 --map_relative 0.2] [--model FILE]
+        [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -90,6 +92,9 @@ def main() -> None:
     ap = sim_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--phase_shift", type=float, default=0.0,
                     help="phase plate: extra phase shift in degrees (about 90 for a Volta phase plate)")
+    ap.add_argument("--map_threshold", type=float, default=PickParams.map_threshold,
+                    help="candidate threshold (default: the picker's); to compare weights with their own best pair")
+    ap.add_argument("--map_relative", type=float, default=PickParams.map_relative)
     ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
                     "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
     args = ap.parse_args()
@@ -100,7 +105,8 @@ def main() -> None:
     log_t = tuned_log_threshold(args, args.phase_shift, args.families)
     mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families)
     maps = segment_all(mics, d, models)
-    pixer = picks_from_maps(maps, d, models)
+    params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative)
+    pixer = picks_from_maps(maps, d, models, params)
     ious, areas = particle_mask_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
     quartile = np.clip(np.searchsorted(edges, areas, side="right") - 1, 0, 3)
@@ -108,6 +114,8 @@ def main() -> None:
         "snr": args.snr,
         "phase_shift": args.phase_shift,
         "families": args.families or "all",
+        "map_threshold": args.map_threshold,
+        "map_relative": args.map_relative,
         "seed": args.seed,
         "micrographs": args.n,
         "size": args.size,
@@ -115,7 +123,7 @@ def main() -> None:
         "diameter_A": d,
         "pixer": score(pixer, mics, radius),
         # the classifier's share: the same candidates with its threshold at 0 instead of 0.6
-        "pixer_threshold0": score(picks_from_maps(maps, d, models, PickParams(threshold=0.0)), mics, radius),
+        "pixer_threshold0": score(picks_from_maps(maps, d, models, replace(params, threshold=0.0)), mics, radius),
         "median_offset_net_px": median_offset(pixer, mics, radius, NET_DIAMETER_PX / (d / args.angpix)),
         "log_threshold": log_t,
         "log": score(run_log(mics, d, log_t), mics, radius),
@@ -129,7 +137,9 @@ def main() -> None:
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
           + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else "")
           + (f", families {' '.join(args.families)}" if args.families else ""))
-    print(fmt("PIXER (defaults)", figures["pixer"]))
+    defaults = (args.map_threshold, args.map_relative) == (PickParams.map_threshold, PickParams.map_relative)
+    print(fmt("PIXER (defaults)" if defaults else f"PIXER ({args.map_threshold:g}, {args.map_relative:g})",
+              figures["pixer"]))
     print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))
     print(f"matched picks lie a median {figures['median_offset_net_px']:.1f} px (network scale, particle "
