@@ -13,7 +13,7 @@ any method can do with each particle. It is computed twice: on the micrograph as
 after the picker's Fourier crop to network scale (particle :data:`relion_pixer.NET_DIAMETER_PX` px), which shows
 how much of each particle's information the network scale keeps. Recall of PIXER (defaults) and of the LoG
 baseline is reported per ``d'`` bin at network scale, so one can see whether the picker misses particles that
-carry the information or only those that do not.
+carry the information or only those that do not, and PIXER's recall per particle shape family.
 
 For scale: a picker scanning a micrograph must keep false alarms rare among the many particle-sized places
 without a particle, so it needs its threshold several standard deviations above the noise; with one false alarm per
@@ -67,10 +67,31 @@ def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
     return float(best)
 
 
-def recall_by_bin(picks, mics, dprime: list, radius: float) -> list[dict]:
-    found = np.concatenate([
+def _found(picks, mics, radius: float) -> np.ndarray:
+    """Whether each true particle (all micrographs in order) has a matching pick."""
+    return np.concatenate([
         np.isin(np.arange(len(m.truth)), match_picks(xy, m.truth, radius).true_index) for (xy, _), m in zip(picks, mics)
     ])
+
+
+def family_of_truth(mics, sims) -> np.ndarray:
+    """The shape family of each true particle (all micrographs in order)."""
+    out = []
+    for m, sim in zip(mics, sims):
+        nearest = [int(np.argmin(np.hypot(*(sim.coords - p).T))) for p in m.truth]
+        out.extend(sim.meta["families"][sim.species[k]] for k in nearest)
+    return np.asarray(out, dtype=object)
+
+
+def recall_by_family(picks, mics, families: np.ndarray, dprime: np.ndarray, radius: float) -> dict:
+    found = _found(picks, mics, radius)
+    return {str(f): {"particles": int((families == f).sum()), "recall": float(found[families == f].mean()),
+                     "median_dprime_network": float(np.median(dprime[families == f]))}
+            for f in sorted(set(families))}
+
+
+def recall_by_bin(picks, mics, dprime: list, radius: float) -> list[dict]:
+    found = _found(picks, mics, radius)
     d = np.concatenate(dprime)
     rows = []
     for lo, hi in zip(BINS[:-1], BINS[1:]):
@@ -119,6 +140,7 @@ def main() -> None:
         "f1_bound_network": f1_bound(net, empty_places),
         "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, mics, network, radius),
                                      "log": recall_by_bin(log, mics, network, radius)},
+        "recall_by_family": recall_by_family(pixer, mics, family_of_truth(mics, sims), net, radius),
         "log_threshold": log_t,
     }
     print(f"simulated, SNR {args.snr:g}, {args.n} micrographs of {args.size} px, particles {d_px:.0f} px "
@@ -136,6 +158,9 @@ def main() -> None:
     for name in ("pixer", "log"):
         print(f"  {name:6s}" + "".join(f"{r['recall']:>11.2f}" if r["particles"] else f"{'-':>11s}"
                                        for r in figures["recall_by_network_dprime"][name]))
+    print("PIXER recall by particle family (median network-scale d'): " + ", ".join(
+        f"{f} {r['recall']:.2f} ({r['median_dprime_network']:.1f}, n={r['particles']})"
+        for f, r in figures["recall_by_family"].items()))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
