@@ -28,6 +28,12 @@ Per-particle IoU (:func:`particle_ious`)
     belong to a *neighbouring* true particle are ignored, and the IoU is ``|P_k & T_k| / |P_k | T_k|``.
     Predicted pixels on background near the particle (over-segmentation, merged blobs) lower it, as do missed
     particle pixels.
+Ideal-observer detectability (:func:`matched_filter_dprime`)
+    For simulations, where each particle's noise-free image ``s`` and the exact noise are known: the prewhitened
+    matched filter's ``d'^2 = sum_k |S_k|^2 / P_N(k)`` (orthonormal FFT of ``s`` in a box around the particle,
+    masked to a disc; ``P_N`` the noise power spectrum averaged over random boxes of the noise image; the box mean,
+    ``k = 0``, is left out). It is the separation, in standard deviations, of an observer that knows the
+    particle's exact image and position.
 
 Command line: ``relion_pixer evaluate --picks JOBDIR/autopick.star --truth DIR (--radius PX | --diameter PX)``.
 """
@@ -396,12 +402,17 @@ _SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pi
 
 
 def _boxes(image: np.ndarray, xy: np.ndarray, box: int) -> np.ndarray:
-    """Boxes of side ``box`` centred (to the nearest pixel) on ``xy``, zero outside the image."""
-    half = box // 2
-    padded = np.pad(np.asarray(image, np.float64), half + 1)
-    out = np.empty((len(xy), box, box), dtype=np.float64)
-    for i, (x, y) in enumerate(np.rint(xy).astype(int)):
-        out[i] = padded[y + 1 : y + 1 + box, x + 1 : x + 1 + box]
+    """Boxes of side ``box`` centred (to the nearest pixel; the centre at ``box // 2``) on ``xy``, zero outside the
+    image. Centres must lie inside the image."""
+    image = np.asarray(image, np.float64)
+    ij = np.rint(xy).astype(int)
+    if len(ij) and (ij.min() < 0 or (ij[:, 0] >= image.shape[1]).any() or (ij[:, 1] >= image.shape[0]).any()):
+        raise ValueError(f"box centres must lie inside the {image.shape[1]} x {image.shape[0]} image")
+    padded = np.pad(image, box)
+    out = np.empty((len(ij), box, box), dtype=np.float64)
+    for i, (x, y) in enumerate(ij):
+        y0, x0 = y - box // 2 + box, x - box // 2 + box
+        out[i] = padded[y0 : y0 + box, x0 : x0 + box]
     return out
 
 

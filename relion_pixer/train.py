@@ -90,7 +90,8 @@ class TrainConfig:
     phase_shift_range: tuple = (30.0, 120.0)
     # per-particle loss weight of the segmentation net: pixels of a particle whose mask is smaller than a disc of
     # the network diameter weigh (disc area / mask area), at most this much (thin, elongated particles would
-    # otherwise count for little); 1: every particle pixel alike
+    # otherwise count for little; most other masks are smaller than the disc too, so they gain as well, less);
+    # 1: every particle pixel alike
     small_mask_weight_max: float = 1.0
     # fine-tuning
     from_labels: str | None = None
@@ -392,8 +393,11 @@ def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator, w
 
 def small_mask_weights(instances: np.ndarray, max_weight: float, ref_area: float = math.pi * (NET_DIAMETER_PX / 2) ** 2):
     """Per-pixel loss weights: on each particle's pixels ``ref_area / (its mask area)`` clipped to
-    ``[1, max_weight]``, 1 elsewhere, so a thin particle with a quarter of a disc's pixels counts about as much as a
-    round one (``ref_area``: a disc of the network diameter)."""
+    ``[1, max_weight]``, 1 elsewhere (``ref_area``: a disc of the network diameter).
+
+    The diameter is a particle's longest extent, so most simulated masks are smaller than that disc: a thin particle
+    gains most (elongated ones about 4x at ``max_weight`` 4), but round, dimeric and ring-shaped ones also weigh
+    about 1.4-2.5x, so the particle class as a whole weighs more too."""
     inst = np.asarray(instances)
     out = np.ones(inst.shape, dtype=np.float32)
     on = inst > 0
@@ -640,7 +644,8 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Te
         safe = torch.where(target == IGNORE, torch.zeros_like(target), target)
         pw = pixel_weight * valid
         w = weight[safe] * pw
-        ce = (F.cross_entropy(logits, safe, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+        ce_px = torch.where(w > 0, F.cross_entropy(logits, safe, reduction="none"), torch.zeros_like(w))
+        ce = (ce_px * w).sum() / w.sum().clamp_min(1e-12)
     p = torch.softmax(logits, 1)[:, PARTICLE] * pw
     t = (target == PARTICLE).float() * pw
     dice = 1 - (2 * (p * (target == PARTICLE).float()).sum() + 1) / (p.sum() + t.sum() + 1)

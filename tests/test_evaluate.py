@@ -330,13 +330,21 @@ def test_matched_filter_dprime_white_noise_matches_theory():
     disc = a * (np.hypot(*(np.mgrid[:box, :box] - box // 2)) <= d / 2)
     expected = math.sqrt(((disc**2).sum() - disc.sum() ** 2 / box**2) / sd**2)
     np.testing.assert_allclose(dp, expected, rtol=0.1)
-    # four times the noise power halves d'; a coloured noise that spares the signal's band raises it
+    # twice the noise amplitude halves d'; low-passed noise of the same variance leaves the disc's sharp edge in a
+    # nearly noise-free band, which the prewhitened filter exploits
     np.testing.assert_allclose(ev.matched_filter_dprime(signal, 2 * noise, xy, box, 0.75 * d), dp / 2, rtol=0.15)
     from scipy.ndimage import gaussian_filter
 
     low = gaussian_filter(noise, 4.0)
     low *= sd / low.std()
     assert (ev.matched_filter_dprime(signal, low, xy, box, 0.75 * d) > 2 * dp).all()
+    # boxes off the particle see less of it: a mask just covering the disc loses most of it 12 px away
+    off = ev.matched_filter_dprime(signal, noise, xy + 12.0, box, d / 2 + 1, rng=np.random.default_rng(0))
+    on = ev.matched_filter_dprime(signal, noise, xy, box, d / 2 + 1, rng=np.random.default_rng(0))
+    assert (off < 0.8 * on).all()
+    # a centre outside the image is an error, not a wrapped box
+    with pytest.raises(ValueError, match="inside"):
+        ev.matched_filter_dprime(signal, noise, [[-5.0, 10.0]], box)
     with pytest.raises(ValueError, match="one shape"):
         ev.matched_filter_dprime(signal, noise[:10], xy, box)
     with pytest.raises(ValueError, match="box"):

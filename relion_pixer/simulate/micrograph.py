@@ -109,8 +109,9 @@ class SimulatedMicrograph:
     species : numpy.ndarray
         ``N`` int64 index of each particle's species (order of ``meta["families"]``).
     particle_signal : numpy.ndarray or None
-        ``H x W`` float32 particles' part ``S`` of ``clean`` (see the module docstring), in the image's units;
-        only with ``keep_particle_signal=True``, else None.
+        ``H x W`` float32 particles' part ``S`` of ``clean`` (see the module docstring), in the image's units
+        (exact wherever the weak-phase intensity is not clipped at 0, which is practically everywhere); only with
+        ``keep_particle_signal=True``, else None.
     """
 
     image: np.ndarray
