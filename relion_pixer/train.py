@@ -93,6 +93,9 @@ class TrainConfig:
     # otherwise count for little; most other masks are smaller than the disc too, so they gain as well, less);
     # 1: every particle pixel alike
     small_mask_weight_max: float = 1.0
+    # divide those weights by their mean over the simulated training set's particle pixels, so the particle class
+    # keeps its total weight and only its share moves towards small masks
+    small_mask_weight_normalise: bool = False
     # fine-tuning
     from_labels: str | None = None
     init: str | None = None
@@ -391,27 +394,39 @@ def _random_crop(data: LabelledSet, idx: int, crop: int, gen: torch.Generator, w
     return cut(y, x)
 
 
-def small_mask_weights(instances: np.ndarray, max_weight: float, ref_area: float = math.pi * (NET_DIAMETER_PX / 2) ** 2):
+def small_mask_weights(instances: np.ndarray, max_weight: float, ref_area: float = math.pi * (NET_DIAMETER_PX / 2) ** 2,
+                       scale: float = 1.0):
     """Per-pixel loss weights: on each particle's pixels ``ref_area / (its mask area)`` clipped to
     ``[1, max_weight]``, 1 elsewhere (``ref_area``: a disc of the network diameter).
 
     The diameter is a particle's longest extent, so most simulated masks are smaller than that disc: a thin particle
     gains most (elongated ones about 4x at ``max_weight`` 4), but round, dimeric and ring-shaped ones also weigh
-    about 1.4-2.5x, so the particle class as a whole weighs more too."""
+    about 1.4-2.5x, so the particle class as a whole weighs more too. ``scale`` multiplies the particle pixels'
+    weights afterwards (:func:`mean_small_mask_weight` gives the one that keeps the class's total weight)."""
     inst = np.asarray(instances)
     out = np.ones(inst.shape, dtype=np.float32)
     on = inst > 0
     if on.any():
         area = np.bincount(inst[on].ravel()).astype(np.float64)
-        out[on] = np.clip(ref_area / np.maximum(area[inst[on]], 1.0), 1.0, float(max_weight))
+        out[on] = np.clip(ref_area / np.maximum(area[inst[on]], 1.0), 1.0, float(max_weight)) * float(scale)
     return out
 
 
+def mean_small_mask_weight(instances: list, max_weight: float) -> float:
+    """Mean :func:`small_mask_weights` over all particle pixels of a set of instance maps (1 when there are none)."""
+    total = count = 0.0
+    for inst in instances:
+        w = small_mask_weights(inst, max_weight)[np.asarray(inst) > 0]
+        total += float(w.sum())
+        count += len(w)
+    return total / count if count else 1.0
+
+
 def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen: torch.Generator,
-              blur_fraction: float = 0.0, small_mask_weight_max: float = 1.0):
+              blur_fraction: float = 0.0, small_mask_weight_max: float = 1.0, small_mask_weight_scale: float = 1.0):
     """A batch of augmented crops drawn from several sets with the given probabilities: ``(images, labels)``, and
-    per-pixel loss weights (:func:`small_mask_weights`; 1 for sets without instance maps) as a third item when
-    ``small_mask_weight_max > 1``."""
+    per-pixel loss weights (:func:`small_mask_weights`, particle pixels times ``small_mask_weight_scale``; 1 for
+    sets without instance maps) as a third item when ``small_mask_weight_max > 1``."""
     weights = torch.tensor([w for _, w in sets], dtype=torch.float64)
     with_weights = small_mask_weight_max > 1.0
     imgs, labs, pix = [], [], []
@@ -420,8 +435,8 @@ def seg_batch(sets: list[tuple[LabelledSet, float]], batch: int, crop: int, gen:
         idx = int(torch.randint(0, len(data), (1,), generator=gen))
         wmap = None
         if with_weights:
-            wmap = (small_mask_weights(data.instances[idx], small_mask_weight_max) if data.instances is not None
-                    else np.ones(data.labels[idx].shape, np.float32))
+            wmap = (small_mask_weights(data.instances[idx], small_mask_weight_max, scale=small_mask_weight_scale)
+                    if data.instances is not None else np.ones(data.labels[idx].shape, np.float32))
         parts = _random_crop(data, idx, crop, gen, wmap)
         out = _augment(*(torch.from_numpy(np.ascontiguousarray(a)) for a in parts[:2]), gen, blur_fraction,
                        torch.from_numpy(np.ascontiguousarray(parts[2])) if with_weights else None)
@@ -779,11 +794,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 }
             )
 
+    weight_scale = 1.0
+    if cfg.small_mask_weight_normalise and cfg.small_mask_weight_max > 1.0 and sim_train.instances is not None:
+        weight_scale = 1.0 / mean_small_mask_weight(sim_train.instances, cfg.small_mask_weight_max)
+        _log(f"small-mask weights divided by their mean over the simulated particle pixels ({1 / weight_scale:.3f})")
     _restore_torch_rng(state)
     fit_segmenter(
         segmenter, sets, cfg.seg_steps, cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, device,
         start=step, opt_state=state.get("opt") if state else None, on_step=on_step, blur_fraction=cfg.blur_fraction,
-        small_mask_weight_max=cfg.small_mask_weight_max,
+        small_mask_weight_max=cfg.small_mask_weight_max, small_mask_weight_scale=weight_scale,
     )
 
     # ---- final figures and the model file
@@ -864,6 +883,7 @@ def fit_segmenter(
     on_step=None,
     blur_fraction: float = 0.0,
     small_mask_weight_max: float = 1.0,
+    small_mask_weight_scale: float = 1.0,
 ) -> None:
     """Train ``segmenter`` for ``steps`` steps on crops from ``sets`` ((LabelledSet, weight) pairs).
 
@@ -878,7 +898,7 @@ def fit_segmenter(
     step = start
     while step < steps:
         segmenter.train()
-        x, y, *pw = seg_batch(sets, batch, crop, gen, blur_fraction, small_mask_weight_max)
+        x, y, *pw = seg_batch(sets, batch, crop, gen, blur_fraction, small_mask_weight_max, small_mask_weight_scale)
         loss = _seg_loss(segmenter(x.to(device)), y.to(device), pw[0].to(device) if pw else None)
         _optimise(opt, loss, _cosine(step, steps, lr))
         step += 1

@@ -142,6 +142,14 @@ def test_small_mask_weights_favour_thin_particles():
     assert np.all(w[inst == 3] == 4)
     assert w[72, 50] == pytest.approx(min(4.0, np.pi * 16**2 / 128), rel=1e-6)
     assert np.all(small_mask_weights(inst, 1.0) == 1)
+    # normalised: the particle pixels' mean weight becomes 1, background stays 1
+    from relion_pixer.train import mean_small_mask_weight
+
+    c = mean_small_mask_weight([inst, inst], 4.0)
+    assert c == pytest.approx(w[inst > 0].mean(), rel=1e-6) and c > 1
+    wn = small_mask_weights(inst, 4.0, scale=1 / c)
+    assert wn[inst > 0].mean() == pytest.approx(1.0, rel=1e-5) and np.all(wn[inst == 0] == 1)
+    assert mean_small_mask_weight([np.zeros((4, 4), np.int32)], 4.0) == 1.0
 
 
 def test_small_mask_weighting_off_leaves_batches_unchanged_and_on_keeps_maps_aligned():
