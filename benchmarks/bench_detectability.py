@@ -77,7 +77,7 @@ def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
     return float(best)
 
 
-def _found(picks, mics, radius: float) -> np.ndarray:
+def found_truth(picks, mics, radius: float) -> np.ndarray:
     """Whether each true particle (all micrographs in order) has a matching pick."""
     return np.concatenate([
         np.isin(np.arange(len(m.truth)), match_picks(xy, m.truth, radius).true_index) for (xy, _), m in zip(picks, mics)
@@ -93,19 +93,16 @@ def family_of_truth(mics, sims) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
-def recall_by_family(picks, mics, families: np.ndarray, dprime: np.ndarray, radius: float) -> dict:
-    found = _found(picks, mics, radius)
+def recall_by_family(found: np.ndarray, families: np.ndarray, dprime: np.ndarray) -> dict:
     return {str(f): {"particles": int((families == f).sum()), "recall": float(found[families == f].mean()),
                      "median_dprime_network": float(np.median(dprime[families == f]))}
             for f in sorted(set(families))}
 
 
-def recall_by_bin(picks, mics, dprime: list, radius: float) -> list[dict]:
-    found = _found(picks, mics, radius)
-    d = np.concatenate(dprime)
+def recall_by_bin(found: np.ndarray, dprime: np.ndarray) -> list[dict]:
     rows = []
     for lo, hi in zip(BINS[:-1], BINS[1:]):
-        sel = (d >= lo) & (d < hi)
+        sel = (dprime >= lo) & (dprime < hi)
         rows.append({"lo": lo, "hi": hi, "particles": int(sel.sum()),
                      "recall": float(found[sel].mean()) if sel.any() else float("nan")})
     return rows
@@ -119,25 +116,26 @@ def main() -> None:
     mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, keep_particle_signal=True)
     factor = scale_factor(d, args.angpix)
     rng = np.random.default_rng(args.seed)
-    native, network, native_wide, network_wide = [], [], [], []
     place = np.pi * (0.5 * d_px) ** 2
     empty_places = sum(max(0.0, args.size * args.size / place - len(sim.coords)) for sim in sims)
+    # d' of every particle per (scale, window), micrographs in order
+    per_mic = {(scale, window): [] for scale in ("native", "network") for window in WINDOWS}
     for m, sim in zip(mics, sims):
         noise = sim.image - sim.clean
-        native.append(detectability(sim.particle_signal, noise, m.truth, d_px, rng))
-        native_wide.append(detectability(sim.particle_signal, noise, m.truth, d_px, rng, "wide"))
         s_net, fac = resample(sim.particle_signal, factor)
         n_net, _ = resample(noise, factor)
-        xy_net = m.truth * np.array([fac[1], fac[0]])
-        network.append(detectability(s_net, n_net, xy_net, d_px * fac[1], rng))
-        network_wide.append(detectability(s_net, n_net, xy_net, d_px * fac[1], rng, "wide"))
+        views = {"native": (sim.particle_signal, noise, m.truth, d_px),
+                 "network": (s_net, n_net, m.truth * np.array([fac[1], fac[0]]), d_px * fac[1])}
+        for scale, window in per_mic:
+            per_mic[scale, window].append(detectability(*views[scale], rng, window))
         sim.particle_signal = None  # 16 MB each
+    dprime = {key: np.concatenate(v) for key, v in per_mic.items()}
+    nat, net = dprime["native", "tight"], dprime["network", "tight"]
     models = load_pretrained(args.model)
-    pixer = picks_from_maps(segment_all(mics, d, models), d, models)
+    pixer = found_truth(picks_from_maps(segment_all(mics, d, models), d, models), mics, radius)
     log_t = tuned_log_threshold(args)
-    log = run_log(mics, d, log_t)
+    log = found_truth(run_log(mics, d, log_t), mics, radius)
 
-    nat, net = np.concatenate(native), np.concatenate(network)
     q = [10, 50, 90]
     figures = {
         "snr": args.snr, "seed": args.seed, "micrographs": args.n, "size": args.size, "angpix": args.angpix,
@@ -152,12 +150,11 @@ def main() -> None:
         "f1_bound_native": f1_bound(nat, empty_places),
         "f1_bound_network": f1_bound(net, empty_places),
         # the wide window: more fringes and any touching neighbour's signal counted (overstates d' a little)
-        "dprime_native_median_wide": float(np.median(np.concatenate(native_wide))),
-        "f1_bound_native_wide": f1_bound(np.concatenate(native_wide), empty_places),
-        "f1_bound_network_wide": f1_bound(np.concatenate(network_wide), empty_places),
-        "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, mics, network, radius),
-                                     "log": recall_by_bin(log, mics, network, radius)},
-        "recall_by_family": recall_by_family(pixer, mics, family_of_truth(mics, sims), net, radius),
+        "dprime_native_median_wide": float(np.median(dprime["native", "wide"])),
+        "f1_bound_native_wide": f1_bound(dprime["native", "wide"], empty_places),
+        "f1_bound_network_wide": f1_bound(dprime["network", "wide"], empty_places),
+        "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, net), "log": recall_by_bin(log, net)},
+        "recall_by_family": recall_by_family(pixer, family_of_truth(mics, sims), net),
         "log_threshold": log_t,
     }
     print(f"simulated, SNR {args.snr:g}, {args.n} micrographs of {args.size} px, particles {d_px:.0f} px "

@@ -401,21 +401,6 @@ def particle_ious(pred_mask, instance_map, margin_px: int = 8) -> tuple[np.ndarr
 _SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pixer|particles))+$", re.IGNORECASE)
 
 
-def _boxes(image: np.ndarray, xy: np.ndarray, box: int) -> np.ndarray:
-    """Boxes of side ``box`` centred (to the nearest pixel; the centre at ``box // 2``) on ``xy``, zero outside the
-    image. Centres must lie inside the image."""
-    image = np.asarray(image, np.float64)
-    ij = np.rint(xy).astype(int)
-    if len(ij) and (ij.min() < 0 or (ij[:, 0] >= image.shape[1]).any() or (ij[:, 1] >= image.shape[0]).any()):
-        raise ValueError(f"box centres must lie inside the {image.shape[1]} x {image.shape[0]} image")
-    padded = np.pad(image, box)
-    out = np.empty((len(ij), box, box), dtype=np.float64)
-    for i, (x, y) in enumerate(ij):
-        y0, x0 = y - box // 2 + box, x - box // 2 + box
-        out[i] = padded[y0 : y0 + box, x0 : x0 + box]
-    return out
-
-
 def matched_filter_dprime(signal, noise, xy, box: int, mask_radius: float | None = None, n_noise_boxes: int = 128,
                           rng: np.random.Generator | None = None) -> np.ndarray:
     """Ideal-observer detectability ``d'`` of particles whose noise-free image and noise are known.
@@ -459,7 +444,12 @@ def matched_filter_dprime(signal, noise, xy, box: int, mask_radius: float | None
     stack -= stack.mean(axis=(1, 2), keepdims=True)
     psd = (np.abs(np.fft.fft2(stack, norm="ortho")) ** 2).mean(0)
     psd[0, 0] = np.inf  # the box mean: no picker can tell it from the background level
-    boxes = _boxes(signal, xy, box)
+    from relion_pixer.preprocess import cut_boxes
+
+    ij = np.rint(xy)
+    if len(ij) and (ij.min() < 0 or (ij[:, 0] >= w).any() or (ij[:, 1] >= h).any()):
+        raise ValueError(f"particle centres must lie inside the {w} x {h} image")
+    boxes = cut_boxes([signal], np.column_stack([np.zeros(len(xy)), xy]), box).astype(np.float64)
     if mask_radius is not None:
         yy, xx = np.mgrid[:box, :box] - box // 2
         boxes *= np.hypot(yy, xx) <= float(mask_radius)

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
-from relion_pixer import NET_DIAMETER_PX
+from relion_pixer import BOX_SIZE, NET_DIAMETER_PX
 
 __all__ = [
     "scale_factor",
@@ -30,6 +30,7 @@ __all__ = [
     "check_particle_width",
     "to_original",
     "to_network",
+    "cut_boxes",
 ]
 
 #: Clip normalised images at this many robust standard deviations (keeps ice blobs and hot pixels bounded).
@@ -256,3 +257,22 @@ def _default_workers() -> int:
         return max(1, torch.get_num_threads())
     except Exception:  # pragma: no cover - torch is a dependency
         return 1
+
+
+def cut_boxes(images: list, xyz: np.ndarray, box: int = BOX_SIZE, jitter: float = 0.0, rng=None) -> np.ndarray:
+    """Cut ``box`` x ``box`` float32 boxes centred (the centre at ``box // 2``, rounded to the nearest pixel) at
+    ``(image index, x, y)`` rows, zero-padded at the edges; ``jitter`` shifts each centre by up to that many pixels
+    (uniform, from ``rng``)."""
+    half = box // 2
+    out = np.zeros((len(xyz), box, box), dtype=np.float32)
+    for k, (i, x, y) in enumerate(xyz):
+        if jitter and rng is not None:
+            x = x + rng.uniform(-jitter, jitter)
+            y = y + rng.uniform(-jitter, jitter)
+        img = images[int(i)]
+        x0, y0 = int(round(x)) - half, int(round(y)) - half
+        sy0, sx0 = max(0, y0), max(0, x0)
+        sy1, sx1 = min(img.shape[0], y0 + box), min(img.shape[1], x0 + box)
+        if sy1 > sy0 and sx1 > sx0:
+            out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out

@@ -42,7 +42,7 @@ from relion_pixer.models import (
     save_models,
     shipped_weights,
 )
-from relion_pixer.preprocess import prepare, to_network
+from relion_pixer.preprocess import cut_boxes, prepare, to_network  # noqa: F401 - cut_boxes: train's API too
 
 __all__ = ["TrainConfig", "load_config", "LabelledSet", "simulated_set", "real_set", "train", "main"]
 
@@ -521,23 +521,6 @@ def box_weights(classes: np.ndarray, user: np.ndarray, user_fraction: float = 0.
     return w / max(len(present), 1)
 
 
-def cut_boxes(images: list, xyz: np.ndarray, box: int = BOX_SIZE, jitter: float = 0.0, rng=None) -> np.ndarray:
-    """Cut ``box`` x ``box`` boxes centred at ``(image index, x, y)`` rows, zero-padded at the edges."""
-    half = box // 2
-    out = np.zeros((len(xyz), box, box), dtype=np.float32)
-    for k, (i, x, y) in enumerate(xyz):
-        if jitter and rng is not None:
-            x = x + rng.uniform(-jitter, jitter)
-            y = y + rng.uniform(-jitter, jitter)
-        img = images[int(i)]
-        x0, y0 = int(round(x)) - half, int(round(y)) - half
-        sy0, sx0 = max(0, y0), max(0, x0)
-        sy1, sx1 = min(img.shape[0], y0 + box), min(img.shape[1], x0 + box)
-        if sy1 > sy0 and sx1 > sx0:
-            out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 @torch.no_grad()
 def segment_set(segmenter, data: LabelledSet) -> list[np.ndarray]:
@@ -661,9 +644,9 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Te
         w = weight[safe] * pw
         ce_px = torch.where(w > 0, F.cross_entropy(logits, safe, reduction="none"), torch.zeros_like(w))
         ce = (ce_px * w).sum() / w.sum().clamp_min(1e-12)
-    p = torch.softmax(logits, 1)[:, PARTICLE] * pw
-    t = (target == PARTICLE).float() * pw
-    dice = 1 - (2 * (p * (target == PARTICLE).float()).sum() + 1) / (p.sum() + t.sum() + 1)
+    is_particle = (target == PARTICLE).float()
+    p = torch.softmax(logits, 1)[:, PARTICLE] * pw  # carries the weight once, so the intersection does too
+    dice = 1 - (2 * (p * is_particle).sum() + 1) / (p.sum() + (is_particle * pw).sum() + 1)
     return ce + dice
 
 
