@@ -1,8 +1,8 @@
 """False picks on micrographs without particles (empty holes, ice, carbon, contamination only).
 
 Simulates empty micrographs (``random_config(..., empty=True)``) at several SNRs and counts the picks PIXER makes
-with its defaults and with a stricter candidate cut (``--map_threshold``/``--map_relative``, default: the former
-fixed cut 0.5 / 0). Every pick is false. Usage::
+with its defaults and with a stricter candidate cut (``--map_threshold``/``--map_relative``/``--map_odds``, default:
+the former fixed cut 0.5 / 0 / 0). Every pick is false. Usage::
 
     python benchmarks/bench_empty.py [--n 6] [--size 2048 --angpix 1 --diameter 150] [--json OUT]
 """
@@ -32,12 +32,13 @@ def main() -> None:
     ap.add_argument("--diameter", type=float, default=150.0, help="particle diameter in A")
     ap.add_argument("--map_threshold", type=float, default=0.5)
     ap.add_argument("--map_relative", type=float, default=0.0)
+    ap.add_argument("--map_odds", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
-    strict = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative)
+    strict = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative, map_odds=args.map_odds)
     rng = np.random.default_rng(31_337)  # not a training or benchmark seed
     rows = []
     for i in range(args.n):
@@ -50,7 +51,7 @@ def main() -> None:
         stricter = len(picks_from_maps(maps, args.diameter, models, strict)[0][0])
         rows.append({"snr": snr, "default": default, "stricter": stricter})
         print(f"empty micrograph {i}, SNR {snr:g}: {default} picks with the defaults, {stricter} with map_threshold "
-              f"{args.map_threshold:g} map_relative {args.map_relative:g}", flush=True)
+              f"{args.map_threshold:g} map_relative {args.map_relative:g} map_odds {args.map_odds:g}", flush=True)
     d = [r["default"] for r in rows]
     s = [r["stricter"] for r in rows]
     print(f"false picks per {args.size} px empty micrograph: defaults {min(d)}-{max(d)} (mean {np.mean(d):.1f}), "

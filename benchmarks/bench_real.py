@@ -40,6 +40,7 @@ from common import (
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
+from relion_pixer.preprocess import density_map, values_at
 
 
 def _matched(xy: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
@@ -77,41 +78,18 @@ def unmatched_distances(picks, mics, radius: float, diameter_px: float) -> dict:
             "label_nearest_neighbour_median": float(np.median(neighbour)) if neighbour else float("nan")}
 
 
-#: Radius of the disk a pick's density is averaged over, in particle diameters.
-DENSITY_DISK = 0.35
 #: A pick is particle-like when its density reaches this percentile of the labelled particles' densities.
 DENSITY_PERCENTILE = 10.0
-
-
-def density_map(image: np.ndarray, diameter_px: float) -> np.ndarray:
-    """Particle density around each pixel: the micrograph high-passed (Gaussian of two diameters subtracted),
-    robustly standardised (median, MAD), averaged over a disk of :data:`DENSITY_DISK` diameters, and negated so that
-    dark particles read positive."""
-    import scipy.ndimage
-    import scipy.signal
-
-    img = np.asarray(image, np.float64)
-    img = img - scipy.ndimage.gaussian_filter(img, 2 * diameter_px)
-    med = np.median(img)
-    img = (img - med) / (1.4826 * np.median(np.abs(img - med)) or 1.0)
-    r = DENSITY_DISK * diameter_px
-    yy, xx = np.mgrid[-int(r):int(r) + 1, -int(r):int(r) + 1]
-    disk = (xx**2 + yy**2 <= r * r).astype(np.float64)
-    return -scipy.signal.fftconvolve(img, disk / disk.sum(), mode="same")
-
-
-def _at(density: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    ij = np.clip(np.round(np.asarray(xy).reshape(-1, 2)).astype(int), 0, np.array(density.shape[::-1]) - 1)
-    return density[ij[:, 1], ij[:, 0]]
 
 
 def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, seed: int = 0) -> dict:
     """How many picks without a label look like particles, and each picker scored against the completed labels.
 
     ``pickers`` maps a name to its picks (xy, score) per micrograph. A pick is particle-like when its density
-    (:func:`density_map`) reaches the labelled particles' :data:`DENSITY_PERCENTILE` th percentile; random points
-    more than a diameter from every label and pick give the criterion's false-alarm rate. The completed labels are
-    the expert labels plus every particle-like unlabelled pick of any picker, one per particle (within ``radius``).
+    (:func:`relion_pixer.preprocess.density_map`) reaches the labelled particles' :data:`DENSITY_PERCENTILE` th
+    percentile; random points more than a diameter from every label and pick give the criterion's false-alarm
+    rate. The completed labels are the expert labels plus every particle-like unlabelled pick of any picker, one per
+    particle (within ``radius``).
     """
     from dataclasses import replace
 
@@ -119,12 +97,12 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
 
     rng = np.random.default_rng(seed)
     dens = [density_map(m.image, diameter_px) for m in mics]
-    cut = float(np.percentile(np.concatenate([_at(d, m.truth) for d, m in zip(dens, mics)]), DENSITY_PERCENTILE))
+    cut = float(np.percentile(np.concatenate([values_at(d, m.truth) for d, m in zip(dens, mics)]), DENSITY_PERCENTILE))
     background = []
     for d, m, *picks in zip(dens, mics, *pickers.values()):
         pts = rng.uniform(radius, np.array(m.image.shape[::-1]) - radius, (2000, 2))
         taken = np.vstack([m.truth] + [xy for xy, _ in picks])
-        background.extend(_at(d, pts[cKDTree(taken).query(pts)[0] > diameter_px]))
+        background.extend(values_at(d, pts[cKDTree(taken).query(pts)[0] > diameter_px]))
     out = {"density_cut": cut, "background_particle_like": float(np.mean(np.asarray(background) >= cut)),
            "unmatched": {}, "particle_like": {}}
     completed = [m.truth.copy() for m in mics]
@@ -133,7 +111,7 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
         for i, ((xy, _), d, m) in enumerate(zip(picks, dens, mics)):
             loose = xy[~_matched(xy, m.truth, radius)]
             n += len(loose)
-            loose = loose[_at(d, loose) >= cut] if len(loose) else loose
+            loose = loose[values_at(d, loose) >= cut] if len(loose) else loose
             like += len(loose)
             for c in loose:
                 if not len(completed[i]) or np.hypot(*(completed[i] - c).T).min() > radius:
@@ -160,7 +138,7 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
     matched[pairs.pred_index] = True
     found = np.zeros(len(mic.truth), bool)
     found[pairs.true_index] = True
-    like = _at(density_map(mic.image, diameter_px), xy) >= cut
+    like = values_at(density_map(mic.image, diameter_px), xy) >= cut
     img = scipy.ndimage.gaussian_filter(mic.image.astype(np.float64), 2.0)
     lo, hi = np.percentile(img, [1, 99])
     fig, ax = plt.subplots(figsize=(8, 8.4))

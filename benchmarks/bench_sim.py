@@ -15,8 +15,8 @@ threshold at 0 (how much the classifier stage removes) and the median distance o
 centre at network scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90]
-        [--seed 900000] [--families elongated cylinder] [--map_threshold 0.05 --map_relative 0.2] [--model FILE]
-        [--json OUT]
+        [--seed 900000] [--families elongated cylinder] [--map_threshold 0.05 --map_relative 0.2 --map_odds 0.05]
+        [--model FILE] [--json OUT]
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--map_threshold", type=float, default=PickParams.map_threshold,
                     help="candidate threshold (default: the picker's); to compare weights with their own best pair")
     ap.add_argument("--map_relative", type=float, default=PickParams.map_relative)
+    ap.add_argument("--map_odds", type=float, default=PickParams.map_odds)
     ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
                     "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
     args = ap.parse_args()
@@ -105,7 +106,7 @@ def main() -> None:
     log_t = tuned_log_threshold(args, args.phase_shift, args.families)
     mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families)
     maps = segment_all(mics, d, models)
-    params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative)
+    params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative, map_odds=args.map_odds)
     pixer = picks_from_maps(maps, d, models, params)
     ious, areas = particle_mask_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -116,6 +117,7 @@ def main() -> None:
         "families": args.families or "all",
         "map_threshold": args.map_threshold,
         "map_relative": args.map_relative,
+        "map_odds": args.map_odds,
         "seed": args.seed,
         "micrographs": args.n,
         "size": args.size,
@@ -137,8 +139,9 @@ def main() -> None:
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
           + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else "")
           + (f", families {' '.join(args.families)}" if args.families else ""))
-    defaults = (args.map_threshold, args.map_relative) == (PickParams.map_threshold, PickParams.map_relative)
-    print(fmt("PIXER (defaults)" if defaults else f"PIXER ({args.map_threshold:g}, {args.map_relative:g})",
+    knobs = (args.map_threshold, args.map_relative, args.map_odds)
+    defaults = knobs == (PickParams.map_threshold, PickParams.map_relative, PickParams.map_odds)
+    print(fmt("PIXER (defaults)" if defaults else "PIXER ({:g}, {:g}, {:g})".format(*knobs),
               figures["pixer"]))
     print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))

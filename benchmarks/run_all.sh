@@ -7,7 +7,7 @@ mkdir -p results
 PY=${PYTHON:-python3}
 $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_real.py --split valid --json results/real_valid.json
-$PY bench_real.py --split test --json results/real_test.json
+$PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 # low-passed (denoised-looking) real micrographs
 for lp in 2 4; do
   $PY bench_real.py --split test --lowpass $lp --json results/real_test_lowpass${lp}.json

@@ -48,6 +48,7 @@ SPEC = {
     "threshold": "value",
     "map_threshold": "value",
     "map_relative": "value",
+    "map_odds": "value",
     "max_particles": "value",
     "min_distance": "value",
     "margin": "value",
@@ -83,7 +84,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   map_threshold P       lowest smoothed probability-map score of a candidate before the classifier, 0-1
                         (default 0.05)
   map_relative F        a candidate also needs this fraction of the micrograph's typical candidate score, 0-1
-                        (default 0.2; 0: map_threshold alone decides)
+                        (default 0.2; 0: off)
+  map_odds F            a candidate also needs this fraction of the typical candidate score's odds, 0-1: drops
+                        half-confident candidates on clean micrographs (default 0.05; 0: off)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
@@ -122,6 +125,7 @@ class JobOptions:
     threshold: float = PickParams.threshold
     map_threshold: float = PickParams.map_threshold
     map_relative: float = PickParams.map_relative
+    map_odds: float = PickParams.map_odds
     max_particles: int = PickParams.max_particles
     min_distance: float | None = None
     margin: float | None = None
@@ -174,6 +178,7 @@ _NUMBERS = {
     "threshold": (float, PickParams.threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
     "map_threshold": (float, PickParams.map_threshold, "a probability between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
     "map_relative": (float, PickParams.map_relative, "a fraction between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "map_odds": (float, PickParams.map_odds, "a fraction between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1"),
     "max_particles": ("int", PickParams.max_particles, "a whole number (0 = no cap)", lambda v: v >= 0, "0 (no cap) or positive"),
     "min_distance": (float, None, "a distance in Angstrom", lambda v: v > 0, "positive"),
     "margin": (float, None, "a distance in Angstrom", lambda v: v >= 0, "0 or positive"),
@@ -281,6 +286,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         threshold=float(threshold),
         map_threshold=float(map_threshold),
         map_relative=float(map_relative),
+        map_odds=float(numbers["map_odds"]),
         max_particles=int(max_particles),
         min_distance=min_distance,
         margin=margin,
@@ -548,7 +554,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if todo:
         params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
                             min_distance_A=opts.min_distance, margin_A=opts.margin,
-                            map_threshold=opts.map_threshold, map_relative=opts.map_relative, device="cpu",
+                            map_threshold=opts.map_threshold, map_relative=opts.map_relative,
+                            map_odds=opts.map_odds, device="cpu",
                             batch_size=opts.batch_size)
         if opts.threads:
             import torch

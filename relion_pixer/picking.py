@@ -272,23 +272,32 @@ def pick_centres(
 ADAPTIVE_QUANTILE = 75.0
 
 
-def adaptive_threshold(scores: np.ndarray, floor: float, relative: float, quantile: float = ADAPTIVE_QUANTILE) -> float:
-    """A micrograph's own score threshold: ``max(floor, relative * q)``.
+def adaptive_threshold(
+    scores: np.ndarray, floor: float, relative: float, quantile: float = ADAPTIVE_QUANTILE, odds: float = 0.0
+) -> float:
+    """A micrograph's own score threshold: ``max(floor, relative * q, odds cut)``.
 
     ``q`` is the ``quantile`` (percent) of the candidate ``scores`` at or above ``floor``: a typical particle's
     score on this micrograph. On clean data particles score near 1, so faint specks below ``relative`` of that are
     dropped; on very noisy data every particle scores low, and the threshold falls with them down to ``floor``.
 
+    The odds cut asks the same in odds, ``s / (1 - s)``: a candidate needs at least ``odds`` times the typical
+    candidate's odds. Near 1 odds stretch: with ``q`` = 0.975 (odds 39) ``odds`` 0.05 cuts at 0.66, where
+    ``relative`` would need 0.68 to cut as high; with ``q`` = 0.3 the same ``odds`` cuts at 0.02, below any useful
+    ``relative`` cut. So it drops the half-confident specks of clean micrographs and leaves noisy ones alone.
+
     Parameters
     ----------
     scores : numpy.ndarray
-        Scores of the candidates (:func:`pick_centres` with ``threshold=floor``).
+        Scores of the candidates (:func:`pick_centres` with ``threshold=floor``), in [0, 1].
     floor : float
         Lowest threshold.
     relative : float
-        Fraction of the typical score a candidate needs; 0 gives ``floor``.
+        Fraction of the typical score a candidate needs; 0 turns this cut off.
     quantile : float
         Which quantile of the scores is "typical", in percent.
+    odds : float
+        Fraction of the typical candidate's odds a candidate needs; 0 turns this cut off.
 
     Returns
     -------
@@ -297,9 +306,14 @@ def adaptive_threshold(scores: np.ndarray, floor: float, relative: float, quanti
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     scores = scores[scores >= floor]
-    if not len(scores) or relative <= 0:
+    if not len(scores) or (relative <= 0 and odds <= 0):
         return float(floor)
-    return float(max(floor, relative * np.percentile(scores, quantile)))
+    q = float(np.percentile(scores, quantile))
+    cut = max(float(floor), relative * q)
+    if odds > 0:
+        o = odds * q / (1.0 - q) if q < 1.0 else math.inf
+        cut = max(cut, o / (1.0 + o) if math.isfinite(o) else 1.0)
+    return float(cut)
 
 
 def _empty_result() -> PickResult:

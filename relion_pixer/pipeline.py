@@ -40,6 +40,10 @@ class PickParams:
         A candidate also needs this fraction of the micrograph's typical candidate score (its 75th percentile;
         :func:`relion_pixer.picking.adaptive_threshold`), so faint specks on clean data are dropped while on very
         noisy data, where every particle scores low, the threshold falls to ``map_threshold``. 0 turns it off.
+    map_odds : float
+        A candidate also needs this fraction of the typical candidate score's odds (``s / (1 - s)``): on clean
+        micrographs, where particles score near 1, this drops half-confident candidates (0.05: below 0.66 when
+        the typical score is 0.975) and on noisy ones it cuts almost nothing. 0 turns it off.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
     batch_size : int
@@ -52,6 +56,7 @@ class PickParams:
     margin_A: float | None = None
     map_threshold: float = 0.05
     map_relative: float = 0.2
+    map_odds: float = 0.05
     device: str = "cpu"
     batch_size: int = 256
 
@@ -132,7 +137,7 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
     cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
-    cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative)
+    cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative, odds=params.map_odds)
     cand_xy = cand_xy[cand_score >= cut]
     result = classify.filter_candidates(
         models.classifier,

@@ -769,6 +769,7 @@ def test_relion_command_line_is_parsed_tolerantly():
         ("--batch_size 64", "batch_size", 64),
         ("--map_threshold 0.2", "map_threshold", 0.2),
         ("--map_relative 0", "map_relative", 0.0),
+        ("--map_odds 0.1", "map_odds", 0.1),
         ("--margin 0", "margin", 0.0),
         ("--model my.pt", "model", "my.pt"),
         ("--device CUDA:1", "device", "cuda:1"),

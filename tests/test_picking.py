@@ -417,6 +417,21 @@ def test_adaptive_threshold_follows_the_typical_score():
     assert adaptive_threshold(np.array([0.1]), floor=0.2, relative=0.3) == 0.2  # nothing reaches the floor
 
 
+def test_adaptive_threshold_odds_cut_is_tight_when_confident_and_loose_when_not():
+    from relion_pixer.picking import adaptive_threshold
+
+    clean = np.array([0.98, 0.975, 0.975, 0.97, 0.9, 0.7, 0.4])  # typical score 0.975: odds 39
+    t = adaptive_threshold(clean, floor=0.05, relative=0.0, odds=0.05)  # odds 1.95
+    assert t == pytest.approx(1.95 / 2.95)
+    assert (clean >= t).sum() == 6  # the half-confident 0.4 goes, 0.7 stays
+    noisy = np.array([0.35, 0.3, 0.3, 0.25, 0.1, 0.06])  # typical score 0.3: the odds cut falls below the floor
+    assert adaptive_threshold(noisy, floor=0.05, relative=0.0, odds=0.05) == 0.05
+    # the higher of the two cuts wins
+    both = adaptive_threshold(clean, floor=0.05, relative=0.9, odds=0.05)
+    assert both == pytest.approx(0.9 * np.percentile(clean, 75))
+    assert adaptive_threshold(np.ones(4), floor=0.05, relative=0.0, odds=0.05) == 1.0  # all certain: the cut is 1, which all reach
+
+
 class _TensorClaimingCuda(torch.Tensor):
     """A CPU tensor that says it lives on cuda:0, to exercise the GPU-without-CuPy path on any machine."""
 

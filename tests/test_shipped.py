@@ -8,7 +8,7 @@ import torch
 
 from relion_pixer import PARTICLE
 from relion_pixer.models import DEFAULT_WEIGHTS, load_pretrained
-from relion_pixer.pipeline import PickParams, pick_micrograph
+from relion_pixer.pipeline import PickParams, pick_from_map, pick_micrograph, segment_micrograph
 from relion_pixer.preprocess import prepare
 from relion_pixer.segment import predict_probability
 from relion_pixer.simulate import random_config, simulate_micrograph
@@ -66,7 +66,7 @@ def test_map_threshold_decides_which_candidates_reach_the_classifier(simulated):
     models = load_pretrained()
     counts = []
     for map_threshold in (0.05, 0.5, 0.95, 1.0):
-        params = PickParams(threshold=0.0, map_threshold=map_threshold, map_relative=0.0)
+        params = PickParams(threshold=0.0, map_threshold=map_threshold, map_relative=0.0, map_odds=0.0)
         res = pick_micrograph(sim.image, 2.5, diameter, models, params)
         counts.append(len(res.xy))
     assert counts[0] >= counts[1] >= counts[2] >= counts[3] == 0
@@ -77,8 +77,19 @@ def test_map_relative_drops_candidates_faint_for_their_micrograph(simulated):
     sim, diameter = simulated
     models = load_pretrained()
     n = [len(pick_micrograph(sim.image, 2.5, diameter, models, PickParams(threshold=0.0, map_threshold=0.05,
-                                                                         map_relative=r)).xy) for r in (0.0, 0.5, 1.0)]
+                                                                         map_relative=r, map_odds=0.0)).xy)
+         for r in (0.0, 0.5, 1.0)]
     assert n[0] >= n[1] >= n[2] > 0 and n[0] > n[2]
+
+
+def test_map_odds_drops_candidates_half_as_confident_as_their_micrograph(simulated):
+    sim, diameter = simulated
+    models = load_pretrained()
+    net_image, prob, factors = segment_micrograph(sim.image, 2.5, diameter, models)
+    n = [len(pick_from_map(net_image, prob, factors, diameter, models,
+                           PickParams(threshold=0.0, map_threshold=0.05, map_relative=0.0, map_odds=o)).xy)
+         for o in (0.0, 0.05, 0.5, 1.0)]
+    assert n[0] >= n[1] >= n[2] >= n[3] > 0 and n[0] > n[3]
 
 
 @pytest.mark.parametrize("seed", [4244, 4245])
