@@ -81,6 +81,12 @@ class TrainConfig:
     seg_lr: float = 2e-3
     rates: tuple = DEFAULT_RATES
     real_fraction: float = 0.25
+    # real micrographs: also label as background the pixels more than real_far_distance diameters from every
+    # labelled particle and more than half a diameter from anything particle-like (a density, preprocess.density_map,
+    # of at least the labelled particles' real_far_percentile th percentile), so the networks see real empty ice and
+    # not only the ring around each label; 0: off (everything beyond the ring is ignored)
+    real_far_percentile: float = 0.0
+    real_far_distance: float = 1.0
     # share of training crops and boxes low-passed by a Gaussian of sd 0.5-2.5 network pixels (denoised or
     # low-passed micrographs); 0: none
     blur_fraction: float = 0.0
@@ -255,11 +261,13 @@ def _nearest_resample(labels: np.ndarray, shape: tuple) -> np.ndarray:
     return labels[np.ix_(rows, cols)]
 
 
-def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix: float | None = None) -> LabelledSet:
+def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix: float | None = None,
+             far_percentile: float = 0.0, far_distance: float = 1.0) -> LabelledSet:
     """Real micrographs with (incomplete) coordinate labels, resampled to network scale.
 
     Each labelled particle becomes a disc of 0.45 diameters (particle) inside a ring out to 0.9 diameters
-    (background); all other pixels are :data:`IGNORE`, because unlabelled particles may lie there.
+    (background); all other pixels are :data:`IGNORE`, because unlabelled particles may lie there, except, with
+    ``far_percentile`` > 0, the empty places :func:`far_background` finds.
     """
     from relion_pixer.io import read_coordinates_star, read_micrograph
 
@@ -275,7 +283,10 @@ def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix:
         net, factors = prepare(image, apix, diameter)
         xy = np.stack([table["rlnCoordinateX"].to_numpy() * factors[1], table["rlnCoordinateY"].to_numpy() * factors[0]], 1)
         images.append(net)
-        labels.append(_disc_labels(net.shape, xy, NET_DIAMETER_PX))
+        lab = _disc_labels(net.shape, xy, NET_DIAMETER_PX)
+        if far_percentile > 0:
+            lab[(lab == IGNORE) & far_background(net, xy, far_percentile, far_distance)] = BACKGROUND
+        labels.append(lab)
         coords.append(xy.astype(np.float32))
         names.append(path.stem)
     return LabelledSet(images, labels, coords, None, names)
@@ -296,7 +307,31 @@ def _disc_labels(shape: tuple, xy: np.ndarray, diameter: float, inner: float = 0
     return lab
 
 
-def _real_from_config(entries) -> LabelledSet:
+def far_background(image: np.ndarray, xy: np.ndarray, percentile: float, distance: float = 1.0) -> np.ndarray:
+    """Where a real network-scale ``image`` with incomplete labels at ``xy`` is surely empty.
+
+    A pixel is empty when it lies more than ``distance`` diameters from every label and more than half a diameter
+    from every pixel whose density (:func:`relion_pixer.preprocess.density_map`) reaches the ``percentile`` th
+    percentile of the labelled particles' densities: an unlabelled particle, as dark as most labelled ones, keeps
+    its whole disc out. Returns a bool map (all False without labels).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    from relion_pixer.preprocess import density_map, values_at
+
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    if not len(xy):
+        return np.zeros(image.shape, bool)
+    dens = density_map(image, NET_DIAMETER_PX)
+    cut = np.percentile(values_at(dens, xy), percentile)
+    clear = distance_transform_edt(dens < cut) > 0.5 * NET_DIAMETER_PX
+    centres = np.ones(image.shape, bool)
+    ij = np.clip(np.round(xy).astype(int), 0, np.array(image.shape[::-1]) - 1)
+    centres[ij[:, 1], ij[:, 0]] = False
+    return clear & (distance_transform_edt(centres) > distance * NET_DIAMETER_PX)
+
+
+def _real_from_config(entries, far_percentile: float = 0.0, far_distance: float = 1.0) -> LabelledSet:
     import glob
 
     out = LabelledSet([], [], [], None, [])
@@ -304,7 +339,8 @@ def _real_from_config(entries) -> LabelledSet:
         files = sorted(glob.glob(os.path.expanduser(entry["micrographs"])))
         if not files:
             raise FileNotFoundError(f"no micrographs match {entry['micrographs']!r}")
-        out = out.extend(real_set(files, entry["coords"], float(entry["diameter"]), entry.get("angpix")))
+        out = out.extend(real_set(files, entry["coords"], float(entry["diameter"]), entry.get("angpix"),
+                                  far_percentile, far_distance))
     return out
 
 
@@ -693,7 +729,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
                 cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), cfg.valid_oversample, progress=False
             )
             torch.save(valid_sets[snr].__dict__, cache)
-    real = _real_from_config(cfg.real) if cfg.real else LabelledSet([], [], [], None, [])
+    real = (_real_from_config(cfg.real, cfg.real_far_percentile, cfg.real_far_distance) if cfg.real
+            else LabelledSet([], [], [], None, []))
     _log(f"data: {len(sim_train)} simulated, {len(real)} real, {len(user) if user else 0} user micrographs")
 
     # ---- models

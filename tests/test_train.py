@@ -8,7 +8,7 @@ import torch
 
 from relion_pixer import BACKGROUND, PARTICLE
 from relion_pixer.models import load_pretrained
-from relion_pixer.train import IGNORE, _disc_labels, _nearest_resample, cut_boxes, load_config, main
+from relion_pixer.train import IGNORE, _disc_labels, _nearest_resample, cut_boxes, far_background, load_config, main
 
 SMOKE = """
 sim_train = 4
@@ -74,6 +74,26 @@ def test_disc_labels_trust_only_near_labelled_particles():
     assert lab[30, 20 + 12] == BACKGROUND  # in the ring (0.45 .. 0.9 diameters)
     assert lab[5, 60] == IGNORE  # far away: maybe an unlabelled particle
     assert (_disc_labels((8, 8), np.zeros((0, 2)), 20) == IGNORE).all()
+
+
+def test_far_background_keeps_unlabelled_particles_out():
+    from relion_pixer import NET_DIAMETER_PX as D
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 1.0, (320, 320))
+    yy, xx = np.mgrid[0:320, 0:320]
+    centres = np.array([[60.0, 60.0], [60.0, 160.0], [160.0, 60.0], [260.0, 260.0]])
+    for x, y in centres:
+        image[(xx - x) ** 2 + (yy - y) ** 2 <= (D / 2) ** 2] -= 1.5  # dark particles
+    labelled, unlabelled = centres[:3], centres[3]
+    empty = far_background(image, labelled, percentile=5.0)
+    d_label = np.sqrt((xx[..., None] - labelled[:, 0]) ** 2 + (yy[..., None] - labelled[:, 1]) ** 2).min(-1)
+    assert not empty[d_label <= D].any()  # never near a label
+    d_free = np.hypot(xx - unlabelled[0], yy - unlabelled[1])
+    assert not empty[d_free <= D / 2].any()  # the unlabelled particle's disc stays out
+    assert empty[160, 260] and empty[250, 120]  # empty ice far from both is background
+    assert empty.mean() > 0.3
+    assert not far_background(image, np.zeros((0, 2)), 5.0).any()
 
 
 def test_nearest_resample_follows_fourier_grid():
