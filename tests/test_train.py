@@ -265,3 +265,25 @@ def test_phase_plate_fraction_zero_reproduces_the_earlier_training_set():
     assert not np.allclose(on.images[0][:2, :4], before, atol=1e-3)
     with pytest.raises(ValueError, match="phase_plate_fraction"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=1.5)
+
+
+def test_thin_fraction_draws_thin_families_and_nothing_when_off(monkeypatch):
+    import relion_pixer.simulate as simulate
+    from relion_pixer.train import THIN_FAMILIES, simulated_set
+
+    before = [[2.17428, 0.04796, 1.49272, -0.94957], [0.44893, -1.33899, -1.03409, -0.73665]]
+    off = simulated_set(2, 96, seed=3, snr=0.3, progress=False, thin_fraction=0.0)
+    assert np.allclose(off.images[0][:2, :4], before, atol=1e-3)  # the same pixels as without the option
+
+    drawn = []
+    real_simulate = simulate.simulate_micrograph
+
+    def spy(rng, **cfg):
+        drawn.append(cfg["families"])
+        return real_simulate(rng, **cfg)
+
+    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
+    simulated_set(4, 64, seed=3, snr=0.3, progress=False, thin_fraction=1.0)
+    assert len(drawn) == 4 and all(len(f) == 1 and f[0] in THIN_FAMILIES for f in drawn)
+    with pytest.raises(ValueError, match="thin_fraction"):
+        simulated_set(1, 96, seed=3, snr=0.3, progress=False, thin_fraction=-0.1)
