@@ -15,8 +15,8 @@ from every label and pick. Picks without a label that pass the cut complete the 
 again against the completed set. The criterion is a dark blob, which is what the LoG looks for, so the completed
 figures favour the LoG. Usage::
 
-    python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--json OUT]
-        [--picture PNG]
+    python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--map_odds 0]
+        [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--model", help="model file (default: shipped weights)")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
+    ap.add_argument("--map_odds", type=float, default=PickParams.map_odds,
+                    help="PIXER's odds cut (0: the defaults before it existed)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied first")
     ap.add_argument("--diameter", type=float, default=REAL_DIAMETER_A,
@@ -188,7 +190,8 @@ def main() -> None:
     log_t, log_tune_score = best_threshold(log_tune, tune, radius, np.arange(0.5, 6.01, 0.25))
     mics = lowpass(real_micrographs(args.split), args.lowpass)
     t0 = time.time()
-    pixer = run_pixer(mics, args.diameter, models, PickParams(threshold=args.threshold, max_particles=500))
+    pixer = run_pixer(mics, args.diameter, models, PickParams(threshold=args.threshold, max_particles=500,
+                                                                  map_odds=args.map_odds))
     seconds = (time.time() - t0) / len(mics)
     log = run_log(mics, args.diameter, threshold=log_t)
     figures = {
@@ -196,6 +199,8 @@ def main() -> None:
         "lowpass_sigma_px": args.lowpass,
         "diameter_A": args.diameter,
         "radius_px": radius,
+        "threshold": args.threshold,
+        "map_odds": args.map_odds,
         "pixer": score(pixer, mics, radius),
         "pixer_seconds_per_micrograph": seconds,
         "log_threshold_from_train_valid": log_t,
@@ -208,7 +213,9 @@ def main() -> None:
     print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px, "
           f"particle diameter given {args.diameter:g} A"
           + (f", low-passed (Gaussian sd {args.lowpass:g} px)" if args.lowpass else ""))
-    print(fmt("PIXER (defaults)", figures["pixer"]))
+    defaults = (args.threshold, args.map_odds) == (PickParams.threshold, PickParams.map_odds)
+    name = "PIXER (defaults)" if defaults else f"PIXER (threshold {args.threshold:g}, map_odds {args.map_odds:g})"
+    print(fmt(name, figures["pixer"]))
     print(fmt(f"LoG (threshold {log_t:g} from train+valid)", figures["log"]))
     fm = figures["fom_matched_unmatched"]
     print(f"mean figure of merit of picks with a label {fm[0]:.3f}, without one {fm[1]:.3f} "
@@ -224,7 +231,7 @@ def main() -> None:
               lc["unmatched"]["pixer"], lc["particle_like"]["log"], lc["unmatched"]["log"]))
     print(f"against the labels completed by those picks ({lc['completed_truth']} particles; the criterion is a dark "
           "blob, so this favours the LoG):")
-    print(fmt("  PIXER (defaults)", lc["scores"]["pixer"]))
+    print(fmt("  " + name, lc["scores"]["pixer"]))
     print(fmt("  LoG", lc["scores"]["log"]))
     print(f"PIXER time per 1024 px micrograph: {seconds:.2f} s")
     if args.json:
