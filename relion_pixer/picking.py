@@ -310,9 +310,8 @@ def adaptive_threshold(
         return float(floor)
     q = float(np.percentile(scores, quantile))
     cut = max(float(floor), relative * q)
-    if odds > 0:
-        o = odds * q / (1.0 - q) if q < 1.0 else math.inf
-        cut = max(cut, o / (1.0 + o) if math.isfinite(o) else 1.0)
+    if odds > 0:  # the score s whose odds s / (1 - s) are odds * q / (1 - q); 1 when q is 1
+        cut = max(cut, odds * q / (odds * q + (1.0 - q)))
     return float(cut)
 
 
