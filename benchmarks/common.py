@@ -16,7 +16,7 @@ from relion_pixer.evaluate import particle_ious, pooled_precision_recall_f1  # n
 from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
-from relion_pixer.train import _nearest_resample  # noqa: E402
+from relion_pixer.preprocess import nearest_resample  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "empiar10028_ribosome80S"
 SPLITS = {
@@ -89,7 +89,7 @@ def particle_mask_ious(models, mics: list[Micrograph], sims, diameter_A: float) 
     for m, sim in zip(mics, sims):
         net, _ = prepare(m.image, m.angpix, diameter_A)
         prob = predict_probability(models.segmenter, net).numpy()
-        inst = _nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
+        inst = nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
         ids, iou = particle_ious(prob >= 0.5, inst)[:2]
         ious.extend(iou)
         areas.extend(np.bincount(inst.ravel())[np.asarray(ids, dtype=np.int64)])

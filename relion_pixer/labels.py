@@ -701,13 +701,6 @@ def _find(name: str, bases: list[Path], what: str, star) -> Path:
     raise LabelError(star, f"{what} {name!r} not found (looked relative to {looked}, ...)")
 
 
-def _nearest(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
-    rows = np.minimum(np.round(np.arange(shape[0]) * label.shape[0] / shape[0]).astype(int), label.shape[0] - 1)
-    cols = np.minimum(np.round(np.arange(shape[1]) * label.shape[1] / shape[1]).astype(int), label.shape[1] - 1)
-    return label[np.ix_(rows, cols)]
-
-
 def read_label_set(
     path,
     *,
@@ -742,7 +735,7 @@ def read_label_set(
     import mrcfile
 
     from relion_pixer.io import read_coordinates_star, read_micrograph
-    from relion_pixer.preprocess import prepare, to_network
+    from relion_pixer.preprocess import nearest_resample, prepare, to_network
     from relion_pixer.train import LabelledSet
 
     path = Path(path)
@@ -775,7 +768,7 @@ def read_label_set(
             raise LabelError(path, f"label map of {mic} is {label.shape[::-1]} px, the micrograph {image.shape[::-1]}")
         table_xy = read_coordinates_star(_find(str(row["rlnMicrographCoordinates"]), bases, "coordinates", path))
         net, factors = prepare(image, apix, diameter_angstrom)
-        lab = _nearest(label, net.shape)
+        lab = nearest_resample(label, net.shape)
         xy = to_network(table_xy[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64), factors)
         if background_within is not None:
             from scipy.spatial import cKDTree

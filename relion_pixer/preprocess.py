@@ -30,6 +30,7 @@ __all__ = [
     "check_particle_width",
     "to_original",
     "to_network",
+    "nearest_resample",
     "cut_boxes",
     "density_map",
     "values_at",
@@ -259,6 +260,14 @@ def _default_workers() -> int:
         return max(1, torch.get_num_threads())
     except Exception:  # pragma: no cover - torch is a dependency
         return 1
+
+
+def nearest_resample(labels: np.ndarray, shape: tuple) -> np.ndarray:
+    """Nearest-neighbour resampling of a label or instance map to ``shape`` on the Fourier-resampling grid of
+    :func:`resample` (output pixel j sits at input j * N / M), so labels stay aligned with the resampled image."""
+    rows = np.minimum(np.round(np.arange(shape[0]) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(shape[1]) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
 
 
 def cut_boxes(images: list, xyz: np.ndarray, box: int = BOX_SIZE, jitter: float = 0.0, rng=None) -> np.ndarray:

@@ -42,7 +42,8 @@ from relion_pixer.models import (
     save_models,
     shipped_weights,
 )
-from relion_pixer.preprocess import cut_boxes, prepare, to_network  # noqa: F401 - cut_boxes: train's API too
+# cut_boxes is train's API too
+from relion_pixer.preprocess import cut_boxes, nearest_resample, prepare, to_network  # noqa: F401
 
 __all__ = ["TrainConfig", "load_config", "LabelledSet", "simulated_set", "real_set", "train", "main"]
 
@@ -256,8 +257,8 @@ def simulated_set(
         angpix = float(cfg["angpix"])
         net, factors = prepare(sim.image, angpix=angpix, diameter_angstrom=NET_DIAMETER_PX * k * angpix)
         images.append(net)
-        labels.append(_nearest_resample(np.asarray(sim.labels, dtype=np.uint8), net.shape))
-        instances.append(_nearest_resample(np.asarray(sim.instances, dtype=np.int32), net.shape))
+        labels.append(nearest_resample(np.asarray(sim.labels, dtype=np.uint8), net.shape))
+        instances.append(nearest_resample(np.asarray(sim.instances, dtype=np.int32), net.shape))
         coords.append(to_network(np.asarray(sim.coords).reshape(-1, 2), factors).astype(np.float32))
         if progress and (i + 1) % max(1, n // 10) == 0:
             _log(f"simulated {i + 1}/{n} micrographs ({time.time() - t0:.0f} s)")
@@ -268,13 +269,6 @@ def _draw(rng: np.random.Generator, value: float | tuple) -> float:
     if isinstance(value, (tuple, list)):
         return float(math.exp(rng.uniform(math.log(value[0]), math.log(value[1]))))
     return float(value)
-
-
-def _nearest_resample(labels: np.ndarray, shape: tuple) -> np.ndarray:
-    """Nearest-neighbour resampling on the Fourier-resampling grid (output pixel j sits at input j * N / M)."""
-    rows = np.minimum(np.round(np.arange(shape[0]) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
-    cols = np.minimum(np.round(np.arange(shape[1]) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
-    return labels[np.ix_(rows, cols)]
 
 
 def real_set(micrographs: list, coords_dir: str | Path, diameter: float, angpix: float | None = None,

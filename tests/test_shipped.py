@@ -13,7 +13,7 @@ from relion_pixer.preprocess import prepare
 from relion_pixer.segment import predict_probability
 from relion_pixer.simulate import random_config, simulate_micrograph
 from relion_pixer.evaluate import pooled_precision_recall_f1
-from relion_pixer.train import _nearest_resample
+from relion_pixer.preprocess import nearest_resample
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "relion_pixer" / "weights"
 
@@ -45,7 +45,7 @@ def test_probability_map_separates_particles_from_background(simulated):
     models = load_pretrained()
     net, _ = prepare(sim.image, 2.5, diameter)
     prob = predict_probability(models.segmenter, net).numpy()
-    labels = _nearest_resample(sim.labels, net.shape)
+    labels = nearest_resample(sim.labels, net.shape)
     on, off = prob[labels == PARTICLE].mean(), prob[labels == 0].mean()
     assert on > off + 0.3, (on, off)
     pred, truth = prob >= 0.5, labels == PARTICLE

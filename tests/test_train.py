@@ -8,7 +8,8 @@ import torch
 
 from relion_pixer import BACKGROUND, PARTICLE
 from relion_pixer.models import load_pretrained
-from relion_pixer.train import IGNORE, _disc_labels, _nearest_resample, cut_boxes, far_background, load_config, main
+from relion_pixer.preprocess import nearest_resample
+from relion_pixer.train import IGNORE, _disc_labels, cut_boxes, far_background, load_config, main
 
 SMOKE = """
 sim_train = 4
@@ -99,7 +100,7 @@ def test_far_background_keeps_unlabelled_particles_out():
 def test_nearest_resample_follows_fourier_grid():
     lab = np.zeros((100, 60), np.uint8)
     lab[50, 30] = 1
-    small = _nearest_resample(lab, (50, 30))
+    small = nearest_resample(lab, (50, 30))
     assert small.shape == (50, 30)
     assert small[25, 15] == 1 and small.sum() == 1
 
