@@ -2,9 +2,11 @@
 
 Real particles have internal structure; these have none: dark Gaussian blobs (sd a quarter of the diameter) or
 flat dark disks, 20 per 1536 x 1024 micrograph on white noise of sd 1, at amplitudes from 0.25 to 4 noise sd
-(2 A/px, 200 A particles, 100 px). A picker should not get worse as the signal gets stronger; this one does:
-strong featureless disks look like the ice contamination it was trained to reject. The LoG baseline (its threshold
-fixed at 1, not tuned) runs beside it. Usage::
+(2 A/px, 200 A particles, 100 px), with no image formation at all: no CTF, no ice. A picker should not get worse
+as the signal gets stronger; this one does: strong featureless disks look like the ice contamination it was
+trained to reject. The LoG baseline (its threshold fixed at 1, not tuned) runs beside it. Featureless particles
+imaged as micrographs are (the simulator's ``smooth`` family, through the CTF and over ice) are another matter:
+``bench_sim.py --families smooth`` finds them. Usage::
 
     python benchmarks/bench_contrast.py [--n 3] [--json OUT]
 """

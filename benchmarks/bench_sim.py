@@ -14,7 +14,7 @@ elongated particles have the smallest masks and the least signal). It also repor
 threshold at 0 (how much the classifier stage removes) and the median distance of matched picks from the true
 centre at network scale. Usage::
 
-    python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90]
+    python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90 [--defocus 0.02]]
         [--seed 900000] [--families elongated cylinder] [--map_threshold 0.05 --map_relative 0.2 --map_odds 0.05]
         [--model FILE] [--json OUT]
 """
@@ -36,12 +36,16 @@ from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 def simulate(n: int, snr: float, seed: int, size: int, angpix: float, diameter_A: float,
-             phase_shift: float = 0.0, families: tuple | None = None, **options) -> tuple[list[Micrograph], list]:
-    """``n`` held-apart micrographs; ``families`` restricts the particle shapes (None: all, drawn as in training);
+             phase_shift: float = 0.0, families: tuple | None = None, defocus_um: float | None = None,
+             **options) -> tuple[list[Micrograph], list]:
+    """``n`` held-apart micrographs; ``families`` restricts the particle shapes (None: the default mix, drawn as in
+    training); ``defocus_um`` fixes the defocus (None: drawn; the other draws stay the same either way);
     ``options`` go to ``simulate_micrograph`` (none may draw random numbers)."""
     rng = np.random.default_rng(seed)
     mics, sims = [], []
     extra = {"families": tuple(families)} if families else {}
+    if defocus_um is not None:
+        extra["defocus_um"] = float(defocus_um)
     for i in range(n):
         cfg = random_config(rng, snr=snr, angpix=angpix, particle_diameter_px=diameter_A / angpix, empty=False,
                             phase_shift=phase_shift, **extra)
@@ -80,10 +84,10 @@ def sim_arguments(description: str) -> argparse.ArgumentParser:
     return ap
 
 
-def tuned_log_threshold(args, phase_shift: float = 0.0, families=None) -> float:
+def tuned_log_threshold(args, phase_shift: float = 0.0, families=None, defocus_um: float | None = None) -> float:
     """The LoG threshold with the best F1 on a tuning set (seed + 1) simulated like the scored one."""
     tune, _ = simulate(max(4, args.n // 3), args.snr, args.seed + 1, args.size, args.angpix, args.diameter,
-                       phase_shift, families)
+                       phase_shift, families, defocus_um)
     radius = 0.5 * args.diameter / args.angpix
     return best_threshold(run_log(tune, args.diameter, 0.5), tune, radius, np.arange(0.5, 6.01, 0.25))[0]
 
@@ -92,19 +96,23 @@ def main() -> None:
     ap = sim_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--phase_shift", type=float, default=0.0,
                     help="phase plate: extra phase shift in degrees (about 90 for a Volta phase plate)")
+    ap.add_argument("--defocus", type=float, default=None,
+                    help="defocus in um for every micrograph (default: drawn, 0.5-3.5); near 0 with --phase_shift 90 "
+                         "the particles show no CTF fringes")
     ap.add_argument("--map_threshold", type=float, default=PickParams.map_threshold,
                     help="candidate threshold (default: the picker's); to compare weights with their own best pair")
     ap.add_argument("--map_relative", type=float, default=PickParams.map_relative)
     ap.add_argument("--map_odds", type=float, default=PickParams.map_odds)
     ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
-                    "SHAPE_FAMILIES), e.g. elongated cylinder; default: all")
+                    "ALL_FAMILIES), e.g. elongated cylinder, or smooth; default: the default mix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     d = args.diameter
     radius = 0.5 * d / args.angpix
-    log_t = tuned_log_threshold(args, args.phase_shift, args.families)
-    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families)
+    log_t = tuned_log_threshold(args, args.phase_shift, args.families, args.defocus)
+    mics, sims = simulate(args.n, args.snr, args.seed, args.size, args.angpix, d, args.phase_shift, args.families,
+                          args.defocus)
     maps = segment_all(mics, d, models)
     params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative, map_odds=args.map_odds)
     pixer = picks_from_maps(maps, d, models, params)
@@ -114,6 +122,7 @@ def main() -> None:
     figures = {
         "snr": args.snr,
         "phase_shift": args.phase_shift,
+        "defocus_um": args.defocus if args.defocus is not None else "drawn",
         "families": args.families or "all",
         "map_threshold": args.map_threshold,
         "map_relative": args.map_relative,
@@ -138,6 +147,7 @@ def main() -> None:
     print(f"simulated, SNR {args.snr:g} ({10 * np.log10(args.snr):.0f} dB), {args.n} micrographs of {args.size} px, "
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
           + (f", phase plate ({args.phase_shift:g} degrees)" if args.phase_shift else "")
+          + (f", defocus {args.defocus:g} um" if args.defocus is not None else "")
           + (f", families {' '.join(args.families)}" if args.families else ""))
     knobs = (args.map_threshold, args.map_relative, args.map_odds)
     defaults = knobs == (PickParams.map_threshold, PickParams.map_relative, PickParams.map_odds)

@@ -33,7 +33,15 @@ done
 for snr in 0.1 1; do
   $PY bench_sim.py --snr $snr --n 12 --phase_shift 90 --json results/sim_snr${snr}_150px_phaseplate.json
 done
+# featureless particles of uniform density (the simulator's "smooth" family, outside the training mix): with CTF
+# fringes, and in focus with a phase plate (no fringes); beside them the same in-focus case with the globular family
+for snr in 0.1 1 10; do
+  $PY bench_sim.py --snr $snr --n 12 --families smooth --json results/sim_snr${snr}_150px_smooth.json
+done
+$PY bench_sim.py --snr 1 --n 12 --families smooth --phase_shift 90 --defocus 0.02 --json results/sim_snr1_150px_smooth_infocus.json
+$PY bench_sim.py --snr 1 --n 12 --families globular --phase_shift 90 --defocus 0.02 --json results/sim_snr1_150px_globular_infocus.json
 $PY bench_empty.py --json results/empty.json
+# featureless blobs on plain white noise, without any CTF or ice
 $PY bench_contrast.py --json results/contrast.json
 $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from relion_pixer import BACKGROUND, CONTAMINATION, PARTICLE
-from relion_pixer.simulate import SHAPE_FAMILIES, random_config, simulate_micrograph
+from relion_pixer.simulate import ALL_FAMILIES, SHAPE_FAMILIES, random_config, simulate_micrograph
 
 
 def _sim(seed=0, **kw):
@@ -37,7 +37,7 @@ def test_reproducible_by_seed():
     assert not np.array_equal(a.image, c.image)
 
 
-@pytest.mark.parametrize("family", SHAPE_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_centres_labelled_particle_and_instances(family):
     m = _sim(1, families=family, density=0.3, min_separation=0.8)
     xy = np.rint(m.coords).astype(int)
@@ -155,6 +155,33 @@ def test_procedural_shapes_span_sizes_and_elongation():
     assert min(sizes) < 400 and max(sizes) > 400
     assert max(aspects) > 3.0 and min(aspects) < 1.6
     assert make_shape(rng, "cage", diameter=700.0).diameter == pytest.approx(700.0)
+
+
+def test_smooth_family_is_featureless_and_outside_the_default_mix():
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial.transform import Rotation
+
+    from relion_pixer.simulate import make_shape
+    from relion_pixer.simulate.shapes import project_model
+
+    assert "smooth" in ALL_FAMILIES and "smooth" not in SHAPE_FAMILIES
+
+    def texture(fam, seed):
+        # fine structure (a 3 px high-pass) inside the central third of one projection, relative to its level
+        rng = np.random.default_rng(seed)
+        m = make_shape(rng, fam, diameter=200.0)
+        img, half = project_model(m, Rotation.random(rng=rng).as_matrix(), 2.0)
+        c = img[half - 15 : half + 16, half - 15 : half + 16]
+        return (c - gaussian_filter(c, 3)).std() / c.mean(), m
+
+    smooth = [texture("smooth", s) for s in range(4)]
+    lumpy = [texture("globular", s)[0] for s in range(4)]
+    assert max(t for t, _ in smooth) < 0.5 * min(lumpy)
+    assert all(m.diameter == pytest.approx(200.0) and m.family == "smooth" for _, m in smooth)
+    with pytest.raises(ValueError, match="unknown shape family 'blob'.*smooth"):
+        make_shape(np.random.default_rng(0), "blob")
+    with pytest.raises(ValueError, match="unknown shape family 'blob'"):
+        random_config(np.random.default_rng(0), families=("blob",), particle_diameter_px=32.0)
 
 
 @pytest.mark.shared

@@ -19,7 +19,7 @@ from relion_pixer.simulate.micrograph import (
     random_config,
     simulate_micrograph,
 )
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, ModelFileError, ParticleModel, load_atomic_model, make_shape
+from relion_pixer.simulate.shapes import ALL_FAMILIES, SHAPE_FAMILIES, ModelFileError, ParticleModel, load_atomic_model, make_shape
 
 __all__ = [
     "SimulatedMicrograph",
@@ -27,6 +27,7 @@ __all__ = [
     "random_config",
     "simulate_project",
     "SHAPE_FAMILIES",
+    "ALL_FAMILIES",
     "ParticleModel",
     "ModelFileError",
     "make_shape",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, ModelFileError
+from relion_pixer.simulate.shapes import ALL_FAMILIES, ModelFileError
 
 
 def _positive(kind):
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", type=_positive(float), default=None,
                    help="physical dose in e/A^2 instead of a target SNR (the SNR is then reported in truth.json)")
     p.add_argument("--diameter", type=_positive(float), default=None, help="particle diameter in A")
-    p.add_argument("--family", choices=SHAPE_FAMILIES, default=None, help="procedural particle shape (default ribosome)")
+    p.add_argument("--family", choices=ALL_FAMILIES, default=None, help="procedural particle shape (default ribosome)")
     p.add_argument("--model", default=None, help="atomic model file (PDB/mmCIF, may be gzipped) to use as the particle")
     p.add_argument("--defocus", type=_positive(float), nargs=2, default=[0.8, 3.5], metavar=("MIN", "MAX"),
                    help="defocus range in micrometres (default 0.8 3.5)")

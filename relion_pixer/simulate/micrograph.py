@@ -52,6 +52,7 @@ from relion_pixer.simulate.shapes import (
     FAMILY_SIZE_A,
     SHAPE_FAMILIES,
     ParticleModel,
+    check_family,
     load_atomic_model,
     make_shape,
     project_model,
@@ -353,7 +354,7 @@ def simulate_micrograph(
     snr : float or None
         Wanted linear SNR (see the module docstring for the exact definition); None: use ``dose``.
     families : tuple of str or str
-        Procedural shape families to draw species from (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`).
+        Procedural shape families to draw species from (:data:`~relion_pixer.simulate.shapes.ALL_FAMILIES`).
     model_files : sequence of path
         Atomic models (PDB/mmCIF) to draw species from as well (half of the draws when ``families`` is not
         empty); half of those become assemblies (dimer, ring, cylinder, cage, filament among ``families``, or
@@ -430,8 +431,7 @@ def simulate_micrograph(
         families = (families,)
     families = tuple(families)
     for f in families:
-        if f not in SHAPE_FAMILIES:
-            raise ValueError(f"unknown shape family {f!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+        check_family(f)
     model_files = list(model_files or ())
     if not families and not model_files:
         raise ValueError("no particle source: give families and/or model_files")
@@ -832,9 +832,7 @@ def random_config(rng: np.random.Generator, **overrides) -> dict:
     fixed = overrides.get("families")
     if fixed:  # size the particle for the family that will actually be drawn
         fixed = (fixed,) if isinstance(fixed, str) else tuple(fixed)
-        fam = fixed[int(rng.integers(len(fixed)))]
-        if fam not in FAMILY_SIZE_A:
-            raise ValueError(f"unknown shape family {fam!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+        fam = check_family(fixed[int(rng.integers(len(fixed)))])
     lo, hi = FAMILY_SIZE_A[fam]
     diameter_A = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     if overrides.get("particle_diameter_px") is not None:

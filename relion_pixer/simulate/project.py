@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from relion_pixer.simulate.micrograph import SimulatedMicrograph, simulate_micrograph
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, load_atomic_model, make_shape
+from relion_pixer.simulate.shapes import check_family, load_atomic_model, make_shape
 
 __all__ = ["simulate_project", "write_micrograph_files"]
 
@@ -127,7 +127,7 @@ def simulate_project(
     diameter_A : float, optional
         Particle diameter in Angstrom (default: the family's own size range; 300 A for ``ribosome``-like).
     family : str, optional
-        Procedural shape family (:data:`~relion_pixer.simulate.shapes.SHAPE_FAMILIES`); default ``ribosome``
+        Procedural shape family (:data:`~relion_pixer.simulate.shapes.ALL_FAMILIES`); default ``ribosome``
         unless ``model_file`` is given.
     model_file : str or Path, optional
         Atomic model (PDB / mmCIF) to use as the particle instead of a procedural shape.
@@ -169,8 +169,7 @@ def simulate_project(
             model = model.scaled(diameter_A)
     else:
         family = family or "ribosome"
-        if family not in SHAPE_FAMILIES:
-            raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+        check_family(family)
         if diameter_A is None and family == "ribosome":
             diameter_A = 300.0
         model = make_shape(species_rng, family, diameter=diameter_A, n_points=options.get("n_points", 4000))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from relion_pixer.simulate.micrograph import SimulatedMicrograph, simulate_micrograph
-from relion_pixer.simulate.shapes import SHAPE_FAMILIES, ParticleModel, make_shape
+from relion_pixer.simulate.shapes import ParticleModel, check_family, make_shape
 
 __all__ = ["SimulatedRefinement", "model_map", "simulate_refinement"]
 
@@ -173,8 +173,7 @@ def simulate_refinement(
     out_dir.mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence(int(seed)).spawn(int(n) + 1)
     if model is None:
-        if family not in SHAPE_FAMILIES:
-            raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+        check_family(family)
         model = make_shape(np.random.default_rng(children[0]), family, diameter=diameter_A,
                            n_points=options.pop("n_points", 4000))
     options.setdefault("size_jitter", 0.0)

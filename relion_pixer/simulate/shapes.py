@@ -22,6 +22,9 @@ import numpy as np
 __all__ = [
     "ParticleModel",
     "SHAPE_FAMILIES",
+    "EXTRA_FAMILIES",
+    "ALL_FAMILIES",
+    "check_family",
     "ASSEMBLY_FAMILIES",
     "make_shape",
     "project_model",
@@ -29,8 +32,22 @@ __all__ = [
     "ModelFileError",
 ]
 
-#: Procedural shape families, each drawable by :func:`make_shape`.
+#: Procedural shape families of the default mix (``random_config`` draws one of these).
 SHAPE_FAMILIES = ("globular", "dimer", "ring", "cylinder", "cage", "elongated", "ribosome")
+
+#: Families :func:`make_shape` also draws that the default mix leaves out (so that sets drawn before they existed
+#: are reproduced exactly): ``smooth``, featureless particles of uniform density (balls, ellipsoids, thick shells).
+EXTRA_FAMILIES = ("smooth",)
+
+#: Every family :func:`make_shape` can draw.
+ALL_FAMILIES = SHAPE_FAMILIES + EXTRA_FAMILIES
+
+
+def check_family(family: str) -> str:
+    """``family`` itself when :func:`make_shape` can draw it; otherwise a ValueError listing those it can."""
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(ALL_FAMILIES)}")
+    return family
 
 #: Families that are assemblies of subunits (can be built from an atomic model with ``make_shape(subunit=...)``).
 ASSEMBLY_FAMILIES = ("dimer", "ring", "cylinder", "cage", "elongated")
@@ -44,6 +61,7 @@ FAMILY_SIZE_A = {
     "cage": (250.0, 800.0),
     "elongated": (250.0, 800.0),
     "ribosome": (220.0, 350.0),
+    "smooth": (100.0, 500.0),
 }
 
 #: Protein volume per heavy atom in Angstrom^3 (1.35 g/cm^3 protein, ~14 Da per heavy atom incl. hydrogens).
@@ -295,6 +313,25 @@ def _elongated(rng, n, size, template=None):
     return np.concatenate(parts)
 
 
+def _smooth(rng, n, size):
+    """Featureless particle of uniform density: a ball or ellipsoid, or a thick spherical shell (as apoferritin
+    or a capsid look at low resolution), points spread evenly through the volume."""
+    R = size / 2.0
+    inner = rng.uniform(0.5, 0.8) if rng.random() < 0.5 else 0.0
+    v = rng.normal(size=(n, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    r = R * (inner**3 + (1.0 - inner**3) * rng.random(n)) ** (1.0 / 3.0)
+    axes = np.array([1.0, *rng.uniform(0.7, 1.0, 2)])
+    # the exact volume: the voxel count of make_shape underestimates it for points spread this evenly
+    volume = 4.0 / 3.0 * np.pi * R**3 * (1.0 - inner**3) * float(np.prod(axes))
+    return v * r[:, None] * axes, volume
+
+
+#: Blur of a ``smooth`` particle's points, as a fraction of its size: wide enough that its projection shows no
+#: point texture (the other families use 1/70, which leaves domain texture on purpose).
+SMOOTH_BLOB = 1.0 / 12.0
+
+
 def make_shape(
     rng: np.random.Generator,
     family: str,
@@ -309,7 +346,7 @@ def make_shape(
     rng : numpy.random.Generator
         Random source.
     family : str
-        One of :data:`SHAPE_FAMILIES`.
+        One of :data:`ALL_FAMILIES`.
     diameter : float, optional
         Wanted diameter (see :attr:`ParticleModel.diameter`) in Angstrom; default drawn from
         :data:`FAMILY_SIZE_A`.
@@ -324,8 +361,7 @@ def make_shape(
     ParticleModel
         ``family`` is the family name, or ``"<family>:<subunit family>"`` when built from ``subunit``.
     """
-    if family not in SHAPE_FAMILIES:
-        raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(SHAPE_FAMILIES)}")
+    check_family(family)
     if subunit is not None and family not in ASSEMBLY_FAMILIES:
         raise ValueError(f"family {family!r} is not an assembly; subunits work with {', '.join(ASSEMBLY_FAMILIES)}")
     if diameter is None:
@@ -357,6 +393,8 @@ def make_shape(
         xyz = _cage(rng, n, size, template=subunit)
     elif family == "elongated":
         xyz = _elongated(rng, n, size, template=subunit)
+    elif family == "smooth":
+        xyz, volume = _smooth(rng, n, size)
     else:  # ribosome: large subunit and a smaller one sitting on it, slightly offset
         r_l = size * 0.3
         r_s = r_l * rng.uniform(0.7, 0.85)
@@ -367,10 +405,11 @@ def make_shape(
     xyz = _centre(xyz)
     # protein volume: the voxels (two point sizes wide) that hold points; shared evenly over the points
     blob = size / 70.0
-    vol = _approx_volume(xyz, blob * 2.0)
+    vol = volume if family == "smooth" else _approx_volume(xyz, blob * 2.0)
     weight = np.full(len(xyz), vol / len(xyz), dtype=np.float32)
     name = family if subunit is None else f"{family}:{subunit.family}"
-    model = ParticleModel(xyz, weight, blob, name)
+    # smooth particles: the same volume, but each point blurred widely, so no point texture is left
+    model = ParticleModel(xyz, weight, size * SMOOTH_BLOB if family == "smooth" else blob, name)
     return model.scaled(diameter)
 
 
