@@ -44,6 +44,8 @@ __all__ = [
 
 NUM_CLASSES = 3
 DEFAULT_RATES = (2, 4, 6, 8)
+#: Pooling between the trunk's stages.
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 DEFAULT_WEIGHTS = "pixer_v4.pt"
 
 
@@ -62,19 +64,24 @@ class Trunk(nn.Sequential):
     ----------
     widths : sequence of int
         Channels of the three stages (full, 1/2 and 1/4 resolution).
+    pool : str
+        ``"max"`` (2x2 max pooling between the stages, as in the paper) or ``"avg"`` (2x2 averages).
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64)):
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), pool: str = "max"):
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
         w1, w2, w3 = widths
         super().__init__(
             _conv_bn_relu(1, w1),
-            nn.MaxPool2d(2),
+            POOLS[pool](2),
             _conv_bn_relu(w1, w2),
             _conv_bn_relu(w2, w2),
-            nn.MaxPool2d(2),
+            POOLS[pool](2),
             _conv_bn_relu(w2, w3),
             _conv_bn_relu(w3, w3),
         )
+        self.pool = pool
         self.widths = (int(w1), int(w2), int(w3))
         self.out_channels = w3
         self.stride = 4
@@ -163,16 +170,17 @@ class SegmentationNet(nn.Module):
         return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant")
 
 
-def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_SIZE) -> Classifier:
+def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_SIZE, pool: str = "max") -> Classifier:
     """A freshly initialised 3-way classifier."""
-    return Classifier(Trunk(widths), box_size=box_size)
+    return Classifier(Trunk(widths, pool), box_size=box_size)
 
 
 def build_segmenter(
-    classifier: Classifier | None = None, rates: Sequence[int] = DEFAULT_RATES, widths: Sequence[int] = (16, 32, 64)
+    classifier: Classifier | None = None, rates: Sequence[int] = DEFAULT_RATES, widths: Sequence[int] = (16, 32, 64),
+    pool: str = "max",
 ) -> SegmentationNet:
     """A segmentation net; its trunk is a copy of ``classifier``'s trunk when one is given (PIXER's initialisation)."""
-    trunk = copy.deepcopy(classifier.trunk) if classifier is not None else Trunk(widths)
+    trunk = copy.deepcopy(classifier.trunk) if classifier is not None else Trunk(widths, pool)
     return SegmentationNet(trunk, rates=rates)
 
 
@@ -199,6 +207,7 @@ def save_models(path: str | Path, classifier: Classifier, segmenter: Segmentatio
     payload = {
         "format": "relion_pixer/1",
         "widths": list(classifier.trunk.widths),
+        "pool": classifier.trunk.pool,
         "box_size": classifier.box_size,
         "rates": list(segmenter.rates),
         "classifier": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
@@ -252,9 +261,10 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
     if not isinstance(payload, dict) or payload.get("format") != "relion_pixer/1":
         raise ValueError(f"{path}: not a relion_pixer model file (missing format tag)")
     try:
-        classifier = build_classifier(payload["widths"], payload["box_size"])
+        pool = payload.get("pool", "max")  # files from before the option: max pooling
+        classifier = build_classifier(payload["widths"], payload["box_size"], pool)
         classifier.load_state_dict(payload["classifier"])
-        segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"])
+        segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"], pool=pool)
         segmenter.load_state_dict(payload["segmenter"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -75,6 +75,8 @@ class TrainConfig:
     cls_lr: float = 2e-3
     # networks: trunk channels of the three stages (full, 1/2 and 1/4 resolution)
     widths: tuple = (16, 32, 64)
+    # pooling between the trunk's stages: "max" (the paper's) or "avg"
+    pool: str = "max"
     # segmentation
     seg_steps: int = 3000
     seg_batch: int = 8
@@ -748,7 +750,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     if init is not None:
         classifier, segmenter = init.classifier, init.segmenter
     else:
-        classifier = build_classifier(cfg.widths)
+        classifier = build_classifier(cfg.widths, pool=cfg.pool)
         segmenter = None
     classifier.to(device)
     state = run.load_checkpoint() if resume else None

@@ -86,6 +86,27 @@ def test_save_and_load_roundtrip(tmp_path):
     assert torch.allclose(models.classifier(x), clf(x), atol=1e-4)
 
 
+def test_average_pooling_trunk_is_kept_through_save_and_load(tmp_path):
+    clf = build_classifier(pool="avg").eval()
+    assert sum(isinstance(m, torch.nn.AvgPool2d) for m in clf.trunk) == 2
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in clf.trunk)
+    seg = build_segmenter(clf).eval()
+    assert seg.trunk.pool == "avg"
+    path = tmp_path / "avg.pt"
+    save_models(path, clf, seg)
+    models = load_pretrained(path)
+    assert models.segmenter.trunk.pool == "avg" and models.classifier.trunk.pool == "avg"
+    x = torch.randn(1, 1, 64, 64)
+    assert torch.allclose(models.segmenter(x), seg(x), atol=1e-4)
+    # files written before the option have no "pool" entry: their trunks max-pool
+    payload = torch.load(path, weights_only=True)
+    del payload["pool"]
+    torch.save(payload, path)
+    assert load_pretrained(path).segmenter.trunk.pool == "max"
+    with pytest.raises(ValueError, match="pool must be one of max, avg"):
+        build_classifier(pool="median")
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_pretrained(tmp_path / "nope.pt")

@@ -19,7 +19,14 @@ from relion_pixer.simulate.micrograph import (
     random_config,
     simulate_micrograph,
 )
-from relion_pixer.simulate.shapes import ALL_FAMILIES, SHAPE_FAMILIES, ModelFileError, ParticleModel, load_atomic_model, make_shape
+from relion_pixer.simulate.shapes import (
+    ALL_FAMILIES,
+    SHAPE_FAMILIES,
+    ModelFileError,
+    ParticleModel,
+    load_atomic_model,
+    make_shape,
+)
 
 __all__ = [
     "SimulatedMicrograph",

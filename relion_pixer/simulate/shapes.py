@@ -49,6 +49,7 @@ def check_family(family: str) -> str:
         raise ValueError(f"unknown shape family {family!r}; choose from {', '.join(ALL_FAMILIES)}")
     return family
 
+
 #: Families that are assemblies of subunits (can be built from an atomic model with ``make_shape(subunit=...)``).
 ASSEMBLY_FAMILIES = ("dimer", "ring", "cylinder", "cage", "elongated")
 
