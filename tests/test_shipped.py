@@ -105,3 +105,20 @@ def test_clearly_visible_particles_are_all_found(seed):
     res = pick_micrograph(sim.image, 2.5, 2.5 * 64.0, load_pretrained(), PickParams())
     scores = pooled_precision_recall_f1([res.xy], [sim.coords[inside]], radius=32.0)
     assert scores.recall >= 0.8 and scores.precision >= 0.8, scores
+
+
+@pytest.mark.parametrize("phase_plate", [False, True])
+def test_featureless_particles_imaged_through_the_microscope_are_found(phase_plate):
+    """Uniform-density balls and shells (the simulator's "smooth" family, never trained on) look like ice blobs
+    without texture; imaged through the CTF, or in focus with a phase plate (no fringes), they must still be found."""
+    rng = np.random.default_rng(4246 + phase_plate)  # not a training seed
+    extra = {"phase_shift": 90.0, "defocus_um": 0.02} if phase_plate else {}
+    cfg = random_config(
+        rng, snr=1.0, angpix=2.5, particle_diameter_px=64.0, families="smooth", empty=False,
+        n_ice=0, carbon_edge=False, carbon_hole=False, density=0.2, **extra,
+    )
+    sim = simulate_micrograph(rng, shape=(768, 768), **cfg)
+    inside = np.all((sim.coords >= 32) & (sim.coords <= 768 - 1 - 32), axis=1)
+    res = pick_micrograph(sim.image, 2.5, 2.5 * 64.0, load_pretrained(), PickParams())
+    scores = pooled_precision_recall_f1([res.xy], [sim.coords[inside]], radius=32.0)
+    assert inside.sum() >= 10 and scores.recall >= 0.8, scores
