@@ -33,6 +33,7 @@ __all__ = [
     "nearest_resample",
     "cut_boxes",
     "density_map",
+    "nearest_pixels",
     "values_at",
 ]
 
@@ -327,7 +328,13 @@ def density_map(image: np.ndarray, diameter_px: float, disk: float = DENSITY_DIS
     return -scipy.signal.fftconvolve(img, kernel / kernel.sum(), mode="same")
 
 
+def nearest_pixels(xy: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the pixels nearest to the ``(x, y)`` rows of ``xy`` in an image of ``shape``, clipped
+    into it: ``image[nearest_pixels(xy, image.shape)]`` reads the image there."""
+    ij = np.clip(np.round(np.asarray(xy, np.float64).reshape(-1, 2)).astype(int), 0, np.array(shape[1::-1]) - 1)
+    return ij[:, 1], ij[:, 0]
+
+
 def values_at(values: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """``values`` at the pixels nearest to the ``(x, y)`` rows of ``xy`` (clipped into the image)."""
-    ij = np.clip(np.round(np.asarray(xy, np.float64).reshape(-1, 2)).astype(int), 0, np.array(values.shape[::-1]) - 1)
-    return values[ij[:, 1], ij[:, 0]]
+    return values[nearest_pixels(xy, values.shape)]

@@ -329,7 +329,7 @@ def far_background(image: np.ndarray, xy: np.ndarray, percentile: float, distanc
     """
     from scipy.ndimage import distance_transform_edt
 
-    from relion_pixer.preprocess import density_map, values_at
+    from relion_pixer.preprocess import density_map, nearest_pixels, values_at
 
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     if not len(xy):
@@ -338,8 +338,7 @@ def far_background(image: np.ndarray, xy: np.ndarray, percentile: float, distanc
     cut = np.percentile(values_at(dens, xy), percentile)
     clear = distance_transform_edt(dens < cut) > 0.5 * NET_DIAMETER_PX
     centres = np.ones(image.shape, bool)
-    ij = np.clip(np.round(xy).astype(int), 0, np.array(image.shape[::-1]) - 1)
-    centres[ij[:, 1], ij[:, 0]] = False
+    centres[nearest_pixels(xy, image.shape)] = False
     return clear & (distance_transform_edt(centres) > distance * NET_DIAMETER_PX)
 
 

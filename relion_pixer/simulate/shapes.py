@@ -372,6 +372,8 @@ def make_shape(
         raise ValueError(f"diameter must be positive, got {diameter!r}")
     n = int(n_points or MAX_POINTS)
     size = 100.0  # build at a reference size, then scale
+    blob = size / 70.0  # point blur
+    volume = None  # protein volume, when the family knows it exactly
     if family == "globular":
         aspect = rng.uniform(0.6, 1.0, 2)
         xyz = _lumpy_blob(rng, n, size / 2, lumps=int(rng.integers(4, 14))) * np.array([1.0, aspect[0], aspect[1]])
@@ -396,6 +398,7 @@ def make_shape(
         xyz = _elongated(rng, n, size, template=subunit)
     elif family == "smooth":
         xyz, volume = _smooth(rng, n, size)
+        blob = size * SMOOTH_BLOB  # wide, so that no point texture is left
     else:  # ribosome: large subunit and a smaller one sitting on it, slightly offset
         r_l = size * 0.3
         r_s = r_l * rng.uniform(0.7, 0.85)
@@ -404,13 +407,12 @@ def make_shape(
         small = _lumpy_blob(rng, n - n_l, r_s, 8) * np.array([1.15, 0.8, 0.85]) + np.array([0.0, 0.15 * r_l, r_l * 0.6])
         xyz = np.concatenate([large, small])
     xyz = _centre(xyz)
-    # protein volume: the voxels (two point sizes wide) that hold points; shared evenly over the points
-    blob = size / 70.0
-    vol = volume if family == "smooth" else _approx_volume(xyz, blob * 2.0)
-    weight = np.full(len(xyz), vol / len(xyz), dtype=np.float32)
+    # otherwise the protein volume is the voxels (two point sizes wide) that hold points; shared evenly over them
+    if volume is None:
+        volume = _approx_volume(xyz, 2.0 * size / 70.0)
+    weight = np.full(len(xyz), volume / len(xyz), dtype=np.float32)
     name = family if subunit is None else f"{family}:{subunit.family}"
-    # smooth particles: the same volume, but each point blurred widely, so no point texture is left
-    model = ParticleModel(xyz, weight, size * SMOOTH_BLOB if family == "smooth" else blob, name)
+    model = ParticleModel(xyz, weight, blob, name)
     return model.scaled(diameter)
 
 
