@@ -26,7 +26,12 @@ without a particle, so it needs its threshold several standard deviations above 
 every particle-sized place of the micrograph (``area / (pi r^2)``, of which the particles fill some) is tested
 once, with a statistic distributed N(d', 1) at a particle and N(0, 1) elsewhere, at the threshold that maximises
 the expected F1. A real picker tests many positions per place, does not know the particles' images, and so does
-worse: the bound is generous. Usage::
+worse: the bound is generous.
+
+The script also asks whether the picker should use each micrograph's CTF (RELION's ``micrographs_ctf.star`` has
+it): beyond the CTF's first zero the particle's signal changes sign from ring to ring with the defocus, so only a
+picker that knows the defocus (by phase flipping, say) can add it up. The share of each particle's ``d'^2`` (network
+scale) that lies beyond the first zero is the most that knowing the CTF could add. Usage::
 
     python benchmarks/bench_detectability.py [--snr 0.01] [--n 12] [--angpix 1 --diameter 150 --size 2048]
         [--seed 900000] [--model FILE] [--json OUT]
@@ -37,6 +42,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import scipy.fft
 import torch
 
 from bench_sim import sim_arguments, simulate, tuned_log_threshold
@@ -44,6 +50,7 @@ from common import picks_from_maps, run_log, segment_all
 from relion_pixer.evaluate import match_picks, matched_filter_dprime
 from relion_pixer.models import load_pretrained
 from relion_pixer.preprocess import resample, scale_factor
+from relion_pixer.simulate import ctf_2d
 
 #: d' bins (network scale) for the recall table.
 BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0, np.inf)
@@ -61,6 +68,24 @@ def detectability(signal: np.ndarray, noise: np.ndarray, xy: np.ndarray, diamete
     """``d'`` of each particle at ``xy``, the signal cut in a box and masked to a disc (:data:`WINDOWS`)."""
     box, mask = WINDOWS[window]
     return matched_filter_dprime(signal, noise, xy, int(round(box * diameter_px)), 0.5 * mask * diameter_px, rng=rng)
+
+
+def first_ctf_zero(meta: dict, angpix: float) -> float:
+    """Spatial frequency (1/A) of the first zero of a simulated micrograph's CTF (mean defocus; ``inf`` when it
+    lies beyond Nyquist at ``angpix``)."""
+    mean = 0.5 * (meta["defocus_u"] + meta["defocus_v"])
+    ctf = ctf_2d((1, 8192), angpix, meta["voltage"], meta["cs"], meta["amplitude_contrast"], mean, mean, 0.0,
+                 phase_shift=meta["phase_shift"])[0]
+    below = np.flatnonzero(ctf <= 0.0)
+    return float(scipy.fft.rfftfreq(8192, d=angpix)[below[0]]) if len(below) else float("inf")
+
+
+def lowpass_hard(image: np.ndarray, angpix: float, cutoff: float) -> np.ndarray:
+    """``image`` with every spatial frequency at or above ``cutoff`` (1/A) removed."""
+    ky = scipy.fft.fftfreq(image.shape[0], d=angpix)[:, None]
+    kx = scipy.fft.rfftfreq(image.shape[1], d=angpix)[None, :]
+    keep = np.hypot(ky, kx) < cutoff
+    return scipy.fft.irfft2(scipy.fft.rfft2(image) * keep, s=image.shape).astype(np.float32)
 
 
 def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
@@ -120,7 +145,10 @@ def main() -> None:
     empty_places = sum(max(0.0, args.size * args.size / place - len(sim.coords)) for sim in sims)
     # d' of every particle per (scale, window), micrographs in order
     per_mic = {(scale, window): [] for scale in ("native", "network") for window in WINDOWS}
-    for m, sim in zip(mics, sims):
+    # the share of d'^2 beyond the first CTF zero at network scale, what only a picker that knows the CTF could
+    # add up coherently (own noise boxes, the same for both terms, so the figures above do not change)
+    beyond = []
+    for i, (m, sim) in enumerate(zip(mics, sims)):
         noise = sim.image - sim.clean
         s_net, fac = resample(sim.particle_signal, factor)
         n_net, _ = resample(noise, factor)
@@ -128,6 +156,11 @@ def main() -> None:
                  "network": (s_net, n_net, m.truth * np.array([fac[1], fac[0]]), d_px * fac[1])}
         for scale, window in per_mic:
             per_mic[scale, window].append(detectability(*views[scale], rng, window))
+        angpix_net = args.angpix / fac[1]
+        low = lowpass_hard(s_net, angpix_net, first_ctf_zero(sim.meta, angpix_net))
+        full2, low2 = (detectability(sig, *views["network"][1:], np.random.default_rng([args.seed, i])) ** 2
+                       for sig in (s_net, low))
+        beyond.append(1.0 - low2 / np.maximum(full2, 1e-12))
         sim.particle_signal = None  # 16 MB each
     dprime = {key: np.concatenate(v) for key, v in per_mic.items()}
     nat, net = dprime["native", "tight"], dprime["network", "tight"]
@@ -156,6 +189,8 @@ def main() -> None:
         "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, net), "log": recall_by_bin(log, net)},
         "recall_by_family": recall_by_family(pixer, family_of_truth(mics, sims), net),
         "log_threshold": log_t,
+        "dprime2_share_beyond_first_ctf_zero_percentiles_10_50_90": [
+            float(v) for v in np.percentile(np.concatenate(beyond), q)],
     }
     print(f"simulated, SNR {args.snr:g}, {args.n} micrographs of {args.size} px, particles {d_px:.0f} px "
           f"({len(nat)} particles)")
@@ -169,6 +204,9 @@ def main() -> None:
           f"{figures['f1_bound_native']:.3f}, network scale {figures['f1_bound_network']:.3f}; with the wide window "
           f"(median native d' {figures['dprime_native_median_wide']:.1f}) {figures['f1_bound_native_wide']:.3f} / "
           f"{figures['f1_bound_network_wide']:.3f}")
+    print("share of d'^2 (network scale) beyond the first CTF zero, 10th / 50th / 90th percentile: " + " / ".join(
+        f"{v:.1%}" for v in figures["dprime2_share_beyond_first_ctf_zero_percentiles_10_50_90"])
+          + " (what a picker that knows each micrograph's CTF could add up that one that does not cannot)")
     print("recall by network-scale d':   " + "  ".join(
         f"[{r['lo']:g},{r['hi']:g}) n={r['particles']}" for r in figures["recall_by_network_dprime"]["pixer"]))
     for name in ("pixer", "log"):

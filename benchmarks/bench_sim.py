@@ -10,8 +10,10 @@ The LoG threshold is tuned on a separate simulated set. Reports:
 pooled precision/recall/F1 at half a diameter (one-to-one), and the mean particle IoU of the segmentation mask
 (probability >= 0.5) against the simulator's label map at network scale, with the share of particles it misses
 (IoU < 0.1), the median IoU of those it finds, and the mean IoU per quartile of the true masks' areas (thin,
-elongated particles have the smallest masks and the least signal). It also reports the picks with the classifier's
-threshold at 0 (how much the classifier stage removes) and the median distance of matched picks from the true
+elongated particles have the smallest masks and the least signal); beside it the IoU of the best masks the
+network's output head can draw at its output stride (``relion_pixer.evaluate.best_mask_at_stride``), what a perfect
+network of this design would reach. It also reports the picks with the classifier's threshold at 0 (how much the
+classifier stage removes) and the median distance of matched picks from the true
 centre at network scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90 [--defocus 0.02]]
@@ -28,7 +30,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import Micrograph, best_threshold, fmt, particle_mask_ious, picks_from_maps, run_log, score, segment_all
+from common import (
+    Micrograph,
+    best_threshold,
+    fmt,
+    particle_mask_ious,
+    picks_from_maps,
+    run_log,
+    score,
+    segment_all,
+    best_head_ious,
+)
 from relion_pixer import NET_DIAMETER_PX
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -117,6 +129,7 @@ def main() -> None:
     params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative, map_odds=args.map_odds)
     pixer = picks_from_maps(maps, d, models, params)
     ious, areas = particle_mask_ious(models, mics, sims, d)
+    best_head = best_head_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
     quartile = np.clip(np.searchsorted(edges, areas, side="right") - 1, 0, 3)
     figures = {
@@ -143,6 +156,9 @@ def main() -> None:
         "median_iou_found": float(np.median(ious[ious >= 0.1])) if (ious >= 0.1).any() else float("nan"),
         "iou_by_area_quartile": [float(ious[quartile == q].mean()) for q in range(4)],
         "area_quartile_edges_px": [float(e) for e in edges],
+        # what a perfect network of this design would reach: the best masks its output head can draw
+        "mask_iou_best_head": float(best_head.mean()),
+        "best_head_iou_by_area_quartile": [float(best_head[quartile == q].mean()) for q in range(4)],
     }
     print(f"simulated, SNR {args.snr:g} ({10 * np.log10(args.snr):.0f} dB), {args.n} micrographs of {args.size} px, "
           f"particles {d / args.angpix:.0f} px (network scale {NET_DIAMETER_PX} px)"
@@ -160,6 +176,9 @@ def main() -> None:
     print(f"mean particle IoU of the segmentation mask: {figures['mean_particle_iou']:.3f} "
           f"(missed {figures['missed_fraction']:.1%}, median of the found {figures['median_iou_found']:.3f}; "
           f"by mask-area quartile {' / '.join(f'{v:.2f}' for v in figures['iou_by_area_quartile'])})")
+    print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network) read "
+          f"{figures['mask_iou_best_head']:.3f} (by quartile "
+          f"{' / '.join(f'{v:.2f}' for v in figures['best_head_iou_by_area_quartile'])})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
-from relion_pixer.evaluate import particle_ious, pooled_precision_recall_f1  # noqa: E402
+from relion_pixer.evaluate import best_mask_at_stride, particle_ious, pooled_precision_recall_f1  # noqa: E402
 from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
@@ -82,18 +82,31 @@ def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
     return out
 
 
-def particle_mask_ious(models, mics: list[Micrograph], sims, diameter_A: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps, and
-    each particle's mask area (network-scale pixels)."""
+def _particle_ious(mics: list[Micrograph], sims, diameter_A: float, mask_of) -> tuple[np.ndarray, np.ndarray]:
+    """Per-particle IoU of ``mask_of(net_image, instances)`` against the simulator's instance maps at network
+    scale, and each particle's mask area (network-scale pixels)."""
     ious, areas = [], []
     for m, sim in zip(mics, sims):
         net, _ = prepare(m.image, m.angpix, diameter_A)
-        prob = predict_probability(models.segmenter, net).numpy()
         inst = nearest_resample(np.asarray(sim.instances, np.int32), net.shape)
-        ids, iou = particle_ious(prob >= 0.5, inst)[:2]
+        ids, iou = particle_ious(mask_of(net, inst), inst)[:2]
         ious.extend(iou)
         areas.extend(np.bincount(inst.ravel())[np.asarray(ids, dtype=np.int64)])
     return np.asarray(ious, np.float64), np.asarray(areas, np.float64)
+
+
+def particle_mask_ious(models, mics: list[Micrograph], sims, diameter_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-particle IoU of the segmentation mask (probability >= 0.5) against the simulator's instance maps, and
+    each particle's mask area (network-scale pixels)."""
+    return _particle_ious(mics, sims, diameter_A,
+                          lambda net, inst: predict_probability(models.segmenter, net).numpy() >= 0.5)
+
+
+def best_head_ious(models, mics: list[Micrograph], sims, diameter_A: float) -> np.ndarray:
+    """Per-particle IoU of the best masks the segmenter's output head can draw at its output stride
+    (:func:`relion_pixer.evaluate.best_mask_at_stride`): what a perfect network of this design would reach."""
+    stride = models.segmenter.trunk.stride
+    return _particle_ious(mics, sims, diameter_A, lambda net, inst: best_mask_at_stride(inst > 0, stride))[0]
 
 
 def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:

@@ -28,6 +28,14 @@ Per-particle IoU (:func:`particle_ious`)
     belong to a *neighbouring* true particle are ignored, and the IoU is ``|P_k & T_k| / |P_k | T_k|``.
     Predicted pixels on background near the particle (over-segmentation, merged blobs) lower it, as do missed
     particle pixels.
+Best mask at an output stride (:func:`best_mask_at_stride`)
+    What a segmentation head of output stride ``s`` can draw at best for a known mask: a logit map at ``1/s`` of
+    the resolution, upsampled bilinearly as :class:`relion_pixer.models.SegmentationNet` upsamples its logits
+    and cut at 0 (probability 0.5), fitted to the mask (binary cross-entropy, Adam, from the logits of the mask's
+    ``s x s`` cell averages). Its per-particle IoUs bound what a perfect network of that stride could reach, so
+    they tell whether the coarse output or the network's confidence limits a mask IoU. (The cell averages
+    alone, cut at 0.5, lose thin particles; fitted logits keep them, because the width of a level set between
+    two cell centres is set by the ratio of their logits.)
 Ideal-observer detectability (:func:`matched_filter_dprime`)
     For simulations, where each particle's noise-free image ``s`` and the exact noise are known: the prewhitened
     matched filter's ``d'^2 = sum_k |S_k|^2 / P_N(k)`` (orthonormal FFT of ``s`` in a box around the particle,
@@ -392,6 +400,50 @@ def particle_ious(pred_mask, instance_map, margin_px: int = 8) -> tuple[np.ndarr
         p = pred[y0:y1, x0:x1] & ((win == 0) | t)
         ious[n] = np.count_nonzero(p & t) / np.count_nonzero(p | t)
     return ids, ious
+
+
+def best_mask_at_stride(mask, stride: int, steps: int = 300) -> np.ndarray:
+    """The mask closest to ``mask`` that a segmentation head of output stride ``stride`` can draw (module notes).
+
+    Parameters
+    ----------
+    mask : array_like
+        2D mask (non-zero = particle).
+    stride : int
+        Output stride (:class:`relion_pixer.models.Trunk`'s ``stride``, 4 for the shipped networks).
+    steps : int
+        Adam steps of the fit (300 is enough for particle-sized masks at stride 4).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the same shape.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m = _as_mask(mask, None, "mask")
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2D, got shape {m.shape}")
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    stride = int(stride)
+    h, w = m.shape
+    target = torch.from_numpy(m.astype(np.float32))[None, None]
+    target = F.pad(target, (0, (-w) % stride, 0, (-h) % stride), mode="replicate")
+
+    def draw(logits):
+        return F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+
+    with torch.enable_grad():
+        logits = torch.logit(F.avg_pool2d(target, stride).clamp(0.02, 0.98)).requires_grad_(True)
+        opt = torch.optim.Adam([logits], lr=0.1)
+        for _ in range(steps if stride > 1 else 0):
+            loss = F.binary_cross_entropy_with_logits(4.0 * draw(logits), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return draw(logits.detach())[0, 0, :h, :w].numpy() > 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -170,6 +170,24 @@ def test_mask_iou():
         ev.mask_iou(a, b[:5])
 
 
+def test_best_mask_at_stride():
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 31.5) ** 2 + (xx - 30.0) ** 2 <= 12.0**2
+    np.testing.assert_array_equal(ev.best_mask_at_stride(disc, 1), disc)
+    # a disc 24 px across is drawn almost exactly at output stride 4
+    assert ev.mask_iou(ev.best_mask_at_stride(disc, 4), disc) > 0.9
+    # a line 2 px wide: the cell averages cut at 0.5 lose it, fitted logits draw it (the level set's width is set
+    # by the ratio of neighbouring logits)
+    line = np.zeros((64, 66), bool)  # not a multiple of the stride: padded, then cropped back
+    line[29:31, 8:56] = True
+    drawn = ev.best_mask_at_stride(line, 4)
+    assert drawn.shape == line.shape and ev.mask_iou(drawn, line) > 0.9
+    averaged = ev.best_mask_at_stride(line, 4, steps=0)
+    assert ev.mask_iou(averaged, line) < 0.5
+    with pytest.raises(ValueError, match="stride"):
+        ev.best_mask_at_stride(disc, 0)
+
+
 def test_particle_ious():
     inst = np.zeros((40, 60), np.int32)
     inst[5:15, 5:15] = 1  # 100 px
