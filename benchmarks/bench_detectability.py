@@ -17,7 +17,9 @@ bounds as a range. It is computed twice: on the micrograph as recorded (native s
 after the picker's Fourier crop to network scale (particle :data:`relion_pixer.NET_DIAMETER_PX` px), which shows
 how much of each particle's information the network scale keeps. Recall of PIXER (defaults) and of the LoG
 baseline is reported per ``d'`` bin at network scale, so one can see whether the picker misses particles that
-carry the information or only those that do not, and PIXER's recall per particle shape family.
+carry the information or only those that do not, and PIXER's recall per particle shape family, with the highest
+probability its segmentation map reaches inside each particle's true mask (low: the network does not see the
+particle; high with a low recall: the picking stage drops it).
 
 For scale: a picker scanning a micrograph must keep false alarms rare among the many particle-sized places
 without a particle, so it needs its threshold several standard deviations above the noise; with one false alarm per
@@ -43,13 +45,14 @@ import json
 
 import numpy as np
 import scipy.fft
+import scipy.ndimage
 import torch
 
 from bench_sim import sim_arguments, simulate, tuned_log_threshold
 from common import picks_from_maps, run_log, segment_all
 from relion_pixer.evaluate import match_picks, matched_filter_dprime
 from relion_pixer.models import load_pretrained
-from relion_pixer.preprocess import resample, scale_factor
+from relion_pixer.preprocess import nearest_resample, resample, scale_factor
 from relion_pixer.simulate import ctf_2d
 
 #: d' bins (network scale) for the recall table.
@@ -118,9 +121,24 @@ def family_of_truth(mics, sims) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
-def recall_by_family(found: np.ndarray, families: np.ndarray, dprime: np.ndarray) -> dict:
+def peak_probability(maps, mics, sims) -> np.ndarray:
+    """The highest probability the segmentation map gives inside each true particle's mask (all micrographs in
+    order; NaN where the mask vanishes at network scale): whether the network sees a particle at all."""
+    out = []
+    for (_, prob, _), m, sim in zip(maps, mics, sims):
+        prob = np.asarray(prob)
+        inst = nearest_resample(np.asarray(sim.instances, np.int32), prob.shape)
+        peak = scipy.ndimage.maximum(prob, inst, np.arange(1, len(sim.coords) + 1))
+        present = np.bincount(inst.ravel(), minlength=len(sim.coords) + 1)[1:] > 0
+        peak = np.where(present, peak, np.nan)
+        out.extend(peak[int(np.argmin(np.hypot(*(sim.coords - p).T)))] for p in m.truth)
+    return np.asarray(out, np.float64)
+
+
+def recall_by_family(found: np.ndarray, families: np.ndarray, dprime: np.ndarray, peak: np.ndarray) -> dict:
     return {str(f): {"particles": int((families == f).sum()), "recall": float(found[families == f].mean()),
-                     "median_dprime_network": float(np.median(dprime[families == f]))}
+                     "median_dprime_network": float(np.median(dprime[families == f])),
+                     "median_peak_probability": float(np.nanmedian(peak[families == f]))}
             for f in sorted(set(families))}
 
 
@@ -165,7 +183,8 @@ def main() -> None:
     dprime = {key: np.concatenate(v) for key, v in per_mic.items()}
     nat, net = dprime["native", "tight"], dprime["network", "tight"]
     models = load_pretrained(args.model)
-    pixer = found_truth(picks_from_maps(segment_all(mics, d, models), d, models), mics, radius)
+    maps = segment_all(mics, d, models)
+    pixer = found_truth(picks_from_maps(maps, d, models), mics, radius)
     log_t = tuned_log_threshold(args)
     log = found_truth(run_log(mics, d, log_t), mics, radius)
 
@@ -187,7 +206,8 @@ def main() -> None:
         "f1_bound_native_wide": f1_bound(dprime["native", "wide"], empty_places),
         "f1_bound_network_wide": f1_bound(dprime["network", "wide"], empty_places),
         "recall_by_network_dprime": {"pixer": recall_by_bin(pixer, net), "log": recall_by_bin(log, net)},
-        "recall_by_family": recall_by_family(pixer, family_of_truth(mics, sims), net),
+        "recall_by_family": recall_by_family(pixer, family_of_truth(mics, sims), net,
+                                             peak_probability(maps, mics, sims)),
         "log_threshold": log_t,
         "dprime2_share_beyond_first_ctf_zero_percentiles_10_50_90": [
             float(v) for v in np.percentile(np.concatenate(beyond), q)],
@@ -212,8 +232,9 @@ def main() -> None:
     for name in ("pixer", "log"):
         print(f"  {name:6s}" + "".join(f"{r['recall']:>11.2f}" if r["particles"] else f"{'-':>11s}"
                                        for r in figures["recall_by_network_dprime"][name]))
-    print("PIXER recall by particle family (median network-scale d'): " + ", ".join(
-        f"{f} {r['recall']:.2f} ({r['median_dprime_network']:.1f}, n={r['particles']})"
+    print("PIXER recall by particle family (median network-scale d'; median highest probability in the true mask): "
+          + ", ".join(f"{f} {r['recall']:.2f} ({r['median_dprime_network']:.1f}; {r['median_peak_probability']:.2f}, "
+                      f"n={r['particles']})"
         for f, r in figures["recall_by_family"].items()))
     if args.json:
         with open(args.json, "w") as fh:
