@@ -18,8 +18,8 @@ after the picker's Fourier crop to network scale (particle :data:`relion_pixer.N
 how much of each particle's information the network scale keeps. Recall of PIXER (defaults) and of the LoG
 baseline is reported per ``d'`` bin at network scale, so one can see whether the picker misses particles that
 carry the information or only those that do not, and PIXER's recall per particle shape family, with the highest
-probability its segmentation map reaches inside each particle's true mask (low: the network does not see the
-particle; high with a low recall: the picking stage drops it).
+probability its segmentation map reaches inside each particle's true mask, for all particles and for the missed
+ones (low: the network does not see the particle; 0.5 or more: it does, and the picking stage drops it).
 
 For scale: a picker scanning a micrograph must keep false alarms rare among the many particle-sized places
 without a particle, so it needs its threshold several standard deviations above the noise; with one false alarm per
@@ -136,10 +136,19 @@ def peak_probability(maps, mics, sims) -> np.ndarray:
 
 
 def recall_by_family(found: np.ndarray, families: np.ndarray, dprime: np.ndarray, peak: np.ndarray) -> dict:
-    return {str(f): {"particles": int((families == f).sum()), "recall": float(found[families == f].mean()),
-                     "median_dprime_network": float(np.median(dprime[families == f])),
-                     "median_peak_probability": float(np.nanmedian(peak[families == f]))}
-            for f in sorted(set(families))}
+    out = {}
+    for f in sorted(set(families)):
+        sel = families == f
+        missed = sel & ~found
+        out[str(f)] = {
+            "particles": int(sel.sum()), "recall": float(found[sel].mean()),
+            "median_dprime_network": float(np.median(dprime[sel])),
+            "median_peak_probability": float(np.nanmedian(peak[sel])),
+            # the missed ones: a low peak means the network did not see them, a high one that picking dropped them
+            "median_peak_probability_missed": float(np.nanmedian(peak[missed])) if missed.any() else float("nan"),
+            "missed_with_peak_above_half": int((missed & (peak >= 0.5)).sum()),
+        }
+    return out
 
 
 def recall_by_bin(found: np.ndarray, dprime: np.ndarray) -> list[dict]:
@@ -236,6 +245,10 @@ def main() -> None:
           + ", ".join(f"{f} {r['recall']:.2f} ({r['median_dprime_network']:.1f}; {r['median_peak_probability']:.2f}, "
                       f"n={r['particles']})"
         for f, r in figures["recall_by_family"].items()))
+    missed = {f: r for f, r in figures["recall_by_family"].items() if r["recall"] < 1.0}
+    print("missed particles, median highest probability in the true mask (how many reach 0.5 or more): " + ", ".join(
+        f"{f} {r['median_peak_probability_missed']:.2f} ({r['missed_with_peak_above_half']} of "
+        f"{round(r['particles'] * (1.0 - r['recall']))})" for f, r in missed.items()))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
