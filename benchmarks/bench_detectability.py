@@ -243,8 +243,7 @@ def main() -> None:
                                        for r in figures["recall_by_network_dprime"][name]))
     print("PIXER recall by particle family (median network-scale d'; median highest probability in the true mask): "
           + ", ".join(f"{f} {r['recall']:.2f} ({r['median_dprime_network']:.1f}; {r['median_peak_probability']:.2f}, "
-                      f"n={r['particles']})"
-        for f, r in figures["recall_by_family"].items()))
+                      f"n={r['particles']})" for f, r in figures["recall_by_family"].items()))
     missed = {f: r for f, r in figures["recall_by_family"].items() if r["recall"] < 1.0}
     print("missed particles, median highest probability in the true mask (how many reach 0.5 or more): " + ", ".join(
         f"{f} {r['median_peak_probability_missed']:.2f} ({r['missed_with_peak_above_half']} of "

@@ -11,8 +11,8 @@ pooled precision/recall/F1 at half a diameter (one-to-one), and the mean particl
 (probability >= 0.5) against the simulator's label map at network scale, with the share of particles it misses
 (IoU < 0.1), the median IoU of those it finds, and the mean IoU per quartile of the true masks' areas (thin,
 elongated particles have the smallest masks and the least signal); beside it the IoU of the best masks the
-network's output head can draw at its output stride (``relion_pixer.evaluate.best_mask_at_stride``), what a perfect
-network of this design would reach. It also reports the picks with the classifier's threshold at 0 (how much the
+network's output head can draw at its output stride (``relion_pixer.evaluate.best_mask_at_stride``), which a
+perfect network of this design would reach at least. It also reports the picks with the classifier's threshold at 0 (how much the
 classifier stage removes) and the median distance of matched picks from the true
 centre at network scale. Usage::
 
@@ -32,6 +32,7 @@ import torch
 
 from common import (
     Micrograph,
+    best_head_ious,
     best_threshold,
     fmt,
     particle_mask_ious,
@@ -39,7 +40,6 @@ from common import (
     run_log,
     score,
     segment_all,
-    best_head_ious,
 )
 from relion_pixer import NET_DIAMETER_PX
 from relion_pixer.evaluate import match_picks
@@ -156,7 +156,7 @@ def main() -> None:
         "median_iou_found": float(np.median(ious[ious >= 0.1])) if (ious >= 0.1).any() else float("nan"),
         "iou_by_area_quartile": [float(ious[quartile == q].mean()) for q in range(4)],
         "area_quartile_edges_px": [float(e) for e in edges],
-        # what a perfect network of this design would reach: the best masks its output head can draw
+        # what a perfect network of this design would reach at least: the best masks its output head can draw
         "mask_iou_best_head": float(best_head.mean()),
         "best_head_iou_by_area_quartile": [float(best_head[quartile == q].mean()) for q in range(4)],
     }
@@ -176,7 +176,7 @@ def main() -> None:
     print(f"mean particle IoU of the segmentation mask: {figures['mean_particle_iou']:.3f} "
           f"(missed {figures['missed_fraction']:.1%}, median of the found {figures['median_iou_found']:.3f}; "
           f"by mask-area quartile {' / '.join(f'{v:.2f}' for v in figures['iou_by_area_quartile'])})")
-    print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network) read "
+    print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network reaches at least this) read "
           f"{figures['mask_iou_best_head']:.3f} (by quartile "
           f"{' / '.join(f'{v:.2f}' for v in figures['best_head_iou_by_area_quartile'])})")
     if args.json:

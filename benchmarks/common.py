@@ -104,7 +104,7 @@ def particle_mask_ious(models, mics: list[Micrograph], sims, diameter_A: float) 
 
 def best_head_ious(models, mics: list[Micrograph], sims, diameter_A: float) -> np.ndarray:
     """Per-particle IoU of the best masks the segmenter's output head can draw at its output stride
-    (:func:`relion_pixer.evaluate.best_mask_at_stride`): what a perfect network of this design would reach."""
+    (:func:`relion_pixer.evaluate.best_mask_at_stride`): a perfect network of this design reaches at least these."""
     stride = models.segmenter.trunk.stride
     return _particle_ious(mics, sims, diameter_A, lambda net, inst: best_mask_at_stride(inst > 0, stride))[0]
 

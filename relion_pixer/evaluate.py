@@ -32,8 +32,9 @@ Best mask at an output stride (:func:`best_mask_at_stride`)
     What a segmentation head of output stride ``s`` can draw at best for a known mask: a logit map at ``1/s`` of
     the resolution, upsampled bilinearly as :class:`relion_pixer.models.SegmentationNet` upsamples its logits
     and cut at 0 (probability 0.5), fitted to the mask (binary cross-entropy, Adam, from the logits of the mask's
-    ``s x s`` cell averages). Its per-particle IoUs bound what a perfect network of that stride could reach, so
-    they tell whether the coarse output or the network's confidence limits a mask IoU. (The cell averages
+    ``s x s`` cell averages). A perfect network of that stride reaches at least its per-particle IoUs (the fit
+    comes close to the best such mask, and may fall short of it), so they tell whether the coarse output or the
+    network's confidence limits a mask IoU. (The cell averages
     alone, cut at 0.5, lose thin particles; fitted logits keep them, because the width of a level set between
     two cell centres is set by the ratio of their logits.)
 Ideal-observer detectability (:func:`matched_filter_dprime`)
@@ -403,7 +404,7 @@ def particle_ious(pred_mask, instance_map, margin_px: int = 8) -> tuple[np.ndarr
 
 
 def best_mask_at_stride(mask, stride: int, steps: int = 300) -> np.ndarray:
-    """The mask closest to ``mask`` that a segmentation head of output stride ``stride`` can draw (module notes).
+    """A mask close to ``mask`` that a segmentation head of output stride ``stride`` can draw (module notes).
 
     Parameters
     ----------
