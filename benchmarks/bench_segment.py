@@ -28,10 +28,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--model", help="model file (default: shipped weights)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    models = load_pretrained(device=args.device)
+    models = load_pretrained(args.model, device=args.device)
     img = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
     predict_probability(models.segmenter, img, args.device)  # warm-up
     times, cpu = [], []

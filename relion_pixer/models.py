@@ -44,6 +44,8 @@ __all__ = [
 
 NUM_CLASSES = 3
 DEFAULT_RATES = (2, 4, 6, 8)
+#: Channels inside each atrous branch.
+DEFAULT_BRANCH_WIDTH = 32
 #: Pooling between the trunk's stages.
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 DEFAULT_WEIGHTS = "pixer_v4.pt"
@@ -139,15 +141,17 @@ class SegmentationNet(nn.Module):
     rates : sequence of int
         Dilation rates, one branch each (PIXER: 2, 4, 6, 8).
     hidden : int
-        Channels inside each branch.
+        Channels inside each branch (the branch width).
     """
 
-    def __init__(self, trunk: Trunk | None = None, rates: Sequence[int] = DEFAULT_RATES, hidden: int = 32):
+    def __init__(self, trunk: Trunk | None = None, rates: Sequence[int] = DEFAULT_RATES,
+                 hidden: int = DEFAULT_BRANCH_WIDTH):
         super().__init__()
         if not rates:
             raise ValueError("at least one atrous rate is needed")
         self.trunk = trunk if trunk is not None else Trunk()
         self.rates = tuple(int(r) for r in rates)
+        self.hidden = int(hidden)
         self.branches = nn.ModuleList(AtrousBranch(self.trunk.out_channels, r, hidden) for r in self.rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,11 +181,12 @@ def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_S
 
 def build_segmenter(
     classifier: Classifier | None = None, rates: Sequence[int] = DEFAULT_RATES, widths: Sequence[int] = (16, 32, 64),
-    pool: str = "max",
+    pool: str = "max", branch_width: int = DEFAULT_BRANCH_WIDTH,
 ) -> SegmentationNet:
-    """A segmentation net; its trunk is a copy of ``classifier``'s trunk when one is given (PIXER's initialisation)."""
+    """A segmentation net; its trunk is a copy of ``classifier``'s trunk when one is given (PIXER's initialisation).
+    ``branch_width`` is the number of channels inside each atrous branch."""
     trunk = copy.deepcopy(classifier.trunk) if classifier is not None else Trunk(widths, pool)
-    return SegmentationNet(trunk, rates=rates)
+    return SegmentationNet(trunk, rates=rates, hidden=branch_width)
 
 
 @dataclass
@@ -210,6 +215,7 @@ def save_models(path: str | Path, classifier: Classifier, segmenter: Segmentatio
         "pool": classifier.trunk.pool,
         "box_size": classifier.box_size,
         "rates": list(segmenter.rates),
+        "branch_width": segmenter.hidden,
         "classifier": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
         "segmenter": {k: v.detach().cpu() for k, v in segmenter.state_dict().items()},
         "meta": json.dumps(meta or {}),
@@ -264,7 +270,9 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
         pool = payload.get("pool", "max")  # files from before the option: max pooling
         classifier = build_classifier(payload["widths"], payload["box_size"], pool)
         classifier.load_state_dict(payload["classifier"])
-        segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"], pool=pool)
+        # files from before the option: branches of DEFAULT_BRANCH_WIDTH channels
+        segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"], pool=pool,
+                                    branch_width=payload.get("branch_width", DEFAULT_BRANCH_WIDTH))
         segmenter.load_state_dict(payload["segmenter"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

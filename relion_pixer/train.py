@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from relion_pixer import BACKGROUND, BOX_SIZE, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
 from relion_pixer.models import (
+    DEFAULT_BRANCH_WIDTH,
     DEFAULT_RATES,
     build_classifier,
     build_segmenter,
@@ -83,6 +84,7 @@ class TrainConfig:
     seg_crop: int = 192
     seg_lr: float = 2e-3
     rates: tuple = DEFAULT_RATES
+    branch_width: int = DEFAULT_BRANCH_WIDTH  # channels inside each atrous branch
     real_fraction: float = 0.25
     # real micrographs: also label as background the pixels more than real_far_distance diameters from every
     # labelled particle and more than half a diameter from anything particle-like (a density, preprocess.density_map,
@@ -794,7 +796,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
 
     # ---- stage 2: segmentation net from the classifier's trunk
     if segmenter is None or not cfg.init:
-        segmenter = build_segmenter(classifier, rates=cfg.rates)
+        segmenter = build_segmenter(classifier, rates=cfg.rates, branch_width=cfg.branch_width)
     segmenter.to(device)
     if state is not None and state.get("segmenter") is not None:
         segmenter.load_state_dict(state["segmenter"])

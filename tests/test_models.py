@@ -107,6 +107,25 @@ def test_average_pooling_trunk_is_kept_through_save_and_load(tmp_path):
         build_classifier(pool="median")
 
 
+def test_branch_width_is_kept_through_save_and_load(tmp_path):
+    clf = build_classifier().eval()
+    seg = build_segmenter(clf, branch_width=48).eval()
+    assert all(b[0][0].out_channels == 48 for b in seg.branches)
+    path = tmp_path / "wide.pt"
+    save_models(path, clf, seg)
+    models = load_pretrained(path)
+    assert models.segmenter.hidden == 48
+    x = torch.randn(1, 1, 64, 64)
+    assert torch.allclose(models.segmenter(x), seg(x), atol=1e-4)
+    # files written before the option have no "branch_width" entry: their branches are 32 channels wide
+    seg32 = build_segmenter(clf).eval()
+    save_models(path, clf, seg32)
+    payload = torch.load(path, weights_only=True)
+    del payload["branch_width"]
+    torch.save(payload, path)
+    assert load_pretrained(path).segmenter.hidden == 32
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_pretrained(tmp_path / "nope.pt")
