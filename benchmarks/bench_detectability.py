@@ -91,18 +91,25 @@ def lowpass_hard(image: np.ndarray, angpix: float, cutoff: float) -> np.ndarray:
     return scipy.fft.irfft2(scipy.fft.rfft2(image) * keep, s=image.shape).astype(np.float32)
 
 
-def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
-    """F1 of the one-test-per-place ideal observer from its expected counts, ``2 E[TP] / (E[TP] + E[FP] + P)``, at
-    the best threshold (see the module docstring)."""
+def ideal_operating_point(dprime: np.ndarray, empty_places: float) -> tuple[float, float, float]:
+    """F1, recall and precision of the one-test-per-place ideal observer from its expected counts, ``2 E[TP] /
+    (E[TP] + E[FP] + P)``, at the threshold with the best F1 (see the module docstring)."""
     from scipy.stats import norm
 
     dprime = np.asarray(dprime, np.float64)
-    best = 0.0
+    best = (0.0, 0.0, 0.0)
     for t in np.linspace(-2.0, 8.0, 1001):
         tp = norm.sf(t - dprime).sum()
         fp = empty_places * norm.sf(t)
-        best = max(best, 2.0 * tp / (tp + fp + len(dprime)))
-    return float(best)
+        f1 = 2.0 * tp / (tp + fp + len(dprime))
+        if f1 > best[0]:
+            best = (float(f1), float(tp / len(dprime)), float(tp / (tp + fp)))
+    return best
+
+
+def f1_bound(dprime: np.ndarray, empty_places: float) -> float:
+    """F1 of the one-test-per-place ideal observer at its best threshold (:func:`ideal_operating_point`)."""
+    return ideal_operating_point(dprime, empty_places)[0]
 
 
 def found_truth(picks, mics, radius: float) -> np.ndarray:
@@ -210,6 +217,8 @@ def main() -> None:
         "empty_places": float(empty_places),
         "f1_bound_native": f1_bound(nat, empty_places),
         "f1_bound_network": f1_bound(net, empty_places),
+        # how many particles the ideal observer finds there, and how many of its picks are particles
+        "recall_precision_at_f1_bound_network": list(ideal_operating_point(net, empty_places)[1:]),
         # the wide window: more fringes and any touching neighbour's signal counted (overstates d' a little)
         "dprime_native_median_wide": float(np.median(dprime["native", "wide"])),
         "f1_bound_native_wide": f1_bound(dprime["native", "wide"], empty_places),
@@ -233,6 +242,8 @@ def main() -> None:
           f"{figures['f1_bound_native']:.3f}, network scale {figures['f1_bound_network']:.3f}; with the wide window "
           f"(median native d' {figures['dprime_native_median_wide']:.1f}) {figures['f1_bound_native_wide']:.3f} / "
           f"{figures['f1_bound_network_wide']:.3f}")
+    print("at its best F1 (network scale) the ideal observer finds {:.0%} of the particles, at precision {:.0%}".format(
+        *figures["recall_precision_at_f1_bound_network"]))
     print("share of d'^2 (network scale) beyond the first CTF zero, 10th / 50th / 90th percentile: " + " / ".join(
         f"{v:.1%}" for v in figures["dprime2_share_beyond_first_ctf_zero_percentiles_10_50_90"])
           + " (what a picker that knows each micrograph's CTF could add up that one that does not cannot)")
