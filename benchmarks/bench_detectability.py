@@ -119,12 +119,16 @@ def found_truth(picks, mics, radius: float) -> np.ndarray:
     ])
 
 
+def truth_particles(mic, sim) -> np.ndarray:
+    """Index, among the simulator's particles, of each true particle of ``mic`` (the nearest centre)."""
+    return np.asarray([int(np.argmin(np.hypot(*(sim.coords - p).T))) for p in mic.truth], dtype=np.int64)
+
+
 def family_of_truth(mics, sims) -> np.ndarray:
     """The shape family of each true particle (all micrographs in order)."""
     out = []
     for m, sim in zip(mics, sims):
-        nearest = [int(np.argmin(np.hypot(*(sim.coords - p).T))) for p in m.truth]
-        out.extend(sim.meta["families"][sim.species[k]] for k in nearest)
+        out.extend(sim.meta["families"][sim.species[k]] for k in truth_particles(m, sim))
     return np.asarray(out, dtype=object)
 
 
@@ -137,8 +141,7 @@ def peak_probability(maps, mics, sims) -> np.ndarray:
         inst = nearest_resample(np.asarray(sim.instances, np.int32), prob.shape)
         peak = scipy.ndimage.maximum(prob, inst, np.arange(1, len(sim.coords) + 1))
         present = np.bincount(inst.ravel(), minlength=len(sim.coords) + 1)[1:] > 0
-        peak = np.where(present, peak, np.nan)
-        out.extend(peak[int(np.argmin(np.hypot(*(sim.coords - p).T)))] for p in m.truth)
+        out.extend(np.where(present, peak, np.nan)[truth_particles(m, sim)])
     return np.asarray(out, np.float64)
 
 

@@ -12,9 +12,9 @@ pooled precision/recall/F1 at half a diameter (one-to-one), and the mean particl
 (IoU < 0.1), the median IoU of those it finds, and the mean IoU per quartile of the true masks' areas (thin,
 elongated particles have the smallest masks and the least signal); beside it the IoU of the best masks the
 network's output head can draw at its output stride (``relion_pixer.evaluate.best_mask_at_stride``), which a
-perfect network of this design would reach at least. It also reports the picks with the classifier's threshold at 0 (how much the
-classifier stage removes) and the median distance of matched picks from the true
-centre at network scale. Usage::
+perfect network of this design would reach at least. It also reports the picks with the classifier's threshold at 0
+(how much the classifier stage removes) and the median distance of matched picks from the true centre at network
+scale. Usage::
 
     python benchmarks/bench_sim.py --snr 0.01 --n 12 [--angpix 1 --diameter 150 --size 2048] [--phase_shift 90 [--defocus 0.02]]
         [--seed 900000] [--families elongated cylinder] [--map_threshold 0.05 --map_relative 0.2 --map_odds 0.05]
@@ -176,8 +176,8 @@ def main() -> None:
     print(f"mean particle IoU of the segmentation mask: {figures['mean_particle_iou']:.3f} "
           f"(missed {figures['missed_fraction']:.1%}, median of the found {figures['median_iou_found']:.3f}; "
           f"by mask-area quartile {' / '.join(f'{v:.2f}' for v in figures['iou_by_area_quartile'])})")
-    print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network reaches at least this) read "
-          f"{figures['mask_iou_best_head']:.3f} (by quartile "
+    print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network "
+          f"reaches at least this) read {figures['mask_iou_best_head']:.3f} (by quartile "
           f"{' / '.join(f'{v:.2f}' for v in figures['best_head_iou_by_area_quartile'])})")
     if args.json:
         with open(args.json, "w") as fh:

@@ -34,9 +34,9 @@ Best mask at an output stride (:func:`best_mask_at_stride`)
     and cut at 0 (probability 0.5), fitted to the mask (binary cross-entropy, Adam, from the logits of the mask's
     ``s x s`` cell averages). A perfect network of that stride reaches at least its per-particle IoUs (the fit
     comes close to the best such mask, and may fall short of it), so they tell whether the coarse output or the
-    network's confidence limits a mask IoU. (The cell averages
-    alone, cut at 0.5, lose thin particles; fitted logits keep them, because the width of a level set between
-    two cell centres is set by the ratio of their logits.)
+    network's confidence limits a mask IoU. (The cell averages alone, cut at 0.5, lose thin particles; fitted
+    logits keep them, because the width of a level set between two cell centres is set by the ratio of their
+    logits.)
 Ideal-observer detectability (:func:`matched_filter_dprime`)
     For simulations, where each particle's noise-free image ``s`` and the exact noise are known: the prewhitened
     matched filter's ``d'^2 = sum_k |S_k|^2 / P_N(k)`` (orthonormal FFT of ``s`` in a box around the particle,

@@ -328,8 +328,10 @@ def _smooth(rng, n, size):
     return v * r[:, None] * axes, volume
 
 
-#: Blur of a ``smooth`` particle's points, as a fraction of its size: wide enough that its projection shows no
-#: point texture (the other families use 1/70, which leaves domain texture on purpose).
+#: Blur of a particle's points, as a fraction of its size: narrow enough to leave domain texture on purpose.
+POINT_BLOB = 1.0 / 70.0
+
+#: Blur of a ``smooth`` particle's points: wide enough that its projection shows no point texture.
 SMOOTH_BLOB = 1.0 / 12.0
 
 
@@ -372,7 +374,7 @@ def make_shape(
         raise ValueError(f"diameter must be positive, got {diameter!r}")
     n = int(n_points or MAX_POINTS)
     size = 100.0  # build at a reference size, then scale
-    blob = size / 70.0  # point blur
+    blob = size * POINT_BLOB
     volume = None  # protein volume, when the family knows it exactly
     if family == "globular":
         aspect = rng.uniform(0.6, 1.0, 2)
@@ -409,7 +411,7 @@ def make_shape(
     xyz = _centre(xyz)
     # otherwise the protein volume is the voxels (two point sizes wide) that hold points; shared evenly over them
     if volume is None:
-        volume = _approx_volume(xyz, 2.0 * size / 70.0)
+        volume = _approx_volume(xyz, 2.0 * size * POINT_BLOB)
     weight = np.full(len(xyz), volume / len(xyz), dtype=np.float32)
     name = family if subunit is None else f"{family}:{subunit.family}"
     model = ParticleModel(xyz, weight, blob, name)
