@@ -37,21 +37,80 @@ class Micrograph:
     truth: np.ndarray  # (N, 2) x, y in micrograph pixels
 
 
+#: Every real set lives in a folder of this one (``micrographs/NAME.mrc``, ``coords/NAME.star``).
+REAL_ROOT = REAL.parent
+#: Metadata of the real sets the project knows (``<set folder name>.toml``); a set's own ``pixer_set.toml`` wins.
+REAL_SET_META = Path(__file__).resolve().parent / "real_sets"
+
+
+@dataclass
+class RealSet:
+    """One real data set: where it is and what its metadata file says (angpix, diameter, split)."""
+
+    name: str
+    title: str
+    folder: Path
+    angpix: float
+    diameter_A: float
+    labels_complete: bool
+    split: dict
+
+    @property
+    def radius_px(self) -> float:
+        """The match radius: half the particle diameter, in micrograph pixels."""
+        return 0.5 * self.diameter_A / self.angpix
+
+    def micrographs(self, *splits: str) -> list[Micrograph]:
+        """The micrographs of the given splits (in order) with their labels."""
+        import mrcfile
+        import starfile
+
+        out = []
+        for split in splits:
+            for name in self.split[split]:
+                image = mrcfile.read(self.folder / "micrographs" / f"{name}.mrc")
+                table = starfile.read(self.folder / "coords" / f"{name}.star")
+                truth = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+                out.append(Micrograph(name, np.asarray(image, np.float32), self.angpix, truth))
+        return out
+
+
+def _set_metadata(folder: Path) -> Path | None:
+    for meta in (folder / "pixer_set.toml", REAL_SET_META / f"{folder.name}.toml"):
+        if meta.is_file():
+            return meta
+    return None
+
+
+def real_sets(names=None) -> list[RealSet]:
+    """Every real set under ``../shared/data/real`` that has a metadata file, sorted by name (or those named)."""
+    import tomllib
+
+    if not REAL_ROOT.is_dir():
+        raise SystemExit(f"{REAL_ROOT} is absent: this benchmark needs ../shared/data")
+    out = []
+    for folder in sorted(p for p in REAL_ROOT.iterdir() if p.is_dir()):
+        if names and folder.name not in names:
+            continue
+        meta = _set_metadata(folder)
+        if meta is None:
+            print(f"skipping {folder}: no metadata file ({folder.name}.toml in {REAL_SET_META} or pixer_set.toml)")
+            continue
+        with open(meta, "rb") as fh:
+            m = tomllib.load(fh)
+        try:
+            out.append(RealSet(folder.name, m.get("title", folder.name), folder, float(m["angpix"]),
+                               float(m["diameter_A"]), bool(m.get("labels_complete", False)), dict(m["split"])))
+        except KeyError as exc:
+            raise SystemExit(f"{meta}: missing {exc.args[0]!r} (angpix, diameter_A and [split] are needed)")
+    if names and len(out) != len(set(names)):
+        raise SystemExit(f"unknown real set(s): {sorted(set(names) - {s.name for s in out})}")
+    return out
+
+
 def real_micrographs(split: str) -> list[Micrograph]:
     """The EMPIAR-10028 micrographs of one split with their expert labels."""
-    import mrcfile
-    import starfile
-
-    if not REAL.is_dir():
-        raise SystemExit(f"{REAL} is absent: this benchmark needs ../shared/data")
-    out = []
-    for stem in SPLITS[split]:
-        name = f"{stem}_10028"
-        image = mrcfile.read(REAL / "micrographs" / f"{name}.mrc")
-        table = starfile.read(REAL / "coords" / f"{name}.star")
-        truth = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
-        out.append(Micrograph(name, np.asarray(image, np.float32), REAL_ANGPIX, truth))
-    return out
+    return real_sets([REAL.name])[0].micrographs(split)
 
 
 def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str = "cpu") -> list:

@@ -19,7 +19,7 @@ import numpy as np
 
 from relion_pixer import BOX_SIZE, PARTICLE
 
-__all__ = ["FilterResult", "extract_boxes", "classify_boxes", "filter_candidates"]
+__all__ = ["FilterResult", "extract_boxes", "classify_boxes", "classify_candidates", "filter_candidates"]
 
 
 class FilterResult(NamedTuple):
@@ -147,6 +147,51 @@ def _check_logits(logits, n: int) -> None:
         raise ValueError(f"classifier must return N x 3 logits (background, particle, contamination); got {shape} for N={n}")
 
 
+def classify_candidates(
+    classifier,
+    net_image: Any,
+    xy: Any,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    box_size: int = BOX_SIZE,
+) -> np.ndarray:
+    """Class probabilities of candidate centres: a box around each, through the classifier.
+
+    Parameters are as for :func:`filter_candidates`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``N x 3`` float32 probabilities (background, particle, contamination), in the order of ``xy``.
+    """
+    import torch
+
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    image, xy, box_size = _check_inputs(net_image, xy, box_size)
+    if len(xy) == 0:
+        return np.zeros((0, 3), dtype=np.float32)
+    device = torch.device(device)
+    for p in list(classifier.parameters())[:1]:
+        if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
+            raise ValueError(f"classifier parameters are on {p.device} but device={device}; move it with .to(device)")
+
+    r0, c0 = _box_index(xy, tuple(image.shape), box_size)
+    padded = torch.nn.functional.pad(image.to(device), (box_size, box_size, box_size, box_size))
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        probs = []
+        with torch.inference_mode():
+            for i in range(0, len(xy), batch_size):
+                boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
+                probs.append(classify_boxes(classifier, boxes, batch_size))
+        return torch.cat(probs).cpu().numpy().astype(np.float32)
+    finally:
+        classifier.train(was_training)
+
+
 def filter_candidates(
     classifier,
     net_image: Any,
@@ -186,39 +231,14 @@ def filter_candidates(
     FilterResult
         ``(xy, fom, probs)`` of the kept candidates, sorted by decreasing ``fom = P(particle)``.
     """
-    import torch
-
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     max_particles = int(max_particles)
     if max_particles < 0:
         raise ValueError(f"max_particles must be >= 0 (0 = no cap), got {max_particles}")
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     image, xy, box_size = _check_inputs(net_image, xy, box_size)
-    if len(xy) == 0:
-        return FilterResult(np.zeros((0, 2)), np.zeros(0), np.zeros((0, 3), dtype=np.float32))
-    device = torch.device(device)
-    for p in list(classifier.parameters())[:1]:
-        if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
-            raise ValueError(f"classifier parameters are on {p.device} but device={device}; move it with .to(device)")
-
-    r0, c0 = _box_index(xy, tuple(image.shape), box_size)
-    padded = torch.nn.functional.pad(image.to(device), (box_size, box_size, box_size, box_size))
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        probs = []
-        with torch.inference_mode():
-            for i in range(0, len(xy), batch_size):
-                boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
-                probs.append(classify_boxes(classifier, boxes, batch_size))
-        probs_np = torch.cat(probs).cpu().numpy().astype(np.float32)
-    finally:
-        classifier.train(was_training)
-
+    probs_np = classify_candidates(classifier, image, xy, device, batch_size, box_size)
     fom = probs_np[:, PARTICLE].astype(np.float64)
     keep = np.flatnonzero(fom >= threshold)
     keep = keep[np.argsort(-fom[keep], kind="stable")]

@@ -57,6 +57,7 @@ SPEC = {
     "angpix": "value",
     "model": "value",
     "write_maps": "flag",
+    "estimate_size": "flag",
     "invert": "flag",
     "relion_version": "value",
     "j": "value",
@@ -80,14 +81,19 @@ In RELION: External job, "External executable" = relion_pixer (or external_job.p
 a micrographs STAR file, and parameters given as label / value pairs (label without dashes):
 
   particle_diameter A   particle diameter in Angstrom (required)
-  threshold P           lowest classifier probability of a pick, 0-1 (default 0.6)
+  threshold P           lowest figure of merit of a pick, 0-1 (default {PickParams.threshold:g}): the map score,
+                        lowered where the classifier sees ice, carbon or background and agrees with the map
+                        on that micrograph; Extract's --minimum_pick_fom reads the same figure
   map_threshold P       lowest smoothed probability-map score of a candidate before the classifier, 0-1
                         (default 0.05)
   map_relative F        a candidate also needs this fraction of the micrograph's typical candidate score, 0-1
                         (default 0.2; 0: off)
   map_odds F            a candidate also needs this fraction of the typical candidate score's odds, 0-1: drops
                         half-confident candidates on clean micrographs (default 0.05; 0: off)
-  max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 500)
+  max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 0); run.out names
+                        every micrograph where the cap cuts picks
+  estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs and pick
+                        at it (default Yes; the diameter given sets the search range, 0.55x-1.8x)
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
@@ -134,6 +140,7 @@ class JobOptions:
     angpix: float | None = None
     model: str | None = None
     write_maps: bool = False
+    estimate_size: bool = True
     invert: bool = False
     relion_version: int | None = None
     threads: int | None = None
@@ -295,6 +302,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         angpix=angpix,
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
+        estimate_size=bool(values.get("estimate_size", True)),
         invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
@@ -358,6 +366,7 @@ def _default_pick_fn(opts: JobOptions, device: str) -> PickFunction:
     def pick(image, angpix, diameter_A, params):
         return pick_micrograph(image, angpix, diameter_A, loaded, params)
 
+    pick.models = loaded  # for the size estimate
     return pick
 
 
@@ -568,6 +577,10 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             log.info(f" + networks loaded, running on {device}")
         elif opts.device != "auto":
             params = dataclasses.replace(params, device=opts.device)
+        models = getattr(pick_fn, "models", None)
+        if opts.estimate_size and models is not None:
+            opts = dataclasses.replace(opts, particle_diameter=_particle_size(entries, opts, models, params.device,
+                                                                              log, job_dir))
         try:
             _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
         except (KeyboardInterrupt, _Terminated) as exc:
@@ -613,6 +626,56 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         return 1
     relion.write_exit_marker(job_dir, "success")
     return 0
+
+
+#: File in the job directory that keeps the size estimate, so that Continue picks at the same size.
+SIZE_FILE = "pixer_size.json"
+#: The job warns when the estimated and the given diameter differ by more than this fraction.
+SIZE_WARN_FRACTION = 0.3
+
+
+def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, job_dir: Path) -> float:
+    """The diameter to pick at: the size estimate (:mod:`relion_pixer.size`) on the job's first micrographs, kept in
+    :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
+    import json
+
+    from relion_pixer import size
+
+    path = job_dir / SIZE_FILE
+    try:
+        kept = json.loads(path.read_text())
+        if float(kept["given_A"]) == opts.particle_diameter:
+            log.info(f" + particle size from the data: {float(kept['diameter_A']):.0f} A (kept from the first run "
+                     f"in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
+            return float(kept["diameter_A"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sample = []
+    for entry in entries:
+        if len(sample) == size.SAMPLE_MICROGRAPHS:
+            break
+        try:
+            image, header_angpix = io.read_micrograph(entry.path)
+        except (io.MicrographError, ValueError):
+            continue
+        angpix = entry.angpix or header_angpix
+        if angpix:
+            sample.append((np.negative(image, dtype=np.float32) if opts.invert else image, float(angpix)))
+    if not sample:
+        return opts.particle_diameter
+    t0 = time.perf_counter()
+    est = size.estimate_diameter(sample, opts.particle_diameter, models, device)
+    log.info(f" + particle size from the data: {est.diameter_A:.0f} A (diameter given {opts.particle_diameter:g} A, "
+             f"{est.ratio:.2f}x; measured on {len(sample)} micrograph(s) in {time.perf_counter() - t0:.1f} s); "
+             "picking at this size (estimate_size No: at the given diameter)")
+    if abs(est.ratio - 1.0) > SIZE_WARN_FRACTION or est.at_edge:
+        log.warn(f"the particles look {est.diameter_A:.0f} A across to the networks, {est.ratio:.2f}x the diameter "
+                 f"given ({opts.particle_diameter:g} A)" + (", at the end of the range searched" if est.at_edge else "")
+                 + ": check --particle_diameter and the pixel size")
+    with io.atomic_write(path) as fh:
+        json.dump({"given_A": opts.particle_diameter, "diameter_A": est.diameter_A,
+                   "factors": est.factors, "confidence": est.confidence}, fh, indent=1)
+    return est.diameter_A
 
 
 def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction, log: _Log, job_dir: Path,
@@ -673,7 +736,9 @@ def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction,
             outcome.picked += 1
             outcome.particles += len(xy)
             outcome.seconds += dt
-            log.info(f" [{k:>{width}}/{len(todo)}] {entry.name}: {len(xy)} particles, {dt:.1f} s")
+            capped = int(getattr(result, "capped", 0))
+            log.info(f" [{k:>{width}}/{len(todo)}] {entry.name}: {len(xy)} particles, {dt:.1f} s"
+                     + (f" (max_particles {opts.max_particles} cut {capped} more picks)" if capped else ""))
             if bar is not None:
                 bar.update(1)
     finally:

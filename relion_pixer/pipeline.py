@@ -2,7 +2,8 @@
 
 ``preprocess.prepare`` (resample so the particle is :data:`relion_pixer.NET_DIAMETER_PX` pixels wide, normalise) ->
 ``segment.predict_probability`` (per-pixel particle probability) -> ``picking.pick_centres`` (grid local maxima) ->
-``classify.filter_candidates`` (3-way classifier keeps particles, drops background and contamination) ->
+``classify.classify_candidates`` (3-way classifier) -> ``decide.decide`` (figure of merit from the map's and the
+classifier's evidence, the classifier weighed by how far it agrees with the map on this micrograph; the cut) ->
 ``preprocess.to_original`` (back to micrograph pixels).
 """
 
@@ -24,7 +25,8 @@ class PickParams:
     Attributes
     ----------
     threshold : float
-        Lowest classifier probability of "particle" that a pick may have (the figure of merit written out).
+        Lowest figure of merit a pick may have (:mod:`relion_pixer.decide`: the map score, lowered by the
+        classifier where it recognises background or contamination and agrees with the map on this micrograph).
     max_particles : int
         Keep at most this many picks per micrograph, best first; 0 means no cap.
     margin_A : float or None
@@ -51,7 +53,7 @@ class PickParams:
     """
 
     threshold: float = 0.6
-    max_particles: int = 500
+    max_particles: int = 0
     min_distance_A: float | None = None
     margin_A: float | None = None
     map_threshold: float = 0.05
@@ -70,13 +72,17 @@ class PickResult:
     xy : numpy.ndarray
         (N, 2) float64 ``(x, y)`` in micrograph pixels (0-based), best figure of merit first.
     fom : numpy.ndarray
-        (N,) figure of merit (classifier probability of "particle").
+        (N,) figure of merit (:mod:`relion_pixer.decide`), in [0, 1].
     prob_map : numpy.ndarray or None
         float32 particle probability at network scale (None when the picker makes none).
     factors : tuple of float
         ``(fy, fx)`` network pixels per micrograph pixel (:func:`relion_pixer.preprocess.to_original`).
     net_image : numpy.ndarray or None
         The normalised, Fourier-cropped (so low-passed) micrograph at network scale, for pictures.
+    capped : int
+        Picks at or above the threshold that ``max_particles`` cut (0: none).
+    trust : float
+        The classifier's say on this micrograph (:func:`relion_pixer.decide.classifier_trust`).
     """
 
     xy: np.ndarray
@@ -84,6 +90,8 @@ class PickResult:
     prob_map: np.ndarray | None
     factors: tuple[float, float]
     net_image: np.ndarray | None = None
+    capped: int = 0
+    trust: float = 1.0
 
 
 def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, params: PickParams) -> PickResult:
@@ -120,12 +128,12 @@ def segment_micrograph(image: np.ndarray, angpix: float, diameter_A: float, mode
 
 def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], diameter_A: float, models,
                   params: PickParams) -> PickResult:
-    """The last stages: candidates from the probability map, the classifier's filter, micrograph coordinates.
+    """The last stages: candidates from the probability map, the classifier, the decision, micrograph coordinates.
 
     ``net_image``, ``prob`` and ``factors`` are what :func:`segment_micrograph` returns; only ``params`` may differ
     between calls, so settings can be compared without segmenting again.
     """
-    from relion_pixer import classify, picking
+    from relion_pixer import classify, decide, picking
 
     min_distance_px = None
     if params.min_distance_A:
@@ -138,20 +146,12 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
     cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative, odds=params.map_odds)
-    cand_xy = cand_xy[cand_score >= cut]
-    result = classify.filter_candidates(
-        models.classifier,
-        net_image,
-        cand_xy,
-        threshold=params.threshold,
-        max_particles=int(params.max_particles),  # 0 = no cap
-        device=params.device,
-        batch_size=params.batch_size,
-    )
-    fom = np.asarray(result.fom, dtype=np.float64).reshape(-1)
-    xy_net = np.asarray(result.xy, dtype=np.float64).reshape(-1, 2)
-    order = np.argsort(-fom, kind="stable")
-    xy = preprocess.to_original(xy_net[order], factors)
+    cand_xy, cand_score = cand_xy[cand_score >= cut], cand_score[cand_score >= cut]
+    probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
+                                         batch_size=params.batch_size)
+    decision = decide.decide(cand_score, probs, params.threshold, int(params.max_particles))
+    fom = decision.fom[decision.keep]
+    xy = preprocess.to_original(cand_xy[decision.keep], factors)
     prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
-    return PickResult(xy=xy, fom=fom[order], prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
-                      net_image=net_image)
+    return PickResult(xy=xy, fom=fom, prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
+                      net_image=net_image, capped=decision.capped, trust=decision.trust)

@@ -7,6 +7,7 @@ networks; the end-to-end tests at the bottom run the real chain through ``extern
 from __future__ import annotations
 
 import importlib.util
+import json
 import io as _stdio
 import os
 import re
@@ -22,7 +23,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from relion_pixer import io, job, relion
+from relion_pixer import io, job, preprocess, relion
 from relion_pixer.pipeline import PickParams, PickResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -984,13 +985,17 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
     for f in frames:
         if len(f):
             assert f["rlnCoordinateX"].between(0, 511).all() and f["rlnCoordinateY"].between(0, 511).all()
-            assert (f["rlnAutopickFigureOfMerit"] >= 0.6).all()  # the default threshold
-            assert len(f) <= 500
+            assert (f["rlnAutopickFigureOfMerit"] >= PickParams.threshold).all()  # the default threshold
+    # the size estimate: once per job, in run.out and in the job directory, and the networks saw that size
+    assert len(re.findall(r"^ \+ particle size from the data: \d+ A \(diameter given 150 A", proc.stdout, re.M)) == 1
+    size = json.loads((root / "External/job012/pixer_size.json").read_text())
+    assert size["given_A"] == 150.0 and 0.5 * 150 <= size["diameter_A"] <= 1.85 * 150
     if extra:
         assert len(list((root / "External/job012/Movies").glob("*_picks.png"))) == len(lst)
+        side = preprocess._output_shape((512, 512), preprocess.scale_factor(size["diameter_A"], 1.5))
         for m in (root / "External/job012/Movies").glob("*_probmap.mrc"):
             with mrcfile.open(m) as mrc:
-                assert mrc.data.shape == (164, 164)  # 150 A at 1.5 A/px = 100 px -> 32 px: 512 * 0.32
+                assert mrc.data.shape == side  # the estimated diameter sets the network scale
                 assert 0.0 <= float(mrc.data.min()) and float(mrc.data.max()) <= 1.0
 
 
@@ -1017,15 +1022,16 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
         seen["map_threshold"] = threshold
         return np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]]), np.array([0.5, 0.6, 0.7])
 
-    def filter_candidates(classifier, net_image, xy, threshold=0.6, max_particles=500, device="cpu", batch_size=256):
-        seen["cls"] = (classifier, xy.shape, threshold, max_particles, device, batch_size)
-        return types.SimpleNamespace(xy=xy[:2], fom=np.array([0.7, 0.9]), probs=None)
+    def classify_candidates(classifier, net_image, xy, device="cpu", batch_size=256):
+        seen["cls"] = (classifier, xy.shape, device, batch_size)
+        # the classifier agrees with the map (every candidate a particle), so the figure of merit is s * P(particle)
+        return np.array([[0.0, 1.0, 0.0], [0.1, 0.9, 0.0], [0.5, 0.5, 0.0]])[: len(xy)]
 
     from relion_pixer.picking import adaptive_threshold
 
     fakes = {"segment": dict(predict_probability=predict_probability),
              "picking": dict(pick_centres=pick_centres, adaptive_threshold=adaptive_threshold),
-             "classify": dict(filter_candidates=filter_candidates)}
+             "classify": dict(classify_candidates=classify_candidates)}
     for name, attrs in fakes.items():
         mod = types.ModuleType(f"relion_pixer.{name}")
         mod.__dict__.update(attrs)
@@ -1033,22 +1039,23 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
         monkeypatch.setattr(relion_pixer, name, mod, raising=False)
     models = types.SimpleNamespace(segmenter="SEG", classifier="CLS")
     image = np.random.default_rng(0).normal(size=(400, 600)).astype(np.float32)
-    params = PickParams(threshold=0.7, max_particles=0, min_distance_A=100.0, device="cuda:1", batch_size=32)
+    params = PickParams(threshold=0.4, max_particles=0, min_distance_A=100.0, device="cuda:1", batch_size=32)
     res = pipeline.pick_micrograph(image, 2.0, 200.0, models, params)
     # 200 A at 2 A/px = 100 px -> NET_DIAMETER_PX: factor 0.32
     assert seen["seg"] == ("SEG", (128, 192), "cuda:1")
     assert seen["pick"] == ((128, 192), NET_DIAMETER_PX, pytest.approx(100.0 * NET_DIAMETER_PX / 200.0))
-    assert seen["cls"] == ("CLS", (3, 2), 0.7, 0, "cuda:1", 32)  # max_particles 0 = no cap, as classify reads it
-    np.testing.assert_allclose(res.fom, [0.9, 0.7])  # best first
+    assert seen["cls"] == ("CLS", (3, 2), "cuda:1", 32)
+    # map scores 0.5, 0.6, 0.7 times P(particle) 1.0, 0.9, 0.5: 0.5, 0.54, 0.35; the last is below 0.4
+    np.testing.assert_allclose(res.fom, [0.54, 0.5])  # best first
     np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
-    assert res.factors == (128 / 400, 192 / 600)
+    assert res.factors == (128 / 400, 192 / 600) and res.capped == 0 and res.trust == 1.0
     assert res.prob_map.shape == res.net_image.shape == (128, 192)
     assert seen["map_threshold"] == PickParams.map_threshold
     # the micrograph's own cut: 0.9 x the 75th percentile of (0.5, 0.6, 0.7) = 0.585 leaves two candidates
     pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(map_threshold=0.2, map_relative=0.9))
     assert seen["map_threshold"] == 0.2 and seen["cls"][1] == (2, 2)
-    pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(max_particles=50))
-    assert seen["cls"][3] == 50 and seen["pick"][2] is None
+    res = pipeline.pick_micrograph(image, 2.0, 200.0, models, PickParams(threshold=0.4, max_particles=1))
+    assert seen["pick"][2] is None and len(res.xy) == 1 and res.capped == 1  # the cap says what it cut
 
 
 def test_an_engine_error_is_fatal_with_the_reason(tmp_path, monkeypatch):

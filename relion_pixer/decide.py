@@ -1,0 +1,123 @@
+"""The decision stage: one figure of merit from the map's evidence and the classifier's, and the cut.
+
+The segmentation map sees particles of kinds the 3-way classifier never learned; on such a particle the classifier's
+probabilities say little (on apoferritin shells it calls most of the particles the map is sure of "contamination").
+So the classifier may only lower a candidate's figure of merit as far as it has shown, on this micrograph, that it
+agrees with the map:
+
+``fom = s * (1 - trust * (1 - P(particle)))``
+
+- ``s`` is the candidate's map score (the particle-probability map smoothed by a particle-sized Gaussian, at the
+  candidate's local maximum; :func:`relion_pixer.picking.pick_centres`), in [0, 1];
+- ``P(particle)`` the classifier's probability;
+- ``trust`` in [0, 1] is how often the classifier calls the micrograph's *reference* candidates particles: those
+  whose map score reaches the micrograph's :data:`REFERENCE_QUANTILE` th percentile (all candidates when fewer than
+  :data:`MIN_REFERENCE` do), the ones the map is surest of. Its agreement ``a`` (share with ``P(particle) >= 0.5``)
+  maps linearly onto trust: ``a <= TRUST_LOW`` gives 0 and ``a >= TRUST_HIGH`` gives 1.
+
+Where the classifier knows the particle (agreement near 1, as on every simulated family and on the ribosome set),
+``fom = s * P(particle)``: what it recognises as ice, carbon or background loses its figure of merit. Where it does
+not (it disagrees with the map on most of the map's surest candidates), it cannot veto and ``fom = s``. The figure
+of merit stays in [0, 1] and is never above the map score. ``threshold`` is the lowest figure of merit kept.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from relion_pixer import PARTICLE
+
+__all__ = ["Decision", "classifier_trust", "figure_of_merit", "decide"]
+
+#: Percentile of a micrograph's candidate map scores above which candidates are the reference.
+REFERENCE_QUANTILE = 75.0
+#: Fewer reference candidates than this: all candidates are the reference.
+MIN_REFERENCE = 8
+#: Agreement at or below which the classifier gets no say, and at or above which it gets its full say.
+TRUST_LOW = 0.5
+TRUST_HIGH = 0.8
+
+
+class Decision(NamedTuple):
+    """The decision on one micrograph's candidates.
+
+    Attributes
+    ----------
+    keep : numpy.ndarray
+        Indices of the kept candidates, best figure of merit first (ties keep the input order).
+    fom : numpy.ndarray
+        Figure of merit of every candidate (input order).
+    trust : float
+        The classifier's say on this micrograph, in [0, 1].
+    agreement : float
+        Share of the reference candidates the classifier calls particles (NaN without candidates).
+    capped : int
+        Candidates at or above the threshold that ``max_particles`` cut.
+    """
+
+    keep: np.ndarray
+    fom: np.ndarray
+    trust: float
+    agreement: float
+    capped: int
+
+
+def classifier_trust(map_score, p_particle) -> tuple[float, float]:
+    """``(trust, agreement)`` of the classifier on one micrograph's candidates (see the module docstring)."""
+    s = np.asarray(map_score, dtype=np.float64).reshape(-1)
+    p = np.asarray(p_particle, dtype=np.float64).reshape(-1)
+    if len(s) != len(p):
+        raise ValueError(f"{len(s)} map scores but {len(p)} classifier probabilities")
+    if not len(s):
+        return 1.0, float("nan")
+    ref = s >= np.percentile(s, REFERENCE_QUANTILE)
+    if ref.sum() < MIN_REFERENCE:
+        ref = np.ones(len(s), dtype=bool)
+    agreement = float(np.mean(p[ref] >= 0.5))
+    trust = float(np.clip((agreement - TRUST_LOW) / (TRUST_HIGH - TRUST_LOW), 0.0, 1.0))
+    return trust, agreement
+
+
+def figure_of_merit(map_score, p_particle, trust: float) -> np.ndarray:
+    """``s * (1 - trust * (1 - P(particle)))``, in [0, 1]."""
+    s = np.clip(np.asarray(map_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    p = np.clip(np.asarray(p_particle, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    return s * (1.0 - float(trust) * (1.0 - p))
+
+
+def decide(map_score, probs, threshold: float, max_particles: int = 0) -> Decision:
+    """Figures of merit of one micrograph's candidates and which to keep.
+
+    Parameters
+    ----------
+    map_score : array_like
+        ``N`` map scores in [0, 1].
+    probs : array_like
+        ``N x 3`` classifier probabilities (background, particle, contamination).
+    threshold : float
+        Lowest figure of merit kept, in [0, 1].
+    max_particles : int
+        At most this many, the best; 0: no cap.
+
+    Returns
+    -------
+    Decision
+    """
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    max_particles = int(max_particles)
+    if max_particles < 0:
+        raise ValueError(f"max_particles must be >= 0 (0 = no cap), got {max_particles}")
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
+    trust, agreement = classifier_trust(map_score, probs[:, PARTICLE])
+    fom = figure_of_merit(map_score, probs[:, PARTICLE], trust)
+    keep = np.flatnonzero(fom >= threshold)
+    keep = keep[np.argsort(-fom[keep], kind="stable")]
+    capped = 0
+    if max_particles and len(keep) > max_particles:
+        capped = len(keep) - max_particles
+        keep = keep[:max_particles]
+    return Decision(keep, fom, trust, agreement, capped)

@@ -1,0 +1,124 @@
+"""The particle size the networks see best, measured from the data.
+
+Users give the particle's longest dimension, as for RELION's LoG picker; the networks were trained with particles
+:data:`relion_pixer.NET_DIAMETER_PX` pixels across, and a real particle looks "one diameter" wide to them at a scale
+that depends on its shape, its contrast and its neighbours. So the job measures it: a few micrographs are segmented
+with the diameter scaled by each factor of :data:`FACTORS`, and each scale gets the networks' *confidence*, the mean
+log-odds of the upper half of the candidate scores (:func:`confidence`). The estimate is the scale of the highest
+confidence, refined by a parabola through it and its neighbours (in log scale). The networks are surest where the
+particles have the width they learned, so the estimate follows the data and not the diameter given: a diameter
+from 0.8x to 1.25x the estimate gives the same estimate, and the picks made with it stay the same.
+
+The estimate is what the networks see as one diameter, not a physical size: for a compact particle it is close to
+the longest dimension, for an elongated or hollow one it can differ by a fifth or more (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from relion_pixer import NET_DIAMETER_PX
+
+__all__ = ["FACTORS", "SizeEstimate", "confidence", "estimate_diameter"]
+
+#: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
+FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
+#: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
+SAMPLE_MICROGRAPHS = 3
+#: Candidate scores are clipped to this distance from 0 and 1 before their log-odds are taken.
+_EPS = 1e-4
+
+
+class SizeEstimate(NamedTuple):
+    """Result of :func:`estimate_diameter`.
+
+    Attributes
+    ----------
+    diameter_A : float
+        The estimated diameter (Angstrom).
+    given_A : float
+        The diameter given.
+    factors : tuple of float
+        The scales tried, relative to ``given_A``.
+    confidence : tuple of float
+        The networks' confidence at each scale (NaN where a scale could not be used).
+    at_edge : bool
+        The highest confidence lies at the smallest or largest scale tried: the size may lie beyond the range.
+    """
+
+    diameter_A: float
+    given_A: float
+    factors: tuple
+    confidence: tuple
+    at_edge: bool
+
+    @property
+    def ratio(self) -> float:
+        """Estimated / given diameter."""
+        return self.diameter_A / self.given_A
+
+
+def confidence(prob_map) -> float:
+    """The networks' confidence on one probability map: mean log-odds of the upper half of its candidate scores
+    (every local maximum of the smoothed map scoring at least 0.05, away from the edges); NaN without candidates."""
+    from relion_pixer import picking
+
+    cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05, margin_px=0.5 * NET_DIAMETER_PX)
+    s = np.sort(np.clip(np.asarray(cand.score, dtype=np.float64), _EPS, 1.0 - _EPS))
+    if not len(s):
+        return float("nan")
+    top = s[len(s) // 2:]
+    return float(np.mean(np.log(top / (1.0 - top))))
+
+
+def estimate_diameter(micrographs: Sequence[tuple[np.ndarray, float]], diameter_A: float, models,
+                      device: str = "cpu", factors: Sequence[float] = FACTORS) -> SizeEstimate:
+    """Estimate the particle diameter the networks see best (see the module docstring).
+
+    Parameters
+    ----------
+    micrographs : sequence of (image, angpix)
+        A few micrographs (particles dark), each with its pixel size.
+    diameter_A : float
+        The diameter given (Angstrom).
+    models : relion_pixer.models.PixerModels
+        The networks, on ``device``.
+    device : str
+    factors : sequence of float
+        Scales of ``diameter_A`` to try, increasing.
+
+    Returns
+    -------
+    SizeEstimate
+        ``diameter_A`` is the given one when no scale gave a confidence.
+    """
+    from relion_pixer.pipeline import segment_micrograph
+
+    diameter_A = float(diameter_A)
+    factors = tuple(float(f) for f in factors)
+    conf = []
+    for f in factors:
+        values = []
+        for image, angpix in micrographs:
+            try:
+                _, prob, _ = segment_micrograph(image, angpix, diameter_A * f, models, device)
+            except ValueError:  # too small or too large at this scale
+                continue
+            values.append(confidence(prob))
+        values = [v for v in values if np.isfinite(v)]
+        conf.append(float(np.mean(values)) if values else float("nan"))
+    c = np.asarray(conf)
+    if not np.isfinite(c).any():
+        return SizeEstimate(diameter_A, diameter_A, factors, tuple(conf), False)
+    i = int(np.nanargmax(c))
+    log_f = np.log(factors)
+    best = log_f[i]
+    if 0 < i < len(c) - 1 and np.isfinite(c[i - 1]) and np.isfinite(c[i + 1]):
+        # vertex of the parabola through the three points (log scale), kept between the neighbours
+        x, y = log_f[i - 1:i + 2], c[i - 1:i + 2]
+        a, b, _ = np.polyfit(x, y, 2)
+        if a < 0:
+            best = float(np.clip(-b / (2 * a), x[0], x[2]))
+    return SizeEstimate(float(diameter_A * np.exp(best)), diameter_A, factors, tuple(conf), i in (0, len(c) - 1))
