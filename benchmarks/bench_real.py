@@ -1,22 +1,24 @@
-"""Accuracy on real data: PIXER vs a LoG blob picker on the EMPIAR-10028 test split.
+"""Accuracy on real data, every shared set: PIXER as a user runs it against a LoG blob picker.
 
-Both run with settings fixed before looking at the test split: PIXER with its defaults (shipped weights,
-classifier threshold 0.6), the LoG baseline with the threshold that maximises F1 on the train + valid split.
-Matching is one-to-one (Hungarian) within half the particle diameter. The labels are incomplete (CryoPPP), so
-precision reads lower than it is. ``--diameter`` gives both pickers a wrong particle diameter (the labels' 300 A
-still sets the match radius), to measure how much a user's misjudged diameter costs. ``--lowpass SIGMA`` first
-blurs every micrograph (train/valid for the LoG threshold too) with a Gaussian of that sd in micrograph pixels, a
-stand-in for denoised or low-passed micrographs.
+The main yardstick. Every set under ``../shared/data/real/`` with a metadata file (``benchmarks/real_sets/<set>.toml``
+or the set's own ``pixer_set.toml``: pixel size, particle diameter, split; a new set needs nothing else) is scored on
+one split (default test): PIXER with its defaults exactly as the job runs them (shipped weights; the particle size
+estimated on the split's first micrographs, as a job estimates it on its first ones), the LoG baseline with the
+threshold that maximises F1 on the set's train + valid split (generous to it). Matching is one-to-one (Hungarian)
+within half the set's particle diameter. Per set and pooled (true positives, picks and labels summed over the sets):
+precision, recall, F1; the figure of merit's average precision over every candidate the map stage passes (threshold
+0) beside the map score's alone on the same candidates; and a diameter sweep (PIXER given 0.8x-1.25x the set's
+diameter, the match radius unchanged).
 
-How incomplete the labels are is measured, not assumed: each pick's *density* (the micrograph high-passed, robustly
-standardised, averaged over a disk of 0.35 diameters and negated, as ribosomes are dark) is compared with the
-labelled particles' (their 10th percentile is the cut for "particle-like") and with random background points away
-from every label and pick. Picks without a label that pass the cut complete the labels, and both pickers are scored
-again against the completed set. The criterion is a dark blob, which is what the LoG looks for, so the completed
-figures favour the LoG. Usage::
+Where a set's labels are incomplete (``labels_complete = false``), how incomplete is measured, not assumed: each
+pick's *density* (the micrograph high-passed, robustly standardised, averaged over a disk of 0.35 diameters and
+negated, particles being dark) is compared with the labelled particles' (their 10th percentile is the cut for
+"particle-like") and with random background points away from every label and pick. Picks without a label that pass
+the cut complete the labels, and both pickers are scored again against the completed set. The criterion is a dark
+blob, which is what the LoG looks for, so the completed figures favour the LoG. Usage::
 
-    python benchmarks/bench_real.py [--model FILE] [--split test] [--lowpass SIGMA] [--diameter A] [--map_odds 0]
-        [--json OUT] [--picture PNG]
+    python benchmarks/bench_real.py [--model FILE] [--split test] [--sets NAME ...] [--no_sweep]
+        [--estimate_size No] [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -24,22 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from common import (
-    REAL_DIAMETER_A,
-    best_threshold,
-    fmt,
-    real_micrographs,
-    run_log,
-    run_pixer,
-    score,
-)
-from relion_pixer.evaluate import match_picks
+from common import best_threshold, fmt, job_diameter, real_sets, run_log, score, segment_all
+from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams
+from relion_pixer.pipeline import PickParams, pick_from_map
 from relion_pixer.preprocess import density_map, values_at
 
 
@@ -91,8 +86,6 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
     rate. The completed labels are the expert labels plus every particle-like unlabelled pick of any picker, one per
     particle (within ``radius``).
     """
-    from dataclasses import replace
-
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(seed)
@@ -123,7 +116,7 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
     return out
 
 
-def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float) -> None:
+def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float, title: str) -> None:
     """One micrograph with PIXER's picks and the labels: picks on a label green, picks without one orange when
     particle-like (density at least ``cut``) and red when not, labels without a pick cyan."""
     import matplotlib
@@ -152,93 +145,136 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
             ax.add_patch(plt.Circle((x, y), 0.9 * radius, fill=False, color=colour, lw=1.2))
         ax.plot([], [], "o", mfc="none", color=colour, label=label)
     ax.set_axis_off()
-    ax.set_title(f"EMPIAR-10028 {mic.name}: PIXER (defaults) against the expert labels")
+    ax.set_title(f"{title} {mic.name}: PIXER (defaults) against the labels")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
     fig.savefig(path, dpi=64, bbox_inches="tight")
     plt.close(fig)
 
 
-def lowpass(mics, sigma: float):
-    """The micrographs blurred by a Gaussian of sd ``sigma`` pixels (unchanged when 0)."""
-    import scipy.ndimage
 
-    if sigma > 0:
-        for m in mics:
-            m.image = scipy.ndimage.gaussian_filter(m.image, sigma).astype(np.float32)
-    return mics
+#: Diameters the sweep gives PIXER, as multiples of the set's diameter.
+SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
+
+
+def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool):
+    """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
+    the average precisions, from one segmentation; and the diameter it picked at."""
+    d = job_diameter(mics, diameter_A, models, estimate)
+    picks, every = [], []
+    for seg in segment_all(mics, d, models):
+        r = pick_from_map(*seg, d, models, params)
+        picks.append((r.xy, r.fom))
+        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0))
+        every.append((r0.xy, r0.fom, r0.map_score))
+    return picks, every, d
+
+
+def average_precisions(every, mics, radius: float) -> dict:
+    """Average precision of the figure of merit and of the map score alone, over the same candidates."""
+    xy, truth = [e[0] for e in every], [m.truth for m in mics]
+    return {"fom": pooled_average_precision(xy, [e[1] for e in every], truth, radius),
+            "map_score": pooled_average_precision(xy, [e[2] for e in every], truth, radius)}
+
+
+def pooled(scores: list[dict]) -> dict:
+    """Precision, recall and F1 of several sets' scores with true positives, picks and labels summed."""
+    tp = sum(s["recall"] * s["truth"] for s in scores)
+    picks, truth = sum(s["picks"] for s in scores), sum(s["truth"] for s in scores)
+    p, r = tp / picks if picks else float("nan"), tp / truth if truth else float("nan")
+    return {"precision": p, "recall": r, "f1": 2 * tp / (picks + truth) if picks + truth else float("nan"),
+            "picks": int(picks), "truth": int(truth)}
+
+
+def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None) -> dict:
+    radius = rs.radius_px
+    tune = rs.micrographs("train", "valid")
+    log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
+    mics = rs.micrographs(split)
+    t0 = time.time()
+    picks, every, d_used = pixer_picks(mics, rs.diameter_A, models, params, estimate)
+    seconds = (time.time() - t0) / len(mics)
+    log = run_log(mics, rs.diameter_A, threshold=log_t)
+    out = {
+        "title": rs.title, "split": split, "micrographs": len(mics), "diameter_A": rs.diameter_A,
+        "angpix": rs.angpix, "radius_px": radius, "diameter_picked_at_A": d_used,
+        "size_estimate_error": d_used / rs.diameter_A - 1.0 if estimate else None,
+        "pixer": score(picks, mics, radius), "log": score(log, mics, radius), "log_threshold_from_train_valid": log_t,
+        "average_precision": average_precisions(every, mics, radius),
+        "pixer_seconds_per_micrograph": seconds,
+        "per_micrograph": {m.name: score([p], [m], radius)["f1"] for m, p in zip(mics, picks)},
+        "unmatched_distance_diameters": unmatched_distances(picks, mics, radius, 2 * radius),
+        "fom_matched_unmatched": fom_matched_unmatched(picks, mics, radius),
+    }
+    if not rs.labels_complete:
+        lc = label_completeness({"pixer": picks, "log": log}, mics, radius, 2 * radius)
+        out["completed_labels"] = lc
+        if picture_path:
+            picture(picture_path, mics[0], picks[0], lc["density_cut"], radius, 2 * radius, rs.title)
+    if sweep:
+        out["sweep"] = {}
+        for f in SWEEP:
+            p, _, d = pixer_picks(mics, f * rs.diameter_A, models, params, estimate)
+            out["sweep"][f"{f:g}"] = {"given_A": f * rs.diameter_A, "picked_at_A": d, **score(p, mics, radius)}
+        f1 = [v["f1"] for v in out["sweep"].values()]
+        out["sweep_f1_spread"] = float(max(f1) - min(f1))
+    return out
+
+
+def report(name: str, r: dict) -> None:
+    print(f"{r['title']} ({name}), {r['split']} split, {r['micrographs']} micrographs, match radius "
+          f"{r['radius_px']:.1f} px; diameter {r['diameter_A']:g} A, picked at {r['diameter_picked_at_A']:.0f} A")
+    print(fmt("  PIXER (defaults)", r["pixer"]))
+    print(fmt(f"  LoG (threshold {r['log_threshold_from_train_valid']:g})", r["log"]))
+    ap = r["average_precision"]
+    print(f"  average precision over the candidates: figure of merit {ap['fom']:.3f}, map score alone "
+          f"{ap['map_score']:.3f}")
+    if "completed_labels" in r:
+        lc = r["completed_labels"]
+        print("  unlabelled picks that look like a particle (density at least the labels' {:g}th percentile; {:.2%} of "
+              "background points do): PIXER {} of {}, LoG {} of {}".format(
+                  DENSITY_PERCENTILE, lc["background_particle_like"], lc["particle_like"]["pixer"],
+                  lc["unmatched"]["pixer"], lc["particle_like"]["log"], lc["unmatched"]["log"]))
+        print(fmt(f"  PIXER, completed labels", lc["scores"]["pixer"]))
+        print(fmt(f"  LoG, completed labels", lc["scores"]["log"]))
+    if "sweep" in r:
+        print("  diameter sweep: " + ", ".join(f"{k}x F1 {v['f1']:.3f} (at {v['picked_at_A']:.0f} A)"
+                                              for k, v in r["sweep"].items())
+              + f"; spread {r['sweep_f1_spread']:.3f}")
+    print(f"  PIXER time per micrograph {r['pixer_seconds_per_micrograph']:.2f} s", flush=True)
 
 
 def main() -> None:
+    from relion_pixer.relion import parse_bool
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model file (default: shipped weights)")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ap.add_argument("--sets", nargs="*", help="only these sets (folder names under shared/data/real)")
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
-    ap.add_argument("--map_odds", type=float, default=PickParams.map_odds,
-                    help="PIXER's odds cut (0: the defaults before it existed)")
+    ap.add_argument("--estimate_size", default="Yes", help="Yes (the job's default) or No: pick at the diameter given")
+    ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied first")
-    ap.add_argument("--diameter", type=float, default=REAL_DIAMETER_A,
-                    help="particle diameter given to both pickers, in A (the labels' 300 A still sets the match radius)")
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--picture", help="draw the first micrograph's picks and labels into this PNG")
+    ap.add_argument("--picture", help="draw the first incompletely labelled set's first micrograph into this PNG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
-    radius = 0.5 * REAL_DIAMETER_A / 5.36
-    tune = lowpass(real_micrographs("train") + real_micrographs("valid"), args.lowpass)
-    log_tune = run_log(tune, args.diameter, threshold=0.5)
-    log_t, log_tune_score = best_threshold(log_tune, tune, radius, np.arange(0.5, 6.01, 0.25))
-    mics = lowpass(real_micrographs(args.split), args.lowpass)
-    t0 = time.time()
-    pixer = run_pixer(mics, args.diameter, models, PickParams(threshold=args.threshold, max_particles=500,
-                                                                  map_odds=args.map_odds))
-    seconds = (time.time() - t0) / len(mics)
-    log = run_log(mics, args.diameter, threshold=log_t)
-    figures = {
-        "split": args.split,
-        "lowpass_sigma_px": args.lowpass,
-        "diameter_A": args.diameter,
-        "radius_px": radius,
-        "threshold": args.threshold,
-        "map_odds": args.map_odds,
-        "pixer": score(pixer, mics, radius),
-        "pixer_seconds_per_micrograph": seconds,
-        "log_threshold_from_train_valid": log_t,
-        "log": score(log, mics, radius),
-        "per_micrograph": {m.name: score([p], [m], radius)["f1"] for m, p in zip(mics, pixer)},
-        "fom_matched_unmatched": fom_matched_unmatched(pixer, mics, radius),
-        "unmatched_distance_diameters": unmatched_distances(pixer, mics, radius, 2 * radius),
-        "completed_labels": label_completeness({"pixer": pixer, "log": log}, mics, radius, 2 * radius),
-    }
-    print(f"EMPIAR-10028 {args.split} split, {len(mics)} micrographs, match radius {radius:.1f} px, "
-          f"particle diameter given {args.diameter:g} A"
-          + (f", low-passed (Gaussian sd {args.lowpass:g} px)" if args.lowpass else ""))
-    defaults = (args.threshold, args.map_odds) == (PickParams.threshold, PickParams.map_odds)
-    name = "PIXER (defaults)" if defaults else f"PIXER (threshold {args.threshold:g}, map_odds {args.map_odds:g})"
-    print(fmt(name, figures["pixer"]))
-    print(fmt(f"LoG (threshold {log_t:g} from train+valid)", figures["log"]))
-    fm = figures["fom_matched_unmatched"]
-    print(f"mean figure of merit of picks with a label {fm[0]:.3f}, without one {fm[1]:.3f} "
-          "(close values: the classifier sees no difference, as with unlabelled particles)")
-    ud = figures["unmatched_distance_diameters"]
-    print("picks without a label lie {:.2f} / {:.2f} / {:.2f} diameters (10th / 50th / 90th percentile) from the "
-          "nearest label; labelled particles' nearest neighbours lie a median {:.2f} diameters away".format(
-              *ud["unmatched_to_label_p10_p50_p90"], ud["label_nearest_neighbour_median"]))
-    lc = figures["completed_labels"]
-    print("picks without a label that look like a particle (density at least the labels' {:g}th percentile; {:.2%} "
-          "of background points do): PIXER {} of {}, LoG {} of {}".format(
-              DENSITY_PERCENTILE, lc["background_particle_like"], lc["particle_like"]["pixer"],
-              lc["unmatched"]["pixer"], lc["particle_like"]["log"], lc["unmatched"]["log"]))
-    print(f"against the labels completed by those picks ({lc['completed_truth']} particles; the criterion is a dark "
-          "blob, so this favours the LoG):")
-    print(fmt("  " + name, lc["scores"]["pixer"]))
-    print(fmt("  LoG", lc["scores"]["log"]))
-    print(f"PIXER time per 1024 px micrograph: {seconds:.2f} s")
+    params = PickParams(threshold=args.threshold)
+    estimate = parse_bool(args.estimate_size, "--estimate_size")
+    figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "sets": {}}
+    for rs in real_sets(args.sets):
+        r = bench_set(rs, models, params, args.split, estimate, not args.no_sweep,
+                      args.picture if args.picture and not any("completed_labels" in v for v in
+                                                               figures["sets"].values()) else None)
+        figures["sets"][rs.name] = r
+        report(rs.name, r)
+    sets = figures["sets"].values()
+    figures["pooled"] = {"pixer": pooled([r["pixer"] for r in sets]), "log": pooled([r["log"] for r in sets])}
+    print(fmt("pooled PIXER", figures["pooled"]["pixer"]))
+    print(fmt("pooled LoG", figures["pooled"]["log"]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
-    if args.picture:
-        picture(args.picture, mics[0], pixer[0], lc["density_cut"], radius, 2 * radius)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,17 @@ def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickPar
     return picks_from_maps(segment_all(mics, diameter_A, models, params.device), diameter_A, models, params)
 
 
+def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True) -> float:
+    """The diameter a picking job on ``mics`` picks at: the size estimate on its first micrographs, as the job makes
+    it (:mod:`relion_pixer.size`), or ``diameter_A`` when ``estimate`` is False."""
+    from relion_pixer import size
+
+    if not estimate:
+        return float(diameter_A)
+    sample = [(m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]]
+    return size.estimate_diameter(sample, diameter_A, models).diameter_A
+
+
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
     """LoG baseline picks (xy, score) per micrograph, in micrograph pixels."""
     out = []

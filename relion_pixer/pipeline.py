@@ -81,6 +81,8 @@ class PickResult:
         The normalised, Fourier-cropped (so low-passed) micrograph at network scale, for pictures.
     capped : int
         Picks at or above the threshold that ``max_particles`` cut (0: none).
+    map_score : numpy.ndarray or None
+        (N,) each pick's map score (the evidence of the map alone), in the order of ``xy``.
     trust : float
         The classifier's say on this micrograph (:func:`relion_pixer.decide.classifier_trust`).
     """
@@ -92,6 +94,7 @@ class PickResult:
     net_image: np.ndarray | None = None
     capped: int = 0
     trust: float = 1.0
+    map_score: np.ndarray | None = None
 
 
 def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, params: PickParams) -> PickResult:
@@ -154,4 +157,5 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     xy = preprocess.to_original(cand_xy[decision.keep], factors)
     prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
     return PickResult(xy=xy, fom=fom, prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
-                      net_image=net_image, capped=decision.capped, trust=decision.trust)
+                      net_image=net_image, capped=decision.capped, trust=decision.trust,
+                      map_score=cand_score[decision.keep])

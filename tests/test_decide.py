@@ -1,0 +1,118 @@
+"""The decision stage and the size estimate: the classifier cannot veto what it does not know, a cap says what it
+cut, the figure of merit ranks, and the size the networks see best is measured from the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relion_pixer import decide
+from relion_pixer.models import load_pretrained
+from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
+from relion_pixer.simulate import random_config, simulate_micrograph
+
+
+def _probs(p_particle, p_contamination=None):
+    p = np.asarray(p_particle, np.float64)
+    c = 1.0 - p if p_contamination is None else np.asarray(p_contamination, np.float64)
+    return np.stack([1.0 - p - c, p, c], axis=1)
+
+
+def test_a_classifier_that_agrees_with_the_map_vetoes_what_it_calls_contamination():
+    s = np.linspace(0.5, 1.0, 20)
+    p = np.full(20, 0.99)
+    p[3] = 0.02  # ice the map half-believes
+    d = decide.decide(s, _probs(p), threshold=0.3)
+    assert d.trust == 1.0 and d.agreement == 0.95  # fewer than MIN_REFERENCE sure ones: all are the reference
+    np.testing.assert_allclose(d.fom, s * p)
+    assert 3 not in d.keep and len(d.keep) == 19
+    assert list(d.keep) == sorted(d.keep, key=lambda i: -d.fom[i])  # best first
+
+
+def test_a_classifier_that_disagrees_with_the_map_on_its_surest_candidates_cannot_veto():
+    """The apoferritin case: the map is sure, the classifier calls most of them contamination."""
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.6, 1.0, 40)
+    p = rng.uniform(0.0, 0.4, 40)  # "contamination" for most
+    p[:5] = 0.9
+    d = decide.decide(s, _probs(p), threshold=0.5)
+    assert d.trust == 0.0 and d.agreement < decide.TRUST_LOW
+    np.testing.assert_allclose(d.fom, s)  # the map's evidence alone
+    assert len(d.keep) == 40
+
+
+def test_trust_grows_with_agreement_and_the_figure_of_merit_never_exceeds_the_map_score():
+    s = np.linspace(0.2, 1.0, 40)
+    trusts = []
+    for share in (0.4, 0.6, 0.7, 0.9):
+        p = np.where(np.arange(40) % 10 < share * 10, 0.95, 0.05)
+        t, a = decide.classifier_trust(s, p)
+        trusts.append(t)
+        fom = decide.figure_of_merit(s, p, t)
+        assert np.all(fom <= s + 1e-12) and np.all(fom >= 0)
+    assert trusts[0] == 0.0 and trusts[-1] == 1.0 and trusts[0] < trusts[1] < trusts[2] < trusts[3]
+    assert decide.classifier_trust([], []) == (1.0, pytest.approx(float("nan"), nan_ok=True))
+
+
+def test_a_cap_that_cuts_says_how_many():
+    s = np.linspace(0.5, 1.0, 30)
+    d = decide.decide(s, _probs(np.full(30, 0.99)), threshold=0.0, max_particles=10)
+    assert len(d.keep) == 10 and d.capped == 20
+    assert set(d.keep) == set(range(20, 30))  # the best ten
+    assert decide.decide(s, _probs(np.full(30, 0.99)), threshold=0.0, max_particles=0).capped == 0
+    with pytest.raises(ValueError, match="threshold"):
+        decide.decide(s, _probs(np.full(30, 0.99)), threshold=1.5)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_pretrained()
+
+
+def _simulate(seed: int, family: str, n: int = 2, snr: float = 1.0, size: int = 768, dpx: float = 64.0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        cfg = random_config(rng, snr=snr, particle_diameter_px=dpx, families=family, empty=False, n_ice=2,
+                            carbon_edge=False, density=0.2, angpix=2.0)
+        out.append((simulate_micrograph(rng, shape=(size, size), **cfg), 2.0))
+    return out
+
+
+def test_the_decision_keeps_a_family_the_networks_never_saw(models):
+    """The shipped networks were trained without the ``smooth`` family (featureless balls and shells): the decision
+    keeps at least 95 % of the particles the map alone finds (the map score at the same threshold)."""
+    found_map = kept = 0
+    for sim, angpix in _simulate(515151, "smooth"):
+        d = 64.0 * angpix
+        seg = segment_micrograph(sim.image, angpix, d, models)
+        full = pick_from_map(*seg, d, models, PickParams())
+        every = pick_from_map(*seg, d, models, PickParams(threshold=0.0))
+        map_only = every.xy[every.map_score >= PickParams.threshold]
+        truth = np.asarray(sim.coords).reshape(-1, 2)
+
+        def hits(xy):
+            if not len(xy) or not len(truth):
+                return 0
+            dist = np.hypot(*(xy[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
+            return int(np.sum(dist.min(axis=0) <= 32.0))
+
+        found_map += hits(map_only)
+        kept += hits(full.xy)
+    assert found_map >= 20
+    assert kept >= 0.95 * found_map
+
+
+def test_the_size_estimate_follows_the_data_not_the_diameter_given(models):
+    """Micrographs of 64 px globular particles, the diameter given 0.8x or 1.25x the true one: the two estimates
+    agree within 5 %, so the job picks at the same size either way. The estimate is the size the networks see best,
+    which on this simulation lies about a quarter below the particles' longest dimension (measured: 0.73x); it is
+    held within 35 % here, and the benchmarks report its error on every set."""
+    from relion_pixer.size import estimate_diameter
+
+    sims = _simulate(626262, "globular", n=2, size=640)
+    true_A = 64.0 * 2.0
+    small, large = (estimate_diameter([(s.image, a) for s, a in sims], g * true_A, models) for g in (0.8, 1.25))
+    assert abs(small.diameter_A / large.diameter_A - 1.0) <= 0.05, (small, large)
+    assert abs(small.diameter_A / true_A - 1.0) <= 0.35, small
+    assert not small.at_edge and not large.at_edge
