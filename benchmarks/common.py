@@ -131,15 +131,24 @@ def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickPar
     return picks_from_maps(segment_all(mics, diameter_A, models, params.device), diameter_A, models, params)
 
 
-def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True) -> float:
-    """The diameter a picking job on ``mics`` picks at: the size estimate on its first micrographs, as the job makes
-    it (:mod:`relion_pixer.size`), or ``diameter_A`` when ``estimate`` is False."""
+def size_estimate(mics: list[Micrograph], diameter_A: float, models):
+    """The size estimate a picking job on ``mics`` makes on its first micrographs (:mod:`relion_pixer.size`)."""
+    from relion_pixer import size
+
+    sample = [(m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]]
+    return size.estimate_diameter(sample, diameter_A, models)
+
+
+def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
+                 weight: float | None = None) -> float:
+    """The diameter a picking job on ``mics`` picks at (:func:`relion_pixer.size.picking_diameter` of its size
+    estimate, with ``weight`` or the job's default), or ``diameter_A`` when ``estimate`` is False."""
     from relion_pixer import size
 
     if not estimate:
         return float(diameter_A)
-    sample = [(m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]]
-    return size.estimate_diameter(sample, diameter_A, models).diameter_A
+    est = size_estimate(mics, diameter_A, models)
+    return size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
 
 
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):

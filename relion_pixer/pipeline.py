@@ -52,13 +52,13 @@ class PickParams:
         Boxes per classifier batch.
     """
 
-    threshold: float = 0.6
+    threshold: float = 0.1
     max_particles: int = 0
     min_distance_A: float | None = None
     margin_A: float | None = None
-    map_threshold: float = 0.05
+    map_threshold: float = 0.1
     map_relative: float = 0.2
-    map_odds: float = 0.05
+    map_odds: float = 0.03
     device: str = "cpu"
     batch_size: int = 256
 

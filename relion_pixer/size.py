@@ -21,10 +21,13 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "SizeEstimate", "confidence", "estimate_diameter"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "SizeEstimate", "confidence", "estimate_diameter", "picking_diameter"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
+#: Weight of the estimate against the diameter given in the diameter the job picks at (geometric mean;
+#: ``benchmarks/tune_size.py`` chose it).
+ESTIMATE_WEIGHT = 0.5
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Candidate scores are clipped to this distance from 0 and 1 before their log-odds are taken.
@@ -122,3 +125,14 @@ def estimate_diameter(micrographs: Sequence[tuple[np.ndarray, float]], diameter_
         if a < 0:
             best = float(np.clip(-b / (2 * a), x[0], x[2]))
     return SizeEstimate(float(diameter_A * np.exp(best)), diameter_A, factors, tuple(conf), i in (0, len(c) - 1))
+
+
+def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT) -> float:
+    """The diameter to pick at: ``given ** (1 - weight) * estimate ** weight`` (0: the diameter given; 1: the
+    estimate). Between the two, a diameter given off by a factor ``k`` moves the picking scale by only ``k **
+    (1 - weight)``, and the estimate's own error (the networks' preferred scale is not the physical size) counts
+    ``weight`` times."""
+    weight = float(weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    return float(estimate.given_A ** (1.0 - weight) * estimate.diameter_A ** weight)
