@@ -92,8 +92,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         half-confident candidates on clean micrographs (default 0.05; 0: off)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 0); run.out names
                         every micrograph where the cap cuts picks
-  estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs and pick
-                        at it (default Yes; the diameter given sets the search range, 0.55x-1.8x)
+  estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
+                        0.55x-1.8x the diameter given) and pick between it and the diameter given
+                        (geometric mean; default Yes); run.out reports it, run.err warns beyond 30 %
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
@@ -635,8 +636,8 @@ SIZE_WARN_FRACTION = 0.3
 
 
 def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, job_dir: Path) -> float:
-    """The diameter to pick at: the size estimate (:mod:`relion_pixer.size`) on the job's first micrographs, kept in
-    :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
+    """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
+    micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
     import json
 
     from relion_pixer import size
@@ -645,9 +646,10 @@ def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, jo
     try:
         kept = json.loads(path.read_text())
         if float(kept["given_A"]) == opts.particle_diameter:
-            log.info(f" + particle size from the data: {float(kept['diameter_A']):.0f} A (kept from the first run "
-                     f"in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
-            return float(kept["diameter_A"])
+            log.info(f" + particle size from the data: {float(kept['estimate_A']):.0f} A, picking at "
+                     f"{float(kept['picking_A']):.0f} A (kept from the first run in {SIZE_FILE}; diameter given "
+                     f"{opts.particle_diameter:g} A)")
+            return float(kept["picking_A"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     sample = []
@@ -665,17 +667,19 @@ def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, jo
         return opts.particle_diameter
     t0 = time.perf_counter()
     est = size.estimate_diameter(sample, opts.particle_diameter, models, device)
-    log.info(f" + particle size from the data: {est.diameter_A:.0f} A (diameter given {opts.particle_diameter:g} A, "
-             f"{est.ratio:.2f}x; measured on {len(sample)} micrograph(s) in {time.perf_counter() - t0:.1f} s); "
-             "picking at this size (estimate_size No: at the given diameter)")
+    picking_A = size.picking_diameter(est)
+    log.info(f" + particle size from the data: {est.diameter_A:.0f} A, {est.ratio:.2f}x the diameter given "
+             f"({opts.particle_diameter:g} A; measured on {len(sample)} micrograph(s) in "
+             f"{time.perf_counter() - t0:.1f} s): picking at {picking_A:.0f} A, between the two "
+             "(estimate_size No: at the diameter given)")
     if abs(est.ratio - 1.0) > SIZE_WARN_FRACTION or est.at_edge:
         log.warn(f"the particles look {est.diameter_A:.0f} A across to the networks, {est.ratio:.2f}x the diameter "
                  f"given ({opts.particle_diameter:g} A)" + (", at the end of the range searched" if est.at_edge else "")
-                 + ": check --particle_diameter and the pixel size")
+                 + f"; picking at {picking_A:.0f} A: check --particle_diameter and the pixel size")
     with io.atomic_write(path) as fh:
-        json.dump({"given_A": opts.particle_diameter, "diameter_A": est.diameter_A,
+        json.dump({"given_A": opts.particle_diameter, "estimate_A": est.diameter_A, "picking_A": picking_A,
                    "factors": est.factors, "confidence": est.confidence}, fh, indent=1)
-    return est.diameter_A
+    return picking_A
 
 
 def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction, log: _Log, job_dir: Path,

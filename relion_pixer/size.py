@@ -7,7 +7,8 @@ with the diameter scaled by each factor of :data:`FACTORS`, and each scale gets 
 log-odds of the upper half of the candidate scores (:func:`confidence`). The estimate is the scale of the highest
 confidence, refined by a parabola through it and its neighbours (in log scale). The networks are surest where the
 particles have the width they learned, so the estimate follows the data and not the diameter given: a diameter
-from 0.8x to 1.25x the estimate gives the same estimate, and the picks made with it stay the same.
+from 0.8x to 1.25x the true one gives the same estimate. The job picks between the two
+(:func:`picking_diameter`), which halves both the effect of a misjudged diameter and the estimate's own error.
 
 The estimate is what the networks see as one diameter, not a physical size: for a compact particle it is close to
 the longest dimension, for an elongated or hollow one it can differ by a fifth or more (``docs/benchmarks.md``).

@@ -987,12 +987,14 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
             assert f["rlnCoordinateX"].between(0, 511).all() and f["rlnCoordinateY"].between(0, 511).all()
             assert (f["rlnAutopickFigureOfMerit"] >= PickParams.threshold).all()  # the default threshold
     # the size estimate: once per job, in run.out and in the job directory, and the networks saw that size
-    assert len(re.findall(r"^ \+ particle size from the data: \d+ A \(diameter given 150 A", proc.stdout, re.M)) == 1
+    assert len(re.findall(r"^ \+ particle size from the data: \d+ A, [\d.]+x the diameter given \(150 A", proc.stdout,
+                          re.M)) == 1
     size = json.loads((root / "External/job012/pixer_size.json").read_text())
-    assert size["given_A"] == 150.0 and 0.5 * 150 <= size["diameter_A"] <= 1.85 * 150
+    assert size["given_A"] == 150.0 and 0.5 * 150 <= size["estimate_A"] <= 1.85 * 150
+    assert size["picking_A"] == pytest.approx((150.0 * size["estimate_A"]) ** 0.5)
     if extra:
         assert len(list((root / "External/job012/Movies").glob("*_picks.png"))) == len(lst)
-        side = preprocess._output_shape((512, 512), preprocess.scale_factor(size["diameter_A"], 1.5))
+        side = preprocess._output_shape((512, 512), preprocess.scale_factor(size["picking_A"], 1.5))
         for m in (root / "External/job012/Movies").glob("*_probmap.mrc"):
             with mrcfile.open(m) as mrc:
                 assert mrc.data.shape == side  # the estimated diameter sets the network scale
@@ -1084,3 +1086,22 @@ def test_shim_as_relion_calls_it_without_networks(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "external_job.py"), "pick", "--help"], cwd=root,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "particle_diameter" in proc.stdout
+
+
+def test_continue_keeps_the_size_estimate_and_gives_the_same_picks(tmp_path, monkeypatch, capsys):
+    """The size estimate is made once per job: Continue reads it back from pixer_size.json, so the micrographs it
+    picks are picked at the same size as the first run's."""
+    root = made_project(tmp_path / "p", n=3, size=384)
+    monkeypatch.chdir(root)
+    cmd = RELION_CMD.split() + _model_args(tmp_path)
+    assert job.main(cmd) == 0
+    first = capsys.readouterr().out
+    assert first.count("particle size from the data") == 1 and "kept from the first run" not in first
+    lst = check_relion_outputs(root, empty=None)
+    coords = [root / c for c in lst["rlnMicrographCoordinates"]]
+    before = coords[-1].read_bytes()
+    coords[-1].unlink()
+    assert job.main(cmd) == 0
+    again = capsys.readouterr().out
+    assert "kept from the first run in pixer_size.json" in again and "1 to pick" in again
+    assert coords[-1].read_bytes() == before
