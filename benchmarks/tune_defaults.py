@@ -15,7 +15,9 @@ threshold is taken. Each micrograph is segmented and its candidates classified o
 (:func:`relion_pixer.decide.decide`) rerun per combination, exactly as :func:`relion_pixer.pipeline.pick_from_map`
 runs them. Usage::
 
-    python benchmarks/tune_defaults.py [--model FILE] [--n 12] [--seed 700000] [--json OUT]
+    python benchmarks/tune_defaults.py [--model FILE] [--n 12] [--seed 700000] [--splits train,valid] [--json OUT]
+
+``--splits valid`` judges a model trained on the real sets' train splits (their train micrographs left out).
 """
 
 from __future__ import annotations
@@ -80,14 +82,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12, help="simulated micrographs per SNR")
     ap.add_argument("--seed", type=int, default=VALID_SEED)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or not set(splits) <= {"train", "valid"}:
+        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
 
     sets = {}
     for rs in real_sets():
-        sets[f"real_{rs.name}"] = (rs.micrographs("train", "valid"), rs.diameter_A, rs.radius_px)
+        sets[f"real_{rs.name}"] = (rs.micrographs(*splits), rs.diameter_A, rs.radius_px)
     for snr in (0.01, 0.1, 3.0):
         mics, _ = simulate(args.n, snr, args.seed + int(round(snr * 1000)), 2048, 1.0, 150.0)
         sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
@@ -118,7 +124,8 @@ def main() -> None:
           + (f"{default['mean']:.4f}" if default else "(not in the grid)"))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"seed": args.seed, "n": args.n, "picked_at_A": used, "best": best, "rows": rows}, fh, indent=1)
+            json.dump({"model": args.model, "splits": splits, "seed": args.seed, "n": args.n, "picked_at_A": used,
+                       "best": best, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":
