@@ -5,20 +5,24 @@ probabilities say little (on apoferritin shells it calls most of the particles t
 So the classifier may only lower a candidate's figure of merit as far as it has shown, on this micrograph, that it
 agrees with the map:
 
-``fom = s * (1 - trust * (1 - P(particle)))``
+``fom = s * (1 - trust * veto(P(particle)))``, ``veto(P) = clip((VETO_HIGH - P) / (VETO_HIGH - VETO_LOW), 0, 1)``
 
 - ``s`` is the candidate's map score (the particle-probability map smoothed by a particle-sized Gaussian, at the
   candidate's local maximum; :func:`relion_pixer.picking.pick_centres`), in [0, 1];
 - ``P(particle)`` the classifier's probability;
-- ``trust`` in [0, 1] is how often the classifier calls the micrograph's *reference* candidates particles: those
-  whose map score reaches the micrograph's :data:`REFERENCE_QUANTILE` th percentile (all candidates when fewer than
-  :data:`MIN_REFERENCE` do), the ones the map is surest of. Its agreement ``a`` (share with ``P(particle) >= 0.5``)
-  maps linearly onto trust: ``a <= TRUST_LOW`` gives 0 and ``a >= TRUST_HIGH`` gives 1.
+- ``trust`` in [0, 1] is how often the classifier is sure of the micrograph's *reference* candidates: those whose
+  map score reaches the micrograph's :data:`REFERENCE_QUANTILE` th percentile (all candidates when fewer than
+  :data:`MIN_REFERENCE` do), the ones the map is surest of. Its agreement ``a`` (share with ``P(particle) >=``
+  :data:`AGREE_P`) maps linearly onto trust: ``a <= TRUST_LOW`` gives 0 and ``a >= TRUST_HIGH`` gives 1. A
+  classifier that knows the particle is sure of the map's best candidates (ribosomes: all of them); one that does
+  not hesitates even where it is right (apoferritin shells: none), so it gets no say there
+  (``benchmarks/tune_decision.py`` measured the choice).
 
-Where the classifier knows the particle (agreement near 1, as on every simulated family and on the ribosome set),
-``fom = s * P(particle)``: what it recognises as ice, carbon or background loses its figure of merit. Where it does
-not (it disagrees with the map on most of the map's surest candidates), it cannot veto and ``fom = s``. The figure
-of merit stays in [0, 1] and is never above the map score. ``threshold`` is the lowest figure of merit kept.
+Where the classifier knows the particle (agreement near 1, as on the ribosome set), a candidate it gives
+``P(particle)`` below :data:`VETO_LOW` loses its figure of merit, as the paper's veto at 0.6 drops it, and one above
+:data:`VETO_HIGH` keeps its map score: what it recognises as ice, carbon or background is dropped. Where it does not
+(it is unsure of most of the map's surest candidates), it cannot veto and ``fom = s``. The figure of merit stays in
+[0, 1] and is never above the map score. ``threshold`` is the lowest figure of merit kept.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ import numpy as np
 
 from relion_pixer import PARTICLE
 
-__all__ = ["Decision", "classifier_trust", "figure_of_merit", "decide"]
+__all__ = ["Decision", "classifier_trust", "veto", "figure_of_merit", "decide"]
 
 #: Percentile of a micrograph's candidate map scores above which candidates are the reference.
-REFERENCE_QUANTILE = 75.0
+REFERENCE_QUANTILE = 50.0
 #: Fewer reference candidates than this: all candidates are the reference.
 MIN_REFERENCE = 8
+#: A reference candidate counts as agreed when the classifier gives it at least this P(particle).
+AGREE_P = 0.9
 #: Agreement at or below which the classifier gets no say, and at or above which it gets its full say.
 TRUST_LOW = 0.5
 TRUST_HIGH = 0.8
+#: The veto: full below this P(particle), none above :data:`VETO_HIGH`, linear between.
+VETO_LOW = 0.55
+VETO_HIGH = 0.6
 
 
 class Decision(NamedTuple):
@@ -52,7 +61,7 @@ class Decision(NamedTuple):
     trust : float
         The classifier's say on this micrograph, in [0, 1].
     agreement : float
-        Share of the reference candidates the classifier calls particles (NaN without candidates).
+        Share of the reference candidates the classifier is sure are particles (NaN without candidates).
     capped : int
         Candidates at or above the threshold that ``max_particles`` cut.
     """
@@ -75,16 +84,21 @@ def classifier_trust(map_score, p_particle) -> tuple[float, float]:
     ref = s >= np.percentile(s, REFERENCE_QUANTILE)
     if ref.sum() < MIN_REFERENCE:
         ref = np.ones(len(s), dtype=bool)
-    agreement = float(np.mean(p[ref] >= 0.5))
+    agreement = float(np.mean(p[ref] >= AGREE_P))
     trust = float(np.clip((agreement - TRUST_LOW) / (TRUST_HIGH - TRUST_LOW), 0.0, 1.0))
     return trust, agreement
 
 
+def veto(p_particle) -> np.ndarray:
+    """How far the classifier vetoes a candidate: 1 below :data:`VETO_LOW`, 0 above :data:`VETO_HIGH`."""
+    p = np.asarray(p_particle, dtype=np.float64).reshape(-1)
+    return np.clip((VETO_HIGH - p) / (VETO_HIGH - VETO_LOW), 0.0, 1.0)
+
+
 def figure_of_merit(map_score, p_particle, trust: float) -> np.ndarray:
-    """``s * (1 - trust * (1 - P(particle)))``, in [0, 1]."""
+    """``s * (1 - trust * veto(P(particle)))``, in [0, 1]."""
     s = np.clip(np.asarray(map_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    p = np.clip(np.asarray(p_particle, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    return s * (1.0 - float(trust) * (1.0 - p))
+    return s * (1.0 - float(trust) * veto(p_particle))
 
 
 def decide(map_score, probs, threshold: float, max_particles: int = 0) -> Decision:

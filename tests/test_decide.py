@@ -23,9 +23,11 @@ def test_a_classifier_that_agrees_with_the_map_vetoes_what_it_calls_contaminatio
     p = np.full(20, 0.99)
     p[3] = 0.02  # ice the map half-believes
     d = decide.decide(s, _probs(p), threshold=0.3)
-    assert d.trust == 1.0 and d.agreement == 0.95  # fewer than MIN_REFERENCE sure ones: all are the reference
-    np.testing.assert_allclose(d.fom, s * p)
+    assert d.trust == 1.0 and d.agreement == 1.0  # the reference: the map's better half
+    np.testing.assert_allclose(d.fom, np.where(p < decide.VETO_LOW, 0.0, s))  # vetoed, or the map score
     assert 3 not in d.keep and len(d.keep) == 19
+    half = decide.figure_of_merit([0.8], [0.5 * (decide.VETO_LOW + decide.VETO_HIGH)], 1.0)
+    np.testing.assert_allclose(half, [0.4])  # between the two: linear
     assert list(d.keep) == sorted(d.keep, key=lambda i: -d.fom[i])  # best first
 
 

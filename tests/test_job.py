@@ -1026,7 +1026,7 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
 
     def classify_candidates(classifier, net_image, xy, device="cpu", batch_size=256):
         seen["cls"] = (classifier, xy.shape, device, batch_size)
-        # the classifier agrees with the map (every candidate a particle), so the figure of merit is s * P(particle)
+        # fewer than MIN_REFERENCE candidates: all are the reference; sure of 2 of 3 gives trust (2/3 - 0.5) / 0.3
         return np.array([[0.0, 1.0, 0.0], [0.1, 0.9, 0.0], [0.5, 0.5, 0.0]])[: len(xy)]
 
     from relion_pixer.picking import adaptive_threshold
@@ -1047,10 +1047,11 @@ def test_pick_micrograph_chains_the_stages(monkeypatch):
     assert seen["seg"] == ("SEG", (128, 192), "cuda:1")
     assert seen["pick"] == ((128, 192), NET_DIAMETER_PX, pytest.approx(100.0 * NET_DIAMETER_PX / 200.0))
     assert seen["cls"] == ("CLS", (3, 2), "cuda:1", 32)
-    # map scores 0.5, 0.6, 0.7 times P(particle) 1.0, 0.9, 0.5: 0.5, 0.54, 0.35; the last is below 0.4
-    np.testing.assert_allclose(res.fom, [0.54, 0.5])  # best first
+    # map scores 0.5, 0.6, 0.7 with P(particle) 1.0, 0.9, 0.5: the first two keep their map score, the last is
+    # vetoed as far as the classifier is trusted: 0.7 x (1 - 5/9) = 0.31 < 0.4
+    np.testing.assert_allclose(res.fom, [0.6, 0.5])  # best first
     np.testing.assert_allclose(res.xy, [[30.0 / 0.32, 40.0 / 0.32], [10.0 / 0.32, 20.0 / 0.32]])
-    assert res.factors == (128 / 400, 192 / 600) and res.capped == 0 and res.trust == 1.0
+    assert res.factors == (128 / 400, 192 / 600) and res.capped == 0 and res.trust == pytest.approx(5 / 9)
     assert res.prob_map.shape == res.net_image.shape == (128, 192)
     assert seen["map_threshold"] == PickParams.map_threshold
     # the micrograph's own cut: 0.9 x the 75th percentile of (0.5, 0.6, 0.7) = 0.585 leaves two candidates

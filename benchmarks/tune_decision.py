@@ -1,0 +1,145 @@
+"""How the decision weighs the classifier (:mod:`relion_pixer.decide`), measured on validation data only.
+
+For each setting of the trust (which candidates are the reference, how sure the classifier must be of one to count
+as agreeing, the agreement that gives no and full trust) and of the veto's shape, it reports on the same candidates:
+
+- every real set's *train + valid* micrographs, picked at the job's diameter: the figure of merit's average
+  precision minus the map score's alone (the issue asks for >= 0 on every real set), F1 at the default threshold,
+  and the mean trust;
+- simulated micrographs with contamination (``bench_decision.py``'s sets, 3 per family): the share of the
+  contamination the former veto (P(particle) < 0.6) dropped that the setting drops too (target >= 0.9), and the
+  share of the particles the map alone finds that it keeps, on the family the networks never saw (``smooth``) and
+  at worst over the families (target >= 0.95).
+
+The shipped setting is the one with the best mean real-set F1 among those whose average precision is at least the
+map score's on every real set (the rule was written before the first run, which chose the shipped constants of
+:mod:`relion_pixer.decide`). The veto is ``v(P) = clip((p_high - P) / (p_high - p_low), 0, 1)`` and the figure of
+merit ``s (1 - trust v(P))``; ``(0, 1)`` is the linear form ``1 - P``. Usage::
+
+    python benchmarks/tune_decision.py [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import numpy as np
+import torch
+
+from bench_decision import DPX, contamination, former_veto, simulate_family, SEED
+from common import job_diameter, real_sets, segment_all
+from relion_pixer import decide
+from relion_pixer.classify import classify_candidates
+from relion_pixer.evaluate import match_picks, pooled_average_precision, pooled_precision_recall_f1
+from relion_pixer.models import load_pretrained
+from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
+from relion_pixer.preprocess import to_network
+from relion_pixer.simulate.shapes import ALL_FAMILIES
+
+SETTINGS = {  # (reference quantile, agreement P(particle), trust low, trust high, veto low, veto high)
+    "q": (50, 75), "agree_p": (0.5, 0.9, 0.98), "trust": ((0.5, 0.8), (0.7, 0.9)), "veto": ((0.0, 1.0), (0.55, 0.6)),
+}
+
+
+def candidates(models):
+    """Every candidate (threshold 0) with map score and class probabilities: real sets and simulated families."""
+    real, sim = {}, {}
+    for rs in real_sets():
+        mics = rs.micrographs("train", "valid")
+        d = job_diameter(mics, rs.diameter_A, models)
+        rows = []
+        for mic, seg in zip(mics, segment_all(mics, d, models)):
+            r = pick_from_map(*seg, d, models, PickParams(threshold=0.0))
+            rows.append((r.xy, r.map_score, classify_candidates(models.classifier, seg[0], to_network(r.xy, seg[2])),
+                         mic.truth))
+        real[rs.name] = (rows, rs.radius_px)
+    for k, family in enumerate(ALL_FAMILIES):
+        rows = []
+        for s in simulate_family(family, 3, SEED + 1000 * k):
+            seg = segment_micrograph(s.image, 2.0, DPX * 2.0, models)
+            r = pick_from_map(*seg, DPX * 2.0, models, PickParams(threshold=0.0))
+            vetoed = former_veto(*seg, models)
+            rows.append((r.xy, r.map_score, classify_candidates(models.classifier, seg[0], to_network(r.xy, seg[2])),
+                         np.asarray(s.coords).reshape(-1, 2), vetoed[contamination(s, vetoed)]))
+        sim[family] = rows
+    return real, sim
+
+
+def fom_with(s, probs, q, agree_p, lo, hi, v_lo, v_hi):
+    old = decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH
+    decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH = q, agree_p, lo, hi
+    try:
+        trust, _ = decide.classifier_trust(s, probs[:, 1])
+    finally:
+        decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH = old
+    veto = np.clip((v_hi - probs[:, 1]) / (v_hi - v_lo), 0.0, 1.0)
+    return s * (1.0 - trust * veto), trust
+
+
+def evaluate(real, sim, setting, threshold: float) -> dict:
+    out = {"real": {}, "families": {}}
+    for name, (rows, radius) in real.items():
+        foms = [fom_with(r[1], r[2], *setting) for r in rows]
+        xy, truth = [r[0] for r in rows], [r[3] for r in rows]
+        out["real"][name] = {
+            "ap_minus_map": pooled_average_precision(xy, [f for f, _ in foms], truth, radius)
+            - pooled_average_precision(xy, [r[1] for r in rows], truth, radius),
+            "f1": pooled_precision_recall_f1([x[f >= threshold] for x, (f, _) in zip(xy, foms)], truth, radius).f1,
+            "trust": float(np.mean([t for _, t in foms]))}
+    vetoed = dropped = 0
+    for family, rows in sim.items():
+        by_map = by_fom = 0
+        for xy, s, probs, truth, vet in rows:
+            f, _ = fom_with(s, probs, *setting)
+            picks = xy[f >= threshold]
+            if len(truth):
+                by_map += len(match_picks(xy[s >= threshold], truth, DPX / 2).pred_index)
+                by_fom += len(match_picks(picks, truth, DPX / 2).pred_index)
+            vetoed += len(vet)
+            if len(vet):
+                near = (np.hypot(*(vet[:, None, :] - picks[None, :, :]).transpose(2, 0, 1)).min(axis=1) <= 2.0
+                        if len(picks) else np.zeros(len(vet), bool))
+                dropped += int((~near).sum())
+        out["families"][family] = by_fom / by_map if by_map else float("nan")
+    out["contamination_dropped_share"] = dropped / vetoed if vetoed else float("nan")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    models = load_pretrained()
+    real, sim = candidates(models)
+    rows = []
+    for q, agree_p, (lo, hi), (v_lo, v_hi) in itertools.product(*SETTINGS.values()):
+        setting = (q, agree_p, lo, hi, v_lo, v_hi)
+        r = evaluate(real, sim, setting, PickParams.threshold)
+        r["setting"] = dict(zip(("reference_quantile", "agree_p", "trust_low", "trust_high", "veto_low", "veto_high"),
+                                setting))
+        r["ranks"] = all(v["ap_minus_map"] >= 0 for v in r["real"].values())
+        r["mean_real_f1"] = float(np.mean([v["f1"] for v in r["real"].values()]))
+        rows.append(r)
+        print(" ".join(f"{k} {v:g}" for k, v in r["setting"].items()) + ": "
+              + "  ".join(f"{k[:14]} dAP {v['ap_minus_map']:+.3f} F1 {v['f1']:.3f} trust {v['trust']:.2f}"
+                          for k, v in r["real"].items())
+              + f"  contamination dropped {r['contamination_dropped_share']:.2f}, unseen kept "
+              f"{r['families']['smooth']:.3f}, worst family kept {min(r['families'].values()):.3f}", flush=True)
+    ok = [r for r in rows if r["ranks"]]
+    best = max(ok, key=lambda r: r["mean_real_f1"]) if ok else None
+    shipped = (decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH, decide.VETO_LOW,
+               decide.VETO_HIGH)
+    print("chosen: " + (", ".join(f"{k} {v:g}" for k, v in best["setting"].items()) if best else "none ranks")
+          + "; shipped: " + ", ".join(f"{v:g}" for v in shipped))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
