@@ -85,11 +85,11 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         lowered where the classifier sees ice, carbon or background and agrees with the map
                         on that micrograph; Extract's --minimum_pick_fom reads the same figure
   map_threshold P       lowest smoothed probability-map score of a candidate before the classifier, 0-1
-                        (default 0.05)
+                        (default {PickParams.map_threshold:g})
   map_relative F        a candidate also needs this fraction of the micrograph's typical candidate score, 0-1
-                        (default 0.2; 0: off)
+                        (default {PickParams.map_relative:g}; 0: off)
   map_odds F            a candidate also needs this fraction of the typical candidate score's odds, 0-1: drops
-                        half-confident candidates on clean micrographs (default 0.05; 0: off)
+                        half-confident candidates on clean micrographs (default {PickParams.map_odds:g}; 0: off)
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 0); run.out names
                         every micrograph where the cap cuts picks
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
