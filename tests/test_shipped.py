@@ -56,7 +56,7 @@ def test_picks_match_the_simulated_particles(simulated):
     sim, diameter = simulated
     models = load_pretrained()
     res = pick_micrograph(sim.image, 2.5, diameter, models, PickParams())
-    assert np.all(np.diff(res.fom) <= 0) and np.all((res.fom >= 0.6) & (res.fom <= 1))
+    assert np.all(np.diff(res.fom) <= 0) and np.all((res.fom >= PickParams.threshold) & (res.fom <= 1))
     scores = pooled_precision_recall_f1([res.xy], [sim.coords], radius=32.0)
     assert scores.f1 >= 0.7, scores
 
