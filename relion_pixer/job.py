@@ -65,6 +65,7 @@ SPEC = {
     "workers": "value",
     "gpu": "value",
     "strict": "flag",
+    "continue": "flag",
     "pipeline_control": "value",
     "help": "flag",
     # inputs of RELION's External job that a picker does not use
@@ -111,7 +112,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   gpu IDS               CUDA devices in RELION's syntax: "0,1" (the workers use devices 0 and 1), "0:1" (MPI rank
                         0 uses device 0, rank 1 device 1); empty: spread over every visible device
 
-Rerunning on the same output directory picks only micrographs that have no coordinate file yet.
+Rerunning on the same output directory picks only micrographs that have no coordinate file yet (RELION's
+Continue, or --continue, does the same).
 Across nodes: `mpirun -n N relion_pixer ...` (needs mpi4py: pip install 'relion-pixer[mpi]'): rank 0 reads the
 input and writes autopick.star, the output nodes and the exit marker once every rank has finished its share.
 """

