@@ -392,3 +392,46 @@ def test_launcher_without_mpi4py_is_a_clear_failure(tmp_path):
     (root / JOB / relion.EXIT_FAILURE).unlink()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and proc.stderr == "" and not (root / JOB / relion.EXIT_FAILURE).exists()
+
+
+WORKER_DRIVER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from relion_pixer import job
+from relion_pixer.pipeline import PickResult
+
+def slow(image, angpix, d, params):
+    time.sleep(0.4)
+    xy = np.tile(np.array([[10.0, 20.0]]), (2000, 1))
+    return PickResult(xy, np.linspace(1, 0.6, 2000), None, (1.0, 1.0))
+
+if __name__ == "__main__":
+    sys.exit(job.run_job(job.parse_args(sys.argv[1:]), pick_fn=slow))
+"""
+
+
+def test_sigterm_with_workers_stops_them_and_marks_the_job_aborted(tmp_path):
+    root = made_project(tmp_path / "p", n=12, size=128)
+    driver = tmp_path / "driver.py"
+    driver.write_text(WORKER_DRIVER.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(driver)] + RELION_CMD.split() + ["--workers", "2"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    movies = root / JOB / "Movies"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(movies.glob("*_autopick.star")) if movies.exists() else []) < 2:
+        time.sleep(0.02)
+    proc.terminate()  # the job's own process only, as `kill PID` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "stopped by SIGTERM" in err
+    jd = root / JOB
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
+    finished = list(movies.glob("*_autopick.star"))
+    assert 2 <= len(finished) < 12
+    for f in finished:
+        assert len(io.read_coordinates_star(f)) == 2000
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == len(finished)
+    time.sleep(1.0)
+    assert len(list(movies.glob("*_autopick.star"))) == len(finished)  # no worker goes on picking
