@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def run_config(project: Path, name: str, n: int) -> dict:
     cfg = CONFIGS[name]
     job = f"External/{name}/"
     shutil.rmtree(project / job, ignore_errors=True)
+    load_before = os.getloadavg()[0]
     t0 = time.time()
     proc = subprocess.run(job_command(job, DIAMETER_A, **cfg), cwd=project, env=job_env(), capture_output=True,
                           text=True)
@@ -56,8 +58,10 @@ def run_config(project: Path, name: str, n: int) -> dict:
         raise SystemExit(f"{name}: {len(times)} coordinate files for {n} micrographs")
     k = cfg["workers"] * cfg["ranks"]
     steady = (n - k) / (times[-1] - times[k - 1])
+    # the 1-minute load average before and after: above the job's own processes, someone else shared the cores
     return {"wall_s": round(wall, 2), "micrographs_per_s": round(steady, 3),
-            "micrographs_per_s_with_start_up": round(n / wall, 3), **cfg}
+            "micrographs_per_s_with_start_up": round(n / wall, 3), **cfg,
+            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main() -> None:
