@@ -232,14 +232,7 @@ def test_worker_setup_error_is_reported_like_without_workers(tmp_path, monkeypat
 
 def _sim_project(root: Path, n: int, size: int = 384) -> Path:
     """A project whose micrographs hold simulated particles (150 A at 1.5 A/px), so that the networks pick."""
-    from relion_pixer.simulate import random_config, simulate_micrograph
-
-    made_project(root, n=n, size=64)
-    rng = np.random.default_rng(5)
-    for k, e in enumerate(io.read_micrographs_star(root / IN_MICS, project_dir=root)):
-        cfg = random_config(rng, snr=0.3, angpix=1.5, particle_diameter_px=100.0, empty=False, n_ice=0,
-                            n_aggregates=0, carbon_edge=False, carbon_hole=False)
-        write_mrc(e.path, simulate_micrograph(rng, shape=(size, size), **cfg).image.astype(np.float32), 1.5)
+    jobrun.write_project(root, n, size=size, angpix=1.5, diameter_A=150.0, bases=n, seed=5)
     return root
 
 
