@@ -103,10 +103,10 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
                 times[name].clear()
             stride = loaded.segmenter.trunk.stride
             h, w = (int(np.ceil(d / stride) * stride) for d in net_image.shape)
-            tile = segment.TILE // stride * stride
-            ty = len(segment._tile_starts(h, tile, segment.MARGIN, stride)) if h > tile or w > tile else 1
-            tx = len(segment._tile_starts(w, tile, segment.MARGIN, stride)) if h > tile or w > tile else 1
-            covered = ty * min(tile, h) * tx * min(tile, w) if ty * tx > 1 else h * w
+            tile, margin = segment.TILE // stride * stride, segment.MARGIN
+            th, tw = (segment._tile_side(d, tile, margin, stride) for d in (h, w))
+            ty, tx = (len(segment._tile_starts(d, t, margin, stride)) for d, t in ((h, th), (w, tw)))
+            covered = ty * th * tx * tw if ty * tx > 1 else h * w
             info = {"micrograph_px": list(image.shape), "net_image_px": list(net_image.shape),
                     "segment_tiles": ty * tx, "segment_pixels_computed_per_image_pixel": round(covered / (h * w), 2),
                     "candidates": int(len(cand_xy)), "picks": int(len(res.xy))}
