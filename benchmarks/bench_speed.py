@@ -114,11 +114,40 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
     total = sum(median.values())
     return {
         **info,
+        "segment_seconds_by_tiling": compare_tiling(loaded.segmenter, net_image, device),
         "seconds_per_stage": {name: round(v, 4) for name, v in median.items()},
         "share_per_stage": {name: round(v / total, 3) for name, v in median.items()},
         "seconds_total": round(total, 3),
         "classifier_ms_per_box": round(1000 * median["classify"] / max(1, info["candidates"]), 3),
     }
+
+
+def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 5) -> dict:
+    """Segmentation seconds (best of ``rounds``, interleaved so that load from elsewhere hits both alike) with the
+    balanced tiles of :func:`relion_pixer.segment._tile_side`, with full-size tiles (the earlier tiling) and
+    without tiling, and the largest difference of the maps from whole-image inference."""
+    from relion_pixer import segment
+
+    balanced = segment._tile_side
+    ways = {"balanced_tiles": balanced, "full_tiles": lambda n, tile, margin, stride: min(tile, n)}
+    best = {name: float("inf") for name in (*ways, "whole_image")}
+    maps = {}
+    try:
+        for _ in range(rounds):
+            for name, side in ways.items():
+                segment._tile_side = side
+                t0 = time.perf_counter()
+                maps[name] = segment.predict_probability(segmenter, net_image, device)
+                best[name] = min(best[name], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            maps["whole_image"] = segment.predict_probability(segmenter, net_image, device, tile=1 << 20)
+            best["whole_image"] = min(best["whole_image"], time.perf_counter() - t0)
+    finally:
+        segment._tile_side = balanced
+    out = {name: round(v, 4) for name, v in best.items()}
+    out["max_difference_from_whole_image"] = {name: float((maps[name] - maps["whole_image"]).abs().max())
+                                              for name in ways}
+    return out
 
 
 def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float = 1.0,

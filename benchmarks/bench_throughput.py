@@ -10,7 +10,8 @@ bench_speed.py) is picked by the real command line in each configuration:
 
 Steady-state throughput is taken from the coordinate files' modification times: with ``k`` processes picking, the
 ``N - k`` micrographs finished after the k-th file took ``t_N - t_k`` (start-up and the first micrographs left
-out). The whole job's wall time, start-up included, is reported too. The configurations run in turn ``--repeat``
+out). The whole job's wall time, start-up included, is reported too, and the CPU seconds the job's processes used
+per micrograph (what 2 processes cost beyond 1 when the cores are shared with other work). The configurations run in turn ``--repeat``
 times (best of each kept), so that load from elsewhere on the machine hits them alike. Usage::
 
     nice -n 10 python benchmarks/bench_throughput.py --n 16 --size 4096 --json benchmarks/results/throughput_cpu.json
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,10 +49,13 @@ def run_config(project: Path, name: str, n: int) -> dict:
     job = f"External/{name}/"
     shutil.rmtree(project / job, ignore_errors=True)
     load_before = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.run(job_command(job, DIAMETER_A, **cfg), cwd=project, env=job_env(), capture_output=True,
                           text=True)
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     times = sorted(p.stat().st_mtime for p in (project / job / "Movies").glob("*_autopick.star"))
@@ -61,6 +66,7 @@ def run_config(project: Path, name: str, n: int) -> dict:
     # the 1-minute load average before and after: above the job's own processes, someone else shared the cores
     return {"wall_s": round(wall, 2), "micrographs_per_s": round(steady, 3),
             "micrographs_per_s_with_start_up": round(n / wall, 3), **cfg,
+            "cpu_seconds_per_micrograph_with_start_up": round(cpu / n, 3),
             "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 

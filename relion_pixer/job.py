@@ -816,7 +816,8 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
         if isinstance(result, _Skipped):
             outcome.failed.append((result.name, result.reason.removeprefix(f"{result.path}: ")))
             if opts.strict:
-                outcome.fatal = f"{result.reason} (--strict: stopping)"
+                # with workers, micrographs already being picked still report: the first bad one is the reason
+                outcome.fatal = outcome.fatal or f"{result.reason} (--strict: stopping)"
                 return False
             log.warn(f"skipping micrograph: {result.reason}")
         else:
