@@ -680,7 +680,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     outcome.wall = time.perf_counter() - t0
 
     if world.size > 1:
-        outcomes = world.comm.gather(outcome, root=0)
+        outcomes = parallel.gather_when_all_done(world, outcome)
         if not world.leader:
             return 2 if outcome.aborted else 1 if outcome.fatal else 0
         outcome = _merge(outcomes)

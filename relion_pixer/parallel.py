@@ -22,6 +22,7 @@ __all__ = [
     "launcher_size",
     "launcher_rank",
     "mpi_world",
+    "gather_when_all_done",
     "parse_gpu_ids",
     "device_for",
     "available_cpus",
@@ -104,6 +105,21 @@ def mpi_world() -> World:
                        f"{type(exc).__name__}: {exc}") from None
     comm = MPI.COMM_WORLD
     return World(comm, comm.Get_rank(), comm.Get_size())
+
+
+def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05) -> list | None:
+    """Gather ``value`` from every rank to rank 0 once all ranks have arrived (None on the other ranks).
+
+    A rank that finishes its share early waits in a non-blocking barrier, polled every ``poll_s`` seconds, instead of
+    in MPI's blocking gather: MPI libraries busy-poll there, which takes a core from the ranks still picking on a
+    shared or oversubscribed node, and a blocked rank would not see SIGTERM until the others arrive.
+    """
+    import time
+
+    request = world.comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+    return world.comm.gather(value, root=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -275,7 +275,7 @@ RANK = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"
 MODE = {mode!r}
 
 def pick(image, angpix, d, params):
-    time.sleep(0.1)
+    time.sleep(0.1 if MODE != "uneven" or RANK == 0 else 1.5)
     if MODE == "fail" and RANK == 1:
         raise RuntimeError("the GPU of rank 1 fell off the bus")
     if MODE == "abort" and RANK == 1 and len(list(__import__("pathlib").Path("External/job012/Movies").glob("*.star"))) >= 2:
@@ -284,7 +284,11 @@ def pick(image, angpix, d, params):
     xy = np.array([[w * 0.25, h * 0.25], [w * 0.75, h * 0.75]]) + float(image[0, 0])
     return PickResult(xy, np.array([0.9, 0.7]), None, (1.0, 1.0))
 
-sys.exit(job.main(sys.argv[1:]) if MODE == "real" else job.run_job(job.parse_args(sys.argv[1:]), pick_fn=pick))
+rc = job.main(sys.argv[1:]) if MODE == "real" else job.run_job(job.parse_args(sys.argv[1:]), pick_fn=pick)
+import resource
+u = resource.getrusage(resource.RUSAGE_SELF)
+print(f"cpu of rank {{RANK}}: {{u.ru_utime + u.ru_stime:.2f}}", flush=True)
+sys.exit(rc)
 """
 
 
@@ -309,6 +313,18 @@ def test_mpi_ranks_share_the_micrographs_and_rank0_writes_the_job_outputs(tmp_pa
                             capture_output=True, text=True, timeout=120)
     assert single.returncode == 0, single.stderr
     assert _outputs(two) == _outputs(one)
+
+
+def test_a_rank_that_finishes_early_waits_without_spinning(tmp_path):
+    """Rank 0 finishes at once and waits about 4.5 s for rank 1: it must not spend that time polling MPI."""
+    import re
+
+    root = made_project(tmp_path / "p", n=6)
+    proc = _mpi_run(root, tmp_path, 2, "uneven")
+    assert proc.returncode == 0, proc.stderr
+    cpu = {int(r): float(s) for r, s in re.findall(r"cpu of rank (\d): ([\d.]+)", proc.stdout)}
+    assert set(cpu) == {0, 1}
+    assert cpu[0] < cpu[1] + 1.5, cpu  # a busy-polling gather would add the whole wait
 
 
 def test_a_failing_rank_fails_the_job_with_its_reason(tmp_path):
