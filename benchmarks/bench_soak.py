@@ -7,7 +7,8 @@ command line (``python -m relion_pixer --o External/... --in_mics ... --continue
    10-20 % mark of the run to its last 10 % is the long-lived process's memory growth);
 2. per mode (``single``: one process; ``mpi2``: ``mpirun -n 2``), started, SIGKILLed (the whole session: launcher
    and ranks, as a queue system does) at random moments ``--kills`` times, then continued to the end. A kill falls
-   at a random time 0.05-2 s after the start (20 %: often during start-up) or after a random number of new
+   at a random time 0.05-2 s after the start (20 %: often during start-up; at the latest when half of what is left
+   is done) or after a random number of new
    coordinate files (80 %, plus 0-50 ms, so that some land mid-write);
 3. ``mpirun -n 2`` once without interruption: its picks must equal the reference's too, and its memory is sampled.
 
@@ -110,7 +111,8 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
         if rng.random() < 0.2:
             moment = "random time"
             deadline = t_start + rng.uniform(0.05, 2.0)
-            while time.time() < deadline and proc.poll() is None:
+            half = before + max(1, (n - before) // 2)  # on a fast machine: still before the job could finish
+            while time.time() < deadline and proc.poll() is None and len(coordinate_files(job_dir)) < half:
                 time.sleep(0.01)
         else:
             moment = "after new files"

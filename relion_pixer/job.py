@@ -672,6 +672,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                 _clean_temp_files(job_dir)
         except Exception as exc:  # noqa: BLE001 - one rank's failure is reported by rank 0, after the others finish
             if world.size == 1:
+                _clean_temp_files(job_dir)  # a dead worker's pool stops the other workers, perhaps mid-write
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
             if not isinstance(exc, (UsageError, io.StarError, io.MicrographError, OSError, RuntimeError)) or not first:
