@@ -17,16 +17,9 @@ import torch
 
 from conftest import cuda_or_skip
 from relion_pixer import io, picking
+from test_picking import _TensorClaimingCuda
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _TensorClaimingCuda(torch.Tensor):
-    """A CPU tensor that says it lives on cuda:0, to reach the CuPy path on any machine."""
-
-    @property
-    def device(self):
-        return torch.device("cuda", 0)
 
 
 class CUDARuntimeError(RuntimeError):
