@@ -367,19 +367,21 @@ def test_mpi_bad_input_is_reported_once_by_rank0(tmp_path):
     assert (root / JOB / relion.EXIT_FAILURE).exists()
 
 
-def test_real_networks_under_mpi_match_a_single_process(tmp_path):
-    """``mpirun -n 2 external_job.py`` (through job.main) writes the same bytes as one process."""
-    one = _sim_project(tmp_path / "one", n=4)
+def test_real_networks_under_mpi_with_workers_match_a_single_process(tmp_path):
+    """``mpirun -n 2 external_job.py --workers 2 --j 2`` (2 ranks x 2 workers x 1 thread, through job.main) writes the
+    same bytes as one process with one thread."""
+    one = _sim_project(tmp_path / "one", n=6)
     two = tmp_path / "two"
     shutil.copytree(one, two)
-    args = RELION_CMD.split() + ["--device", "cpu"]
-    proc = subprocess.run([sys.executable, str(REPO / "external_job.py")] + args, cwd=one, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run(mpirun_command(2) + [sys.executable, str(REPO / "external_job.py")] + args, cwd=two,
+    args = RELION_CMD.replace(" --j 1", "").split() + ["--device", "cpu"]
+    proc = subprocess.run([sys.executable, str(REPO / "external_job.py")] + args + ["--j", "1"], cwd=one,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(mpirun_command(2) + [sys.executable, str(REPO / "external_job.py")] + args
+                          + ["--j", "2", "--workers", "2"], cwd=two, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     assert " + 2 MPI ranks share the micrographs" in proc.stdout
+    assert proc.stdout.count("2 worker processes on cpu, 1 thread(s) each") == 2
     assert _outputs(two) == _outputs(one)
     check_relion_outputs(two, empty=None)
 
