@@ -5,7 +5,7 @@ command line (``python -m relion_pixer --o External/... --in_mics ... --continue
 
 1. once without interruption (the reference picks; its resident memory is sampled every 0.2 s: the growth from the
    10-20 % mark of the run to its last 10 % is the long-lived process's memory growth);
-2. per mode (``single``: one process; ``mpi2``: ``mpirun -n 2``), started, SIGKILLed (the whole session: launcher
+2. per mode (``single``: one process; ``mpi2``: ``mpirun -n 2``; ``workers2``: one process with 2 workers), started, SIGKILLed (the whole session: launcher
    and ranks, as a queue system does) at random moments ``--kills`` times, then continued to the end. A kill falls
    at a random time 0.05-2 s after the start (20 %: often during start-up; at the latest when half of what is left
    is done) or after a random number of new
@@ -39,7 +39,8 @@ from jobrun import job_command, job_env, kill_session, machine, rss_mb, session_
 from relion_pixer import io, relion  # noqa: E402
 
 DIAMETER_A = 60.0
-MODES = {"single": 1, "mpi2": 2}
+#: mode -> (MPI ranks, worker processes per rank); one torch thread per process
+MODES = {"single": (1, 1), "mpi2": (2, 1), "workers2": (1, 2)}
 
 
 def coordinate_files(job_dir: Path) -> dict[str, Path]:
@@ -54,16 +55,17 @@ def temp_files(job_dir: Path) -> list[Path]:
     return list(job_dir.rglob(f"*{io.TMP_SUFFIX}")) if job_dir.exists() else []
 
 
-def start(project: Path, job: str, ranks: int, log) -> subprocess.Popen:
-    cmd = job_command(job, DIAMETER_A, threads=1, ranks=ranks) + ["--continue"]
+def start(project: Path, job: str, mode: str, log) -> subprocess.Popen:
+    ranks, workers = MODES[mode]
+    cmd = job_command(job, DIAMETER_A, threads=workers, workers=workers, ranks=ranks) + ["--continue"]
     return subprocess.Popen(cmd, cwd=project, env=job_env(), stdout=log, stderr=log, start_new_session=True)
 
 
-def run_to_end(project: Path, job: str, ranks: int, n: int, log, timeout: float) -> dict:
+def run_to_end(project: Path, job: str, mode: str, n: int, log, timeout: float) -> dict:
     """Run (or continue) the job to its end, sampling the resident memory of its Python processes."""
     job_dir = project / job
     t0 = time.time()
-    proc = start(project, job, ranks, log)
+    proc = start(project, job, mode, log)
     samples = []  # (seconds, coordinate files, MB)
     while proc.poll() is None:
         if time.time() - t0 > timeout:
@@ -96,7 +98,7 @@ def memory_growth(samples: list, n: int) -> dict:
 def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, bytes], rng: np.random.Generator,
          log, timeout: float) -> dict:
     """Kill the job ``kills`` times at random moments, checking what it left after each kill; then finish it."""
-    ranks = MODES[mode]
+    ranks, workers = MODES[mode]
     job = f"External/soak_{mode}/"
     job_dir = project / job
     events = []
@@ -106,7 +108,7 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
         before = len(coordinate_files(job_dir))
         if before >= n:
             break
-        proc = start(project, job, ranks, log)
+        proc = start(project, job, mode, log)
         t_start = time.time()
         if rng.random() < 0.2:
             moment = "random time"
@@ -136,7 +138,7 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
                        "temporary_files_left": len(temp_files(job_dir))})
         print(f"  {mode} kill {len(events)}: {moment}, {before} -> {len(files)} files, "
               f"{len(bad)} differing, {events[-1]['temporary_files_left']} temporary", flush=True)
-    final = run_to_end(project, job, ranks, n, log, timeout)
+    final = run_to_end(project, job, mode, n, log, timeout)
     files = coordinate_files(job_dir)
     differing = sorted(name for name, path in files.items() if path.read_bytes() != reference.get(name))
     listed = io.read_star(job_dir / "autopick.star")["coordinate_files"]
@@ -147,6 +149,7 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
     result = {
         "mode": mode,
         "ranks": ranks,
+        "workers": workers,
         "kills": len(events),
         "kill_events": events,
         "seconds": round(time.time() - t0, 1),
@@ -179,7 +182,7 @@ def run_soak(n: int = 1000, kills: int = 10, modes=("single", "mpi2"), size: int
         print(f"wrote {n} simulated {size} px micrographs in {time.time() - t0:.1f} s", flush=True)
         log = open(log_path or os.devnull, "ab")
         try:
-            ref = run_to_end(project, "External/reference/", 1, n, log, timeout)
+            ref = run_to_end(project, "External/reference/", "single", n, log, timeout)
             if ref["returncode"] != 0:
                 raise SystemExit(f"the uninterrupted run failed with exit code {ref['returncode']}")
             ref_dir = project / "External/reference"
@@ -190,7 +193,7 @@ def run_soak(n: int = 1000, kills: int = 10, modes=("single", "mpi2"), size: int
                   flush=True)
             uninterrupted_mpi = None
             if "mpi2" in modes:
-                mpi = run_to_end(project, "External/reference_mpi2/", 2, n, log, timeout)
+                mpi = run_to_end(project, "External/reference_mpi2/", "mpi2", n, log, timeout)
                 got = {k: p.read_bytes() for k, p in coordinate_files(project / "External/reference_mpi2").items()}
                 uninterrupted_mpi = {"returncode": mpi["returncode"], "seconds": round(mpi["seconds"], 1),
                                      "picks_equal_single_process": got == reference, "memory": mpi["memory"]}
