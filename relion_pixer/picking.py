@@ -200,7 +200,14 @@ def pick_centres(
         Map not 2D or with non-finite values, non-positive diameter, negative distance, margin or sigma,
         unknown backend.
     ImportError
-        The CuPy backend was asked for (or a CUDA tensor given) and CuPy is not installed.
+        The CuPy backend was asked for explicitly and CuPy is not installed.
+
+    Warns
+    -----
+    RuntimeWarning
+        Once per process, when "auto" meets a CUDA map and CuPy is not installed, or is installed but cannot
+        compile or launch its kernels (no CUDA toolkit for NVRTC, a driver too old for the device): the climb then
+        runs on the CPU, with the same result, instead of failing the job.
 
     Notes
     -----
@@ -227,10 +234,25 @@ def pick_centres(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
-    xp, arr = _as_backend_array(prob_map, backend)
-    height, width = arr.shape if arr.ndim == 2 else (0, 0)
     cell = max(1, int(round(diameter_px / 2.0)))
     half = max(1, int(round(diameter_px / 4.0)))
+    if backend == "auto" and _cupy_wanted(prob_map):
+        try:
+            return _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
+                         min_distance_px)
+        except (ValueError, TypeError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - CuPy imports but cannot compile or launch: climb on the CPU
+            _cupy_broken(exc)
+    return _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
+                 min_distance_px)
+
+
+def _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
+          min_distance_px) -> PickResult:
+    """:func:`pick_centres` after its arguments are checked."""
+    xp, arr = _as_backend_array(prob_map, backend)
+    height, width = arr.shape if arr.ndim == 2 else (0, 0)
     with _on_device(arr, xp):
         _check_map(arr, xp)
         if arr.size == 0:
@@ -363,6 +385,27 @@ def _cupy_available() -> bool:
 
 _WARNED: set = set()
 
+#: Why CuPy cannot run in this process (set by the first failure to compile or launch), or None.
+_CUPY_BROKEN: str | None = None
+
+
+def _cupy_wanted(prob_map: Any) -> bool:
+    """Whether the "auto" backend would run on CuPy: a CUDA tensor or a CuPy array, and CuPy usable so far."""
+    if _CUPY_BROKEN is not None:
+        return False
+    if _is_cupy(prob_map):
+        return True
+    return _is_torch(prob_map) and prob_map.device.type == "cuda" and _cupy_available()
+
+
+def _cupy_broken(exc: BaseException) -> None:
+    """Remember that CuPy cannot run here and say so once; the "auto" backend uses NumPy from now on."""
+    global _CUPY_BROKEN
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    _CUPY_BROKEN = f"{type(exc).__name__}: {first}".rstrip(": ")
+    _warn_once(f"CuPy is installed but cannot compile or launch its kernels here ({_CUPY_BROKEN}): the local-maximum "
+               "search runs on the CPU from now on; segmentation and classification stay on the GPU")
+
 
 def _warn_once(message: str) -> None:
     if message not in _WARNED:
@@ -379,6 +422,8 @@ def _as_backend_array(prob_map: Any, backend: str):
         if t.dtype != sys.modules["torch"].float32:
             t = t.float()  # also half / bfloat16 / bool, which NumPy or DLPack may not take
         on_cuda = t.device.type == "cuda"
+        if backend == "auto" and on_cuda and _CUPY_BROKEN is not None:
+            return np, _float32(t.cpu().numpy(), np)
         if backend == "auto" and on_cuda and not _cupy_available():
             # torch has CUDA but CuPy (the optional [gpu] extra) is absent: climb on the CPU instead of failing
             _warn_once("CuPy is not installed (pip install 'relion-pixer[gpu]'): the local-maximum search runs on "
@@ -393,7 +438,7 @@ def _as_backend_array(prob_map: Any, backend: str):
             return cupy, _float32(cupy.asarray(t.numpy()), cupy)
         return np, _float32(t.cpu().numpy(), np)
     if _is_cupy(prob_map):
-        if backend == "numpy":
+        if backend == "numpy" or (backend == "auto" and _CUPY_BROKEN is not None):
             return np, _float32(prob_map.get(), np)
         cupy = sys.modules["cupy"]
         with prob_map.device:

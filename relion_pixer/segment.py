@@ -46,6 +46,23 @@ def _tile_starts(n: int, tile: int, margin: int, stride: int) -> list[int]:
     return starts
 
 
+def _tile_side(n: int, tile: int, margin: int, stride: int) -> int:
+    """The smallest tile side (whole strides, at most ``tile``) that covers ``n`` with as few tiles as ``tile`` does.
+
+    Equal, smaller tiles compute fewer pixels twice: a K3 micrograph's 1280 network pixels took two tiles of 1024
+    (2048 pixels computed per row), two tiles of 704 cover them as well (1408).
+    """
+    if n <= tile:
+        return n
+    count = len(_tile_starts(n, tile, margin, stride))
+    side = tile
+    for t in range(tile - stride, 2 * margin + stride - 1, -stride):
+        if len(_tile_starts(n, t, margin, stride)) > count:
+            break
+        side = t
+    return side
+
+
 @torch.inference_mode()
 def predict_probability(
     segmenter: SegmentationNet,
@@ -69,7 +86,8 @@ def predict_probability(
     batch_size : int
         Tiles per forward pass.
     tile, margin : int
-        Tile side (rounded down to whole network strides) and the margin dropped from each tile's inner edges,
+        Largest tile side (rounded down to whole network strides; the tiles along an axis are made as small as
+        covering it with the same number of tiles allows) and the margin dropped from each tile's inner edges,
         in pixels. The margin must cover the network's receptive field radius (about 50 px for the shipped
         network; the default 64 does), or the stitched map differs from whole-image inference near tile edges.
     all_classes : bool
@@ -99,8 +117,8 @@ def predict_probability(
         img = segmenter.pad_to_stride(img[None, None])[0, 0]
         h, w = img.shape
         probs = torch.empty((3, h, w), dtype=torch.float32, device=device)
-        th, tw = min(tile, h), min(tile, w)
-        boxes = [(y, x) for y in _tile_starts(h, tile, margin, stride) for x in _tile_starts(w, tile, margin, stride)]
+        th, tw = _tile_side(h, tile, margin, stride), _tile_side(w, tile, margin, stride)
+        boxes = [(y, x) for y in _tile_starts(h, th, margin, stride) for x in _tile_starts(w, tw, margin, stride)]
         for i in range(0, len(boxes), max(1, batch_size)):
             chunk = boxes[i : i + batch_size]
             batch = torch.stack([img[y : y + th, x : x + tw] for y, x in chunk])[:, None]

@@ -354,13 +354,10 @@ def test_score_map_is_the_normalised_gaussian_smoothing():
 
 
 def _cuda():
-    cupy = pytest.importorskip("cupy")
-    torch = pytest.importorskip("torch")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1 or not torch.cuda.is_available():
-            pytest.skip("no CUDA device")
-    except Exception:  # cupy without a driver
-        pytest.skip("no CUDA device")
+    """Skips without a CUDA device; on a CUDA machine a CuPy that cannot compile or launch fails the test."""
+    from conftest import cuda_or_skip
+
+    torch, cupy = cuda_or_skip(need_cupy=True)
     return cupy, torch
 
 
