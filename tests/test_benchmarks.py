@@ -1,0 +1,78 @@
+"""The multi-set real benchmark runs on a reduced set: a set folder with a metadata file and nothing else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from relion_pixer import io
+from relion_pixer.simulate import random_config, simulate_micrograph
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "bench_real"):
+        sys.modules.pop(name, None)
+    import bench_real
+    import common
+
+    yield common, bench_real
+    for name in ("common", "bench_real"):
+        sys.modules.pop(name, None)
+
+
+def _write_set(root: Path, n: int = 3) -> None:
+    """A small 'real' set made by the simulator: micrographs, coordinates and its pixer_set.toml."""
+    folder = root / "sim_globular"
+    (folder / "micrographs").mkdir(parents=True)
+    (folder / "coords").mkdir()
+    rng = np.random.default_rng(31337)
+    names = []
+    for i in range(n):
+        cfg = random_config(rng, snr=1.0, particle_diameter_px=48.0, families="globular", empty=False, n_ice=0,
+                            carbon_edge=False, density=0.2, angpix=2.0)
+        sim = simulate_micrograph(rng, shape=(384, 384), **cfg)
+        name = f"mic{i}"
+        names.append(name)
+        mrcfile.write(str(folder / "micrographs" / f"{name}.mrc"), sim.image.astype(np.float32), voxel_size=2.0)
+        io.write_coordinates_star(folder / "coords" / f"{name}.star", np.asarray(sim.coords).reshape(-1, 2),
+                                  np.ones(len(sim.coords)))
+    (folder / "pixer_set.toml").write_text(
+        'title = "simulated globular"\nangpix = 2.0\ndiameter_A = 96.0\nlabels_complete = true\n'
+        f'[split]\ntrain = ["{names[0]}"]\nvalid = ["{names[1]}"]\ntest = {names[2:]!r}\n'.replace("'", '"'))
+    (root / "no_metadata").mkdir()  # a folder without a metadata file is skipped
+
+
+def test_the_multi_set_benchmark_runs_on_a_set_given_by_its_metadata_file(tmp_path, monkeypatch, bench_modules):
+    common, bench_real = bench_modules
+    _write_set(tmp_path)
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    monkeypatch.setattr(bench_real, "SWEEP", (1.0, 1.25))
+    sets = common.real_sets()
+    assert [s.name for s in sets] == ["sim_globular"] and sets[0].radius_px == 24.0
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+
+    r = bench_real.bench_set(sets[0], load_pretrained(), PickParams(), "test", estimate=True, sweep=True)
+    assert r["pixer"]["truth"] > 5 and r["pixer"]["f1"] > 0.5, r["pixer"]
+    assert 0.0 <= r["average_precision"]["fom"] <= 1.0 and 0.0 <= r["average_precision"]["map_score"] <= 1.0
+    assert set(r["sweep"]) == {"1", "1.25"} and r["sweep_f1_spread"] >= 0.0
+    assert 0.5 * 96 < r["diameter_picked_at_A"] < 1.8 * 96
+    pooled = bench_real.pooled([r["pixer"], r["log"]])
+    assert pooled["truth"] == 2 * r["pixer"]["truth"]
+
+
+def test_a_metadata_file_without_a_diameter_is_a_clear_error(tmp_path, monkeypatch, bench_modules):
+    common, _ = bench_modules
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "pixer_set.toml").write_text('angpix = 2.0\n[split]\ntest = ["a"]\n')
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="pixer_set.toml: missing 'diameter_A'"):
+        common.real_sets()
