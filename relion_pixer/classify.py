@@ -231,17 +231,11 @@ def filter_candidates(
     FilterResult
         ``(xy, fom, probs)`` of the kept candidates, sorted by decreasing ``fom = P(particle)``.
     """
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    max_particles = int(max_particles)
-    if max_particles < 0:
-        raise ValueError(f"max_particles must be >= 0 (0 = no cap), got {max_particles}")
+    from relion_pixer.decide import cut
+
+    cut(np.zeros(0), threshold, max_particles)  # check the settings before the classifier runs
     image, xy, box_size = _check_inputs(net_image, xy, box_size)
     probs_np = classify_candidates(classifier, image, xy, device, batch_size, box_size)
     fom = probs_np[:, PARTICLE].astype(np.float64)
-    keep = np.flatnonzero(fom >= threshold)
-    keep = keep[np.argsort(-fom[keep], kind="stable")]
-    if max_particles:
-        keep = keep[:max_particles]
+    keep, _ = cut(fom, threshold, max_particles)
     return FilterResult(xy[keep].copy(), fom[keep], probs_np[keep])

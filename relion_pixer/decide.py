@@ -33,7 +33,7 @@ import numpy as np
 
 from relion_pixer import PARTICLE
 
-__all__ = ["Decision", "classifier_trust", "veto", "figure_of_merit", "decide"]
+__all__ = ["Decision", "classifier_trust", "veto", "figure_of_merit", "cut", "decide"]
 
 #: Percentile of a micrograph's candidate map scores above which candidates are the reference.
 REFERENCE_QUANTILE = 50.0
@@ -101,6 +101,22 @@ def figure_of_merit(map_score, p_particle, trust: float) -> np.ndarray:
     return s * (1.0 - float(trust) * veto(p_particle))
 
 
+def cut(fom, threshold: float, max_particles: int = 0) -> tuple[np.ndarray, int]:
+    """Indices of the figures of merit at or above ``threshold``, best first (ties keep the input order), at most
+    ``max_particles`` of them (0: no cap), and how many the cap cut."""
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    max_particles = int(max_particles)
+    if max_particles < 0:
+        raise ValueError(f"max_particles must be >= 0 (0 = no cap), got {max_particles}")
+    fom = np.asarray(fom, dtype=np.float64).reshape(-1)
+    keep = np.flatnonzero(fom >= threshold)
+    keep = keep[np.argsort(-fom[keep], kind="stable")]
+    capped = max(0, len(keep) - max_particles) if max_particles else 0
+    return (keep[:max_particles] if max_particles else keep), capped
+
+
 def decide(map_score, probs, threshold: float, max_particles: int = 0) -> Decision:
     """Figures of merit of one micrograph's candidates and which to keep.
 
@@ -119,19 +135,8 @@ def decide(map_score, probs, threshold: float, max_particles: int = 0) -> Decisi
     -------
     Decision
     """
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    max_particles = int(max_particles)
-    if max_particles < 0:
-        raise ValueError(f"max_particles must be >= 0 (0 = no cap), got {max_particles}")
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
     trust, agreement = classifier_trust(map_score, probs[:, PARTICLE])
     fom = figure_of_merit(map_score, probs[:, PARTICLE], trust)
-    keep = np.flatnonzero(fom >= threshold)
-    keep = keep[np.argsort(-fom[keep], kind="stable")]
-    capped = 0
-    if max_particles and len(keep) > max_particles:
-        capped = len(keep) - max_particles
-        keep = keep[:max_particles]
+    keep, capped = cut(fom, threshold, max_particles)
     return Decision(keep, fom, trust, agreement, capped)
