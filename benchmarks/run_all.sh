@@ -1,21 +1,16 @@
 #!/usr/bin/env bash
-# Reruns every benchmark behind the README's figures; JSON results land in benchmarks/results/.
+# Reruns every benchmark behind the figures in docs/benchmarks.md; JSON results land in benchmarks/results/.
 # Needs ../shared/data for the real-data figures. About 20-30 min on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p results
 PY=${PYTHON:-python3}
+$PY tune_decision.py --json results/tune_decision.json
+$PY tune_size.py --json results/tune_size.json
 $PY tune_defaults.py --json results/tune_defaults.json
-$PY bench_real.py --split valid --json results/real_valid.json
+# every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
-# low-passed (denoised-looking) real micrographs
-for lp in 2 4; do
-  $PY bench_real.py --split test --lowpass $lp --json results/real_test_lowpass${lp}.json
-done
-# a misjudged particle diameter (true 300 A): -20 %, -10 %, +10 %, +20 %
-for d in 240 270 330 360; do
-  $PY bench_real.py --split test --diameter $d --json results/real_test_diameter${d}.json
-done
+$PY bench_decision.py --n 4 --json results/decision.json
 for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
