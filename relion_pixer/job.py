@@ -58,6 +58,7 @@ SPEC = {
     "model": "value",
     "write_maps": "flag",
     "estimate_size": "flag",
+    "adapt": "flag",
     "invert": "flag",
     "relion_version": "value",
     "j": "value",
@@ -95,6 +96,10 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
                         0.55x-1.8x the diameter given) and pick between it and the diameter given
                         (geometric mean; default Yes); run.out reports it, run.err warns beyond 30 %
+  adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
+                        contamination in a sample of the job's micrographs (no labels needed), check them on a
+                        held-out part, then pick every micrograph with them (default No; docs/adapt.md).
+                        The adapted model is written to adapted_model.pt; Continue reuses it
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
@@ -142,6 +147,7 @@ class JobOptions:
     model: str | None = None
     write_maps: bool = False
     estimate_size: bool = True
+    adapt: bool = False
     invert: bool = False
     relion_version: int | None = None
     threads: int | None = None
@@ -304,6 +310,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
+        adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
@@ -582,6 +589,14 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         if opts.estimate_size and models is not None:
             opts = dataclasses.replace(opts, particle_diameter=_particle_size(entries, opts, models, params.device,
                                                                               log, job_dir))
+        if opts.adapt:
+            from relion_pixer import adapt
+
+            if models is None:
+                log.warn("adapt Yes needs the networks, and this run picks without them: not adapting")
+            else:
+                pick_fn = adapt.pick_with(adapt.for_job(entries, opts.particle_diameter, opts.invert, opts.model,
+                                                        models, params, job_dir, log.info, log.warn))
         try:
             _pick_all(todo, opts, params, pick_fn, log, job_dir, outcome, star_version, suffix)
         except (KeyboardInterrupt, _Terminated) as exc:
