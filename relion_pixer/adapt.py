@@ -4,10 +4,14 @@ No labels are asked of the user. The general networks pick a sample of the job's
 small job, :attr:`AdaptConfig.sample` spread over a larger one) and their surest calls become labels
 (:func:`pseudo_labels`), at network scale as :mod:`relion_pixer.train` uses them:
 
-- *particle*: a disc of 0.45 diameters at every candidate whose figure of merit reaches
-  :attr:`AdaptConfig.confident_fom`, with the ring out to 0.9 diameters background (``train._disc_labels``);
+- *particle*: a disc of 0.45 diameters at each of the job's picks (the defaults) whose figure of merit reaches
+  both :attr:`AdaptConfig.confident_fom` and the :attr:`AdaptConfig.confident_quantile` th percentile of the
+  micrograph's picks (the networks' surest, on data where they are sure of few), with the ring out to 0.9
+  diameters background (``train._disc_labels``);
 - *background*: pixels more than 0.9 diameters from every candidate the map offers (any local maximum scoring at
-  least 0.05) where the segmenter gives background at least :attr:`AdaptConfig.background_prob`;
+  least 0.05), where the segmenter gives background at least :attr:`AdaptConfig.background_prob` and nothing as
+  dark as a confident particle lies within half a diameter (``train.far_background``, its 10th percentile), so
+  that a particle the networks miss is not taught as background;
 - *contamination*: pixels the segmenter calls contamination with at least :attr:`AdaptConfig.contamination_prob`,
   more than 0.6 diameters from a confident particle;
 - everything else, the disc around each candidate the networks are unsure of and a half-diameter band along the
@@ -66,7 +70,11 @@ class AdaptConfig:
     sample : int
         Micrographs pseudo-labelled, spread evenly over the job (all of them when it has no more).
     confident_fom : float
-        Lowest figure of merit of a candidate taken as a particle.
+        Lowest figure of merit of a pick taken as a particle.
+    confident_quantile : float
+        A pick taken as a particle also reaches this percentile of its micrograph's picks' figures of merit.
+    dark_percentile : float
+        Background must lie half a diameter from anything as dark as this percentile of the confident particles.
     background_prob : float
         Lowest segmenter P(background) of a pixel taken as background (away from every candidate).
     contamination_prob : float
@@ -92,19 +100,21 @@ class AdaptConfig:
     """
 
     sample: int = 12
-    confident_fom: float = 0.8
+    confident_fom: float = 0.3
+    confident_quantile: float = 40.0
+    dark_percentile: float = 10.0
     background_prob: float = 0.95
     contamination_prob: float = 0.9
     min_particles: int = 20
     holdout: float = 0.25
     min_agreement: float = 0.9
     max_count_change: float = 0.3
-    cls_steps: int = 150
-    cls_batch: int = 64
+    cls_steps: int = 100
+    cls_batch: int = 32
     cls_lr: float = 3e-4
-    seg_steps: int = 150
+    seg_steps: int = 120
     seg_batch: int = 6
-    seg_crop: int = 128
+    seg_crop: int = 96
     seg_lr: float = 3e-4
     replay: int = 24
     replay_size: int = 256
@@ -140,19 +150,21 @@ class AdaptResult:
 
 # ------------------------------------------------------------------------------------------------ pseudo-labels
 def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.ndarray, cand_fom: np.ndarray,
-                  cfg: AdaptConfig = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
+                  picked: np.ndarray, cfg: AdaptConfig = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
     """Label map and confident particle centres of one micrograph from the general networks' own calls.
 
     Parameters
     ----------
     net_image : numpy.ndarray
-        The network-scale image (only its shape is used).
+        The normalised network-scale image.
     class_probs : numpy.ndarray
         ``3 x H x W`` segmenter probabilities (background, particle, contamination).
     cand_xy : numpy.ndarray
         ``N x 2`` candidate centres at network scale: every local maximum of the map the networks offer.
     cand_fom : numpy.ndarray
         ``N`` figures of merit.
+    picked : numpy.ndarray
+        ``N`` bool: which candidates the job picks at its settings.
     cfg : AdaptConfig
 
     Returns
@@ -165,7 +177,7 @@ def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.nd
     from scipy.ndimage import distance_transform_edt
 
     from relion_pixer.preprocess import nearest_pixels
-    from relion_pixer.train import IGNORE, _disc_labels
+    from relion_pixer.train import IGNORE, _disc_labels, far_background
 
     shape = np.asarray(net_image).shape
     probs = np.asarray(class_probs, np.float32)
@@ -173,7 +185,10 @@ def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.nd
         raise ValueError(f"class probabilities of shape {probs.shape} for an image of shape {shape}")
     xy = np.asarray(cand_xy, np.float64).reshape(-1, 2)
     fom = np.asarray(cand_fom, np.float64).reshape(-1)
-    sure = fom >= cfg.confident_fom
+    picked = np.asarray(picked, bool).reshape(-1)
+    sure = np.zeros(len(xy), bool)
+    if picked.any():
+        sure = picked & (fom >= max(cfg.confident_fom, float(np.percentile(fom[picked], cfg.confident_quantile))))
     labels = _disc_labels(shape, xy[sure], NET_DIAMETER_PX)
 
     def distance_to(points: np.ndarray) -> np.ndarray:
@@ -185,6 +200,8 @@ def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.nd
 
     to_any = distance_to(xy)
     far = (labels == IGNORE) & (to_any > 0.9 * NET_DIAMETER_PX) & (probs[BACKGROUND] >= cfg.background_prob)
+    if sure.any():
+        far &= far_background(np.asarray(net_image, np.float32), xy[sure], cfg.dark_percentile, 0.9)
     labels[far] = BACKGROUND
     contamination = (probs[CONTAMINATION] >= cfg.contamination_prob) & (distance_to(xy[sure]) > 0.6 * NET_DIAMETER_PX)
     labels[contamination] = CONTAMINATION
@@ -259,8 +276,13 @@ def _candidates(net_image, models, factors, diameter_A: float, params, device: s
                                 max_particles=0)
     every = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, loose)
     job = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, params)
-    return (to_network(every.xy, factors), every.fom, probs.float().cpu().numpy(),
-            to_network(job.xy, factors))
+    every_xy, job_xy = to_network(every.xy, factors), to_network(job.xy, factors)
+    picked = np.zeros(len(every_xy), bool)
+    if len(job_xy) and len(every_xy):
+        from scipy.spatial import cKDTree
+
+        picked = cKDTree(job_xy).query(every_xy)[0] < 0.5
+    return every_xy, every.fom, probs.float().cpu().numpy(), picked, job_xy
 
 
 def _job_picks(models, images: list, factors: list, diameter_A: float, params, device: str) -> list:
@@ -313,8 +335,8 @@ def adapt_models(micrographs: Sequence[tuple[np.ndarray, float]], diameter_A: fl
     images, factors, labels, particles, held, general_picks = [], [], [], [], [], []
     for image, angpix in micrographs:
         net, f = prepare(image, angpix, diameter_A)
-        cand_xy, cand_fom, probs, picks = _candidates(net, general, f, diameter_A, params, device)
-        lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, cfg)
+        cand_xy, cand_fom, probs, picked, picks = _candidates(net, general, f, diameter_A, params, device)
+        lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, picked, cfg)
         images.append(net)
         factors.append(f)
         labels.append(lab)
