@@ -202,6 +202,8 @@ def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.nd
     far = (labels == IGNORE) & (to_any > 0.9 * NET_DIAMETER_PX) & (probs[BACKGROUND] >= cfg.background_prob)
     if sure.any():
         far &= far_background(np.asarray(net_image, np.float32), xy[sure], cfg.dark_percentile, 0.9)
+    else:  # nothing tells how dark a particle is here: no background beyond the rings either
+        far[:] = False
     labels[far] = BACKGROUND
     contamination = (probs[CONTAMINATION] >= cfg.contamination_prob) & (distance_to(xy[sure]) > 0.6 * NET_DIAMETER_PX)
     labels[contamination] = CONTAMINATION
