@@ -44,7 +44,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -267,8 +267,10 @@ def agreement(picks: Sequence[np.ndarray], labels: Sequence[np.ndarray], particl
 
 # ------------------------------------------------------------------------------------------------ adaptation
 def _candidates(net_image, models, factors, diameter_A: float, params, device: str):
-    """Every candidate the map offers (score >= 0.05, no relative cut) with its figure of merit, network scale,
-    and the segmenter's class probabilities."""
+    """What the general networks make of one network-scale image: every candidate the map offers (score >= 0.05,
+    no relative cut; network scale), their figures of merit (the job's for those it picks: the decision's trust
+    depends on the candidate set), the segmenter's class probabilities, which candidates the job picks, and the
+    job's picks (network scale)."""
     from relion_pixer.pipeline import pick_from_map
     from relion_pixer.preprocess import to_network
     from relion_pixer.segment import predict_probability
@@ -279,12 +281,14 @@ def _candidates(net_image, models, factors, diameter_A: float, params, device: s
     every = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, loose)
     job = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, params)
     every_xy, job_xy = to_network(every.xy, factors), to_network(job.xy, factors)
-    picked = np.zeros(len(every_xy), bool)
+    picked, fom = np.zeros(len(every_xy), bool), np.asarray(every.fom, np.float64).copy()
     if len(job_xy) and len(every_xy):
         from scipy.spatial import cKDTree
 
-        picked = cKDTree(job_xy).query(every_xy)[0] < 0.5
-    return every_xy, every.fom, probs.float().cpu().numpy(), picked, job_xy
+        dist, which = cKDTree(job_xy).query(every_xy)
+        picked = dist < 0.5
+        fom[picked] = np.asarray(job.fom, np.float64)[which[picked]]
+    return every_xy, fom, probs.float().cpu().numpy(), picked, job_xy
 
 
 def _job_picks(models, images: list, factors: list, diameter_A: float, params, device: str) -> list:
@@ -300,14 +304,14 @@ def _job_picks(models, images: list, factors: list, diameter_A: float, params, d
     return out
 
 
-def adapt_models(micrographs: Sequence[tuple[np.ndarray, float]], diameter_A: float, general, init_path, params,
+def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, general, init_path, params,
                  cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print) -> AdaptResult:
     """Fine-tune the networks on pseudo-labels from ``micrographs`` and check them on the held-out ones.
 
     Parameters
     ----------
-    micrographs : sequence of (image, angpix)
-        The sample (particles dark).
+    micrographs : iterable of (image, angpix)
+        The sample (particles dark), read once: a generator keeps one full-size micrograph in memory at a time.
     diameter_A : float
         The diameter the job picks at (Angstrom).
     general : relion_pixer.models.PixerModels
@@ -345,6 +349,8 @@ def adapt_models(micrographs: Sequence[tuple[np.ndarray, float]], diameter_A: fl
         particles.append(conf)
         held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
         general_picks.append(picks)
+    if not images:
+        return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
     n_conf = int(sum(len(p) for p in particles))
     counts = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=256)
     figures.update(micrographs=len(images), confident_particles=n_conf,
@@ -483,20 +489,14 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
             return general
     t_all = time.perf_counter()
     picked = [entries[i] for i in _sample_indices(len(entries), cfg.sample)]
-    sample, names = [], []
-    for entry in picked:
-        try:
-            image, header_angpix = io.read_micrograph(entry.path)
-        except (io.MicrographError, ValueError):
-            continue
-        angpix = entry.angpix or header_angpix
-        if angpix:
-            sample.append((np.negative(image, dtype=np.float32) if invert else image, float(angpix)))
+    names: list[str] = []
+
+    def sample():  # one full-size micrograph in memory at a time
+        for entry, image, angpix in io.readable_micrographs(picked, invert):
             names.append(entry.name)
-    if not sample:
-        warn("adapt: no readable micrograph with a pixel size to adapt on; picking with the general networks")
-        return general
-    result = adapt_models(sample, diameter_A, general, init_path, params, cfg, info)
+            yield image, angpix
+
+    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info)
     seconds = time.perf_counter() - t_all
     note = {"kept": result.kept, "reason": result.reason, "diameter_A": float(diameter_A), "init": str(init_path),
             "micrographs": names, "seed": cfg.seed, "config": dataclasses.asdict(cfg), "figures": result.figures,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import math
 import os
 import signal
@@ -667,17 +668,8 @@ def _particle_size(entries, opts: JobOptions, models, device: str, log: _Log, jo
             return float(kept["picking_A"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    sample = []
-    for entry in entries:
-        if len(sample) == size.SAMPLE_MICROGRAPHS:
-            break
-        try:
-            image, header_angpix = io.read_micrograph(entry.path)
-        except (io.MicrographError, ValueError):
-            continue
-        angpix = entry.angpix or header_angpix
-        if angpix:
-            sample.append((np.negative(image, dtype=np.float32) if opts.invert else image, float(angpix)))
+    readable = io.readable_micrographs(entries, opts.invert)
+    sample = [(image, angpix) for _, image, angpix in itertools.islice(readable, size.SAMPLE_MICROGRAPHS)]
     if not sample:
         return opts.particle_diameter
     t0 = time.perf_counter()
