@@ -746,7 +746,7 @@ def test_relion_command_line_is_parsed_tolerantly():
     assert opts.o == "External/job012/"
     assert opts.in_mics == "CtfFind/job005/micrographs_ctf.star"
     assert opts.particle_diameter == 180.0
-    assert opts.threshold == 0.6  # bare: default, with a warning
+    assert opts.threshold == PickParams.threshold  # bare: default, with a warning
     assert opts.write_maps is True
     assert opts.max_particles == 0
     assert opts.device == "cpu"
@@ -820,10 +820,10 @@ def test_bad_arguments(args, match):
 def test_an_empty_value_names_the_default_it_falls_back_to():
     """RELION sends an empty GUI field as a bare --label; the warning says what is used instead."""
     opts = job.parse_args("--o out/ --in_mics m.star --particle_diameter 150 --min_distance --margin --threshold".split())
-    assert opts.min_distance is None and opts.margin is None and opts.threshold == 0.6
+    assert opts.min_distance is None and opts.margin is None and opts.threshold == PickParams.threshold
     assert "--min_distance was given without a value; using the default (half the particle diameter)" in opts.warnings
     assert "--margin was given without a value; using the default (half the particle diameter)" in opts.warnings
-    assert "--threshold was given without a value; using the default (0.6)" in opts.warnings
+    assert f"--threshold was given without a value; using the default ({PickParams.threshold:g})" in opts.warnings
 
 
 def test_pipeline_filenames_like_relion():
