@@ -170,3 +170,10 @@ def test_adaptation_is_deterministic_for_a_seed():
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the seed matters
     assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
+
+
+def test_adapt_option_default_no_bare_flag_yes():
+    base = "pick a.mrc --angpix 1 --particle_diameter 100 --o out/".split()[1:]
+    assert job.parse_args(base).adapt is False
+    assert job.parse_args(base + ["--adapt"]).adapt is True  # relion_pixer pick --adapt
+    assert job.parse_args(base + ["--adapt", "No"]).adapt is False
