@@ -39,6 +39,7 @@ __all__ = [
     "format_star_table",
     "read_micrographs_star",
     "read_micrograph",
+    "readable_micrographs",
     "read_header_angpix",
     "write_coordinates_star",
     "write_coordinate_files_star",
@@ -765,3 +766,16 @@ def read_micrograph(
         raise MicrographError(path, f"image is constant (every pixel is {lo:g})")
     return image, angpix
 
+
+def readable_micrographs(entries, invert: bool = False):
+    """Yield ``(entry, image, angpix)`` for each of ``entries`` (:class:`MicrographEntry`) that can be read and has
+    a pixel size (the entry's, else the MRC header's), in order, skipping the others; with ``invert`` the image is
+    negated (as float32, so unsigned data cannot wrap), as the picking job reads it."""
+    for entry in entries:
+        try:
+            image, header_angpix = read_micrograph(entry.path)
+        except (MicrographError, ValueError):
+            continue
+        angpix = entry.angpix or header_angpix
+        if angpix:
+            yield entry, (np.negative(image, dtype=np.float32) if invert else image), float(angpix)

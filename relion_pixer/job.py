@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import itertools
 import math
 import multiprocessing
 import os
@@ -60,6 +61,7 @@ SPEC = {
     "model": "value",
     "write_maps": "flag",
     "estimate_size": "flag",
+    "adapt": "flag",
     "invert": "flag",
     "relion_version": "value",
     "j": "value",
@@ -100,6 +102,10 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
                         0.55x-1.8x the diameter given) and pick between it and the diameter given
                         (geometric mean; default Yes); run.out reports it, run.err warns beyond 30 %
+  adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
+                        contamination in a sample of the job's micrographs (no labels needed), check them on a
+                        held-out part, then pick every micrograph with them (default No; docs/adapt.md).
+                        The adapted model is written to adapted_model.pt; Continue reuses it
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
@@ -155,6 +161,7 @@ class JobOptions:
     model: str | None = None
     write_maps: bool = False
     estimate_size: bool = True
+    adapt: bool = False
     invert: bool = False
     relion_version: int | None = None
     threads: int | None = None
@@ -331,6 +338,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
+        adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
@@ -653,19 +661,24 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
 def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path,
          world: parallel.World = parallel.World()) -> int:
     plan, problem = None, None
-    diameter = opts.particle_diameter
+    diameter, model = opts.particle_diameter, opts.model
     if world.leader:
         try:
             plan = _start(opts, log, odir, job_dir)
+            networks = _size_models(opts, pick_fn) if plan.todo and (opts.estimate_size or opts.adapt) else None
             if plan.todo and opts.estimate_size:
-                diameter = _particle_size(plan.entries, opts, _size_models(opts, pick_fn), log, job_dir)
+                diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
+            if plan.todo and opts.adapt:
+                pick_fn, model = _adapted(plan, dataclasses.replace(opts, particle_diameter=diameter), networks,
+                                          pick_fn, log, job_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     if world.size > 1:
-        plan, diameter = world.comm.bcast((None, diameter) if problem is not None else (plan, diameter), root=0)
+        plan, diameter, model = world.comm.bcast((None, diameter, model) if problem is not None
+                                                 else (plan, diameter, model), root=0)
         if world.leader and problem is None:
             log.info(f" + {world.size} MPI ranks share the micrographs")
-    opts = dataclasses.replace(opts, particle_diameter=diameter)
+    opts = dataclasses.replace(opts, particle_diameter=diameter, model=model)
     if problem is not None:
         raise problem
     if plan is None:
@@ -747,6 +760,31 @@ SIZE_FILE = "pixer_size.json"
 SIZE_WARN_FRACTION = 0.3
 
 
+def _pick_params(opts: JobOptions, device: str = "cpu") -> PickParams:
+    """The picking settings of the job's options."""
+    return PickParams(threshold=opts.threshold, max_particles=opts.max_particles, min_distance_A=opts.min_distance,
+                      margin_A=opts.margin, map_threshold=opts.map_threshold, map_relative=opts.map_relative,
+                      map_odds=opts.map_odds, device=device, batch_size=opts.batch_size)
+
+
+def _adapted(plan: _Plan, opts: JobOptions, networks, pick_fn: PickFunction | None, log: _Log, job_dir: Path):
+    """``adapt Yes`` on rank 0 (:func:`relion_pixer.adapt.for_job`): the pick function and the model file every rank
+    and worker then picks with (the adapted networks' file, or the job's own model when the guard reverted)."""
+    from relion_pixer import adapt
+
+    if networks is None:
+        log.warn("adapt Yes needs the networks, and this run picks without them: not adapting")
+        return pick_fn, opts.model
+    general, device = networks
+    chosen = adapt.for_job(plan.entries, opts.particle_diameter, opts.invert, opts.model, general,
+                           _pick_params(opts, device), job_dir, log.info, log.warn)
+    if chosen is general:
+        return pick_fn, opts.model
+    if pick_fn is not None:  # a stand-in picker that brought its own networks
+        return adapt.pick_with(chosen), opts.model
+    return None, str(job_dir / adapt.MODEL_FILE)
+
+
 def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     """``(models, device)`` for the size estimate: the default picker's networks, or the shipped (or ``--model``)
     ones on rank 0's device; None for a stand-in picker without networks (the diameter given is used)."""
@@ -782,17 +820,8 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
             return float(kept["picking_A"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    sample = []
-    for entry in entries:
-        if len(sample) == size.SAMPLE_MICROGRAPHS:
-            break
-        try:
-            image, header_angpix = io.read_micrograph(entry.path)
-        except (io.MicrographError, ValueError):
-            continue
-        angpix = entry.angpix or header_angpix
-        if angpix:
-            sample.append((np.negative(image, dtype=np.float32) if opts.invert else image, float(angpix)))
+    readable = io.readable_micrographs(entries, opts.invert)
+    sample = [(image, angpix) for _, image, angpix in itertools.islice(readable, size.SAMPLE_MICROGRAPHS)]
     if not sample:
         return opts.particle_diameter
     t0 = time.perf_counter()
@@ -849,11 +878,7 @@ def _devices(opts: JobOptions, world: parallel.World, workers: int, log: _Log) -
 def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | None, log: _Log, job_dir: Path,
                 outcome: _Outcome, world: parallel.World) -> None:
     """Pick this rank's micrographs, in this process or in ``opts.workers`` worker processes."""
-    params = PickParams(threshold=opts.threshold, max_particles=opts.max_particles,
-                        min_distance_A=opts.min_distance, margin_A=opts.margin,
-                        map_threshold=opts.map_threshold, map_relative=opts.map_relative,
-                        map_odds=opts.map_odds, device="cpu",
-                        batch_size=opts.batch_size)
+    params = _pick_params(opts)
     workers = min(opts.workers, len(share))
     outcome.processes = workers
     label = f" rank {world.rank}:" if world.size > 1 else ""

@@ -1,0 +1,197 @@
+"""Self-training inside the job (``adapt Yes``, :mod:`relion_pixer.adapt`): picks before and after, and its cost.
+
+Leave-one-set-out on every real set under ``../shared/data/real/`` (``common.real_sets``): a job is run on the set's
+micrographs, all splits in the order train, valid, test (its labels unused), at the diameter the job picks at (the
+size estimate on its first micrographs, ``common.job_diameter``). *Before*: the general (shipped) networks' picks on
+the test split at the defaults. *After*: the picks ``adapt Yes`` gives on the test split: the adapted networks' when
+the guard keeps them, the general networks' when it reverts (both reported, and the adapted networks' figures also
+when reverted). Per set: precision, recall and F1 (one-to-one within half a diameter, ``common.score``) and the
+figure of merit's average precision over every candidate at threshold 0, before and after.
+
+The same on simulated micrographs of the family the shipped networks never saw (``smooth``, as in
+``bench_decision.py``: 1024 px, 64 px particles at 2 A/px, SNR 0.1-1, ice, aggregates, carbon edges), adapted on
+them and scored against the simulator's coordinates.
+
+Cost (``--cost``, run in its own process so that its peak RSS is its own): the adaptation of a 50-micrograph job of
+4096 x 4096 micrographs (simulated, 1 A/px, 180 A particles) on 2 CPU threads, on top of picking: the sample is
+capped (``AdaptConfig.sample``), so the cost is that of the sample; seconds per stage and peak RSS.
+
+Shipping rule, written before the run: ``adapt`` becomes the default only if, on every real set, the F1 *after*
+(with the guard, as a job gives it) is at most 0.005 below the F1 *before*, and the mean gain over the sets is at
+least 0.02. Otherwise it ships as an option (default No), with these figures in ``docs/adapt.md``. Usage::
+
+    python benchmarks/bench_adapt.py [--sets NAME ...] [--sim 4] [--json benchmarks/results/adapt.json]
+    python benchmarks/bench_adapt.py --cost [--json benchmarks/results/adapt_cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from common import Micrograph, job_diameter, real_sets, score, segment_all
+from relion_pixer import adapt
+from relion_pixer.evaluate import pooled_average_precision
+from relion_pixer.models import load_pretrained
+from relion_pixer.pipeline import PickParams, pick_from_map
+
+#: The rule above, as numbers.
+MAX_LOSS = 0.005
+MIN_MEAN_GAIN = 0.02
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def figures(models, mics: list[Micrograph], d: float, radius: float, params: PickParams) -> dict:
+    """F1 at ``params`` and the figure of merit's average precision at threshold 0, one segmentation."""
+    picks, every = [], []
+    for seg in segment_all(mics, d, models):
+        r = pick_from_map(*seg, d, models, params)
+        picks.append((r.xy, r.fom))
+        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0))
+        every.append((r0.xy, r0.fom))
+    out = score(picks, mics, radius)
+    out["ap_fom"] = pooled_average_precision([e[0] for e in every], [e[1] for e in every], [m.truth for m in mics],
+                                             radius)
+    return out
+
+
+def run_adapt(job_mics: list[Micrograph], scored: list[Micrograph], diameter_A: float, radius: float, general,
+              params: PickParams, cfg: adapt.AdaptConfig) -> dict:
+    """Before and after on ``scored`` for a job on ``job_mics`` given ``diameter_A``."""
+    d = job_diameter(job_mics, diameter_A, general)
+    before = figures(general, scored, d, radius, params)
+    idx = adapt._sample_indices(len(job_mics), cfg.sample)
+    t0 = time.perf_counter()
+    res = adapt.adapt_models([(job_mics[i].image, job_mics[i].angpix) for i in idx], d, general, None, params, cfg,
+                             info=print)
+    seconds = time.perf_counter() - t0
+    out = {"picked_at_A": d, "sample": len(idx), "before": before, "kept": res.kept, "reason": res.reason,
+           "adapt_figures": res.figures, "adapt_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    if res.models is not None:
+        out["adapted_networks"] = figures(load_fused(res.models), scored, d, radius, params)
+    out["after"] = out["adapted_networks"] if res.kept else before
+    out["gain_f1"] = out["after"]["f1"] - before["f1"]
+    print(f"  before F1 {before['f1']:.3f} AP {before['ap_fom']:.3f}; adapted networks "
+          + (f"F1 {out['adapted_networks']['f1']:.3f} AP {out['adapted_networks']['ap_fom']:.3f}"
+             if "adapted_networks" in out else "none")
+          + f"; {'kept' if res.kept else 'reverted'} ({res.reason}); adapt {seconds:.0f} s, peak RSS "
+          f"{out['peak_rss_mb']:.0f} MB", flush=True)
+    return out
+
+
+def load_fused(models):
+    """The adapted networks as the job loads them from ``adapted_model.pt`` (batch norm folded)."""
+    import tempfile
+    from pathlib import Path
+
+    from relion_pixer.models import save_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / adapt.MODEL_FILE
+        save_models(path, models.classifier, models.segmenter)
+        return load_pretrained(path)
+
+
+def simulated(family: str, n: int, seed: int, size: int = 1024, dpx: float = 64.0, angpix: float = 2.0):
+    """``n`` simulated micrographs of one family with contamination (as ``bench_decision.py``)."""
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        cfg = random_config(rng, snr=float(np.exp(rng.uniform(np.log(0.1), np.log(1.0)))), particle_diameter_px=dpx,
+                            families=family, empty=False, n_ice=int(rng.integers(2, 5)),
+                            n_aggregates=int(rng.integers(0, 3)), carbon_edge=bool(rng.random() < 0.5), angpix=angpix)
+        sim = simulate_micrograph(rng, shape=(size, size), **cfg)
+        out.append(Micrograph(f"{family}{i}", np.asarray(sim.image, np.float32), angpix,
+                              np.asarray(sim.coords, np.float64).reshape(-1, 2)))
+    return out
+
+
+def _write_sample(folder: str, n: int) -> None:
+    """The cost run's micrographs as MRC files (in a child process, so that the simulator's memory is not counted)."""
+    import mrcfile
+
+    for i, m in enumerate(simulated("globular", n, 990_000, size=4096, dpx=180.0, angpix=1.0)):
+        with mrcfile.new(f"{folder}/mic{i:02d}.mrc") as mrc:
+            mrc.set_data(m.image)
+            mrc.voxel_size = m.angpix
+
+
+def cost(cfg: adapt.AdaptConfig, threads: int) -> dict:
+    """Seconds and peak RSS of adapting a 50-micrograph job of 4096 x 4096 micrographs (its capped sample), the
+    micrographs read from files one at a time as the job reads them."""
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    from relion_pixer import io
+
+    with tempfile.TemporaryDirectory() as folder:
+        child = multiprocessing.get_context("spawn").Process(target=_write_sample, args=(folder, cfg.sample))
+        child.start()
+        child.join()
+        files = sorted(Path(folder).glob("*.mrc"))
+        general = load_pretrained(None)
+        rss_loaded = peak_rss_mb()
+        entries = [io.MicrographEntry(p.name, p, None, None, "none") for p in files]
+        sample = ((image, angpix) for _, image, angpix in io.readable_micrographs(entries))
+        t0 = time.perf_counter()
+        res = adapt.adapt_models(sample, 180.0, general, None, PickParams(), cfg, info=print)
+        seconds = time.perf_counter() - t0
+    out = {"job_micrographs": 50, "sample": len(files), "size_px": 4096, "threads": threads, "seconds": seconds,
+           "stage_seconds": res.figures["seconds"], "kept": res.kept, "reason": res.reason,
+           "peak_rss_mb_networks_loaded": rss_loaded, "peak_rss_mb": peak_rss_mb()}
+    print(f"cost: {seconds:.0f} s for a sample of {len(files)} 4096 px micrographs on {threads} threads, peak RSS "
+          f"{out['peak_rss_mb']:.0f} MB ({rss_loaded:.0f} MB with the networks loaded)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", nargs="*", help="only these real sets")
+    ap.add_argument("--sim", type=int, default=4, help="simulated micrographs of the unseen family (0: none)")
+    ap.add_argument("--cost", action="store_true", help="measure the cost on a 4096 px job instead")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = adapt.DEFAULTS
+    if args.cost:
+        out = cost(cfg, args.threads)
+    else:
+        general = load_pretrained(None)
+        params = PickParams()
+        out = {"config": cfg.__dict__, "threshold": params.threshold, "sets": {}, "simulated": {}}
+        for rs in real_sets(args.sets):
+            print(f"{rs.title}: adapting on train + valid + test, scoring on test", flush=True)
+            job_mics = rs.micrographs("train", "valid", "test")
+            out["sets"][rs.name] = run_adapt(job_mics, rs.micrographs("test"), rs.diameter_A, rs.radius_px, general,
+                                             params, cfg)
+        if args.sim:
+            print(f"simulated, unseen family smooth ({args.sim} micrographs)", flush=True)
+            mics = simulated("smooth", args.sim, 880_000)
+            out["simulated"]["smooth"] = run_adapt(mics, mics, 128.0, 32.0, general, params, cfg)
+        gains = [r["gain_f1"] for r in out["sets"].values()]
+        default = bool(gains) and min(gains) >= -MAX_LOSS and float(np.mean(gains)) >= MIN_MEAN_GAIN
+        out["rule"] = {"max_loss": MAX_LOSS, "min_mean_gain": MIN_MEAN_GAIN, "gains": gains,
+                       "mean_gain": float(np.mean(gains)) if gains else float("nan"), "adapt_default": default}
+        print(f"rule: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {out['rule']['mean_gain']:+.3f}: adapt "
+              + ("becomes the default" if default else "ships as an option (default No)"))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,517 @@
+"""Self-training inside the picking job (``adapt Yes``): the networks fine-tuned on the job's own micrographs.
+
+No labels are asked of the user. The general networks pick a sample of the job's micrographs (all of them for a
+small job, :attr:`AdaptConfig.sample` spread over a larger one) and their surest calls become labels
+(:func:`pseudo_labels`), at network scale as :mod:`relion_pixer.train` uses them:
+
+- *particle*: a disc of 0.45 diameters at each of the job's picks (the defaults) whose figure of merit reaches
+  both :attr:`AdaptConfig.confident_fom` and the :attr:`AdaptConfig.confident_quantile` th percentile of the
+  micrograph's picks (the networks' surest, on data where they are sure of few), with the ring out to 0.9
+  diameters background (``train._disc_labels``);
+- *background*: pixels more than 0.9 diameters from every candidate the map offers (any local maximum scoring at
+  least 0.05), where the segmenter gives background at least :attr:`AdaptConfig.background_prob` and nothing as
+  dark as a confident particle lies within half a diameter (``train.far_background``, its 10th percentile), so
+  that a particle the networks miss is not taught as background;
+- *contamination*: pixels the segmenter calls contamination with at least :attr:`AdaptConfig.contamination_prob`,
+  more than 0.6 diameters from a confident particle;
+- everything else, the disc around each candidate the networks are unsure of and a half-diameter band along the
+  edges, is ignored (:data:`relion_pixer.train.IGNORE`).
+
+The networks are then fine-tuned briefly on them with a simulated replay, with train.py's own machinery
+(``box_samples``, ``box_weights``, ``fit_classifier``, ``fit_segmenter``; the pseudo-labelled set weighs
+:attr:`AdaptConfig.user_fraction`, the replay the rest).
+
+Guard against self-confirmation and collapse: a share :attr:`AdaptConfig.holdout` of each micrograph's tiles (a 4 x 4
+grid) is held out of training. On those tiles the adapted networks pick as the job would, and their *agreement* with
+the held-out pseudo-labels is measured: ``2 tp / (2 tp + missed + false)``, ``tp`` the confident particles they pick
+(within half a diameter), ``missed`` those they lose, ``false`` their picks on pseudo-background or contamination. The
+general networks agree fully by construction, so a low agreement means the adapted ones drifted. They are kept only
+if the agreement is at least :attr:`AdaptConfig.min_agreement` and their number of picks on the held-out tiles is
+within :attr:`AdaptConfig.max_count_change` of the general networks'; otherwise the job reverts to the general
+networks and says so.
+
+The adapted networks are written to the job directory (:data:`MODEL_FILE`, a model file ``--model`` reads, its
+``meta["adapted"]`` saying what it was adapted on) and the outcome to :data:`NOTE_FILE`; Continue reads them back
+and does not adapt again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io as _stdio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
+
+__all__ = ["AdaptConfig", "AdaptResult", "MODEL_FILE", "NOTE_FILE", "pseudo_labels", "adapt_models", "for_job",
+           "pick_with"]
+
+#: The adapted networks, in the job directory.
+MODEL_FILE = "adapted_model.pt"
+#: What adaptation did (adapted or reverted, its figures), in the job directory; Continue reads it.
+NOTE_FILE = "pixer_adapt.json"
+#: Side of the grid of tiles the hold-out is drawn from.
+GRID = 4
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Settings of one adaptation (the defaults are the job's).
+
+    Attributes
+    ----------
+    sample : int
+        Micrographs pseudo-labelled, spread evenly over the job (all of them when it has no more).
+    confident_fom : float
+        Lowest figure of merit of a pick taken as a particle.
+    confident_quantile : float
+        A pick taken as a particle also reaches this percentile of its micrograph's picks' figures of merit.
+    dark_percentile : float
+        Background must lie half a diameter from anything as dark as this percentile of the confident particles.
+    background_prob : float
+        Lowest segmenter P(background) of a pixel taken as background (away from every candidate).
+    contamination_prob : float
+        Lowest segmenter P(contamination) of a pixel taken as contamination.
+    min_particles : int
+        Fewer confident particles in the sample than this: nothing to learn from, no adaptation.
+    holdout : float
+        Share of each micrograph's tiles held out of training for the agreement check.
+    min_agreement : float
+        Lowest agreement of the adapted networks with the held-out pseudo-labels that keeps them.
+    max_count_change : float
+        Largest relative change of the number of picks on the held-out tiles that keeps them.
+    cls_steps, cls_batch, cls_lr : int, int, float
+        Classifier fine-tuning.
+    seg_steps, seg_batch, seg_crop, seg_lr : int, int, int, float
+        Segmenter fine-tuning.
+    replay, replay_size : int
+        Simulated micrographs in the replay, and their side at network scale.
+    user_fraction : float
+        Share of the pseudo-labelled data in the classifier's boxes (per class) and the segmenter's crops.
+    seed : int
+        Everything random (hold-out, replay, batches) follows it.
+    """
+
+    sample: int = 12
+    confident_fom: float = 0.3
+    confident_quantile: float = 40.0
+    dark_percentile: float = 10.0
+    background_prob: float = 0.95
+    contamination_prob: float = 0.9
+    min_particles: int = 20
+    holdout: float = 0.25
+    min_agreement: float = 0.9
+    max_count_change: float = 0.3
+    cls_steps: int = 100
+    cls_batch: int = 32
+    cls_lr: float = 3e-4
+    seg_steps: int = 120
+    seg_batch: int = 6
+    seg_crop: int = 96
+    seg_lr: float = 3e-4
+    replay: int = 24
+    replay_size: int = 256
+    user_fraction: float = 0.5
+    seed: int = 0
+
+
+#: The job's settings (tests shorten them).
+DEFAULTS = AdaptConfig()
+
+
+@dataclass
+class AdaptResult:
+    """Outcome of :func:`adapt_models`.
+
+    Attributes
+    ----------
+    models : relion_pixer.models.PixerModels or None
+        The adapted networks (unfused, eval mode, on the CPU), None when adaptation was skipped.
+    kept : bool
+        Whether the adapted networks passed the guard (False: pick with the general networks).
+    reason : str
+        Why they were kept, rejected or not made, in words for run.out.
+    figures : dict
+        Pseudo-label counts, agreement, pick counts on the held-out tiles, seconds per stage.
+    """
+
+    models: object
+    kept: bool
+    reason: str
+    figures: dict
+
+
+# ------------------------------------------------------------------------------------------------ pseudo-labels
+def pseudo_labels(net_image: np.ndarray, class_probs: np.ndarray, cand_xy: np.ndarray, cand_fom: np.ndarray,
+                  picked: np.ndarray, cfg: AdaptConfig = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
+    """Label map and confident particle centres of one micrograph from the general networks' own calls.
+
+    Parameters
+    ----------
+    net_image : numpy.ndarray
+        The normalised network-scale image.
+    class_probs : numpy.ndarray
+        ``3 x H x W`` segmenter probabilities (background, particle, contamination).
+    cand_xy : numpy.ndarray
+        ``N x 2`` candidate centres at network scale: every local maximum of the map the networks offer.
+    cand_fom : numpy.ndarray
+        ``N`` figures of merit.
+    picked : numpy.ndarray
+        ``N`` bool: which candidates the job picks at its settings.
+    cfg : AdaptConfig
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        uint8 ``H x W``: 0/1/2 and :data:`relion_pixer.train.IGNORE` (see the module docstring).
+    particles : numpy.ndarray
+        ``M x 2`` float32 confident particle centres (network scale).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    from relion_pixer.preprocess import nearest_pixels
+    from relion_pixer.train import IGNORE, _disc_labels, far_background
+
+    shape = np.asarray(net_image).shape
+    probs = np.asarray(class_probs, np.float32)
+    if probs.shape != (3,) + tuple(shape):
+        raise ValueError(f"class probabilities of shape {probs.shape} for an image of shape {shape}")
+    xy = np.asarray(cand_xy, np.float64).reshape(-1, 2)
+    fom = np.asarray(cand_fom, np.float64).reshape(-1)
+    picked = np.asarray(picked, bool).reshape(-1)
+    sure = np.zeros(len(xy), bool)
+    if picked.any():
+        sure = picked & (fom >= max(cfg.confident_fom, float(np.percentile(fom[picked], cfg.confident_quantile))))
+    labels = _disc_labels(shape, xy[sure], NET_DIAMETER_PX)
+
+    def distance_to(points: np.ndarray) -> np.ndarray:
+        if not len(points):
+            return np.full(shape, np.inf)
+        free = np.ones(shape, bool)
+        free[nearest_pixels(points, shape)] = False
+        return distance_transform_edt(free)
+
+    to_any = distance_to(xy)
+    far = (labels == IGNORE) & (to_any > 0.9 * NET_DIAMETER_PX) & (probs[BACKGROUND] >= cfg.background_prob)
+    if sure.any():
+        far &= far_background(np.asarray(net_image, np.float32), xy[sure], cfg.dark_percentile, 0.9)
+    else:  # nothing tells how dark a particle is here: no background beyond the rings either
+        far[:] = False
+    labels[far] = BACKGROUND
+    contamination = (probs[CONTAMINATION] >= cfg.contamination_prob) & (distance_to(xy[sure]) > 0.6 * NET_DIAMETER_PX)
+    labels[contamination] = CONTAMINATION
+    unsure = (distance_to(xy[~sure]) <= 0.6 * NET_DIAMETER_PX) & (labels != PARTICLE)
+    labels[unsure] = IGNORE
+    edge = int(round(0.5 * NET_DIAMETER_PX))
+    labels[:edge], labels[-edge:], labels[:, :edge], labels[:, -edge:] = IGNORE, IGNORE, IGNORE, IGNORE
+    return labels, xy[sure].astype(np.float32)
+
+
+def _held_out_tiles(shape: tuple, rng: np.random.Generator, share: float) -> np.ndarray:
+    """Bool map: the tiles of a :data:`GRID` x :data:`GRID` grid held out (at least one, ``share`` of them)."""
+    n = max(1, int(round(share * GRID * GRID)))
+    chosen = rng.choice(GRID * GRID, n, replace=False)
+    held = np.zeros(shape, bool)
+    ys = np.linspace(0, shape[0], GRID + 1).astype(int)
+    xs = np.linspace(0, shape[1], GRID + 1).astype(int)
+    for t in chosen:
+        i, j = divmod(int(t), GRID)
+        held[ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = True
+    return held
+
+
+def _inside(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from relion_pixer.preprocess import nearest_pixels
+
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    return mask[nearest_pixels(xy, mask.shape)] if len(xy) else np.zeros(0, bool)
+
+
+def agreement(picks: Sequence[np.ndarray], labels: Sequence[np.ndarray], particles: Sequence[np.ndarray],
+              held: Sequence[np.ndarray]) -> dict:
+    """Agreement of picks (network scale, per micrograph) with the pseudo-labels on the held-out tiles.
+
+    Returns ``{"agreement", "tp", "missed", "false", "picks"}`` (see the module docstring); the agreement is NaN
+    without any held-out particle or pick.
+    """
+    from scipy.spatial import cKDTree
+
+    from relion_pixer.preprocess import nearest_pixels
+
+    tp = missed = false = n = 0
+    for xy, lab, conf, h in zip(picks, labels, particles, held):
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        xy = xy[_inside(xy, h)]
+        conf = np.asarray(conf, np.float64).reshape(-1, 2)
+        conf = conf[_inside(conf, h)]
+        n += len(xy)
+        hit = 0
+        if len(conf) and len(xy):
+            hit = int(np.isfinite(cKDTree(xy).query(conf, distance_upper_bound=0.5 * NET_DIAMETER_PX)[0]).sum())
+        tp += hit
+        missed += len(conf) - hit
+        if len(xy):
+            under = lab[nearest_pixels(xy, lab.shape)]
+            false += int(np.isin(under, (BACKGROUND, CONTAMINATION)).sum())
+    denominator = 2 * tp + missed + false
+    return {"agreement": 2 * tp / denominator if denominator else float("nan"), "tp": tp, "missed": missed,
+            "false": false, "picks": n}
+
+
+# ------------------------------------------------------------------------------------------------ adaptation
+def _candidates(net_image, models, factors, diameter_A: float, params, device: str):
+    """What the general networks make of one network-scale image: every candidate the map offers (score >= 0.05,
+    no relative cut; network scale), their figures of merit (the job's for those it picks: the decision's trust
+    depends on the candidate set), the segmenter's class probabilities, which candidates the job picks, and the
+    job's picks (network scale)."""
+    from relion_pixer.pipeline import pick_from_map
+    from relion_pixer.preprocess import to_network
+    from relion_pixer.segment import predict_probability
+
+    probs = predict_probability(models.segmenter, net_image, device, all_classes=True)
+    loose = dataclasses.replace(params, threshold=0.0, map_threshold=0.05, map_relative=0.0, map_odds=0.0,
+                                max_particles=0)
+    every = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, loose)
+    job = pick_from_map(net_image, probs[PARTICLE], factors, diameter_A, models, params)
+    every_xy, job_xy = to_network(every.xy, factors), to_network(job.xy, factors)
+    picked, fom = np.zeros(len(every_xy), bool), np.asarray(every.fom, np.float64).copy()
+    if len(job_xy) and len(every_xy):
+        from scipy.spatial import cKDTree
+
+        dist, which = cKDTree(job_xy).query(every_xy)
+        picked = dist < 0.5
+        fom[picked] = np.asarray(job.fom, np.float64)[which[picked]]
+    return every_xy, fom, probs.float().cpu().numpy(), picked, job_xy
+
+
+def _job_picks(models, images: list, factors: list, diameter_A: float, params, device: str) -> list:
+    """The picks (network scale) a job would make with ``models`` on the network-scale images."""
+    from relion_pixer.pipeline import pick_from_map
+    from relion_pixer.preprocess import to_network
+    from relion_pixer.segment import predict_probability
+
+    out = []
+    for net, f in zip(images, factors):
+        prob = predict_probability(models.segmenter, net, device)
+        out.append(to_network(pick_from_map(net, prob, f, diameter_A, models, params).xy, f))
+    return out
+
+
+def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, general, init_path, params,
+                 cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print) -> AdaptResult:
+    """Fine-tune the networks on pseudo-labels from ``micrographs`` and check them on the held-out ones.
+
+    Parameters
+    ----------
+    micrographs : iterable of (image, angpix)
+        The sample (particles dark), read once: a generator keeps one full-size micrograph in memory at a time.
+    diameter_A : float
+        The diameter the job picks at (Angstrom).
+    general : relion_pixer.models.PixerModels
+        The general networks as the job picks with them (on ``params.device``, eval mode).
+    init_path : str or Path or None
+        Their model file (None: the shipped weights), loaded again unfused for training.
+    params : relion_pixer.pipeline.PickParams
+        The job's picking settings (``params.device`` is where everything runs).
+    cfg : AdaptConfig
+    info : callable
+        Receives a line per stage (run.out).
+
+    Returns
+    -------
+    AdaptResult
+    """
+    import torch
+
+    from relion_pixer import train
+    from relion_pixer.models import PixerModels, load_pretrained
+    from relion_pixer.preprocess import cut_boxes, prepare
+
+    device = params.device
+    rng = np.random.default_rng(cfg.seed)
+    figures: dict = {"seconds": {}}
+    t0 = time.perf_counter()
+    images, factors, labels, particles, held, general_picks = [], [], [], [], [], []
+    for image, angpix in micrographs:
+        net, f = prepare(image, angpix, diameter_A)
+        cand_xy, cand_fom, probs, picked, picks = _candidates(net, general, f, diameter_A, params, device)
+        lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, picked, cfg)
+        images.append(net)
+        factors.append(f)
+        labels.append(lab)
+        particles.append(conf)
+        held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
+        general_picks.append(picks)
+    if not images:
+        return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
+    n_conf = int(sum(len(p) for p in particles))
+    counts = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=256)
+    figures.update(micrographs=len(images), confident_particles=n_conf,
+                   background_pixels=int(counts[BACKGROUND]), contamination_pixels=int(counts[CONTAMINATION]),
+                   ignored_share=float(counts[train.IGNORE] / max(1, counts.sum())))
+    figures["seconds"]["pseudo_labels"] = time.perf_counter() - t0
+    info(f" + adapt: pseudo-labels from {len(images)} micrograph(s): {n_conf} confident particles, "
+         f"{counts[BACKGROUND]} background and {counts[CONTAMINATION]} contamination pixels at network scale "
+         f"({figures['ignored_share']:.0%} ignored), {figures['seconds']['pseudo_labels']:.1f} s")
+    if n_conf < cfg.min_particles:
+        return AdaptResult(None, False, f"only {n_conf} confident particles (at least {cfg.min_particles} needed)",
+                           figures)
+
+    # ---- training sets: the held-out tiles' labels are hidden from training
+    train_labels, train_particles = [], []
+    for lab, conf, h in zip(labels, particles, held):
+        hidden = lab.copy()
+        hidden[h] = train.IGNORE
+        train_labels.append(hidden)
+        train_particles.append(conf[~_inside(conf, h)])
+    user = train.LabelledSet(images, train_labels, train_particles, None, [f"sample{i}" for i in range(len(images))])
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    replay = train.simulated_set(cfg.replay, cfg.replay_size, cfg.seed, progress=False)
+    figures["seconds"]["replay"] = time.perf_counter() - t0
+    info(f" + adapt: {len(replay)} simulated replay micrographs, {figures['seconds']['replay']:.1f} s")
+
+    # ---- fine-tuning with train.py's machinery, its step lines kept out of run.out
+    t0 = time.perf_counter()
+    init = load_pretrained(init_path, fuse=False)
+    classifier, segmenter = init.classifier.to(device), init.segmenter.to(device)
+    boxes, classes, mine = [], [], []
+    for k, data in enumerate((replay, user)):
+        xyz, cls = train.box_samples(data, rng)
+        boxes.append(cut_boxes(data.images, xyz, jitter=2.0, rng=rng))
+        classes.append(cls)
+        mine.append(np.full(len(cls), k == 1))
+    classes_np, mine_np = np.concatenate(classes), np.concatenate(mine)
+    with contextlib.redirect_stdout(_stdio.StringIO()):
+        train.fit_classifier(classifier, np.concatenate(boxes), classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr,
+                             gen, torch.device(device),
+                             sample_weights=train.box_weights(classes_np, mine_np, cfg.user_fraction))
+        train.fit_segmenter(segmenter, [(user, cfg.user_fraction), (replay, 1.0 - cfg.user_fraction)], cfg.seg_steps,
+                            cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, torch.device(device))
+    classifier.eval()
+    segmenter.eval()
+    adapted = PixerModels(classifier, segmenter, {})
+    figures["seconds"]["fine_tune"] = time.perf_counter() - t0
+    info(f" + adapt: networks fine-tuned ({cfg.cls_steps} classifier and {cfg.seg_steps} segmenter steps, "
+         f"{int(mine_np.sum())} pseudo-labelled boxes beside {int((~mine_np).sum())} simulated), "
+         f"{figures['seconds']['fine_tune']:.1f} s")
+
+    # ---- the guard: agreement on the held-out tiles
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        adapted_picks = _job_picks(adapted, images, factors, diameter_A, params, device)
+    after = agreement(adapted_picks, labels, particles, held)
+    before = agreement(general_picks, labels, particles, held)
+    change = abs(after["picks"] - before["picks"]) / max(1, before["picks"])
+    figures.update(agreement_adapted=after, agreement_general=before, held_out_count_change=change)
+    figures["seconds"]["check"] = time.perf_counter() - t0
+    ok_agree = np.isfinite(after["agreement"]) and after["agreement"] >= cfg.min_agreement
+    ok_count = change <= cfg.max_count_change
+    reason = (f"agreement with the held-out pseudo-labels {after['agreement']:.3f} (general networks "
+              f"{before['agreement']:.3f}; at least {cfg.min_agreement:g} needed), picks on the held-out tiles "
+              f"{after['picks']} against {before['picks']} ({change:+.0%}; at most {cfg.max_count_change:.0%} change)")
+    adapted.classifier.cpu()
+    adapted.segmenter.cpu()
+    return AdaptResult(adapted, bool(ok_agree and ok_count), reason, figures)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+def pick_with(models):
+    """A job pick function (``pick_fn(image, angpix, diameter_A, params)``) that picks with ``models``."""
+    from relion_pixer.pipeline import pick_micrograph
+
+    def pick(image, angpix, diameter_A, params):
+        return pick_micrograph(image, angpix, diameter_A, models, params)
+
+    pick.models = models
+    return pick
+
+
+def _sample_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
+
+
+def for_job(entries, diameter_A: float, invert: bool, init_path, general, params, job_dir: Path, info, warn,
+            cfg: AdaptConfig | None = None):
+    """The networks a job with ``adapt Yes`` picks with: adapted ones (made now, or kept from a first run) or,
+    when the guard rejects them, the general ones.
+
+    Parameters
+    ----------
+    entries : sequence of relion_pixer.io.MicrographEntry
+        Every micrograph of the job, in order.
+    diameter_A : float
+        The diameter the job picks at.
+    invert : bool
+        The job's ``invert``.
+    init_path : str or None
+        The job's ``model`` (None: the shipped weights).
+    general : relion_pixer.models.PixerModels
+        The networks loaded for picking, on ``params.device``.
+    params : relion_pixer.pipeline.PickParams
+    job_dir : Path
+    info, warn : callable
+        run.out and run.err lines.
+    cfg : AdaptConfig, optional
+        Default :data:`DEFAULTS`.
+
+    Returns
+    -------
+    relion_pixer.models.PixerModels
+    """
+    from relion_pixer import io
+    from relion_pixer.models import load_pretrained, save_models
+
+    cfg = cfg or DEFAULTS
+    model_path, note_path = Path(job_dir) / MODEL_FILE, Path(job_dir) / NOTE_FILE
+    try:
+        note = json.loads(note_path.read_text())
+    except (OSError, ValueError):
+        note = None
+    if isinstance(note, dict) and note.get("diameter_A") == float(diameter_A) and note.get("init") == str(init_path):
+        if note.get("kept") and model_path.is_file():
+            info(f" + adapt: networks adapted in the first run, kept in {MODEL_FILE}")
+            return load_pretrained(model_path, device=params.device)
+        if not note.get("kept"):
+            info(f" + adapt: the first run reverted to the general networks ({note.get('reason', '')}); "
+                 "picking with them")
+            return general
+    t_all = time.perf_counter()
+    picked = [entries[i] for i in _sample_indices(len(entries), cfg.sample)]
+    names: list[str] = []
+
+    def sample():  # one full-size micrograph in memory at a time
+        for entry, image, angpix in io.readable_micrographs(picked, invert):
+            names.append(entry.name)
+            yield image, angpix
+
+    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info)
+    seconds = time.perf_counter() - t_all
+    note = {"kept": result.kept, "reason": result.reason, "diameter_A": float(diameter_A), "init": str(init_path),
+            "micrographs": names, "seed": cfg.seed, "config": dataclasses.asdict(cfg), "figures": result.figures,
+            "seconds": seconds}
+    if result.models is not None and result.kept:
+        meta = {"adapted": {k: note[k] for k in ("diameter_A", "init", "micrographs", "seed", "reason")}}
+        with io.atomic_output_path(model_path) as tmp:
+            save_models(tmp, result.models.classifier, result.models.segmenter, meta)
+    with io.atomic_write(note_path) as fh:
+        json.dump(note, fh, indent=1, default=float)
+    if result.kept:
+        info(f" + adapt: adapted networks kept ({result.reason}); written to {MODEL_FILE}, "
+             f"{seconds:.1f} s in all")
+        return load_pretrained(model_path, device=params.device)
+    what = "not adapted" if result.models is None else "adapted networks rejected"
+    info(f" + adapt: {what}, reverting to the general networks: {result.reason} ({seconds:.1f} s in all)")
+    warn(f"adapt: {what} ({result.reason}); the picks are the general networks'")
+    return general

@@ -1,0 +1,179 @@
+"""Self-training inside the picking job (relion_pixer.adapt): pseudo-labels, the External job with ``adapt Yes``, the
+revert path and Continue."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE, adapt, io, job
+from relion_pixer.train import IGNORE
+
+from test_job import IN_MICS, RELION_CMD, check_relion_outputs, made_project, write_mrc
+
+#: A few steps only: the test checks the plumbing and the guard, not what adaptation gains.
+QUICK = dataclasses.replace(adapt.DEFAULTS, cls_steps=4, cls_batch=8, seg_steps=4, seg_batch=2, seg_crop=64,
+                            replay=2, replay_size=96, min_particles=5)
+
+
+def test_pseudo_labels_follow_the_networks_surest_calls():
+    shape = (160, 240)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    image = np.zeros(shape, np.float32)
+    # dark particles: two the job picks, one it does not, one it never saw (no candidate: the map missed it)
+    for x, y in ((60, 60), (120, 60), (60, 110), (200, 50)):
+        image -= 3.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 8.0 ** 2)).astype(np.float32)
+    probs = np.zeros((3,) + shape, np.float32)
+    probs[BACKGROUND] = 0.99
+    probs[CONTAMINATION, 120:150, 150:190] = 0.97  # a contamination patch
+    probs[BACKGROUND, 120:150, 150:190] = 0.02
+    xy = np.array([[60.0, 60.0], [120.0, 60.0], [60.0, 110.0]])
+    fom = np.array([0.95, 0.95, 0.2])  # (a pick below its micrograph's 40th percentile would be unsure too)
+    picked = np.array([True, True, False])
+    labels, sure = adapt.pseudo_labels(image, probs, xy, fom, picked, adapt.DEFAULTS)
+    np.testing.assert_allclose(sure, xy[:2])
+    for x, y in xy[:2].astype(int):
+        assert labels[y, x] == PARTICLE
+    assert labels[110, 60] == IGNORE  # the candidate the job does not pick: unsure
+    assert labels[60, 60 + int(0.7 * NET_DIAMETER_PX)] == BACKGROUND  # the ring around a particle
+    assert labels[140, 100] == BACKGROUND  # empty ice, far from everything
+    assert labels[50, 200] == IGNORE  # the missed particle is not taught as background
+    assert labels[135, 170] == CONTAMINATION
+    assert (labels[:16] == IGNORE).all() and (labels[:, -16:] == IGNORE).all()  # the edges
+    # a micrograph whose picks are all unsure (figures of merit below confident_fom) gives no particle
+    labels, sure = adapt.pseudo_labels(image, probs, xy, np.array([0.2, 0.25, 0.1]), picked, adapt.DEFAULTS)
+    assert len(sure) == 0 and not (labels == PARTICLE).any() and not (labels == BACKGROUND).any()
+    with pytest.raises(ValueError, match="class probabilities"):
+        adapt.pseudo_labels(image, probs[:, :10], xy, fom, picked)
+
+
+def test_agreement_counts_held_out_particles_and_false_picks():
+    lab = np.full((100, 100), IGNORE, np.uint8)
+    lab[:, 50:] = BACKGROUND
+    held = np.zeros((100, 100), bool)
+    held[:, :] = True
+    conf = np.array([[20.0, 20.0], [20.0, 70.0]])
+    picks = np.array([[21.0, 20.0], [80.0, 80.0]])  # one confident particle found, one pick on background
+    a = adapt.agreement([picks], [lab], [conf], [held])
+    assert (a["tp"], a["missed"], a["false"], a["picks"]) == (1, 1, 1, 2)
+    assert a["agreement"] == pytest.approx(2 / 4)
+    held[:, 40:] = False  # only the left part held out: the pick on background (x 80) no longer counts
+    a = adapt.agreement([picks], [lab], [conf], [held])
+    assert (a["tp"], a["missed"], a["false"], a["picks"]) == (1, 1, 0, 1)
+
+
+def simulated_project(root, n: int = 3, size: int = 256):
+    """A RELION project whose micrographs are simulated (particles 32 px across at 4 A/px: 128 A)."""
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    project = made_project(root, n=n, size=size)
+    rng = np.random.default_rng(7)
+    for e in io.read_micrographs_star(project / IN_MICS, project_dir=project):
+        cfg = random_config(rng, snr=1.0, particle_diameter_px=32.0, families="globular", empty=False, n_ice=0,
+                            n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=1.5, density=0.3)
+        write_mrc(e.path, simulate_micrograph(rng, shape=(size, size), **cfg).image.astype(np.float32), 1.5)
+    return project
+
+
+ADAPT_CMD = RELION_CMD.replace("--particle_diameter 150", "--particle_diameter 48") + " --adapt Yes"
+
+
+def test_adapt_end_to_end_then_continue_does_not_adapt_again(tmp_path, monkeypatch, capsys):
+    from relion_pixer.models import load_pretrained
+
+    root = simulated_project(tmp_path / "p")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(adapt, "DEFAULTS", QUICK)
+    assert job.main(ADAPT_CMD.split()) == 0
+    first = capsys.readouterr()
+    for stage in ("pseudo-labels from 3 micrograph(s)", "simulated replay micrographs", "networks fine-tuned",
+                  "adapted networks kept"):
+        assert stage in first.out
+    assert re.search(r"\+ adapt: pseudo-labels .*, [\d.]+ s$", first.out, re.M)  # the time each stage took
+    jd = root / "External/job012"
+    note = json.loads((jd / adapt.NOTE_FILE).read_text())
+    assert note["kept"] and len(note["micrographs"]) == 3 and note["figures"]["confident_particles"] >= 5
+    size = json.loads((jd / "pixer_size.json").read_text())
+    assert note["diameter_A"] == size["picking_A"]  # adapted at the diameter the job picks at
+    later = load_pretrained(jd / adapt.MODEL_FILE)  # loadable as `model` by a later job
+    assert later.meta["adapted"]["micrographs"] == note["micrographs"]
+    lst = check_relion_outputs(root, empty=None)
+    coords = [root / c for c in lst["rlnMicrographCoordinates"]]
+    assert sum(len(io.read_coordinates_star(c)) for c in coords) > 0
+    before = coords[-1].read_bytes()
+    model_bytes = (jd / adapt.MODEL_FILE).read_bytes()
+    coords[-1].unlink()
+    assert job.main(ADAPT_CMD.split()) == 0
+    again = capsys.readouterr().out
+    assert "kept in adapted_model.pt" in again and "fine-tuned" not in again and "1 to pick" in again
+    assert coords[-1].read_bytes() == before
+    assert (jd / adapt.MODEL_FILE).read_bytes() == model_bytes
+
+
+def test_adapted_networks_that_disagree_are_reverted(tmp_path, monkeypatch, capsys):
+    """Networks that drift from the held-out pseudo-labels (here: fine-tuning that leaves them blind to particles)
+    are rejected; the picks are then exactly the general networks'."""
+    import torch
+
+    from relion_pixer import train
+
+    root = simulated_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(adapt, "DEFAULTS", QUICK)
+    real_fit = train.fit_segmenter
+
+    def drifting(segmenter, *args, **kw):
+        real_fit(segmenter, *args, **kw)
+        with torch.no_grad():
+            for branch in segmenter.branches:
+                branch[-1].bias[PARTICLE] -= 50.0
+
+    monkeypatch.setattr(train, "fit_segmenter", drifting)
+    assert job.main(ADAPT_CMD.split()) == 0
+    out, err = capsys.readouterr()
+    assert "adapted networks rejected, reverting to the general networks" in out
+    assert "the picks are the general networks'" in err
+    jd = root / "External/job012"
+    assert not (jd / adapt.MODEL_FILE).exists()
+    note = json.loads((jd / adapt.NOTE_FILE).read_text())
+    assert not note["kept"] and note["figures"]["agreement_adapted"]["agreement"] < QUICK.min_agreement
+    general_cmd = ADAPT_CMD.replace("job012", "job013").replace("--adapt Yes", "--adapt No")
+    assert job.main(general_cmd.split()) == 0
+    capsys.readouterr()
+    for mine in sorted((jd / "Movies").glob("*_autopick.star")):
+        assert mine.read_bytes() == (root / "External/job013/Movies" / mine.name).read_bytes()
+    # Continue keeps the decision: no second adaptation
+    next(iter(sorted((jd / "Movies").glob("*_autopick.star")))).unlink()
+    assert job.main(ADAPT_CMD.split()) == 0
+    assert "the first run reverted to the general networks" in capsys.readouterr().out
+
+
+def test_adaptation_is_deterministic_for_a_seed():
+    import torch
+
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(3)
+    cfg = random_config(rng, snr=1.0, particle_diameter_px=32.0, families="globular", empty=False, n_ice=0,
+                        n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=1.5, density=0.3)
+    sample = [(simulate_micrograph(rng, shape=(256, 256), **cfg).image.astype(np.float32), 1.5)]
+    general = load_pretrained(None)
+    runs = [adapt.adapt_models(sample, 48.0, general, None, PickParams(), dataclasses.replace(QUICK, seed=seed),
+                               info=lambda msg: None) for seed in (0, 0, 1)]
+    weights = [r.models.segmenter.state_dict() for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the seed matters
+    assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
+
+
+def test_adapt_option_default_no_bare_flag_yes():
+    base = "pick a.mrc --angpix 1 --particle_diameter 100 --o out/".split()[1:]
+    assert job.parse_args(base).adapt is False
+    assert job.parse_args(base + ["--adapt"]).adapt is True  # relion_pixer pick --adapt
+    assert job.parse_args(base + ["--adapt", "No"]).adapt is False
