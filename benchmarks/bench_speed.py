@@ -2,8 +2,10 @@
 
 Writes simulated 4096 px float32 MRC micrographs (150 A particles at 1 A/px), then runs the real command line
 (reading the MRC, resampling, segmentation, picking, classification, writing the STAR files) in a fresh process,
-once on one micrograph and once on all of them; the difference gives the time per micrograph without the
-one-off start-up (imports, loading weights). Peak memory is the child process's maximum resident set size.
+once on one micrograph and once on all of them, both with ``--estimate_size No``; the difference gives the time per
+micrograph without the one-off start-up (imports, loading weights). A third run on all of them with the size estimate
+(the job's default) gives the estimate's one-off cost per job. Peak memory is the child process's maximum resident
+set size.
 
 ``--profile`` also times the stages in this process (median of ``--n`` micrographs): reading the MRC, preparation
 (Fourier crop, normalisation), segmentation (with the number of tiles and the network pixels they cover), the
@@ -151,10 +153,11 @@ def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 
 
 
 def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float = 1.0,
-        diameter: float = 150.0) -> tuple[float, float]:
+        diameter: float = 150.0, estimate: bool = False) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one `relion_pixer pick` process."""
     cmd = [sys.executable, "-m", "relion_pixer", "pick", *map(str, paths), "--angpix", f"{angpix:g}",
-           "--particle_diameter", f"{diameter:g}", "--o", str(out), "--j", str(threads), "--device", device]
+           "--particle_diameter", f"{diameter:g}", "--o", str(out), "--j", str(threads), "--device", device,
+           "--estimate_size", "Yes" if estimate else "No"]
     code = (
         "import resource, subprocess, sys, time, json; t = time.time(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
@@ -189,6 +192,7 @@ def main() -> None:
               f"{time.time() - t0:.1f} s")
         one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter)
         many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter)
+        with_estimate, rss_est = run(paths, tmp / "oute", args.threads, args.device, angpix, diameter, estimate=True)
         stages = profile(paths, angpix, diameter, args.threads, args.device) if args.profile else None
     per = (many - one) / max(1, args.n - 1)
     figures = {
@@ -204,6 +208,8 @@ def main() -> None:
         "seconds_per_micrograph": round(per, 3),
         "micrographs_per_second": round(1 / per, 2) if per > 0 else None,
         "peak_rss_gb": round(max(rss, rss1), 2),
+        "size_estimate_seconds_per_job": round(with_estimate - many, 2),
+        "peak_rss_gb_with_size_estimate": round(rss_est, 2),
         "cpu": os.cpu_count(),
     }
     if stages is not None:

@@ -821,11 +821,17 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     readable = io.readable_micrographs(entries, opts.invert)
-    sample = [(image, angpix) for _, image, angpix in itertools.islice(readable, size.SAMPLE_MICROGRAPHS)]
+    sample = []  # how many were read; the estimate reads them one at a time
+
+    def one_at_a_time():
+        for _, image, angpix in itertools.islice(readable, size.SAMPLE_MICROGRAPHS):
+            sample.append(angpix)
+            yield image, angpix
+
+    t0 = time.perf_counter()
+    est = size.estimate_diameter(one_at_a_time(), opts.particle_diameter, models, device)
     if not sample:
         return opts.particle_diameter
-    t0 = time.perf_counter()
-    est = size.estimate_diameter(sample, opts.particle_diameter, models, device)
     picking_A = size.picking_diameter(est)
     log.info(f" + particle size from the data: {est.diameter_A:.0f} A, {est.ratio:.2f}x the diameter given "
              f"({opts.particle_diameter:g} A; measured on {len(sample)} micrograph(s) in "

@@ -16,7 +16,7 @@ the longest dimension, for an elongated or hollow one it can differ by a fifth o
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 
 ESTIMATE_WEIGHT = 0.5
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
+#: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
+#: the smallest factor its network image is at most this wide (time and memory stay bounded on K3-sized data).
+MAX_NET_SIDE = 1280
 #: Candidate scores are clipped to this distance from 0 and 1 before their log-odds are taken.
 _EPS = 1e-4
 
@@ -77,14 +80,22 @@ def confidence(prob_map) -> float:
     return float(np.mean(np.log(top / (1.0 - top))))
 
 
-def estimate_diameter(micrographs: Sequence[tuple[np.ndarray, float]], diameter_A: float, models,
+def _centre_crop(image: np.ndarray, side: float) -> np.ndarray:
+    """The central ``side`` x ``side`` pixels of ``image`` (the image itself where it is no larger)."""
+    side = int(side)
+    h, w = np.shape(image)
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y0:y0 + side, x0:x0 + side] if (h > side or w > side) else image
+
+
+def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, models,
                       device: str = "cpu", factors: Sequence[float] = FACTORS) -> SizeEstimate:
     """Estimate the particle diameter the networks see best (see the module docstring).
 
     Parameters
     ----------
-    micrographs : sequence of (image, angpix)
-        A few micrographs (particles dark), each with its pixel size.
+    micrographs : iterable of (image, angpix)
+        A few micrographs (particles dark), each with its pixel size; read one at a time.
     diameter_A : float
         The diameter given (Angstrom).
     models : relion_pixer.models.PixerModels
@@ -102,17 +113,19 @@ def estimate_diameter(micrographs: Sequence[tuple[np.ndarray, float]], diameter_
 
     diameter_A = float(diameter_A)
     factors = tuple(float(f) for f in factors)
-    conf = []
-    for f in factors:
-        values = []
-        for image, angpix in micrographs:
+    values = [[] for _ in factors]
+    for image, angpix in micrographs:  # one micrograph at a time: an iterator keeps only one in memory
+        image = _centre_crop(image, MAX_NET_SIDE * diameter_A * min(factors) / (NET_DIAMETER_PX * float(angpix)))
+        for k, f in enumerate(factors):
             try:
                 _, prob, _ = segment_micrograph(image, angpix, diameter_A * f, models, device)
             except ValueError:  # too small or too large at this scale
                 continue
-            values.append(confidence(prob))
-        values = [v for v in values if np.isfinite(v)]
-        conf.append(float(np.mean(values)) if values else float("nan"))
+            value = confidence(prob)
+            if np.isfinite(value):
+                values[k].append(value)
+            del prob
+    conf = [float(np.mean(v)) if v else float("nan") for v in values]
     c = np.asarray(conf)
     if not np.isfinite(c).any():
         return SizeEstimate(diameter_A, diameter_A, factors, tuple(conf), False)
