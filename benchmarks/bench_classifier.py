@@ -18,7 +18,7 @@ import json
 import numpy as np
 import torch
 
-from common import REAL_DIAMETER_A, real_micrographs
+from common import REAL, real_sets
 from relion_pixer import NET_DIAMETER_PX, PARTICLE
 from relion_pixer.models import load_pretrained
 from relion_pixer.preprocess import prepare, to_network
@@ -28,8 +28,9 @@ from relion_pixer.train import box_samples, classifier_accuracy, cut_boxes, simu
 def real_boxes(seed: int = 0, per_micrograph: int = 100):
     rng = np.random.default_rng(seed)
     images, rows, classes = [], [], []
-    for i, m in enumerate(real_micrographs("test")):
-        net, factors = prepare(m.image, m.angpix, REAL_DIAMETER_A)
+    ribosome = real_sets([REAL.name])[0]
+    for i, m in enumerate(ribosome.micrographs("test")):
+        net, factors = prepare(m.image, m.angpix, ribosome.diameter_A)
         images.append(net)
         xy = to_network(m.truth, factors)
         rows += [(i, x, y) for x, y in xy]

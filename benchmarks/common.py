@@ -18,15 +18,8 @@ from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
 from relion_pixer.preprocess import nearest_resample  # noqa: E402
 
+#: The EMPIAR-10028 ribosome set (its pixel size, diameter and split: ``real_sets/empiar10028_ribosome80S.toml``).
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "empiar10028_ribosome80S"
-SPLITS = {
-    "train": ["061", "062", "063", "064"],
-    "valid": ["065"],
-    "test": ["311", "312", "313", "314", "315"],
-}
-#: EMPIAR-10028 as the shared data's README gives it: 5.36 A/px, ribosome about 300 A (56 px) across.
-REAL_ANGPIX = 5.36
-REAL_DIAMETER_A = 300.0
 
 
 @dataclass
@@ -106,11 +99,6 @@ def real_sets(names=None) -> list[RealSet]:
     if names and len(out) != len(set(names)):
         raise SystemExit(f"unknown real set(s): {sorted(set(names) - {s.name for s in out})}")
     return out
-
-
-def real_micrographs(split: str) -> list[Micrograph]:
-    """The EMPIAR-10028 micrographs of one split with their expert labels."""
-    return real_sets([REAL.name])[0].micrographs(split)
 
 
 def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str = "cpu") -> list:
