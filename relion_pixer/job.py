@@ -392,14 +392,22 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _default_pick_fn(opts: JobOptions, device: str) -> PickFunction:
+def _load_networks(opts: JobOptions, device: str):
+    """The networks of ``--model`` (or the shipped weights) on ``device``; a missing file is a usage error."""
     from relion_pixer import models as pixer_models
-    from relion_pixer.pipeline import pick_micrograph
 
     try:
-        loaded = pixer_models.load_pretrained(opts.model, device=device)
+        return pixer_models.load_pretrained(opts.model, device=device)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _default_pick_fn(opts: JobOptions, device: str, loaded=None) -> PickFunction:
+    """The networks' picker on ``device``; ``loaded``: networks already loaded from ``opts.model`` there."""
+    from relion_pixer.pipeline import pick_micrograph
+
+    if loaded is None:
+        loaded = _load_networks(opts, device)
 
     def pick(image, angpix, diameter_A, params):
         return pick_micrograph(image, angpix, diameter_A, loaded, params)
@@ -660,7 +668,7 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
 
 def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path,
          world: parallel.World = parallel.World()) -> int:
-    plan, problem = None, None
+    plan, problem, networks = None, None, None
     diameter, model = opts.particle_diameter, opts.model
     if world.leader:
         try:
@@ -678,6 +686,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                                                  else (plan, diameter, model), root=0)
         if world.leader and problem is None:
             log.info(f" + {world.size} MPI ranks share the micrographs")
+    if model != opts.model:
+        networks = None  # adapted: every process loads the adapted file
     opts = dataclasses.replace(opts, particle_diameter=diameter, model=model)
     if problem is not None:
         raise problem
@@ -689,7 +699,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     t0 = time.perf_counter()
     if share:
         try:
-            _pick_share(share, opts, plan, pick_fn, log, job_dir, outcome, world)
+            _pick_share(share, opts, plan, pick_fn, log, job_dir, outcome, world, networks)
         except (KeyboardInterrupt, _Terminated) as exc:
             # a queue system's SIGTERM or Ctrl-C: the coordinate files are written atomically, so every one that
             # exists is finished; list them below as after RELION_JOB_ABORT_NOW
@@ -791,13 +801,8 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     if pick_fn is not None:
         models = getattr(pick_fn, "models", None)
         return None if models is None else (models, getattr(pick_fn, "device", "cpu"))
-    from relion_pixer import models as pixer_models
-
     device = _resolve_device(opts.device)
-    try:
-        return pixer_models.load_pretrained(opts.model, device=device), device
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
+    return _load_networks(opts, device), device
 
 
 def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
@@ -882,8 +887,10 @@ def _devices(opts: JobOptions, world: parallel.World, workers: int, log: _Log) -
 
 
 def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | None, log: _Log, job_dir: Path,
-                outcome: _Outcome, world: parallel.World) -> None:
-    """Pick this rank's micrographs, in this process or in ``opts.workers`` worker processes."""
+                outcome: _Outcome, world: parallel.World, networks=None) -> None:
+    """Pick this rank's micrographs, in this process or in ``opts.workers`` worker processes. ``networks``:
+    ``(models, device)`` rank 0 already loaded from ``opts.model`` (for the size estimate), reused when this process
+    picks on that device."""
     params = _pick_params(opts)
     workers = min(opts.workers, len(share))
     outcome.processes = workers
@@ -899,7 +906,8 @@ def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | No
             torch.set_num_threads(opts.threads)
         params = dataclasses.replace(params, device=devices[0])
         if pick_fn is None:
-            pick_fn = _default_pick_fn(opts, devices[0])
+            loaded = networks[0] if networks is not None and networks[1] == devices[0] else None
+            pick_fn = _default_pick_fn(opts, devices[0], loaded)
             log.info(f"{label} + networks loaded, running on {devices[0]}")
         _pick_all(share, opts, params, pick_fn, log, job_dir, outcome, plan, label=label)
         return
