@@ -75,9 +75,16 @@ def contamination(sim, xy: np.ndarray) -> np.ndarray:
     return on
 
 
-def found(xy: np.ndarray, sim) -> int:
-    truth = np.asarray(sim.coords).reshape(-1, 2)
+def found(xy: np.ndarray, truth: np.ndarray) -> int:
+    """How many true particles the picks ``xy`` find (one-to-one within half a diameter)."""
     return len(match_picks(xy, truth, DPX / 2).pred_index) if len(xy) and len(truth) else 0
+
+
+def dropped(vetoed: np.ndarray, picks: np.ndarray) -> int:
+    """How many of the former veto's rejections ``vetoed`` are not among ``picks`` (none within 2 px)."""
+    if not len(vetoed) or not len(picks):
+        return len(vetoed)
+    return int((np.hypot(*(vetoed[:, None, :] - picks[None, :, :]).transpose(2, 0, 1)).min(axis=1) > 2.0).sum())
 
 
 def main() -> None:
@@ -99,17 +106,15 @@ def main() -> None:
             net, prob, factors = segment_micrograph(sim.image, 2.0, d, models)
             every = pick_from_map(net, prob, factors, d, models, PickParams(threshold=0.0))
             picks = every.xy[every.fom >= params.threshold]
-            f["map_alone"] += found(every.xy[every.map_score >= params.threshold], sim)
-            f["decision"] += found(picks, sim)
-            f["truth"] += len(np.asarray(sim.coords).reshape(-1, 2))
+            truth = np.asarray(sim.coords).reshape(-1, 2)
+            f["map_alone"] += found(every.xy[every.map_score >= params.threshold], truth)
+            f["decision"] += found(picks, truth)
+            f["truth"] += len(truth)
             f["trust"].append(every.trust)
             vetoed = former_veto(net, prob, factors, models)
             vetoed = vetoed[contamination(sim, vetoed)]
             f["contamination_vetoed"] += len(vetoed)
-            if len(vetoed):
-                kept = (np.hypot(*(vetoed[:, None, :] - picks[None, :, :]).transpose(2, 0, 1)).min(axis=1) <= 2.0
-                        if len(picks) else np.zeros(len(vetoed), bool))
-                f["also_dropped"] += int((~kept).sum())
+            f["also_dropped"] += dropped(vetoed, picks)
         f["kept_share"] = f["decision"] / f["map_alone"] if f["map_alone"] else float("nan")
         f["dropped_share"] = f["also_dropped"] / f["contamination_vetoed"] if f["contamination_vetoed"] else float("nan")
         f["trust"] = float(np.mean(f["trust"]))

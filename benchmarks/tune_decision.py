@@ -28,11 +28,11 @@ import json
 import numpy as np
 import torch
 
-from bench_decision import DPX, contamination, former_veto, simulate_family, SEED
+from bench_decision import DPX, SEED, contamination, dropped, former_veto, found, simulate_family
 from common import job_diameter, real_sets, segment_all
-from relion_pixer import decide
+from relion_pixer import PARTICLE, decide
 from relion_pixer.classify import classify_candidates
-from relion_pixer.evaluate import match_picks, pooled_average_precision, pooled_precision_recall_f1
+from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
 from relion_pixer.preprocess import to_network
@@ -68,14 +68,9 @@ def candidates(models):
 
 
 def fom_with(s, probs, q, agree_p, lo, hi, v_lo, v_hi):
-    old = decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH
-    decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH = q, agree_p, lo, hi
-    try:
-        trust, _ = decide.classifier_trust(s, probs[:, 1])
-    finally:
-        decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH = old
-    veto = np.clip((v_hi - probs[:, 1]) / (v_hi - v_lo), 0.0, 1.0)
-    return s * (1.0 - trust * veto), trust
+    """The figure of merit and trust of one micrograph's candidates with these decision settings."""
+    trust, _ = decide.classifier_trust(s, probs[:, PARTICLE], q, agree_p, lo, hi)
+    return decide.figure_of_merit(s, probs[:, PARTICLE], trust, v_lo, v_hi), trust
 
 
 def evaluate(real, sim, setting, threshold: float) -> dict:
@@ -88,22 +83,18 @@ def evaluate(real, sim, setting, threshold: float) -> dict:
             - pooled_average_precision(xy, [r[1] for r in rows], truth, radius),
             "f1": pooled_precision_recall_f1([x[f >= threshold] for x, (f, _) in zip(xy, foms)], truth, radius).f1,
             "trust": float(np.mean([t for _, t in foms]))}
-    vetoed = dropped = 0
+    vetoed = dropped_here = 0
     for family, rows in sim.items():
         by_map = by_fom = 0
         for xy, s, probs, truth, vet in rows:
             f, _ = fom_with(s, probs, *setting)
             picks = xy[f >= threshold]
-            if len(truth):
-                by_map += len(match_picks(xy[s >= threshold], truth, DPX / 2).pred_index)
-                by_fom += len(match_picks(picks, truth, DPX / 2).pred_index)
+            by_map += found(xy[s >= threshold], truth)
+            by_fom += found(picks, truth)
             vetoed += len(vet)
-            if len(vet):
-                near = (np.hypot(*(vet[:, None, :] - picks[None, :, :]).transpose(2, 0, 1)).min(axis=1) <= 2.0
-                        if len(picks) else np.zeros(len(vet), bool))
-                dropped += int((~near).sum())
+            dropped_here += dropped(vet, picks)
         out["families"][family] = by_fom / by_map if by_map else float("nan")
-    out["contamination_dropped_share"] = dropped / vetoed if vetoed else float("nan")
+    out["contamination_dropped_share"] = dropped_here / vetoed if vetoed else float("nan")
     return out
 
 

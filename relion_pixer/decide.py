@@ -73,32 +73,36 @@ class Decision(NamedTuple):
     capped: int
 
 
-def classifier_trust(map_score, p_particle) -> tuple[float, float]:
-    """``(trust, agreement)`` of the classifier on one micrograph's candidates (see the module docstring)."""
+def classifier_trust(map_score, p_particle, quantile: float = REFERENCE_QUANTILE, agree_p: float = AGREE_P,
+                     low: float = TRUST_LOW, high: float = TRUST_HIGH) -> tuple[float, float]:
+    """``(trust, agreement)`` of the classifier on one micrograph's candidates (see the module docstring; the
+    keywords default to :data:`REFERENCE_QUANTILE`, :data:`AGREE_P`, :data:`TRUST_LOW` and :data:`TRUST_HIGH`)."""
     s = np.asarray(map_score, dtype=np.float64).reshape(-1)
     p = np.asarray(p_particle, dtype=np.float64).reshape(-1)
     if len(s) != len(p):
         raise ValueError(f"{len(s)} map scores but {len(p)} classifier probabilities")
     if not len(s):
         return 1.0, float("nan")
-    ref = s >= np.percentile(s, REFERENCE_QUANTILE)
+    ref = s >= np.percentile(s, quantile)
     if ref.sum() < MIN_REFERENCE:
         ref = np.ones(len(s), dtype=bool)
-    agreement = float(np.mean(p[ref] >= AGREE_P))
-    trust = float(np.clip((agreement - TRUST_LOW) / (TRUST_HIGH - TRUST_LOW), 0.0, 1.0))
+    agreement = float(np.mean(p[ref] >= agree_p))
+    trust = float(np.clip((agreement - low) / (high - low), 0.0, 1.0))
     return trust, agreement
 
 
-def veto(p_particle) -> np.ndarray:
-    """How far the classifier vetoes a candidate: 1 below :data:`VETO_LOW`, 0 above :data:`VETO_HIGH`."""
+def veto(p_particle, low: float = VETO_LOW, high: float = VETO_HIGH) -> np.ndarray:
+    """How far the classifier vetoes a candidate: 1 below ``low``, 0 above ``high`` (:data:`VETO_LOW`,
+    :data:`VETO_HIGH`), linear between."""
     p = np.asarray(p_particle, dtype=np.float64).reshape(-1)
-    return np.clip((VETO_HIGH - p) / (VETO_HIGH - VETO_LOW), 0.0, 1.0)
+    return np.clip((high - p) / (high - low), 0.0, 1.0)
 
 
-def figure_of_merit(map_score, p_particle, trust: float) -> np.ndarray:
+def figure_of_merit(map_score, p_particle, trust: float, veto_low: float = VETO_LOW,
+                    veto_high: float = VETO_HIGH) -> np.ndarray:
     """``s * (1 - trust * veto(P(particle)))``, in [0, 1]."""
     s = np.clip(np.asarray(map_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    return s * (1.0 - float(trust) * veto(p_particle))
+    return s * (1.0 - float(trust) * veto(p_particle, veto_low, veto_high))
 
 
 def cut(fom, threshold: float, max_particles: int = 0) -> tuple[np.ndarray, int]:
