@@ -149,7 +149,8 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
     cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative, odds=params.map_odds)
-    cand_xy, cand_score = cand_xy[cand_score >= cut], cand_score[cand_score >= cut]
+    passed = cand_score >= cut
+    cand_xy, cand_score = cand_xy[passed], cand_score[passed]
     probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
                                          batch_size=params.batch_size)
     decision = decide.decide(cand_score, probs, params.threshold, int(params.max_particles))
