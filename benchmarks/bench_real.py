@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from common import best_threshold, fmt, job_diameter, real_sets, run_log, score, segment_all
+from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, pick_from_map
@@ -158,13 +159,14 @@ SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
-    the average precisions, from one segmentation; and the diameter it picked at."""
+    the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
+    threshold-0 candidates the decision's cut keeps); and the diameter it picked at."""
     d = job_diameter(mics, diameter_A, models, estimate)
     picks, every = [], []
     for seg in segment_all(mics, d, models):
-        r = pick_from_map(*seg, d, models, params)
-        picks.append((r.xy, r.fom))
-        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0))
+        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
+        keep, _ = cut(r0.fom, params.threshold, params.max_particles)
+        picks.append((r0.xy[keep], r0.fom[keep]))
         every.append((r0.xy, r0.fom, r0.map_score))
     return picks, every, d
 
@@ -256,8 +258,8 @@ def report(name: str, r: dict) -> None:
               "background points do): PIXER {} of {}, LoG {} of {}".format(
                   DENSITY_PERCENTILE, lc["background_particle_like"], lc["particle_like"]["pixer"],
                   lc["unmatched"]["pixer"], lc["particle_like"]["log"], lc["unmatched"]["log"]))
-        print(fmt(f"  PIXER, completed labels", lc["scores"]["pixer"]))
-        print(fmt(f"  LoG, completed labels", lc["scores"]["log"]))
+        print(fmt("  PIXER, completed labels", lc["scores"]["pixer"]))
+        print(fmt("  LoG, completed labels", lc["scores"]["log"]))
     if "sweep" in r:
         print("  diameter sweep: " + ", ".join(f"{k}x F1 {v['f1']:.3f} (at {v['picked_at_A']:.0f} A)"
                                               for k, v in r["sweep"].items())
