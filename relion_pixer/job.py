@@ -681,7 +681,16 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                                           pick_fn, log, job_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
+    elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
+            and _resolve_device(opts.device) == "cpu":
+        # the other ranks load their networks while rank 0 reads the input and measures the particle size, so
+        # that all ranks start picking together (a failure here is reported when this rank loads them again)
+        try:
+            networks = (_load_networks(opts, "cpu"), "cpu")
+        except Exception:  # noqa: BLE001
+            networks = None
     if world.size > 1:
+        parallel.wait_for_all(world)  # a polled barrier: MPI's blocking bcast would busy-wait on a core
         plan, diameter, model = world.comm.bcast((None, diameter, model) if problem is not None
                                                  else (plan, diameter, model), root=0)
         if world.leader and problem is None:

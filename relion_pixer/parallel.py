@@ -23,6 +23,7 @@ __all__ = [
     "launcher_rank",
     "mpi_world",
     "gather_when_all_done",
+    "wait_for_all",
     "parse_gpu_ids",
     "device_for",
     "available_cpus",
@@ -114,12 +115,18 @@ def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05) -> list
     in MPI's blocking gather: MPI libraries busy-poll there, which takes a core from the ranks still picking on a
     shared or oversubscribed node, and a blocked rank would not see SIGTERM until the others arrive.
     """
+    wait_for_all(world, poll_s)
+    return world.comm.gather(value, root=0)
+
+
+def wait_for_all(world: World, poll_s: float = 0.05) -> None:
+    """Return once every rank has called this: a barrier polled every ``poll_s`` seconds, so that a waiting rank
+    sleeps instead of busy-polling a core (as MPI's blocking collectives do) and still sees signals."""
     import time
 
     request = world.comm.Ibarrier()
     while not request.Test():
         time.sleep(poll_s)
-    return world.comm.gather(value, root=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

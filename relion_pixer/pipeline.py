@@ -15,7 +15,10 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX, preprocess
 
-__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map"]
+__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "MARGIN_PER_DIAMETER"]
+
+#: The default edge margin (``PickParams.margin_A`` None), in particle diameters.
+MARGIN_PER_DIAMETER = 0.5
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     min_distance_px = None
     if params.min_distance_A:
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
-    margin_A = 0.5 * float(diameter_A) if params.margin_A is None else float(params.margin_A)
+    margin_A = MARGIN_PER_DIAMETER * float(diameter_A) if params.margin_A is None else float(params.margin_A)
     margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
     cand_xy, cand_score = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px,
                                                margin_px=margin_px, threshold=params.map_threshold)
