@@ -19,6 +19,9 @@ import numpy as np
 
 from relion_pixer import BOX_SIZE, PARTICLE
 
+#: Boxes per classifier batch by default: on the CPU, 64 ran fastest from 32 to 644 (``benchmarks/bench_speed.py``).
+BATCH_SIZE = 64
+
 __all__ = ["FilterResult", "extract_boxes", "classify_boxes", "classify_candidates", "filter_candidates"]
 
 
@@ -117,7 +120,7 @@ def _gather(padded, r0: np.ndarray, c0: np.ndarray, box_size: int):
     return padded[rows, cols].unsqueeze(1)
 
 
-def classify_boxes(classifier, boxes, batch_size: int = 256):
+def classify_boxes(classifier, boxes, batch_size: int = BATCH_SIZE):
     """Softmax class probabilities of boxes (``N x 1 x B x B``), batch by batch, on the boxes' device.
 
     Returns
@@ -152,7 +155,7 @@ def classify_candidates(
     net_image: Any,
     xy: Any,
     device: Any = "cpu",
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     box_size: int = BOX_SIZE,
 ) -> np.ndarray:
     """Class probabilities of candidate centres: a box around each, through the classifier.
@@ -199,7 +202,7 @@ def filter_candidates(
     threshold: float = 0.6,
     max_particles: int = 500,
     device: Any = "cpu",
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     box_size: int = BOX_SIZE,
 ) -> FilterResult:
     """Keep the candidates the 3-way classifier calls "particle", best first.

@@ -110,7 +110,7 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
   device D              auto, cpu, cuda or cuda:N (default auto)
-  batch_size N          classifier boxes per batch (default 256)
+  batch_size N          classifier boxes per batch (default 64)
   angpix A/PX           pixel size; overrides the STAR file (needed when neither STAR nor MRC header has one)
   model FILE            fine-tuned weights from `relion_pixer train` (default: the shipped weights)
   write_maps [Yes/No]   also save each probability map (MRC) and a picture of the picks (PNG)

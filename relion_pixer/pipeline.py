@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX, preprocess
+from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "MARGIN_PER_DIAMETER"]
 
@@ -52,7 +53,7 @@ class PickParams:
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
     batch_size : int
-        Boxes per classifier batch.
+        Boxes per classifier batch (64 was the fastest on the CPU, from 32 to 644 boxes: ``bench_speed.py``).
     """
 
     threshold: float = 0.1
@@ -63,7 +64,7 @@ class PickParams:
     map_relative: float = 0.0
     map_odds: float = 0.03
     device: str = "cpu"
-    batch_size: int = 256
+    batch_size: int = BATCH_SIZE
 
 
 @dataclass
