@@ -758,10 +758,10 @@ def read_micrograph(
                 data = data.view(np.uint8)
         image = np.array(data, dtype=np.float32)
         angpix = _header_angpix(mrc)
-    if not np.isfinite(image).all():
+    lo, hi = float(image.min()), float(image.max())  # NaN or inf anywhere shows in one of them
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         raise MicrographError(path, f"contains {bad} NaN or infinite pixel values")
-    lo, hi = float(image.min()), float(image.max())
     if lo == hi:
         raise MicrographError(path, f"image is constant (every pixel is {lo:g})")
     return image, angpix
