@@ -39,7 +39,7 @@ from bench_sim import simulate
 from common import job_diameter, real_sets, score, segment_all
 from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams
+from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
 from relion_pixer.preprocess import to_original
 
 #: Seeds of the simulated validation micrographs (training uses 0 and 10_000 + k, bench_sim 900_000 and 900_001);
@@ -76,12 +76,10 @@ def candidates(maps, diameter_A: float, models, margin: float):
 def picks_at(cands, knobs: dict):
     """The picks (xy, fom) of each micrograph with these settings, as pick_from_map makes them."""
     out = []
+    params = PickParams(**{k: v for k, v in knobs.items() if k != "margin"})
     for xy, s, probs in cands[knobs["margin"]]:
-        floor = s >= knobs["map_threshold"]
-        xy, s, probs = xy[floor], s[floor], probs[floor]
-        cut = picking.adaptive_threshold(s, knobs["map_threshold"], knobs["map_relative"], odds=knobs["map_odds"])
-        keep = s >= cut
-        d = decide.decide(s[keep], probs[keep], knobs["threshold"])
+        keep = map_cut(s, params)
+        d = decide.decide(s[keep], probs[keep], params.threshold, params.max_particles)
         out.append((xy[keep][d.keep], d.fom[d.keep]))
     return out
 

@@ -167,12 +167,17 @@ def classify_candidates(
     numpy.ndarray
         ``N x 3`` float32 probabilities (background, particle, contamination), in the order of ``xy``.
     """
+    image, xy, box_size = _check_inputs(net_image, xy, box_size)
+    return _classify_checked(classifier, image, xy, device, batch_size, box_size)
+
+
+def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int, box_size: int) -> np.ndarray:
+    """:func:`classify_candidates` after :func:`_check_inputs`."""
     import torch
 
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    image, xy, box_size = _check_inputs(net_image, xy, box_size)
     if len(xy) == 0:
         return np.zeros((0, 3), dtype=np.float32)
     device = torch.device(device)
@@ -238,7 +243,7 @@ def filter_candidates(
 
     cut(np.zeros(0), threshold, max_particles)  # check the settings before the classifier runs
     image, xy, box_size = _check_inputs(net_image, xy, box_size)
-    probs_np = classify_candidates(classifier, image, xy, device, batch_size, box_size)
+    probs_np = _classify_checked(classifier, image, xy, device, batch_size, box_size)
     fom = probs_np[:, PARTICLE].astype(np.float64)
     keep, _ = cut(fom, threshold, max_particles)
     return FilterResult(xy[keep].copy(), fom[keep], probs_np[keep])

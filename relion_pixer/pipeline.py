@@ -16,7 +16,8 @@ import numpy as np
 from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.classify import BATCH_SIZE
 
-__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "MARGIN_PER_DIAMETER"]
+__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
+           "MARGIN_PER_DIAMETER"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters.
 MARGIN_PER_DIAMETER = 0.5
@@ -152,8 +153,7 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
     cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
-    cut = picking.adaptive_threshold(cand_score, params.map_threshold, params.map_relative, odds=params.map_odds)
-    passed = cand_score >= cut
+    passed = map_cut(cand_score, params)
     cand_xy, cand_score = cand_xy[passed], cand_score[passed]
     probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
                                          batch_size=params.batch_size)
@@ -164,3 +164,15 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     return PickResult(xy=xy, fom=fom, prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
                       net_image=net_image, capped=decision.capped, trust=decision.trust,
                       map_score=cand_score[decision.keep])
+
+
+def map_cut(score: np.ndarray, params: PickParams) -> np.ndarray:
+    """Which candidates (by map score) pass the map's cuts: ``map_threshold`` and the micrograph's own cut
+    (:func:`relion_pixer.picking.adaptive_threshold` of those above ``map_threshold``, with ``map_relative`` and
+    ``map_odds``). Boolean mask in the order of ``score``."""
+    from relion_pixer import picking
+
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    floor = score >= params.map_threshold
+    cut = picking.adaptive_threshold(score[floor], params.map_threshold, params.map_relative, odds=params.map_odds)
+    return floor & (score >= cut)
