@@ -41,6 +41,8 @@ $PY bench_contrast.py --json results/contrast.json
 $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json
+$PY bench_speed.py --k3 --profile --n 5 --threads 2 --json results/speed_k3_cpu.json
+$PY bench_throughput.py --n 24 --size 4096 --repeat 3 --json results/throughput_cpu.json
 $PY bench_picking.py --quick > results/picking.txt
 $PY ablation_branches.py --steps 300 --sim_train 120 --sim_valid 8 --out results/ablation
 $PY bench_finetune.py --control --json results/finetune.json
