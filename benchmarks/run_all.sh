@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 $PY tune_decision.py --json results/tune_decision.json
 $PY tune_size.py --json results/tune_size.json
 $PY tune_defaults.py --json results/tune_defaults.json
+$PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 $PY bench_decision.py --n 4 --json results/decision.json
