@@ -76,3 +76,26 @@ def test_a_metadata_file_without_a_diameter_is_a_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
     with pytest.raises(SystemExit, match="pixer_set.toml: missing 'diameter_A'"):
         common.real_sets()
+
+
+def test_the_blob_size_benchmark_measures_the_area_equivalent_diameter_of_isolated_blobs(monkeypatch):
+    """Two isolated disks of radius 10 px count (diameter 20 px); two touching disks hold two centres and do not."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("bench_size_blobs", None)
+    import bench_size_blobs
+
+    yy, xx = np.mgrid[:200, :200]
+    prob = np.zeros((200, 200), np.float32)
+    for cx, cy in ((40, 40), (150, 50), (60, 150), (78, 150)):  # the last two overlap into one region
+        prob[(xx - cx) ** 2 + (yy - cy) ** 2 <= 10.0 ** 2] = 0.9
+    monkeypatch.setattr(bench_size_blobs, "segment_micrograph", lambda *a, **k: (None, prob, (1.0, 1.0)))
+    monkeypatch.setattr(bench_size_blobs.picking, "pick_centres", lambda *a, **k: bench_size_blobs.picking.PickResult(
+        np.array([[40.0, 40.0], [150.0, 50.0], [60.0, 150.0], [78.0, 150.0]]), np.full(4, 0.9)))
+
+    class Mic:
+        image, angpix = None, 1.0
+
+    d = bench_size_blobs.blob_diameters([Mic()], 100.0, models=None, level=0.5)
+    assert len(d) == 2
+    assert np.allclose(d, 2.0 * np.sqrt(np.count_nonzero((xx - 40) ** 2 + (yy - 40) ** 2 <= 100) / np.pi))
+    assert abs(d[0] - 20.0) < 0.5
