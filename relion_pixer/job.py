@@ -618,6 +618,11 @@ def run_job(
             relion.write_exit_marker(job_dir, "failure")
         raise
     finally:
+        if world.size > 1:
+            # no rank leaves before rank 0 has written the coordinate list and the exit marker: the MPI launcher
+            # stops every rank as soon as one exits with an error
+            with contextlib.suppress(KeyboardInterrupt, _Terminated):
+                parallel.wait_for_all(world)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
