@@ -10,7 +10,11 @@ The rule, written before the run that decides it: the weight with the highest me
 diameters given (each real set counts once, the simulated sets together once); among weights within 0.002 of the
 best, the one whose F1 varies least across the three diameters (mean over the sets of max - min). Usage::
 
-    python benchmarks/tune_size.py [--json OUT]
+    python benchmarks/tune_size.py [--splits train,valid] [--model FILE] [--json OUT]
+
+``--splits valid`` judges a model trained on the real sets' train splits (their train micrographs left out), as
+``tune_defaults.py`` does: added when pixer_v12, trained on both train splits at the diameters given, chose weight 0
+on train + valid (its 1x rows there are its own training micrographs at its training scale).
 """
 
 from __future__ import annotations
@@ -37,12 +41,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=6, help="simulated micrographs per SNR")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
+    ap.add_argument("--model")
     ap.add_argument("--json")
     args = ap.parse_args()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or not set(splits) <= {"train", "valid"}:
+        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
     torch.set_num_threads(args.threads)
-    models = load_pretrained()
+    models = load_pretrained(args.model)
     params = PickParams()
-    sets = {f"real_{rs.name}": (rs.micrographs("train", "valid"), rs.diameter_A, rs.radius_px) for rs in real_sets()}
+    sets = {f"real_{rs.name}": (rs.micrographs(*splits), rs.diameter_A, rs.radius_px) for rs in real_sets()}
     for snr in (0.1, 3.0):
         mics, _ = simulate(args.n, snr, VALID_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)
         sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
@@ -73,7 +82,7 @@ def main() -> None:
     print(f"chosen by the rule: weight {best['weight']:g} (mean F1 {best['mean_f1']:.4f}, best {top:.4f})")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"params": {k: getattr(params, k) for k in ("threshold", "map_threshold", "map_relative",
+            json.dump({"model": args.model, "splits": splits, "params": {k: getattr(params, k) for k in ("threshold", "map_threshold", "map_relative",
                                                                     "map_odds")},
                        "estimates_A": estimates, "rows": rows, "chosen": best["weight"]}, fh, indent=1)
 
