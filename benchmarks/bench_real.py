@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import best_threshold, fmt, job_diameter, real_sets, run_log, score, segment_all
+from common import best_threshold, fmt, real_sets, run_log, score, segment_all, size_estimate
 from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -160,15 +160,19 @@ SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
-    threshold-0 candidates the decision's cut keeps); and the diameter it picked at."""
-    d = job_diameter(mics, diameter_A, models, estimate)
+    threshold-0 candidates the decision's cut keeps); the diameter it picked at; and its size estimate (A; None
+    without one)."""
+    from relion_pixer import size
+
+    est = size_estimate(mics, diameter_A, models) if estimate else None
+    d = size.picking_diameter(est) if est is not None else float(diameter_A)
     picks, every = [], []
     for seg in segment_all(mics, d, models):
         r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
         keep, _ = cut(r0.fom, params.threshold, params.max_particles)
         picks.append((r0.xy[keep], r0.fom[keep]))
         every.append((r0.xy, r0.fom, r0.map_score))
-    return picks, every, d
+    return picks, every, d, (est.diameter_A if est is not None else None)
 
 
 def average_precisions(every, mics, radius: float) -> dict:
@@ -205,7 +209,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
     mics = lowpass(rs.micrographs(split), lowpass_sigma)
     t0 = time.time()
-    picks, every, d_used = pixer_picks(mics, rs.diameter_A, models, params, estimate)
+    picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate)
     seconds = (time.time() - t0) / len(mics)
     log = run_log(mics, rs.diameter_A, threshold=log_t)
     # the labels of particles lying wholly inside at the picking diameter: the default margin keeps only those
@@ -215,7 +219,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     out = {
         "title": rs.title, "split": split, "micrographs": len(mics), "diameter_A": rs.diameter_A,
         "angpix": rs.angpix, "radius_px": radius, "diameter_picked_at_A": d_used,
-        "size_estimate_error": d_used / rs.diameter_A - 1.0 if estimate else None,
+        "size_estimate_A": est_A, "size_estimate_error": est_A / rs.diameter_A - 1.0 if est_A else None,
         "pixer": score(picks, mics, radius), "log": score(log, mics, radius), "log_threshold_from_train_valid": log_t,
         "pixer_labels_inside": score(picks, inside, radius), "log_labels_inside": score(log, inside, radius),
         "average_precision": average_precisions(every, mics, radius),
@@ -232,7 +236,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     if sweep:
         out["sweep"] = {}
         for f in SWEEP:
-            p, _, d = pixer_picks(mics, f * rs.diameter_A, models, params, estimate)
+            p, _, d, _ = pixer_picks(mics, f * rs.diameter_A, models, params, estimate)
             out["sweep"][f"{f:g}"] = {"given_A": f * rs.diameter_A, "picked_at_A": d, **score(p, mics, radius)}
         f1 = [v["f1"] for v in out["sweep"].values()]
         out["sweep_f1_spread"] = float(max(f1) - min(f1))
@@ -241,7 +245,9 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
 
 def report(name: str, r: dict) -> None:
     print(f"{r['title']} ({name}), {r['split']} split, {r['micrographs']} micrographs, match radius "
-          f"{r['radius_px']:.1f} px; diameter {r['diameter_A']:g} A, picked at {r['diameter_picked_at_A']:.0f} A")
+          f"{r['radius_px']:.1f} px; diameter {r['diameter_A']:g} A, picked at {r['diameter_picked_at_A']:.0f} A"
+          + (f"; size estimate {r['size_estimate_A']:.0f} A ({r['size_estimate_error']:+.0%})"
+             if r.get("size_estimate_A") else ""))
     print(fmt("  PIXER (defaults)", r["pixer"]))
     print(fmt(f"  LoG (threshold {r['log_threshold_from_train_valid']:g})", r["log"]))
     if r["pixer_labels_inside"]["truth"] < r["pixer"]["truth"]:

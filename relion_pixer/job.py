@@ -100,8 +100,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   max_particles N       at most N picks per micrograph, best first; 0 = no cap (default 0); run.out names
                         every micrograph where the cap cuts picks
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
-                        0.55x-1.8x the diameter given) and pick between it and the diameter given
-                        (geometric mean; default Yes); run.out reports it, run.err warns beyond 30 %
+                        0.55x-1.8x the diameter given; default Yes); run.out reports it, run.err warns beyond
+                        30 %; the job picks at the diameter given (blending the estimate in did not pay with
+                        the shipped weights: benchmarks/tune_size.py)
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).
@@ -852,10 +853,12 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
     if not sample:
         return opts.particle_diameter
     picking_A = size.picking_diameter(est)
+    how = ("at the diameter given (the estimate is reported, not used: see docs/benchmarks.md)"
+           if size.ESTIMATE_WEIGHT == 0 else
+           f"at {picking_A:.0f} A, between the two (estimate_size No: at the diameter given)")
     log.info(f" + particle size from the data: {est.diameter_A:.0f} A, {est.ratio:.2f}x the diameter given "
              f"({opts.particle_diameter:g} A; measured on {len(sample)} micrograph(s) in "
-             f"{time.perf_counter() - t0:.1f} s): picking at {picking_A:.0f} A, between the two "
-             "(estimate_size No: at the diameter given)")
+             f"{time.perf_counter() - t0:.1f} s): picking {how}")
     if abs(est.ratio - 1.0) > SIZE_WARN_FRACTION or est.at_edge:
         log.warn(f"the particles look {est.diameter_A:.0f} A across to the networks, {est.ratio:.2f}x the diameter "
                  f"given ({opts.particle_diameter:g} A)" + (", at the end of the range searched" if est.at_edge else "")

@@ -48,7 +48,7 @@ DEFAULT_RATES = (2, 4, 6, 8)
 DEFAULT_BRANCH_WIDTH = 32
 #: Pooling between the trunk's stages.
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
-DEFAULT_WEIGHTS = "pixer_v4.pt"
+DEFAULT_WEIGHTS = "pixer_v12.pt"
 
 
 def _conv_bn_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:

@@ -61,9 +61,9 @@ class PickParams:
     max_particles: int = 0
     min_distance_A: float | None = None
     margin_A: float | None = None
-    map_threshold: float = 0.05
+    map_threshold: float = 0.1
     map_relative: float = 0.0
-    map_odds: float = 0.03
+    map_odds: float = 0.1
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
 

@@ -7,8 +7,10 @@ with the diameter scaled by each factor of :data:`FACTORS`, and each scale gets 
 log-odds of the upper half of the candidate scores (:func:`confidence`). The estimate is the scale of the highest
 confidence, refined by a parabola through it and its neighbours (in log scale). The networks are surest where the
 particles have the width they learned, so the estimate follows the data and not the diameter given: a diameter
-from 0.8x to 1.25x the true one gives the same estimate. The job picks between the two
-(:func:`picking_diameter`), which halves both the effect of a misjudged diameter and the estimate's own error.
+from 0.8x to 1.25x the true one gives the same estimate. The job reports it and warns when it is far from the
+diameter given; it can pick between the two (:func:`picking_diameter`), with the weight
+:data:`ESTIMATE_WEIGHT` that ``benchmarks/tune_size.py`` chooses for the shipped weights (0 for ``pixer_v12``: the
+diameter given).
 
 The estimate is what the networks see as one diameter, not a physical size: for a compact particle it is close to
 the longest dimension, for an elongated or hollow one it can differ by a fifth or more (``docs/benchmarks.md``).
@@ -26,9 +28,9 @@ __all__ = ["FACTORS", "ESTIMATE_WEIGHT", "SizeEstimate", "confidence", "estimate
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
-#: Weight of the estimate against the diameter given in the diameter the job picks at (geometric mean;
-#: ``benchmarks/tune_size.py`` chose it).
-ESTIMATE_WEIGHT = 0.5
+#: Weight of the estimate against the diameter given in the diameter the job picks at (geometric blend;
+#: ``benchmarks/tune_size.py`` chose it: 0.5 with pixer_v4, 0 with pixer_v12, on train + valid and on valid alone).
+ESTIMATE_WEIGHT = 0.0
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from relion_pixer import io, job, preprocess, relion
+from relion_pixer import size as size_module
 from relion_pixer.pipeline import PickParams, PickResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -991,7 +992,8 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
                           re.M)) == 1
     size = json.loads((root / "External/job012/pixer_size.json").read_text())
     assert size["given_A"] == 150.0 and 0.5 * 150 <= size["estimate_A"] <= 1.85 * 150
-    assert size["picking_A"] == pytest.approx((150.0 * size["estimate_A"]) ** 0.5)
+    weight = size_module.ESTIMATE_WEIGHT  # the shipped weights' blend (0: picks at the diameter given)
+    assert size["picking_A"] == pytest.approx(150.0 ** (1 - weight) * size["estimate_A"] ** weight)
     if extra:
         assert len(list((root / "External/job012/Movies").glob("*_picks.png"))) == len(lst)
         side = preprocess._output_shape((512, 512), preprocess.scale_factor(size["picking_A"], 1.5))
