@@ -16,7 +16,10 @@ map score's on every real set (the rule was written before the first run, which 
 :mod:`relion_pixer.decide`). The veto is ``v(P) = clip((p_high - P) / (p_high - p_low), 0, 1)`` and the figure of
 merit ``s (1 - trust v(P))``; ``(0, 1)`` is the linear form ``1 - P``. Usage::
 
-    python benchmarks/tune_decision.py [--json OUT]
+    python benchmarks/tune_decision.py [--splits train,valid] [--model FILE] [--json OUT]
+
+``--splits valid`` judges a model trained on the real sets' train splits, as ``tune_defaults.py`` and
+``tune_size.py`` do (pixer_v12).
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ SETTINGS = {  # (reference quantile, agreement P(particle), trust low, trust hig
 }
 
 
-def candidates(models):
+def candidates(models, splits=("train", "valid")):
     """Every candidate (threshold 0) with map score and class probabilities: real sets and simulated families."""
     real, sim = {}, {}
     for rs in real_sets():
-        mics = rs.micrographs("train", "valid")
+        mics = rs.micrographs(*splits)
         d = job_diameter(mics, rs.diameter_A, models)
         rows = []
         for mic, seg in zip(mics, segment_all(mics, d, models)):
@@ -101,11 +104,16 @@ def evaluate(real, sim, setting, threshold: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
+    ap.add_argument("--model")
     ap.add_argument("--json")
     args = ap.parse_args()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or not set(splits) <= {"train", "valid"}:
+        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
     torch.set_num_threads(args.threads)
-    models = load_pretrained()
-    real, sim = candidates(models)
+    models = load_pretrained(args.model)
+    real, sim = candidates(models, splits)
     rows = []
     for q, agree_p, (lo, hi), (v_lo, v_hi) in itertools.product(*SETTINGS.values()):
         setting = (q, agree_p, lo, hi, v_lo, v_hi)
@@ -128,7 +136,7 @@ def main() -> None:
           + "; shipped: " + ", ".join(f"{v:g}" for v in shipped))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
+            json.dump({"model": args.model, "splits": splits, "threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
                       indent=1)
 
 
