@@ -13,7 +13,8 @@ as agreeing, the agreement that gives no and full trust) and of the veto's shape
 
 The shipped setting is the one with the best mean real-set F1 among those whose average precision is at least the
 map score's on every real set (the rule was written before the first run, which chose the shipped constants of
-:mod:`relion_pixer.decide`). The veto is ``v(P) = clip((p_high - P) / (p_high - p_low), 0, 1)`` and the figure of
+:mod:`relion_pixer.decide`); an exact tie keeps the shipped setting (added when six settings, the shipped one among
+them, tied exactly on pixer_v12's valid splits, and the grid's order alone had picked another). The veto is ``v(P) = clip((p_high - P) / (p_high - p_low), 0, 1)`` and the figure of
 merit ``s (1 - trust v(P))``; ``(0, 1)`` is the linear form ``1 - P``. Usage::
 
     python benchmarks/tune_decision.py [--splits train,valid] [--model FILE] [--json OUT]
@@ -129,9 +130,10 @@ def main() -> None:
               + f"  contamination dropped {r['contamination_dropped_share']:.2f}, unseen kept "
               f"{r['families']['smooth']:.3f}, worst family kept {min(r['families'].values()):.3f}", flush=True)
     ok = [r for r in rows if r["ranks"]]
-    best = max(ok, key=lambda r: r["mean_real_f1"]) if ok else None
     shipped = (decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH, decide.VETO_LOW,
                decide.VETO_HIGH)
+    # an exact tie (to 1e-9) keeps the shipped setting: before this line, max() took the first tied row of the grid
+    best = max(ok, key=lambda r: (round(r["mean_real_f1"], 9), tuple(r["setting"].values()) == shipped)) if ok else None
     print("chosen: " + (", ".join(f"{k} {v:g}" for k, v in best["setting"].items()) if best else "none ranks")
           + "; shipped: " + ", ".join(f"{v:g}" for v in shipped))
     if args.json:
