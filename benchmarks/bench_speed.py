@@ -68,7 +68,7 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
 
     from relion_pixer import classify, io, models, picking, preprocess, segment
     from relion_pixer import NET_DIAMETER_PX
-    from relion_pixer.pipeline import PickParams
+    from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
 
     torch.set_num_threads(threads)
     loaded = models.load_pretrained(None, device=device)
@@ -90,13 +90,10 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
         image, _ = timed("read_mrc", io.read_micrograph, path)
         net_image, factors = timed("prepare", preprocess.prepare, image, angpix, diameter)
         prob = timed("segment", segment.predict_probability, loaded.segmenter, net_image, device)
-        margin_px = 0.5 * NET_DIAMETER_PX
-        cand = timed("climb", picking.pick_centres, prob, NET_DIAMETER_PX, margin_px=margin_px,
-                     threshold=params.map_threshold)
+        cand = timed("climb", picking.pick_centres, prob, NET_DIAMETER_PX,
+                     margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX, threshold=params.map_threshold)
         cand_xy = np.asarray(cand.xy, np.float64).reshape(-1, 2)
-        cut = picking.adaptive_threshold(np.asarray(cand.score), params.map_threshold, params.map_relative,
-                                         odds=params.map_odds)
-        cand_xy = cand_xy[np.asarray(cand.score) >= cut]
+        cand_xy = cand_xy[map_cut(np.asarray(cand.score), params)]
         res = timed("classify", classify.filter_candidates, loaded.classifier, net_image, cand_xy,
                     threshold=params.threshold, max_particles=0, device=device, batch_size=params.batch_size)
         timed("to_original", preprocess.to_original, np.asarray(res.xy, np.float64).reshape(-1, 2), factors)

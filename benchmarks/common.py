@@ -68,6 +68,17 @@ class RealSet:
         return out
 
 
+def tuning_splits(text: str) -> list[str]:
+    """``--splits`` of the tuning scripts: comma-separated real-set splits, train and/or valid only (the test splits
+    are for reporting); an argparse type."""
+    import argparse
+
+    splits = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not splits or not set(splits) <= {"train", "valid"}:
+        raise argparse.ArgumentTypeError("takes train and/or valid (the test splits are for reporting only)")
+    return splits
+
+
 def _set_metadata(folder: Path) -> Path | None:
     for meta in (folder / "pixer_set.toml", REAL_SET_META / f"{folder.name}.toml"):
         if meta.is_file():

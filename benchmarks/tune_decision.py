@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bench_decision import DPX, SEED, contamination, dropped, former_veto, found, simulate_family
-from common import job_diameter, real_sets, segment_all
+from common import job_diameter, real_sets, segment_all, tuning_splits
 from relion_pixer import PARTICLE, decide
 from relion_pixer.classify import classify_candidates
 from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
@@ -105,13 +105,12 @@ def evaluate(real, sim, setting, threshold: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
+    ap.add_argument("--splits", type=tuning_splits, default="train,valid",
+                    help="the real sets' splits scored, train and/or valid (never test)")
     ap.add_argument("--model")
     ap.add_argument("--json")
     args = ap.parse_args()
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits or not set(splits) <= {"train", "valid"}:
-        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
+    splits = args.splits
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     real, sim = candidates(models, splits)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import job_diameter, real_sets, score, segment_all
+from common import job_diameter, real_sets, score, segment_all, tuning_splits
 from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
@@ -90,12 +90,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12, help="simulated micrographs per SNR")
     ap.add_argument("--seed", type=int, default=VALID_SEED)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
+    ap.add_argument("--splits", type=tuning_splits, default="train,valid",
+                    help="the real sets' splits scored, train and/or valid (never test)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits or not set(splits) <= {"train", "valid"}:
-        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
+    splits = args.splits
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import picks_from_maps, real_sets, score, segment_all, size_estimate
+from common import picks_from_maps, real_sets, score, segment_all, size_estimate, tuning_splits
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.size import picking_diameter
@@ -41,13 +41,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=6, help="simulated micrographs per SNR")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--splits", default="train,valid", help="the real sets' splits scored (never test)")
+    ap.add_argument("--splits", type=tuning_splits, default="train,valid",
+                    help="the real sets' splits scored, train and/or valid (never test)")
     ap.add_argument("--model")
     ap.add_argument("--json")
     args = ap.parse_args()
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits or not set(splits) <= {"train", "valid"}:
-        raise SystemExit("--splits takes train and/or valid (the test splits are for reporting only)")
+    splits = args.splits
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     params = PickParams()

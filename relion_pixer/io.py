@@ -39,6 +39,7 @@ __all__ = [
     "format_star_table",
     "read_micrographs_star",
     "read_micrograph",
+    "read_entry",
     "readable_micrographs",
     "read_header_angpix",
     "write_coordinates_star",
@@ -767,15 +768,27 @@ def read_micrograph(
     return image, angpix
 
 
+def read_entry(entry, invert: bool = False) -> tuple[np.ndarray, float | None]:
+    """One :class:`MicrographEntry` as the picking job reads it: the image (negated as float32 with ``invert``, so
+    unsigned data cannot wrap) and its pixel size (the entry's, else the MRC header's; None without either).
+
+    Raises
+    ------
+    MicrographError
+        As :func:`read_micrograph`.
+    """
+    image, header_angpix = read_micrograph(entry.path)
+    angpix = entry.angpix or header_angpix
+    return (np.negative(image, dtype=np.float32) if invert else image), (float(angpix) if angpix else None)
+
+
 def readable_micrographs(entries, invert: bool = False):
     """Yield ``(entry, image, angpix)`` for each of ``entries`` (:class:`MicrographEntry`) that can be read and has
-    a pixel size (the entry's, else the MRC header's), in order, skipping the others; with ``invert`` the image is
-    negated (as float32, so unsigned data cannot wrap), as the picking job reads it."""
+    a pixel size, in order, skipping the others (:func:`read_entry`)."""
     for entry in entries:
         try:
-            image, header_angpix = read_micrograph(entry.path)
+            image, angpix = read_entry(entry, invert)
         except (MicrographError, ValueError):
             continue
-        angpix = entry.angpix or header_angpix
         if angpix:
-            yield entry, (np.negative(image, dtype=np.float32) if invert else image), float(angpix)
+            yield entry, image, angpix

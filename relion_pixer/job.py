@@ -1007,8 +1007,7 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
     """
     t0 = time.perf_counter()
     try:
-        image, header_angpix = io.read_micrograph(entry.path)
-        angpix = entry.angpix or header_angpix
+        image, angpix = io.read_entry(entry, opts.invert)
         if angpix is None:
             raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
         preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
@@ -1018,8 +1017,6 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
                 entry.path,
                 f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
                 f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
-        if opts.invert:
-            image = np.negative(image, dtype=np.float32)  # float first: unsigned data would wrap
         result = pick_fn(image, angpix, opts.particle_diameter, params)
     except (io.MicrographError, ValueError) as exc:
         reason = str(exc).splitlines()[0]

@@ -74,7 +74,10 @@ def confidence(prob_map) -> float:
     (every local maximum of the smoothed map scoring at least 0.05, away from the edges); NaN without candidates."""
     from relion_pixer import picking
 
-    cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05, margin_px=0.5 * NET_DIAMETER_PX)
+    from relion_pixer.pipeline import MARGIN_PER_DIAMETER
+
+    cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05,
+                                margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX)
     s = np.sort(np.clip(np.asarray(cand.score, dtype=np.float64), _EPS, 1.0 - _EPS))
     if not len(s):
         return float("nan")
