@@ -123,29 +123,22 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
 
 def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 5) -> dict:
     """Segmentation seconds (best of ``rounds``, interleaved so that load from elsewhere hits both alike) with the
-    balanced tiles of :func:`relion_pixer.segment._tile_side`, with full-size tiles (the earlier tiling) and
-    without tiling, and the largest difference of the maps from whole-image inference."""
+    default tiling (:data:`relion_pixer.segment.TILE`), with the balanced tiles of 1024 px used before, and without
+    tiling, and the largest difference of the maps from whole-image inference."""
     from relion_pixer import segment
 
-    balanced = segment._tile_side
-    ways = {"balanced_tiles": balanced, "full_tiles": lambda n, tile, margin, stride: min(tile, n)}
-    best = {name: float("inf") for name in (*ways, "whole_image")}
+    ways = {"default_tiling": {}, "tiles_1024": {"tile": 1024}, "whole_image": {"tile": 1 << 20}}
+    best = {name: float("inf") for name in ways}
     maps = {}
-    try:
-        for _ in range(rounds):
-            for name, side in ways.items():
-                segment._tile_side = side
-                t0 = time.perf_counter()
-                maps[name] = segment.predict_probability(segmenter, net_image, device)
-                best[name] = min(best[name], time.perf_counter() - t0)
+    for _ in range(rounds):
+        for name, kw in ways.items():
             t0 = time.perf_counter()
-            maps["whole_image"] = segment.predict_probability(segmenter, net_image, device, tile=1 << 20)
-            best["whole_image"] = min(best["whole_image"], time.perf_counter() - t0)
-    finally:
-        segment._tile_side = balanced
+            maps[name] = segment.predict_probability(segmenter, net_image, device, **kw)
+            best[name] = min(best[name], time.perf_counter() - t0)
     out = {name: round(v, 4) for name, v in best.items()}
+    out["default_tile_px"] = segment.TILE
     out["max_difference_from_whole_image"] = {name: float((maps[name] - maps["whole_image"]).abs().max())
-                                              for name in ways}
+                                              for name in ways if name != "whole_image"}
     return out
 
 

@@ -4,7 +4,9 @@ Each candidate centre gets a ``box_size x box_size`` box (default :data:`relion_
 diameters at network scale) cut from the *normalised network-scale* image (the image the segmentation net saw,
 from :func:`relion_pixer.preprocess.prepare`). Boxes that reach past the image are zero-padded, which is the
 image's median level after normalisation. The boxes go through the classifier in batches; the softmax of its
-logits gives P(background), P(particle), P(contamination) in the class order of :mod:`relion_pixer`.
+logits gives P(background), P(particle), P(contamination) in the class order of :mod:`relion_pixer`. In the
+picking job the candidates share one pass of the classifier's convolutional trunk over the whole image and only its
+head runs per candidate (:data:`CONTEXT`).
 
 Figure of merit: ``fom = P(particle)`` in [0, 1], higher is better. A candidate is kept when
 ``fom >= threshold``; the kept ones are sorted by decreasing fom (equal foms keep the input order) and at most
@@ -21,6 +23,16 @@ from relion_pixer import BOX_SIZE, PARTICLE
 
 #: Boxes per classifier batch by default: on the CPU, 64 ran fastest from 32 to 644 (``benchmarks/bench_speed.py``).
 BATCH_SIZE = 64
+#: Candidates share one pass of the classifier's trunk over the whole image (True), instead of the trunk running on
+#: each box (False): the cost grows with the image's area, not with the number of candidates. Only the head runs
+#: per candidate, on the trunk's features in the box's window, the box's origin rounded to the trunk's stride (4
+#: px, an eighth of a particle). Features near a box's edge then see the neighbouring image instead of the box's
+#: zero padding; ``benchmarks/bench_context.py`` measured what that changes (its rule chose the default).
+CONTEXT = False
+#: Network pixels per band of :func:`_trunk_features` (the trunk's first layer holds 64 bytes a pixel), and the
+#: overlap of the bands (whole strides, beyond the trunk's receptive field radius of about 15 px).
+_BAND_PIXELS = 2 << 20
+_BAND_MARGIN = 32
 
 __all__ = ["FilterResult", "extract_boxes", "classify_boxes", "classify_candidates", "filter_candidates"]
 
@@ -111,13 +123,17 @@ def extract_boxes(net_image: Any, xy: Any, box_size: int = BOX_SIZE):
 
 
 def _gather(padded, r0: np.ndarray, c0: np.ndarray, box_size: int):
+    """``N x C x box x box`` windows with top-left corners ``(r0, c0)`` of a ``H x W`` image (C = 1) or a ``C x H x
+    W`` feature map."""
     import torch
 
     device = padded.device
     ar = torch.arange(box_size, device=device)
     rows = torch.as_tensor(r0, device=device)[:, None, None] + ar[None, :, None]
     cols = torch.as_tensor(c0, device=device)[:, None, None] + ar[None, None, :]
-    return padded[rows, cols].unsqueeze(1)
+    if padded.ndim == 2:
+        return padded[rows, cols].unsqueeze(1)
+    return padded[:, rows, cols].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
 
 
 def classify_boxes(classifier, boxes, batch_size: int = BATCH_SIZE):
@@ -157,10 +173,12 @@ def classify_candidates(
     device: Any = "cpu",
     batch_size: int = BATCH_SIZE,
     box_size: int = BOX_SIZE,
+    context: bool | None = None,
 ) -> np.ndarray:
     """Class probabilities of candidate centres: a box around each, through the classifier.
 
-    Parameters are as for :func:`filter_candidates`.
+    Parameters are as for :func:`filter_candidates`; ``context`` chooses whether the candidates share one pass of
+    the trunk over the image (default :data:`CONTEXT`; only for a :class:`relion_pixer.models.Classifier`).
 
     Returns
     -------
@@ -168,10 +186,11 @@ def classify_candidates(
         ``N x 3`` float32 probabilities (background, particle, contamination), in the order of ``xy``.
     """
     image, xy, box_size = _check_inputs(net_image, xy, box_size)
-    return _classify_checked(classifier, image, xy, device, batch_size, box_size)
+    return _classify_checked(classifier, image, xy, device, batch_size, box_size, context)
 
 
-def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int, box_size: int) -> np.ndarray:
+def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int, box_size: int,
+                      context: bool | None = None) -> np.ndarray:
     """:func:`classify_candidates` after :func:`_check_inputs`."""
     import torch
 
@@ -192,12 +211,58 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
     try:
         probs = []
         with torch.inference_mode():
-            for i in range(0, len(xy), batch_size):
-                boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
-                probs.append(classify_boxes(classifier, boxes, batch_size))
+            if _uses_context(classifier, box_size, context):
+                feats, stride = _trunk_features(classifier, padded)
+                n = box_size // stride
+                fr, fc = (r0 + stride // 2) // stride, (c0 + stride // 2) // stride
+                for i in range(0, len(xy), batch_size):
+                    windows = _gather(feats, fr[i : i + batch_size], fc[i : i + batch_size], n)
+                    logits = classifier.head(windows)
+                    _check_logits(logits, len(windows))
+                    probs.append(torch.softmax(logits.float(), dim=1))
+            else:
+                for i in range(0, len(xy), batch_size):
+                    boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
+                    probs.append(classify_boxes(classifier, boxes, batch_size))
         return torch.cat(probs).cpu().numpy().astype(np.float32)
     finally:
         classifier.train(was_training)
+
+
+def _uses_context(classifier, box_size: int, context: bool | None) -> bool:
+    """Whether the candidates go through the classifier's trunk once per image (:data:`CONTEXT`): only for a
+    :class:`relion_pixer.models.Classifier` of ``box_size`` boxes whose trunk stride divides the box."""
+    from relion_pixer.models import Classifier
+
+    if not (CONTEXT if context is None else context):
+        return False
+    return (isinstance(classifier, Classifier) and classifier.box_size == box_size
+            and box_size % classifier.trunk.stride == 0)
+
+
+def _trunk_features(classifier, padded):
+    """The classifier's trunk on a whole (zero-padded) image, in bands of rows: ``(C x H/s x W/s features, s)``.
+
+    The bands overlap by :data:`_BAND_MARGIN` pixels, beyond the trunk's receptive field, and start at whole
+    strides, so the features equal those of the whole image at once."""
+    import torch
+
+    trunk = classifier.trunk
+    s = int(trunk.stride)
+    h, w = padded.shape
+    # whole strides, and one more stride below and right: a box origin rounded up still has its window
+    padded = torch.nn.functional.pad(padded, (0, s + (-(w + s)) % s, 0, s + (-(h + s)) % s))
+    h, w = padded.shape
+    band = max(s, _BAND_PIXELS // w // s * s)
+    feats = None
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        a, b = max(0, y0 - _BAND_MARGIN), min(h, y1 + _BAND_MARGIN)
+        out = trunk(padded[None, None, a:b].contiguous(memory_format=torch.channels_last))[0]
+        if feats is None:
+            feats = torch.empty((out.shape[0], h // s, w // s), dtype=out.dtype, device=out.device)
+        feats[:, y0 // s : y1 // s] = out[:, (y0 - a) // s : (y1 - a) // s]
+    return feats, s
 
 
 def filter_candidates(

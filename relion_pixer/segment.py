@@ -13,10 +13,14 @@ import torch
 from relion_pixer import PARTICLE
 from relion_pixer.models import SegmentationNet
 
-__all__ = ["predict_probability", "resolve_device", "TILE", "MARGIN"]
+__all__ = ["predict_probability", "resolve_device", "TILE", "MARGIN", "BATCH_PIXELS"]
 
-#: Tile side (network pixels) above which an image is tiled.
-TILE = 1024
+#: Tile side (network pixels) above which an image is tiled. A K3 micrograph at the usual particle scale (about 900 x
+#: 1300 network pixels) runs whole: tiles would compute their overlaps twice.
+TILE = 1536
+#: Most network pixels in one forward pass of tiles (a batch holds fewer tiles when they are large): about 64
+#: bytes of activations per pixel at the first layer.
+BATCH_PIXELS = 4 << 20
 #: Margin kept around each tile's centre: larger than the segmentation net's receptive field radius.
 MARGIN = 64
 
@@ -84,7 +88,7 @@ def predict_probability(
     device : str or torch.device
         Where to run.
     batch_size : int
-        Tiles per forward pass.
+        Most tiles per forward pass (fewer where they would exceed :data:`BATCH_PIXELS`).
     tile, margin : int
         Largest tile side (rounded down to whole network strides; the tiles along an axis are made as small as
         covering it with the same number of tiles allows) and the margin dropped from each tile's inner edges,
@@ -119,8 +123,9 @@ def predict_probability(
         probs = torch.empty((3, h, w), dtype=torch.float32, device=device)
         th, tw = _tile_side(h, tile, margin, stride), _tile_side(w, tile, margin, stride)
         boxes = [(y, x) for y in _tile_starts(h, th, margin, stride) for x in _tile_starts(w, tw, margin, stride)]
-        for i in range(0, len(boxes), max(1, batch_size)):
-            chunk = boxes[i : i + batch_size]
+        per_pass = max(1, min(int(batch_size), BATCH_PIXELS // (th * tw)))
+        for i in range(0, len(boxes), per_pass):
+            chunk = boxes[i : i + per_pass]
             batch = torch.stack([img[y : y + th, x : x + tw] for y, x in chunk])[:, None]
             out = torch.softmax(segmenter(batch), dim=1)
             for (y, x), p in zip(chunk, out):
