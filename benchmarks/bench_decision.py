@@ -58,7 +58,8 @@ def former_veto(net, prob, factors, models):
                              threshold=FORMER["map_threshold"])
     xy, s = np.asarray(c.xy).reshape(-1, 2), np.asarray(c.score)
     xy = xy[map_cut(s, PickParams(**{k: v for k, v in FORMER.items() if k != "classifier"}))]
-    p = classify.classify_candidates(models.classifier, net, xy)[:, PARTICLE]
+    # the former classifier as it ran: on each candidate's box
+    p = classify.classify_candidates(models.classifier, net, xy, context=False)[:, PARTICLE]
     return to_original(xy[p < FORMER["classifier"]], factors)
 
 

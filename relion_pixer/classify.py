@@ -4,9 +4,8 @@ Each candidate centre gets a ``box_size x box_size`` box (default :data:`relion_
 diameters at network scale) cut from the *normalised network-scale* image (the image the segmentation net saw,
 from :func:`relion_pixer.preprocess.prepare`). Boxes that reach past the image are zero-padded, which is the
 image's median level after normalisation. The boxes go through the classifier in batches; the softmax of its
-logits gives P(background), P(particle), P(contamination) in the class order of :mod:`relion_pixer`. In the
-picking job the candidates share one pass of the classifier's convolutional trunk over the whole image and only its
-head runs per candidate (:data:`CONTEXT`).
+logits gives P(background), P(particle), P(contamination) in the class order of :mod:`relion_pixer`. (Measured and
+not used: the candidates sharing one pass of the classifier's trunk over the whole image, :data:`CONTEXT`.)
 
 Figure of merit: ``fom = P(particle)`` in [0, 1], higher is better. A candidate is kept when
 ``fom >= threshold``; the kept ones are sorted by decreasing fom (equal foms keep the input order) and at most
@@ -27,7 +26,10 @@ BATCH_SIZE = 64
 #: each box (False): the cost grows with the image's area, not with the number of candidates. Only the head runs
 #: per candidate, on the trunk's features in the box's window, the box's origin rounded to the trunk's stride (4
 #: px, an eighth of a particle). Features near a box's edge then see the neighbouring image instead of the box's
-#: zero padding; ``benchmarks/bench_context.py`` measured what that changes (its rule chose the default).
+#: zero padding. ``benchmarks/bench_context.py`` measured what that changes and its rule, written before the run,
+#: kept the boxes: on the validation data the simulated SNR 0.01 micrographs lost 0.009 F1 (the rule allowed 0.003),
+#: the real sets none (``benchmarks/results/context.json``). It halves the classifier's time only on crowded
+#: micrographs; on sparse ones the whole image costs more than the boxes.
 CONTEXT = False
 #: Network pixels per band of :func:`_trunk_features` (the trunk's first layer holds 64 bytes a pixel), and the
 #: overlap of the bands (whole strides, beyond the trunk's receptive field radius of about 15 px).

@@ -242,3 +242,47 @@ def test_cuda_gives_the_same_result(rng):
     gpu = filter_candidates(CentreMean().cuda(), img, xy, threshold=0.2, device="cuda")
     np.testing.assert_array_equal(cpu.xy, gpu.xy)
     np.testing.assert_allclose(cpu.fom, gpu.fom, rtol=1e-5)
+
+
+def _small_classifier(*layers, channels: int = 1):
+    """A Classifier with the given trunk layers (stride 4)."""
+    from relion_pixer.models import Classifier
+
+    torch.manual_seed(3)
+    trunk = torch.nn.Sequential(*layers)
+    trunk.stride, trunk.out_channels = 4, channels
+    return Classifier(trunk).eval()
+
+
+def _pooling_classifier():
+    """A Classifier whose trunk is a 4 x 4 average pooling (stride 4, no padding): its features at a stride-aligned
+    box equal the box's own, whatever lies around, so the shared pass must give exactly the boxes' results."""
+    return _small_classifier(torch.nn.AvgPool2d(4))
+
+
+def test_context_mode_reads_each_box_window(rng):
+    from relion_pixer.classify import classify_candidates
+
+    net = _pooling_classifier()
+    img = rng.normal(size=(230, 270)).astype(np.float32)
+    # centres whose box corners (centre - 32) are whole strides, some half a box outside the image
+    xy = np.c_[rng.integers(-7, 75, 40) * 4, rng.integers(-7, 65, 40) * 4].astype(np.float64)
+    boxes = classify_candidates(net, img, xy, context=False)
+    np.testing.assert_allclose(classify_candidates(net, img, xy, context=True), boxes, atol=1e-6)
+    assert np.ptp(boxes[:, 1]) > 0.01  # the boxes differ, so a wrong window would show
+    # off-stride centres read the window of the nearest stride (up to 2 px away)
+    np.testing.assert_allclose(classify_candidates(net, img, xy + [1.2, -1.7], context=True), boxes, atol=1e-6)
+
+
+def test_context_mode_bands_equal_one_pass(rng, monkeypatch):
+    from relion_pixer import classify
+
+    net = _small_classifier(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4), channels=2)
+    img = rng.normal(size=(230, 411)).astype(np.float32)
+    xy = np.c_[rng.uniform(-30, 440, 60), rng.uniform(-30, 260, 60)]  # some half a box outside
+    whole = classify.classify_candidates(net, img, xy, context=True)
+    monkeypatch.setattr(classify, "_BAND_PIXELS", 5000)  # bands of a few rows
+    np.testing.assert_array_equal(classify.classify_candidates(net, img, xy, context=True), whole)
+    # other classifiers (no trunk and head) always get boxes
+    a = classify.classify_candidates(CentreMean(), img, xy, context=True)
+    np.testing.assert_array_equal(a, classify.classify_candidates(CentreMean(), img, xy, context=False))
