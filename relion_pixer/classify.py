@@ -130,11 +130,16 @@ def _gather(padded, r0: np.ndarray, c0: np.ndarray, box_size: int):
     import torch
 
     device = padded.device
-    ar = torch.arange(box_size, device=device)
-    rows = torch.as_tensor(r0, device=device)[:, None, None] + ar[None, :, None]
-    cols = torch.as_tensor(c0, device=device)[:, None, None] + ar[None, None, :]
+    r0, c0 = torch.as_tensor(r0, device=device), torch.as_tensor(c0, device=device)
     if padded.ndim == 2:
-        return padded[rows, cols].unsqueeze(1)
+        # every box of the image as a view (no copy), then the wanted ones copied out row by row
+        h, w = padded.shape
+        padded = padded.contiguous()
+        windows = padded.as_strided((h - box_size + 1, w - box_size + 1, box_size, box_size), (w, 1, w, 1))
+        return windows[r0, c0].unsqueeze(1)
+    ar = torch.arange(box_size, device=device)
+    rows = r0[:, None, None] + ar[None, :, None]
+    cols = c0[:, None, None] + ar[None, None, :]
     return padded[:, rows, cols].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
 
 

@@ -759,7 +759,9 @@ def read_micrograph(
                 data = data.view(np.uint8)
         image = np.array(data, dtype=np.float32)
         angpix = _header_angpix(mrc)
-    lo, hi = float(image.min()), float(image.max())  # NaN or inf anywhere shows in one of them
+    from relion_pixer.preprocess import value_range
+
+    lo, hi = value_range(image)  # NaN or inf anywhere shows in one of them
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         raise MicrographError(path, f"contains {bad} NaN or infinite pixel values")

@@ -62,6 +62,8 @@ def scale_factor(diameter_angstrom: float, angpix: float, target_px: float = NET
 
 #: Pixels per block of rows that :func:`resample` transforms at a time (a few MB: the block stays in cache).
 _BLOCK_PIXELS = 1 << 20
+#: Pixels of the sample whose mean :func:`resample` takes off before its transforms.
+_MEAN_SAMPLE = 1 << 16
 
 
 def _output_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
@@ -97,7 +99,9 @@ def resample(image: np.ndarray, factor: float, workers: int | None = None) -> tu
     if workers is None:
         workers = _default_workers()
     img = image.astype(np.float32, copy=False)
-    mean = float(img.mean(dtype=np.float64))
+    # Any constant may be taken off before the transforms and added back after (the crop is linear and keeps the
+    # mean); one near the mean keeps the float32 transforms precise. A sample's mean is near enough.
+    mean = float(_sample(img, _MEAN_SAMPLE).mean(dtype=np.float64))
     # rfft2 one axis at a time (the same transforms): the columns beyond the kept ones skip the second FFT. The
     # rows go through in blocks, so no image-sized temporary (mean-subtracted copy, full half spectrum) is made.
     k1 = min(n1 // 2 + 1, m1 // 2 + 1)
@@ -186,12 +190,29 @@ _OUTLIER_SAMPLE = 1 << 18
 
 def _sample(image: np.ndarray, n: int) -> np.ndarray:
     """About ``n`` pixels spread over every row and column: a flat stride coprime with the row length, so the
-    sampled columns shift from row to row."""
+    sampled columns shift from row to row (a non-contiguous image: a regular grid of its rows and columns)."""
+    if not image.flags.c_contiguous:
+        k = max(1, int(math.sqrt(image.size / max(1, n))))
+        return image[::k, ::k].reshape(-1)
     flat = image.reshape(-1)
     step = max(1, flat.size // n)
     while step > 1 and math.gcd(step, image.shape[1]) != 1:
         step += 1
     return flat[::step]
+
+
+def value_range(image: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of an image in one pass (NaN where it has NaN; torch's threads for float32 and float64)."""
+    image = np.asarray(image)
+    if image.dtype in (np.float32, np.float64) and image.size:
+        try:
+            import torch
+
+            lo, hi = torch.aminmax(torch.from_numpy(image))
+            return float(lo), float(hi)
+        except (TypeError, ValueError, RuntimeError):  # e.g. negative strides: the NumPy way below
+            pass
+    return float(image.min()), float(image.max())
 
 
 def clip_outliers(image: np.ndarray) -> np.ndarray:
@@ -210,7 +231,7 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {image.shape}")
-    lo_all, hi_all = image.min(), image.max()
+    lo_all, hi_all = value_range(image)
     if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         raise ValueError(f"image has {bad} non-finite pixel{'s' if bad != 1 else ''} (NaN or inf)")

@@ -184,3 +184,31 @@ def test_tiled_inference_has_no_seams(shape):
     both = predict_probability(seg, img, tile=256, all_classes=True)
     assert both.shape == (3, *shape)
     assert torch.allclose(both.sum(0), torch.ones(shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 4, 17, 23), (3, 1, 2, 5)])
+def test_maxpool2x2_equals_maxpool2d_without_gradients(shape):
+    from relion_pixer.models import MaxPool2x2
+
+    x = torch.randn(*shape)
+    ref = torch.nn.functional.max_pool2d(x, 2)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2(2)(x), ref)
+        assert torch.equal(MaxPool2x2(2)(x.contiguous(memory_format=torch.channels_last)), ref)
+    with pytest.raises(ValueError):
+        MaxPool2x2(3)
+
+
+def test_inference_path_equals_the_training_path():
+    """Without gradients the networks pool before the ReLU with the fast pooling: exactly the same outputs."""
+    from relion_pixer.models import build_classifier, build_segmenter
+
+    torch.manual_seed(0)
+    cls = build_classifier().eval()
+    seg = build_segmenter(cls).eval()
+    boxes, image = torch.randn(5, 1, 64, 64), torch.randn(1, 1, 70, 93)
+    with torch.enable_grad():
+        ref_c, ref_s = cls(boxes), seg(image)
+    with torch.inference_mode():
+        assert torch.equal(cls(boxes), ref_c)
+        assert torch.equal(seg(image), ref_s)
