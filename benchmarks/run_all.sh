@@ -12,6 +12,7 @@ $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 $PY bench_decision.py --n 4 --json results/decision.json
+$PY bench_context.py --json results/context.json
 for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json
   $PY bench_sim.py --snr $snr --n 12 --angpix 2.5 --diameter 200 --size 1024 --json results/sim_snr${snr}_80px.json
@@ -42,7 +43,7 @@ $PY bench_contrast.py --json results/contrast.json
 $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json
-$PY bench_speed.py --k3 --profile --n 5 --threads 2 --json results/speed_k3_cpu.json
+$PY bench_speed.py --k3 --profile --n 10 --threads 2 --json results/speed_k3_cpu.json
 $PY bench_throughput.py --n 24 --size 4096 --repeat 3 --json results/throughput_cpu.json
 $PY bench_picking.py --quick > results/picking.txt
 $PY ablation_branches.py --steps 300 --sim_train 120 --sim_valid 8 --out results/ablation

@@ -35,6 +35,8 @@ CONTEXT = False
 #: overlap of the bands (whole strides, beyond the trunk's receptive field radius of about 15 px).
 _BAND_PIXELS = 2 << 20
 _BAND_MARGIN = 32
+#: Batch sizes are whole multiples of this (see :func:`_classify_checked`).
+_BATCH_STEP = 8
 
 __all__ = ["FilterResult", "extract_boxes", "classify_boxes", "classify_candidates", "filter_candidates"]
 
@@ -230,7 +232,13 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
             else:
                 for i in range(0, len(xy), batch_size):
                     boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
-                    probs.append(classify_boxes(classifier, boxes, batch_size))
+                    n = len(boxes)
+                    # a short last batch is filled up to whole steps of _BATCH_STEP boxes: each new batch size
+                    # costs the CPU's convolution library a few ms to set up, every micrograph anew otherwise
+                    fill = min(batch_size, -(-n // _BATCH_STEP) * _BATCH_STEP) - n
+                    if fill > 0:
+                        boxes = torch.cat([boxes, boxes.new_zeros((fill, *boxes.shape[1:]))])
+                    probs.append(classify_boxes(classifier, boxes, batch_size)[:n])
         return torch.cat(probs).cpu().numpy().astype(np.float32)
     finally:
         classifier.train(was_training)
