@@ -129,7 +129,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
 Rerunning on the same output directory picks only micrographs that have no coordinate file yet (RELION's
 Continue, or --continue, does the same).
 Across nodes: `mpirun -n N relion_pixer ...` (needs mpi4py: pip install 'relion-pixer[mpi]'): rank 0 reads the
-input and writes autopick.star, the output nodes and the exit marker once every rank has finished its share.
+input, hands the micrographs out one at a time to whichever rank asks, and writes autopick.star, the output nodes
+and the exit marker once every rank has finished.
 """
 
 
@@ -709,7 +710,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if plan is None:
         return 1  # another rank: rank 0 reports the bad input and writes the marker
 
-    share = plan.todo[world.rank::world.size]
+    # under MPI the ranks take the micrographs one at a time as they finish (rank 0 hands them out)
+    share = parallel.SharedTasks(world, plan.todo) if world.size > 1 else plan.todo
     outcome = _Outcome()
     t0 = time.perf_counter()
     if share:
@@ -735,6 +737,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
 
     if world.size > 1:
         outcomes = parallel.gather_when_all_done(world, outcome)
+        share.close()  # every rank has stopped asking
         if not world.leader:
             return 2 if outcome.aborted else 1 if outcome.fatal else 0
         outcome = _merge(outcomes)

@@ -6,6 +6,8 @@
   ``:``, the workers of one rank by ``,``; empty: every visible device) and give each worker its device.
 * :func:`run_dynamic` runs tasks in spawned worker processes, handing them out one at a time as workers become free,
   so that a slow micrograph never holds up a fixed share of the others.
+* :class:`SharedTasks` does the same across MPI ranks: rank 0 hands the job's micrographs out one at a time to
+  whichever rank asks, from a thread that polls MPI without busy-waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -24,6 +28,7 @@ __all__ = [
     "mpi_world",
     "gather_when_all_done",
     "wait_for_all",
+    "SharedTasks",
     "parse_gpu_ids",
     "device_for",
     "available_cpus",
@@ -122,11 +127,106 @@ def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05) -> list
 def wait_for_all(world: World, poll_s: float = 0.05) -> None:
     """Return once every rank has called this: a barrier polled every ``poll_s`` seconds, so that a waiting rank
     sleeps instead of busy-polling a core (as MPI's blocking collectives do) and still sees signals."""
-    import time
-
     request = world.comm.Ibarrier()
     while not request.Test():
         time.sleep(poll_s)
+
+
+class SharedTasks:
+    """The job's tasks, handed out one at a time to whichever MPI rank asks next (dynamic, like the workers).
+
+    Every rank iterates over its instance: each task comes to exactly one rank, in order of asking, so a rank that
+    meets slow (crowded, large) micrographs takes fewer of them. Rank 0 serves the others' requests from a thread
+    that polls MPI every ``poll_s`` seconds (MPI's blocking calls would busy-wait on a core the ranks pick on) and
+    takes its own tasks directly; a rank waiting for an answer polls the same way. Without ``MPI_THREAD_MULTIPLE``
+    (needed for rank 0's thread) each rank takes every ``size``-th task, as a static share. Rank 0 must call
+    :meth:`close` once every rank has stopped asking (after :func:`wait_for_all`).
+
+    ``len()`` is the number of tasks of the whole job.
+    """
+
+    _ASK, _ANSWER = 7101, 7102
+
+    def __init__(self, world: World, tasks: Sequence, poll_s: float = 0.002):
+        self.world, self.tasks, self.poll_s = world, list(tasks), float(poll_s)
+        self._next = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.dynamic = world.size > 1 and _thread_multiple()
+        if self.dynamic and world.leader:
+            self._thread = threading.Thread(target=self._serve, name="pixer-mpi-tasks", daemon=True)
+            self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        if self.world.size == 1:
+            yield from self.tasks
+            return
+        if not self.dynamic:
+            yield from self.tasks[self.world.rank :: self.world.size]
+            return
+        while True:
+            i = self._take() if self.world.leader else self._ask()
+            if i < 0:
+                return
+            yield self.tasks[i]
+
+    def _take(self) -> int:
+        with self._lock:
+            if self._next >= len(self.tasks):
+                return -1
+            self._next += 1
+            return self._next - 1
+
+    def _wait(self, request) -> None:
+        while not request.Test():
+            time.sleep(self.poll_s)
+
+    def _ask(self) -> int:
+        import numpy as np
+
+        answer = np.zeros(1, np.int64)
+        reply = self.world.comm.Irecv(answer, source=0, tag=self._ANSWER)  # posted before asking: no deadlock
+        self._wait(self.world.comm.Isend(np.zeros(1, np.int64), dest=0, tag=self._ASK))
+        self._wait(reply)
+        return int(answer[0])
+
+    def _serve(self) -> None:
+        import numpy as np
+        from mpi4py import MPI
+
+        comm = self.world.comm
+        ask = np.zeros(1, np.int64)
+        status = MPI.Status()
+        request = comm.Irecv(ask, source=MPI.ANY_SOURCE, tag=self._ASK)
+        while True:
+            if not request.Test(status):
+                if self._stop.is_set():
+                    request.Cancel()
+                    request.Wait()
+                    return
+                time.sleep(self.poll_s)
+                continue
+            source = status.Get_source()
+            answer = np.array([self._take()], np.int64)
+            request = comm.Irecv(ask, source=MPI.ANY_SOURCE, tag=self._ASK)
+            self._wait(comm.Isend(answer, dest=source, tag=self._ANSWER))
+
+    def close(self) -> None:
+        """Stop rank 0's thread (every rank must have stopped asking)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
+def _thread_multiple() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -317,7 +317,9 @@ def test_mpi_ranks_share_the_micrographs_and_rank0_writes_the_job_outputs(tmp_pa
     proc = _mpi_run(two, tmp_path, 2, "ok")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert " + 2 MPI ranks share the micrographs" in proc.stdout
-    assert proc.stdout.count(" rank 0: [") == 4 and proc.stdout.count(" rank 1: [") == 3
+    # handed out one at a time: every micrograph once, each rank some
+    assert proc.stdout.count(" rank 0: [") + proc.stdout.count(" rank 1: [") == 7
+    assert proc.stdout.count(" rank 0: [") >= 1 and proc.stdout.count(" rank 1: [") >= 1
     assert proc.stdout.count("Total number of particles") == 1  # only rank 0 sums up
     check_relion_outputs(two)
     single = subprocess.run([sys.executable, str(tmp_path / "driver_ok.py")] + RELION_CMD.split(), cwd=one,
@@ -326,16 +328,18 @@ def test_mpi_ranks_share_the_micrographs_and_rank0_writes_the_job_outputs(tmp_pa
     assert _outputs(two) == _outputs(one)
 
 
-def test_a_rank_that_finishes_early_waits_without_spinning(tmp_path):
-    """Rank 0 finishes at once and waits about 4.5 s for rank 1: it must not spend that time polling MPI."""
+def test_a_slow_rank_takes_fewer_micrographs_and_the_other_waits_without_spinning(tmp_path):
+    """Rank 1 takes 1.5 s a micrograph, rank 0 0.1 s: handed out one at a time, rank 1 picks one while rank 0 picks
+    the other five, then waits about a second for rank 1, without polling MPI all that time (nor while serving)."""
     import re
 
     root = made_project(tmp_path / "p", n=6)
     proc = _mpi_run(root, tmp_path, 2, "uneven")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(" rank 0: [") == 5 and proc.stdout.count(" rank 1: [") == 1, proc.stdout
     cpu = {int(r): float(s) for r, s in re.findall(r"cpu of rank (\d): ([\d.]+)", proc.stdout)}
     assert set(cpu) == {0, 1}
-    assert cpu[0] < cpu[1] + 1.5, cpu  # a busy-polling gather would add the whole wait
+    assert cpu[0] < cpu[1] + 1.5, cpu  # a busy-polling gather or task server would add the whole wait
 
 
 def test_a_failing_rank_fails_the_job_with_its_reason(tmp_path):
@@ -347,8 +351,8 @@ def test_a_failing_rank_fails_the_job_with_its_reason(tmp_path):
     assert (jd / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_SUCCESS).exists()
     assert not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
     finished = sorted((jd / "Movies").glob("*_autopick.star"))
-    assert len(finished) == 3  # rank 0's share, complete and listed
-    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 3
+    assert len(finished) == 5  # rank 1 failed on its first; rank 0 picked the rest, complete and listed
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 5
     for f in finished:
         assert len(io.read_coordinates_star(f)) == 2
 
@@ -358,7 +362,7 @@ def test_abort_reaches_every_rank_and_continue_finishes(tmp_path):
     proc = _mpi_run(root, tmp_path, 2, "abort")
     jd = root / JOB
     assert proc.returncode != 0, proc.stdout
-    assert proc.stdout.count("RELION_JOB_ABORT_NOW found: stopping after 2 of 6 micrographs") == 2  # both ranks
+    assert proc.stdout.count("RELION_JOB_ABORT_NOW found: stopping after 2 of 12 micrographs") == 2  # both ranks
     assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.ABORT_NOW).exists()
     finished = sorted((jd / "Movies").glob("*_autopick.star"))
     assert len(finished) == 4
@@ -459,3 +463,31 @@ def test_sigterm_with_workers_stops_them_and_marks_the_job_aborted(tmp_path):
     assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == len(finished)
     time.sleep(1.0)
     assert len(list(movies.glob("*_autopick.star"))) == len(finished)  # no worker goes on picking
+
+
+SHARED_TASKS_DRIVER = """
+import random, sys, time
+sys.path.insert(0, {repo!r})
+from relion_pixer import parallel
+
+world = parallel.mpi_world()
+tasks = parallel.SharedTasks(world, list(range(40)))
+random.seed(world.rank)
+mine = []
+for t in tasks:
+    mine.append(t)
+    time.sleep(random.uniform(0, 0.02) * (1 + world.rank))
+got = parallel.gather_when_all_done(world, mine)
+tasks.close()
+if world.leader:
+    print("dynamic", tasks.dynamic, "counts", [len(g) for g in got], "all", sorted(sum(got, [])) == list(range(40)))
+"""
+
+
+def test_shared_tasks_hand_each_task_to_exactly_one_of_three_ranks(tmp_path):
+    driver = tmp_path / "shared.py"
+    driver.write_text(SHARED_TASKS_DRIVER.format(repo=str(REPO)))
+    proc = subprocess.run(mpirun_command(3) + [sys.executable, str(driver)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "dynamic True" in proc.stdout and "all True" in proc.stdout, proc.stdout
