@@ -386,7 +386,7 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     boxes, classes, mine = [], [], []
     for k, data in enumerate((replay, user)):
         xyz, cls = train.box_samples(data, rng)
-        boxes.append(cut_boxes(data.images, xyz, jitter=2.0, rng=rng))
+        boxes.append(cut_boxes(data.images, xyz, box=classifier.input_size, jitter=2.0, rng=rng))
         classes.append(cls)
         mine.append(np.full(len(cls), k == 1))
     classes_np, mine_np = np.concatenate(classes), np.concatenate(mine)

@@ -213,8 +213,14 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
         if p.device.type != device.type or (device.index is not None and p.device.index != device.index):
             raise ValueError(f"classifier parameters are on {p.device} but device={device}; move it with .to(device)")
 
+    # a classifier trained with context takes boxes with that many pixels around them
+    ctx = int(getattr(classifier, "context", 0) or 0)
+    side = box_size + 2 * ctx
+    # corners of the boxes with their context in the image padded by box_size + ctx (= the boxes' corners in the
+    # image padded by box_size)
     r0, c0 = _box_index(xy, tuple(image.shape), box_size)
-    padded = torch.nn.functional.pad(image.to(device), (box_size, box_size, box_size, box_size))
+    pad = box_size + ctx
+    padded = torch.nn.functional.pad(image.to(device), (pad, pad, pad, pad))
     was_training = classifier.training
     classifier.eval()
     try:
@@ -223,7 +229,7 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
             if _uses_context(classifier, box_size, context):
                 feats, stride = _trunk_features(classifier, padded)
                 n = box_size // stride
-                fr, fc = (r0 + stride // 2) // stride, (c0 + stride // 2) // stride
+                fr, fc = (r0 + ctx + stride // 2) // stride, (c0 + ctx + stride // 2) // stride
                 for i in range(0, len(xy), batch_size):
                     windows = _gather(feats, fr[i : i + batch_size], fc[i : i + batch_size], n)
                     logits = classifier.head(windows)
@@ -231,7 +237,7 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
                     probs.append(torch.softmax(logits.float(), dim=1))
             else:
                 for i in range(0, len(xy), batch_size):
-                    boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], box_size)
+                    boxes = _gather(padded, r0[i : i + batch_size], c0[i : i + batch_size], side)
                     n = len(boxes)
                     # a short last batch is filled up to whole steps of _BATCH_STEP boxes: each new batch size
                     # costs the CPU's convolution library a few ms to set up, every micrograph anew otherwise
@@ -245,14 +251,17 @@ def _classify_checked(classifier, image, xy: np.ndarray, device, batch_size: int
 
 
 def _uses_context(classifier, box_size: int, context: bool | None) -> bool:
-    """Whether the candidates go through the classifier's trunk once per image (:data:`CONTEXT`): only for a
-    :class:`relion_pixer.models.Classifier` of ``box_size`` boxes whose trunk stride divides the box."""
+    """Whether the candidates go through the classifier's trunk once per image: by default (``context`` None) for a
+    classifier trained with context (:attr:`relion_pixer.models.Classifier.context`), else as :data:`CONTEXT`
+    says; only for a :class:`relion_pixer.models.Classifier` of ``box_size`` boxes whose trunk stride divides the
+    box."""
     from relion_pixer.models import Classifier
 
-    if not (CONTEXT if context is None else context):
+    if not isinstance(classifier, Classifier):
         return False
-    return (isinstance(classifier, Classifier) and classifier.box_size == box_size
-            and box_size % classifier.trunk.stride == 0)
+    if context is None:
+        context = CONTEXT or bool(classifier.context)
+    return bool(context) and classifier.box_size == box_size and box_size % classifier.trunk.stride == 0
 
 
 def _trunk_features(classifier, padded):

@@ -142,11 +142,16 @@ class Classifier(nn.Module):
     segmentation net replaces everything after the trunk by atrous branches.
     """
 
-    def __init__(self, trunk: Trunk | None = None, box_size: int = BOX_SIZE, hidden: int = 128, dropout: float = 0.5):
+    def __init__(self, trunk: Trunk | None = None, box_size: int = BOX_SIZE, hidden: int = 128, dropout: float = 0.5,
+                 context: int = 0):
         super().__init__()
         self.trunk = trunk if trunk is not None else Trunk()
         c = self.trunk.out_channels
         self.box_size = box_size
+        context = int(context)
+        if context < 0 or context % self.trunk.stride:
+            raise ValueError(f"context must be a whole number of trunk strides ({self.trunk.stride} px), got {context}")
+        self.context = context
         self.head = nn.Sequential(
             MaxPool2x2(),
             _conv_bn_relu(c, c),
@@ -158,12 +163,25 @@ class Classifier(nn.Module):
             nn.Linear(hidden, NUM_CLASSES),
         )
 
+    @property
+    def input_size(self) -> int:
+        """Side of the boxes :meth:`forward` takes: the box and its context on every side."""
+        return self.box_size + 2 * self.context
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N x 3) of boxes ``x`` (N x 1 x box x box)."""
-        if x.shape[-2] != self.box_size or x.shape[-1] != self.box_size:
-            raise ValueError(f"classifier expects {self.box_size} x {self.box_size} boxes, got {x.shape[-2]} x "
-                             f"{x.shape[-1]}")
-        return _run([*self.trunk, *self.head], x)
+        """Logits (N x 3) of boxes ``x`` (N x 1 x S x S, S = :attr:`input_size`).
+
+        With ``context`` (a classifier trained so), the trunk runs on the box and ``context`` pixels around it, and
+        the head sees the trunk's features of the box alone: what one pass of the trunk over a whole micrograph gives
+        at the box (:mod:`relion_pixer.classify`), so that the candidates can share that pass."""
+        side = self.input_size
+        if x.shape[-2] != side or x.shape[-1] != side:
+            raise ValueError(f"classifier expects {side} x {side} boxes, got {x.shape[-2]} x {x.shape[-1]}")
+        if not self.context:
+            return _run([*self.trunk, *self.head], x)
+        s = self.trunk.stride
+        c, n = self.context // s, self.box_size // s
+        return self.head(self.trunk(x)[..., c : c + n, c : c + n])
 
 
 class AtrousBranch(nn.Sequential):
@@ -223,9 +241,11 @@ class SegmentationNet(nn.Module):
         return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant")
 
 
-def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_SIZE, pool: str = "max") -> Classifier:
-    """A freshly initialised 3-way classifier."""
-    return Classifier(Trunk(widths, pool), box_size=box_size)
+def build_classifier(widths: Sequence[int] = (16, 32, 64), box_size: int = BOX_SIZE, pool: str = "max",
+                     context: int = 0) -> Classifier:
+    """A freshly initialised 3-way classifier (``context``: pixels of context around each box, see
+    :meth:`Classifier.forward`)."""
+    return Classifier(Trunk(widths, pool), box_size=box_size, context=context)
 
 
 def build_segmenter(
@@ -263,6 +283,7 @@ def save_models(path: str | Path, classifier: Classifier, segmenter: Segmentatio
         "widths": list(classifier.trunk.widths),
         "pool": classifier.trunk.pool,
         "box_size": classifier.box_size,
+        "classifier_context": classifier.context,
         "rates": list(segmenter.rates),
         "branch_width": segmenter.hidden,
         "classifier": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
@@ -319,7 +340,8 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
         raise ValueError(f"{path}: not a relion_pixer model file (missing format tag)")
     try:
         pool = payload.get("pool", "max")  # files from before the option: max pooling
-        classifier = build_classifier(payload["widths"], payload["box_size"], pool)
+        classifier = build_classifier(payload["widths"], payload["box_size"], pool,
+                                      int(payload.get("classifier_context", 0)))  # files from before: 0
         classifier.load_state_dict(payload["classifier"])
         # files from before the option: branches of DEFAULT_BRANCH_WIDTH channels
         segmenter = build_segmenter(rates=payload["rates"], widths=payload["widths"], pool=pool,

@@ -37,6 +37,7 @@ from relion_pixer import BACKGROUND, BOX_SIZE, CONTAMINATION, NET_DIAMETER_PX, P
 from relion_pixer.models import (
     DEFAULT_BRANCH_WIDTH,
     DEFAULT_RATES,
+    Classifier,
     build_classifier,
     build_segmenter,
     load_pretrained,
@@ -74,6 +75,10 @@ class TrainConfig:
     cls_steps: int = 1500
     cls_batch: int = 128
     cls_lr: float = 2e-3
+    #: Pixels of context around each classifier box (a whole number of trunk strides; 0: the box alone). With
+    #: context the trunk sees the box's surroundings, as when the picking job runs it once over a whole micrograph
+    #: (:attr:`relion_pixer.models.Classifier.context`); a model trained without it can be fine-tuned with it.
+    cls_context: int = 0
     # networks: trunk channels of the three stages (full, 1/2 and 1/4 resolution)
     widths: tuple = (16, 32, 64)
     # pooling between the trunk's stages: "max" (the paper's) or "avg"
@@ -750,8 +755,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     # ---- models
     if init is not None:
         classifier, segmenter = init.classifier, init.segmenter
+        if cfg.cls_context != classifier.context:  # the same weights; only what the trunk sees changes
+            classifier = Classifier(classifier.trunk, classifier.box_size, context=cfg.cls_context).train()
+            classifier.load_state_dict(init.classifier.state_dict())
     else:
-        classifier = build_classifier(cfg.widths, pool=cfg.pool)
+        classifier = build_classifier(cfg.widths, pool=cfg.pool, context=cfg.cls_context)
         segmenter = None
     classifier.to(device)
     state = run.load_checkpoint() if resume else None
@@ -767,13 +775,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
     boxes, classes, sources = [], [], []
     for k, data in enumerate(box_sources):
         xyz, cls = box_samples(data, rng)
-        boxes.append(cut_boxes(data.images, xyz, jitter=2.0, rng=rng))
+        boxes.append(cut_boxes(data.images, xyz, box=classifier.input_size, jitter=2.0, rng=rng))
         classes.append(cls)
         sources.append(np.full(len(cls), k))
     boxes_np, classes_np = np.concatenate(boxes), np.concatenate(classes)
     user_box = np.concatenate(sources) == len(box_sources) - 1 if user else np.zeros(len(classes_np), bool)
     vxyz, vcls = box_samples(valid_sets[cfg.valid_snrs[0]], np.random.default_rng(cfg.seed + 1))
-    vboxes = cut_boxes(valid_sets[cfg.valid_snrs[0]].images, vxyz)
+    vboxes = cut_boxes(valid_sets[cfg.valid_snrs[0]].images, vxyz, box=classifier.input_size)
     _log(f"classifier boxes: {np.bincount(classes_np, minlength=3).tolist()} (background/particle/contamination)")
     if stage == "classifier":
 

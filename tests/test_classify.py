@@ -286,3 +286,23 @@ def test_context_mode_bands_equal_one_pass(rng, monkeypatch):
     # other classifiers (no trunk and head) always get boxes
     a = classify.classify_candidates(CentreMean(), img, xy, context=True)
     np.testing.assert_array_equal(a, classify.classify_candidates(CentreMean(), img, xy, context=False))
+
+
+def test_a_classifier_trained_with_context_gives_the_same_in_both_modes(rng):
+    """Its trunk sees 32 px around each box; one pass over the image gives the box's features the same, so
+    candidates at whole strides get the same probabilities either way, and the shared pass is its default."""
+    from relion_pixer import classify
+    from relion_pixer.models import build_classifier, fuse_batchnorm
+
+    torch.manual_seed(1)
+    net = fuse_batchnorm(build_classifier(context=32).eval())
+    img = rng.normal(size=(200, 230)).astype(np.float32)
+    xy = np.c_[rng.integers(-7, 64, 30) * 4, rng.integers(-7, 57, 30) * 4].astype(np.float64)
+    boxes = classify.classify_candidates(net, img, xy, context=False)
+    assert np.ptp(boxes[:, 1]) > 1e-3
+    np.testing.assert_allclose(classify.classify_candidates(net, img, xy, context=True), boxes, atol=1e-5)
+    assert classify._uses_context(net, BOX_SIZE, None) and not classify._uses_context(CentreMean(), BOX_SIZE, None)
+    with pytest.raises(ValueError, match="128 x 128"):
+        net(torch.zeros(1, 1, BOX_SIZE, BOX_SIZE))
+    with pytest.raises(ValueError, match="whole number"):
+        build_classifier(context=30)

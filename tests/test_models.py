@@ -212,3 +212,12 @@ def test_inference_path_equals_the_training_path():
     with torch.inference_mode():
         assert torch.equal(cls(boxes), ref_c)
         assert torch.equal(seg(image), ref_s)
+
+
+def test_classifier_context_round_trips_through_the_model_file(tmp_path):
+    from relion_pixer.models import build_classifier, build_segmenter, load_pretrained, save_models
+
+    cls = build_classifier(context=32)
+    save_models(tmp_path / "m.pt", cls, build_segmenter(cls))
+    assert load_pretrained(tmp_path / "m.pt").classifier.context == 32
+    assert load_pretrained().classifier.context == 0  # files without the key: no context
