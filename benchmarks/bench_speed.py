@@ -62,7 +62,8 @@ def write_micrographs(folder: Path, n: int, size: int | tuple[int, int], angpix:
     return paths, len(sim.coords)
 
 
-def profile(paths: list[Path], angpix: float, diameter: float, threads: int, device: str) -> dict:
+def profile(paths: list[Path], angpix: float, diameter: float, threads: int, device: str,
+            model: str | None = None) -> dict:
     """Seconds per stage (median over the micrographs, after one warm-up) and what the stages handled."""
     import torch
 
@@ -71,7 +72,7 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
     from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
 
     torch.set_num_threads(threads)
-    loaded = models.load_pretrained(None, device=device)
+    loaded = models.load_pretrained(model, device=device)
     params = PickParams(device=device)
     times: dict[str, list] = {}
     info: dict = {}
@@ -143,11 +144,11 @@ def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 
 
 
 def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float = 1.0,
-        diameter: float = 150.0, estimate: bool = False) -> tuple[float, float]:
+        diameter: float = 150.0, estimate: bool = False, model: str | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one `relion_pixer pick` process."""
     cmd = [sys.executable, "-m", "relion_pixer", "pick", *map(str, paths), "--angpix", f"{angpix:g}",
            "--particle_diameter", f"{diameter:g}", "--o", str(out), "--j", str(threads), "--device", device,
-           "--estimate_size", "Yes" if estimate else "No"]
+           "--estimate_size", "Yes" if estimate else "No"] + (["--model", str(Path(model).resolve())] if model else [])
     code = (
         "import resource, subprocess, sys, time, json; t = time.time(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--k3", action="store_true", help="K3 micrographs: 5760 x 4092 px, 0.83 A/px, 120 A particles")
     ap.add_argument("--profile", action="store_true", help="also time each stage in this process")
+    ap.add_argument("--model", help="model file (default: the shipped weights)")
     ap.add_argument("--json")
     args = ap.parse_args()
     size, angpix, diameter, density = args.size, 1.0, 150.0, None
@@ -180,10 +182,12 @@ def main() -> None:
         paths, particles = write_micrographs(tmp, args.n, size, angpix, diameter, density)
         print(f"wrote {args.n} simulated {size} px float32 micrographs ({particles} particles) in "
               f"{time.time() - t0:.1f} s")
-        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter)
-        many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter)
-        with_estimate, rss_est = run(paths, tmp / "oute", args.threads, args.device, angpix, diameter, estimate=True)
-        stages = profile(paths, angpix, diameter, args.threads, args.device) if args.profile else None
+        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model)
+        many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter, model=args.model)
+        with_estimate, rss_est = run(paths, tmp / "oute", args.threads, args.device, angpix, diameter, estimate=True,
+                                     model=args.model)
+        stages = (profile(paths, angpix, diameter, args.threads, args.device, args.model) if args.profile
+                  else None)
     per = (many - one) / max(1, args.n - 1)
     figures = {
         "size": size if isinstance(size, int) else list(size),
@@ -193,6 +197,7 @@ def main() -> None:
         "micrographs": args.n,
         "threads": args.threads,
         "device": args.device,
+        "model": args.model,
         "seconds_one_job_one_micrograph": round(one, 2),
         "seconds_one_job_all": round(many, 2),
         "seconds_per_micrograph": round(per, 3),

@@ -28,8 +28,10 @@ BATCH_SIZE = 64
 #: px, an eighth of a particle). Features near a box's edge then see the neighbouring image instead of the box's
 #: zero padding. ``benchmarks/bench_context.py`` measured what that changes and its rule, written before the run,
 #: kept the boxes: on the validation data the simulated SNR 0.01 micrographs lost 0.009 F1 (the rule allowed 0.003),
-#: the real sets none (``benchmarks/results/context.json``). It halves the classifier's time only on crowded
-#: micrographs; on sparse ones the whole image costs more than the boxes.
+#: the real sets none (``benchmarks/results/context.json``). Nor does it save time at the usual crowding: the trunk
+#: over a whole K3 micrograph costs more than its 620 candidates' boxes (0.27 against 0.19 s, measured with a
+#: classifier trained with context, ``configs/experiments/context_classifier_v13.toml``, which was not shipped).
+#: A classifier trained with context (:attr:`relion_pixer.models.Classifier.context`) always takes this path.
 CONTEXT = False
 #: Network pixels per band of :func:`_trunk_features` (the trunk's first layer holds 64 bytes a pixel), and the
 #: overlap of the bands (whole strides, beyond the trunk's receptive field radius of about 15 px).
