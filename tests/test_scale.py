@@ -272,15 +272,27 @@ from relion_pixer import job, relion
 from relion_pixer.pipeline import PickResult
 
 RANK = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
+SIZE = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
 MODE = {mode!r}
 
 CALLS = 0
 ABORT = "External/job012/RELION_JOB_ABORT_NOW"
 
+STARTED = "External/job012/rank1_started"
+
 def pick(image, angpix, d, params):
     global CALLS
     CALLS += 1
-    time.sleep(0.1 if MODE != "uneven" or RANK == 0 else 1.5)
+    if MODE in ("ok", "uneven") and SIZE > 1:
+        # rank 0 finishes its first micrograph only once rank 1 has one, so that each rank picks some whatever the
+        # load on the machine (micrographs are handed out as the ranks ask)
+        if RANK == 1 and CALLS == 1:
+            open(STARTED, "w").close()
+        elif RANK == 0 and CALLS == 1:
+            deadline = time.time() + 60
+            while not os.path.exists(STARTED) and time.time() < deadline:
+                time.sleep(0.02)
+    time.sleep(0.1 if MODE != "uneven" or RANK == 0 else 2.0)
     if MODE == "fail" and RANK == 1:
         raise RuntimeError("the GPU of rank 1 fell off the bus")
     if MODE == "abort" and CALLS == 2:
@@ -329,8 +341,9 @@ def test_mpi_ranks_share_the_micrographs_and_rank0_writes_the_job_outputs(tmp_pa
 
 
 def test_a_slow_rank_takes_fewer_micrographs_and_the_other_waits_without_spinning(tmp_path):
-    """Rank 1 takes 1.5 s a micrograph, rank 0 0.1 s: handed out one at a time, rank 1 picks one while rank 0 picks
-    the other five, then waits about a second for rank 1, without polling MPI all that time (nor while serving)."""
+    """Rank 1 takes 2 s a micrograph, rank 0 0.1 s: handed out one at a time, rank 1 picks one while rank 0 picks
+    the other five, then waits more than a second for rank 1, without polling MPI all that time (nor while
+    serving)."""
     import re
 
     root = made_project(tmp_path / "p", n=6)
