@@ -279,30 +279,38 @@ CALLS = 0
 ABORT = "External/job012/RELION_JOB_ABORT_NOW"
 
 STARTED = "External/job012/rank1_started"
+SECOND = "External/job012/rank0_second"
+
+def touch(path):
+    open(path, "w").close()
+
+def wait_for(path):
+    deadline = time.time() + 60
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.02)
 
 def pick(image, angpix, d, params):
     global CALLS
     CALLS += 1
-    if MODE in ("ok", "uneven") and SIZE > 1:
+    if SIZE > 1 and CALLS == 1 and MODE != "real":
         # rank 0 finishes its first micrograph only once rank 1 has one, so that each rank picks some whatever the
         # load on the machine (micrographs are handed out as the ranks ask)
-        if RANK == 1 and CALLS == 1:
-            open(STARTED, "w").close()
-        elif RANK == 0 and CALLS == 1:
-            deadline = time.time() + 60
-            while not os.path.exists(STARTED) and time.time() < deadline:
-                time.sleep(0.02)
+        if RANK == 1:
+            touch(STARTED)
+        elif RANK == 0:
+            wait_for(STARTED)
     time.sleep(0.1 if MODE != "uneven" or RANK == 0 else 2.0)
     if MODE == "fail" and RANK == 1:
         raise RuntimeError("the GPU of rank 1 fell off the bus")
     if MODE == "abort" and CALLS == 2:
-        # rank 1 presses Abort during its second micrograph; rank 0 finishes its second only once it is there, so
-        # that each rank stops after exactly two whatever the load on the machine
-        if RANK == 1:
-            open(ABORT, "w").close()
-        deadline = time.time() + 60
-        while not os.path.exists(ABORT) and time.time() < deadline:
-            time.sleep(0.02)
+        # rank 1 presses Abort during its second micrograph once rank 0 is in its second too, and rank 0 finishes
+        # its second only once Abort is there: each rank stops after exactly two whatever the load on the machine
+        if RANK == 0:
+            touch(SECOND)
+            wait_for(ABORT)
+        else:
+            wait_for(SECOND)
+            touch(ABORT)
     h, w = image.shape
     xy = np.array([[w * 0.25, h * 0.25], [w * 0.75, h * 0.75]]) + float(image[0, 0])
     return PickResult(xy, np.array([0.9, 0.7]), None, (1.0, 1.0))
