@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -221,22 +221,20 @@ class SegmentationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits (N x 3 x H x W) of images ``x`` (N x 1 x H x W)."""
-        h, w = x.shape[-2], x.shape[-1]
+        h, w = x.shape[-2:]
         feats = self.trunk(self.pad_to_stride(x))
-        logits: Optional[torch.Tensor] = None
-        for branch in self.branches:
-            y = branch(feats)
-            logits = y if logits is None else logits + y
-        assert logits is not None
-        logits = F.interpolate(logits, scale_factor=float(self.trunk.stride), mode="bilinear", align_corners=False)
+        logits = self.branches[0](feats)
+        for branch in self.branches[1:]:
+            logits = logits + branch(feats)
+        logits = F.interpolate(logits, scale_factor=self.trunk.stride, mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 
     def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``x`` (N x C x H x W) at the bottom and right to whole multiples of the trunk's stride."""
-        h, w = x.shape[-2], x.shape[-1]
+        h, w = x.shape[-2:]
         stride = self.trunk.stride
         pad_h, pad_w = (-h) % stride, (-w) % stride
-        if pad_h == 0 and pad_w == 0:
+        if not (pad_h or pad_w):
             return x
         return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant")
 
