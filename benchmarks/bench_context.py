@@ -35,17 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from bench_sim import simulate
 from common import job_diameter, real_sets, score, segment_all
-from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
+from relion_pixer import classify
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
-from relion_pixer.preprocess import to_original
+from relion_pixer.pipeline import PickParams, pick_from_map
 from tune_defaults import VALID_SEED
 
 MODES = {"boxes": False, "whole_image": True}
@@ -53,23 +53,22 @@ DROP = 0.003
 MEAN_DROP = 0.001
 
 
-def pick(maps, models, params: PickParams, context: bool):
-    """Per micrograph: picks (xy, fom), every passed candidate (xy, fom) and the seconds in the classifier."""
+def pick(maps, diameter_A: float, models, params: PickParams, context: bool):
+    """Per micrograph, as the job picks them with ``classify.CONTEXT`` = ``context``: picks (xy, fom), every
+    candidate the map passes (xy, fom), and the seconds the last stages took (candidates, classifier, decision)."""
     picks, every, seconds = [], [], 0.0
-    for net, prob, factors in maps:
-        c = picking.pick_centres(prob, NET_DIAMETER_PX, margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX,
-                                 threshold=params.map_threshold)
-        xy = np.asarray(c.xy, np.float64).reshape(-1, 2)
-        s = np.asarray(c.score, np.float64).reshape(-1)
-        keep = map_cut(s, params)
-        xy, s = xy[keep], s[keep]
-        t0 = time.perf_counter()
-        probs = classify.classify_candidates(models.classifier, net, xy, context=context)
-        seconds += time.perf_counter() - t0
-        d = decide.decide(s, probs, params.threshold, params.max_particles)
-        mic_xy = to_original(xy, factors)
-        picks.append((mic_xy[d.keep], d.fom[d.keep]))
-        every.append((mic_xy, d.fom))
+    default = classify.CONTEXT
+    classify.CONTEXT = context
+    try:
+        for seg in maps:
+            t0 = time.perf_counter()
+            r = pick_from_map(*seg, diameter_A, models, params)
+            seconds += time.perf_counter() - t0
+            picks.append((r.xy, r.fom))
+            r0 = pick_from_map(*seg, diameter_A, models, replace(params, threshold=0.0))
+            every.append((r0.xy, r0.fom))
+    finally:
+        classify.CONTEXT = default
     return picks, every, seconds
 
 
@@ -88,17 +87,18 @@ def main() -> None:
         sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
     res: dict = {}
     for name, (mics, d, radius) in sets.items():
-        maps = segment_all(mics, job_diameter(mics, d, models), models)
+        used = job_diameter(mics, d, models)
+        maps = segment_all(mics, used, models)
         res[name] = {}
         for mode, context in MODES.items():
-            picks, every, seconds = pick(maps, models, params, context)
+            picks, every, seconds = pick(maps, used, models, params, context)
             sc = score(picks, mics, radius)
             ap_fom = pooled_average_precision([e[0] for e in every], [e[1] for e in every], [m.truth for m in mics],
                                               radius)
             res[name][mode] = {"f1": sc["f1"], "precision": sc["precision"], "recall": sc["recall"],
-                               "ap_fom": ap_fom, "classify_seconds": seconds,
+                               "ap_fom": ap_fom, "last_stages_seconds": seconds,
                                "candidates": int(sum(len(e[0]) for e in every))}
-        print(name + ": " + "; ".join(f"{m} F1 {v['f1']:.4f} AP {v['ap_fom']:.4f} classify {v['classify_seconds']:.2f} s"
+        print(name + ": " + "; ".join(f"{m} F1 {v['f1']:.4f} AP {v['ap_fom']:.4f} last stages {v['last_stages_seconds']:.2f} s"
                                       for m, v in res[name].items()), flush=True)
 
     def mean_f1(mode):
