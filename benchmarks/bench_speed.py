@@ -9,8 +9,8 @@ set size.
 
 ``--profile`` also times the stages in this process (median of ``--n`` micrographs): reading the MRC, preparation
 (Fourier crop, normalisation), segmentation (with the number of tiles and the network pixels they cover), the
-local-maximum climb, the classifier (per box) and the mapping back. ``--k3`` is a K3 micrograph: 5760 x 4092 px at
-0.83 A/px with 120 A particles (about 800 per micrograph). Usage::
+local-maximum climb, the classifier (per box), the decision and the mapping back, as the job runs them. ``--k3``
+is a K3 micrograph: 5760 x 4092 px at 0.83 A/px with 120 A particles (about 800 per micrograph). Usage::
 
     python benchmarks/bench_speed.py [--n 5] [--threads 2] [--device cpu|cuda] [--size 4096]
     python benchmarks/bench_speed.py --k3 --profile --n 3 --threads 2 --json benchmarks/results/speed_k3_cpu.json
@@ -67,7 +67,7 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
     """Seconds per stage (median over the micrographs, after one warm-up) and what the stages handled."""
     import torch
 
-    from relion_pixer import classify, io, models, picking, preprocess, segment
+    from relion_pixer import classify, decide, io, models, picking, preprocess, segment
     from relion_pixer import NET_DIAMETER_PX
     from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
 
@@ -93,11 +93,13 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
         prob = timed("segment", segment.predict_probability, loaded.segmenter, net_image, device)
         cand = timed("climb", picking.pick_centres, prob, NET_DIAMETER_PX,
                      margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX, threshold=params.map_threshold)
-        cand_xy = np.asarray(cand.xy, np.float64).reshape(-1, 2)
-        cand_xy = cand_xy[map_cut(np.asarray(cand.score), params)]
-        res = timed("classify", classify.filter_candidates, loaded.classifier, net_image, cand_xy,
-                    threshold=params.threshold, max_particles=0, device=device, batch_size=params.batch_size)
-        timed("to_original", preprocess.to_original, np.asarray(res.xy, np.float64).reshape(-1, 2), factors)
+        passed = map_cut(np.asarray(cand.score), params)
+        cand_xy = np.asarray(cand.xy, np.float64).reshape(-1, 2)[passed]
+        scores = np.asarray(cand.score, np.float64)[passed]
+        probs = timed("classify", classify.classify_candidates, loaded.classifier, net_image, cand_xy,
+                      device=device, batch_size=params.batch_size)
+        keep = timed("decide", decide.decide, scores, probs, params.threshold, params.max_particles).keep
+        timed("to_original", preprocess.to_original, cand_xy[keep], factors)
         if k == 0:
             for name in times:
                 times[name].clear()
@@ -109,7 +111,7 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
             covered = ty * th * tx * tw if ty * tx > 1 else h * w
             info = {"micrograph_px": list(image.shape), "net_image_px": list(net_image.shape),
                     "segment_tiles": ty * tx, "segment_pixels_computed_per_image_pixel": round(covered / (h * w), 2),
-                    "candidates": int(len(cand_xy)), "picks": int(len(res.xy))}
+                    "candidates": int(len(cand_xy)), "picks": int(len(keep))}
     median = {name: float(np.median(v)) for name, v in times.items()}
     total = sum(median.values())
     return {
