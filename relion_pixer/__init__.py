@@ -18,3 +18,7 @@ BOX_SIZE = 64
 #: Class indices shared by label maps, the classifier and the segmentation net.
 BACKGROUND, PARTICLE, CONTAMINATION = 0, 1, 2
 CLASS_NAMES = ("background", "particle", "contamination")
+
+#: Precisions of inference on the CPU (:data:`relion_pixer.models.CPU_PRECISION`) and the default.
+CPU_PRECISIONS = ("auto", "float32", "bfloat16")
+DEFAULT_CPU_PRECISION = "auto"

@@ -160,10 +160,13 @@ def classify_boxes(classifier, boxes, batch_size: int = BATCH_SIZE):
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from relion_pixer.models import inference_autocast
+
     out = []
     with torch.inference_mode():
         for i in range(0, len(boxes), batch_size):
-            logits = classifier(boxes[i : i + batch_size])
+            with inference_autocast(boxes.device):
+                logits = classifier(boxes[i : i + batch_size])
             _check_logits(logits, len(boxes[i : i + batch_size]))
             out.append(torch.softmax(logits.float(), dim=1))
     if not out:

@@ -35,7 +35,7 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from relion_pixer import NET_DIAMETER_PX, __version__, io, parallel, preprocess, relion
+from relion_pixer import CPU_PRECISIONS, DEFAULT_CPU_PRECISION, NET_DIAMETER_PX, __version__, io, parallel, preprocess, relion
 from relion_pixer.pipeline import PickParams, PickResult
 
 __all__ = ["JobOptions", "UsageError", "parse_args", "run_job", "main", "PickFunction"]
@@ -57,6 +57,7 @@ SPEC = {
     "margin": "value",
     "device": "value",
     "batch_size": "value",
+    "precision": "value",
     "angpix": "value",
     "model": "value",
     "write_maps": "flag",
@@ -112,6 +113,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         (default: half a diameter, i.e. keep particles that lie wholly inside)
   device D              auto, cpu, cuda or cuda:N (default auto)
   batch_size N          classifier boxes per batch (default 64)
+  precision P           CPU inference: auto (bfloat16 where the CPU multiplies it in hardware, AMX tiles;
+                        float32 elsewhere), float32 or bfloat16 (default {DEFAULT_CPU_PRECISION};
+                        benchmarks/bench_precision.py); a GPU runs float32
   angpix A/PX           pixel size; overrides the STAR file (needed when neither STAR nor MRC header has one)
   model FILE            fine-tuned weights from `relion_pixer train` (default: the shipped weights)
   write_maps [Yes/No]   also save each probability map (MRC) and a picture of the picks (PNG)
@@ -159,6 +163,7 @@ class JobOptions:
     margin: float | None = None
     device: str = "auto"
     batch_size: int = PickParams.batch_size
+    precision: str | None = None
     angpix: float | None = None
     model: str | None = None
     write_maps: bool = False
@@ -296,6 +301,18 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
+    precision = values.get("precision")
+    if precision is None or precision is True:
+        if "precision" in values:
+            warnings.append("--precision was given without a value; using the default "
+                            f"({DEFAULT_CPU_PRECISION})")
+        precision = None
+    else:
+        precision = str(precision).strip().lower()
+        if precision not in CPU_PRECISIONS:
+            raise UsageError(f"--precision must be {', '.join(CPU_PRECISIONS[:-1])} or {CPU_PRECISIONS[-1]}, "
+                             f"not {precision!r}")
+
     gpu = None
     if "gpu" in values:
         gpu = values["gpu"]
@@ -336,6 +353,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         margin=margin,
         device=device,
         batch_size=int(batch_size),
+        precision=precision,
         angpix=angpix,
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
@@ -599,7 +617,8 @@ def run_job(
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _run(opts, pick_fn, log, odir, job_dir, world)
+        with _cpu_precision(opts.precision):
+            return _run(opts, pick_fn, log, odir, job_dir, world)
     except _NoJobDir as exc:
         log.error(str(exc))
         return 1
@@ -627,6 +646,24 @@ def run_job(
                 parallel.wait_for_all(world)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _device_words(device: str) -> str:
+    """``device`` for run.out; on the CPU with the precision the networks run at (``cpu (bfloat16)``)."""
+    if device != "cpu":
+        return device
+    from relion_pixer.models import cpu_precision
+
+    return f"cpu ({cpu_precision()})"
+
+
+def _cpu_precision(precision: str | None):
+    """:func:`relion_pixer.models.using_cpu_precision` (which imports torch) where a precision is given."""
+    if precision is None:
+        return contextlib.nullcontext()
+    from relion_pixer import models as pixer_models
+
+    return pixer_models.using_cpu_precision(precision)
 
 
 class _Terminated(BaseException):
@@ -928,11 +965,11 @@ def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | No
         if pick_fn is None:
             loaded = networks[0] if networks is not None and networks[1] == devices[0] else None
             pick_fn = _default_pick_fn(opts, devices[0], loaded)
-            log.info(f"{label} + networks loaded, running on {devices[0]}")
+            log.info(f"{label} + networks loaded, running on {_device_words(devices[0])}")
         _pick_all(share, opts, params, pick_fn, log, job_dir, outcome, plan, label=label)
         return
     threads = parallel.threads_per_worker(opts.threads, workers)
-    shown = ", ".join(sorted(set(devices)))
+    shown = ", ".join(sorted({_device_words(d) if pick_fn is None else d for d in devices}))
     log.info(f"{label} + {workers} worker processes on {shown}, {threads} thread(s) each")
     counter = multiprocessing.get_context("spawn").Value("i", 0)
     pool = (workers, _worker_init, (opts, params, pick_fn, devices, threads, counter, plan.star_version, plan.suffix))

@@ -14,8 +14,10 @@ CPU budget the shipped weights were made in, and at inference it folds into the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from relion_pixer import BOX_SIZE
+from relion_pixer import BOX_SIZE, CPU_PRECISIONS, DEFAULT_CPU_PRECISION
 
 __all__ = [
     "Trunk",
@@ -40,12 +42,74 @@ __all__ = [
     "fuse_batchnorm",
     "DEFAULT_WEIGHTS",
     "shipped_weights",
+    "CPU_PRECISION",
+    "cpu_precision",
+    "using_cpu_precision",
+    "inference_autocast",
 ]
 
 NUM_CLASSES = 3
+#: Precision of inference on the CPU: ``"auto"`` runs the convolutions in bfloat16 where the CPU multiplies
+#: bfloat16 matrices in hardware (AMX tiles, Intel Sapphire Rapids and later), float32 elsewhere; ``"float32"`` and
+#: ``"bfloat16"`` force one. The environment variable ``RELION_PIXER_CPU_PRECISION`` sets it for a process and the
+#: processes it starts (the job's ``precision`` parameter sets that variable). The default, ``"auto"``
+#: (:data:`relion_pixer.DEFAULT_CPU_PRECISION`), is ``benchmarks/bench_precision.py``'s choice by the rule written
+#: there: on the real sets the same picks, K3 micrographs a third faster. Training validates in float32.
+CPU_PRECISION = os.environ.get("RELION_PIXER_CPU_PRECISION", DEFAULT_CPU_PRECISION)
+_PRECISIONS = CPU_PRECISIONS
 DEFAULT_RATES = (2, 4, 6, 8)
 #: Channels inside each atrous branch.
 DEFAULT_BRANCH_WIDTH = 32
+
+
+def _amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes: assume not
+        return False
+
+
+def cpu_precision(precision: str | None = None) -> str:
+    """``"float32"`` or ``"bfloat16"``: what CPU inference runs in for ``precision`` (default
+    :data:`CPU_PRECISION`; ``"auto"`` resolved for this CPU)."""
+    precision = str(CPU_PRECISION if precision is None else precision).lower()
+    if precision not in _PRECISIONS:
+        raise ValueError(f"the CPU precision (the job's precision, or RELION_PIXER_CPU_PRECISION) must be one of "
+                         f"{', '.join(_PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if _amx_bf16() else "float32"
+    return precision
+
+
+@contextlib.contextmanager
+def using_cpu_precision(precision: str | None):
+    """Within the context, :data:`CPU_PRECISION` is ``precision`` (None: unchanged), also for processes started
+    in it (through ``RELION_PIXER_CPU_PRECISION``); both are restored after."""
+    global CPU_PRECISION
+    if precision is None:
+        yield
+        return
+    cpu_precision(precision)  # checks the name
+    before, env = CPU_PRECISION, os.environ.get("RELION_PIXER_CPU_PRECISION")
+    CPU_PRECISION = os.environ["RELION_PIXER_CPU_PRECISION"] = str(precision).lower()
+    try:
+        yield
+    finally:
+        CPU_PRECISION = before
+        if env is None:
+            os.environ.pop("RELION_PIXER_CPU_PRECISION", None)
+        else:
+            os.environ["RELION_PIXER_CPU_PRECISION"] = env
+
+
+def inference_autocast(device: str | torch.device, precision: str | None = None):
+    """A context in which inference on ``device`` runs at :func:`cpu_precision` (a
+    :class:`torch.autocast` to bfloat16 on the CPU where that is chosen; no change on other devices). Outputs stay
+    float32 where the callers take a softmax of ``.float()`` logits."""
+    if torch.device(device).type == "cpu" and cpu_precision(precision) == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class MaxPool2x2(nn.MaxPool2d):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from relion_pixer import PARTICLE
-from relion_pixer.models import SegmentationNet
+from relion_pixer.models import SegmentationNet, inference_autocast
 
 __all__ = ["predict_probability", "resolve_device", "TILE", "MARGIN", "BATCH_PIXELS"]
 
@@ -112,7 +112,9 @@ def predict_probability(
     # tiles of whole strides: with the image padded to whole strides, the last tile then ends at its edge
     tile = int(tile) // stride * stride
     if h0 <= tile and w0 <= tile:
-        probs = torch.softmax(segmenter(img[None, None]), dim=1)[0]
+        with inference_autocast(device):
+            logits = segmenter(img[None, None])
+        probs = torch.softmax(logits.float(), dim=1)[0]
     else:
         if tile - 2 * int(margin) < stride:
             raise ValueError(f"tile {tile} px is too small for a margin of {margin} px: the tile must exceed twice "
@@ -127,7 +129,9 @@ def predict_probability(
         for i in range(0, len(boxes), per_pass):
             chunk = boxes[i : i + per_pass]
             batch = torch.stack([img[y : y + th, x : x + tw] for y, x in chunk])[:, None]
-            out = torch.softmax(segmenter(batch), dim=1)
+            with inference_autocast(device):
+                logits = segmenter(batch)
+            out = torch.softmax(logits.float(), dim=1)
             for (y, x), p in zip(chunk, out):
                 # keep the centre, or up to the image edge for border tiles
                 y0 = 0 if y == 0 else y + margin

@@ -705,7 +705,16 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Te
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = None, resume: bool = True) -> dict:
-    """Train (or fine-tune) both networks; returns the final validation figures."""
+    """Train (or fine-tune) both networks; returns the final validation figures. Validation runs the networks in
+    float32 on every CPU, so that the figures do not depend on the machine (see
+    :data:`relion_pixer.models.CPU_PRECISION`)."""
+    from relion_pixer.models import using_cpu_precision
+
+    with using_cpu_precision("float32"):
+        return _train(cfg, out_dir, model_out, resume)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, resume: bool) -> dict:
     run = RunDir(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -21,6 +21,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def float32_inference():
+    """The networks run in float32 on the CPU (for tests that compare two computations to float precision; the
+    default runs bfloat16 where the CPU has AMX)."""
+    from relion_pixer.models import using_cpu_precision
+
+    with using_cpu_precision("float32"):
+        yield
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

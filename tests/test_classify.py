@@ -260,6 +260,7 @@ def _pooling_classifier():
     return _small_classifier(torch.nn.AvgPool2d(4))
 
 
+@pytest.mark.usefixtures("float32_inference")
 def test_context_mode_reads_each_box_window(rng):
     from relion_pixer.classify import classify_candidates
 
@@ -288,6 +289,7 @@ def test_context_mode_bands_equal_one_pass(rng, monkeypatch):
     np.testing.assert_array_equal(a, classify.classify_candidates(CentreMean(), img, xy, context=False))
 
 
+@pytest.mark.usefixtures("float32_inference")
 def test_a_classifier_trained_with_context_gives_the_same_in_both_modes(rng):
     """Its trunk sees 32 px around each box; one pass over the image gives the box's features the same, so
     candidates at whole strides get the same probabilities either way, and the shared pass is its default."""

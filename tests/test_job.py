@@ -775,6 +775,9 @@ def test_relion_command_line_is_parsed_tolerantly():
         ("--margin 0", "margin", 0.0),
         ("--model my.pt", "model", "my.pt"),
         ("--device CUDA:1", "device", "cuda:1"),
+        ("--precision BFloat16", "precision", "bfloat16"),
+        ("--precision auto", "precision", "auto"),
+        ("--precision", "precision", None),  # an empty GUI field: the package default
         ("--relion_version 3.1", "relion_version", 3),
         ("--pipeline-control External/job012/", "o", "out/"),
         ("--in_movies movies.star", "o", "out/"),
@@ -806,6 +809,7 @@ def test_parameter_forms(args, field, value):
         ("--o out/ --in_mics m.star --particle_diameter 150 --margin -3", "--margin must be 0 or positive"),
         ("--o out/ --in_mics m.star --particle_diameter 150 --min_distance 0", "--min_distance must be positive"),
         ("--o out/ --in_mics m.star --particle_diameter 150 --angpix abc", "--angpix needs a pixel size"),
+        ("--o out/ --in_mics m.star --particle_diameter 150 --precision half", "--precision must be auto, float32 or bfloat16"),
     ],
 )
 def test_bad_arguments(args, match):
@@ -972,7 +976,7 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
     else:
         root = made_project(tmp_path / "proj", n=3, size=512)
     model_args = _model_args(tmp_path)
-    extra = ["--write_maps", "Yes"] if kind == "made" else []
+    extra = ["--write_maps", "Yes", "--precision", "float32"] if kind == "made" else []
     cmd = [sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split() + extra + model_args
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -981,6 +985,10 @@ def test_external_job_end_to_end_as_relion_runs_it(request, tmp_path, kind):
     frames = [io.read_coordinates_star(root / c) for c in lst["rlnMicrographCoordinates"]]
     total = sum(len(f) for f in frames)
     assert f"is {total} (on average" in proc.stdout
+    # the precision the networks ran at: as asked, or the default's choice for this CPU
+    assert re.search(r"networks loaded, running on cpu \((float32|bfloat16)\)", proc.stdout)
+    if extra:
+        assert "running on cpu (float32)" in proc.stdout
     if model_args:  # the biased random model picks something on noise
         assert total > 0
     for f in frames:

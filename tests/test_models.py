@@ -221,3 +221,26 @@ def test_classifier_context_round_trips_through_the_model_file(tmp_path):
     save_models(tmp_path / "m.pt", cls, build_segmenter(cls))
     assert load_pretrained(tmp_path / "m.pt").classifier.context == 32
     assert load_pretrained().classifier.context == 0  # files without the key: no context
+
+
+def test_cpu_precision_names_and_scope(monkeypatch):
+    from relion_pixer import models as models_mod
+
+    monkeypatch.delenv("RELION_PIXER_CPU_PRECISION", raising=False)
+    assert models_mod.cpu_precision("auto") in ("float32", "bfloat16")
+    assert models_mod.cpu_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="RELION_PIXER_CPU_PRECISION.*float16"):
+        models_mod.cpu_precision("float16")
+    before = models_mod.CPU_PRECISION
+    with models_mod.using_cpu_precision("bfloat16"):
+        assert models_mod.cpu_precision() == "bfloat16"
+        import os
+
+        assert os.environ["RELION_PIXER_CPU_PRECISION"] == "bfloat16"  # for the worker processes it starts
+        assert isinstance(models_mod.inference_autocast("cpu"), torch.autocast)
+    assert models_mod.CPU_PRECISION == before and "RELION_PIXER_CPU_PRECISION" not in __import__("os").environ
+    with models_mod.using_cpu_precision("float32"):
+        assert not isinstance(models_mod.inference_autocast("cpu"), torch.autocast)
+        x = torch.randn(1, 1, 64, 64)
+        seg = build_segmenter(build_classifier()).eval()
+        assert predict_probability(seg, x[0, 0]).dtype == torch.float32

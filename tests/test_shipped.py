@@ -122,3 +122,23 @@ def test_featureless_particles_imaged_through_the_microscope_are_found(phase_pla
     res = pick_micrograph(sim.image, 2.5, 2.5 * 64.0, load_pretrained(), PickParams())
     scores = pooled_precision_recall_f1([res.xy], [sim.coords[inside]], radius=32.0)
     assert inside.sum() >= 10 and scores.recall >= 0.8, scores
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_picks_hold_at_each_cpu_precision(simulated, precision):
+    """bfloat16 inference (fast where the CPU has AMX tiles; emulated, slow, elsewhere) picks the same particles as
+    float32 within a few, and its probabilities stay float32 in [0, 1]."""
+    from relion_pixer import models as models_mod
+
+    sim, diameter = simulated
+    models = load_pretrained()
+    with models_mod.using_cpu_precision("float32"):
+        ref = pick_micrograph(sim.image, 2.5, diameter, models, PickParams())
+    with models_mod.using_cpu_precision(precision):
+        net, _ = prepare(sim.image, 2.5, diameter)
+        prob = predict_probability(models.segmenter, net)
+        res = pick_micrograph(sim.image, 2.5, diameter, models, PickParams())
+    assert prob.dtype == torch.float32 and float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+    scores = pooled_precision_recall_f1([res.xy], [ref.xy], radius=3.2)  # a tenth of a diameter
+    assert scores.f1 >= (1.0 if precision == "float32" else 0.95), scores
+    assert res.fom.dtype == ref.fom.dtype
