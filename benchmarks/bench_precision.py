@@ -19,11 +19,17 @@ becomes the default only if, against float32 on the same machine,
    average precision by at most 0.003;
 2. on each simulated guard (SNR 0.1 and 0.01, ``--sim_n`` micrographs), F1 falls by at most 0.005;
 3. ``bench_speed.py --k3 --profile`` per K3 micrograph in steady state falls by at least 15 % (given here as
-   ``--k3_seconds FLOAT32 BFLOAT16``, from the two ``bench_speed.py`` runs).
+   ``--k3_json FLOAT32.json BFLOAT16.json``, the two ``bench_speed.py`` runs' JSON files, or their
+   ``seconds_per_micrograph`` as ``--k3_seconds``).
 
 Otherwise the default stays float32 and bfloat16 stays an option. Usage::
 
-    python benchmarks/bench_precision.py --k3_seconds 0.50 0.35 --json benchmarks/results/precision.json
+    RELION_PIXER_CPU_PRECISION=float32 python benchmarks/bench_speed.py --k3 --profile --n 10 \
+        --json benchmarks/results/speed_k3_cpu_float32.json
+    RELION_PIXER_CPU_PRECISION=bfloat16 python benchmarks/bench_speed.py --k3 --profile --n 10 \
+        --json benchmarks/results/speed_k3_cpu_bfloat16.json
+    python benchmarks/bench_precision.py --k3_json benchmarks/results/speed_k3_cpu_float32.json \
+        benchmarks/results/speed_k3_cpu_bfloat16.json --json benchmarks/results/precision.json
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from bench_real import average_precisions, pixer_picks
@@ -118,9 +123,13 @@ def main() -> None:
     ap.add_argument("--sim_n", type=int, default=8, help="simulated micrographs per guard")
     ap.add_argument("--k3_seconds", type=float, nargs=2, metavar=("FLOAT32", "BFLOAT16"),
                     help="bench_speed.py --k3 per-micrograph seconds, float32 then bfloat16")
+    ap.add_argument("--k3_json", nargs=2, metavar=("FLOAT32", "BFLOAT16"),
+                    help="bench_speed.py --k3 JSON files, float32 then bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.k3_json:
+        args.k3_seconds = [json.load(open(f))["seconds_per_micrograph"] for f in args.k3_json]
     torch.set_num_threads(args.threads)
     if models_mod.cpu_precision("auto") != "bfloat16":
         print("note: this CPU has no AMX tiles; bfloat16 runs emulated here (slow), the comparison of picks stands")

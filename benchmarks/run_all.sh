@@ -44,6 +44,11 @@ $PY bench_classifier.py --json results/classifier.json
 $PY bench_segment.py --json results/segment_cpu.json
 $PY bench_speed.py --n 5 --threads 2 --json results/speed_cpu.json
 $PY bench_speed.py --k3 --profile --n 10 --threads 2 --json results/speed_k3_cpu.json
+# bfloat16 against float32 inference on the CPU (the default's choice; bfloat16 is fast only on CPUs with AMX)
+for p in float32 bfloat16; do
+  RELION_PIXER_CPU_PRECISION=$p $PY bench_speed.py --k3 --profile --n 10 --threads 2 --json results/speed_k3_cpu_$p.json
+done
+$PY bench_precision.py --k3_json results/speed_k3_cpu_float32.json results/speed_k3_cpu_bfloat16.json --json results/precision.json
 $PY bench_throughput.py --n 24 --size 4096 --repeat 3 --json results/throughput_cpu.json
 $PY bench_picking.py --quick > results/picking.txt
 $PY ablation_branches.py --steps 300 --sim_train 120 --sim_valid 8 --out results/ablation

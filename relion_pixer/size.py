@@ -24,13 +24,16 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "SizeEstimate", "confidence", "estimate_diameter", "picking_diameter"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SizeEstimate", "confidence", "estimate_diameter", "picking_diameter"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
 #: Weight of the estimate against the diameter given in the diameter the job picks at (geometric blend;
 #: ``benchmarks/tune_size.py`` chose it: 0.5 with pixer_v4, 0 with pixer_v12, on train + valid and on valid alone).
 ESTIMATE_WEIGHT = 0.0
+#: The networks' preferred scale times this is the estimate reported (``benchmarks/calibrate_size.py`` fits it on
+#: the real sets' train + valid micrographs, by the rule written there; 1: the raw scale).
+CALIBRATION = 1.0
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
@@ -94,7 +97,8 @@ def _centre_crop(image: np.ndarray, side: float) -> np.ndarray:
 
 
 def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, models,
-                      device: str = "cpu", factors: Sequence[float] = FACTORS) -> SizeEstimate:
+                      device: str = "cpu", factors: Sequence[float] = FACTORS,
+                      calibration: float | None = None) -> SizeEstimate:
     """Estimate the particle diameter the networks see best (see the module docstring).
 
     Parameters
@@ -108,6 +112,8 @@ def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_
     device : str
     factors : sequence of float
         Scales of ``diameter_A`` to try, increasing.
+    calibration : float, optional
+        The preferred scale is multiplied by this (default :data:`CALIBRATION`; 1: the raw scale).
 
     Returns
     -------
@@ -143,7 +149,9 @@ def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_
         a, b, _ = np.polyfit(x, y, 2)
         if a < 0:
             best = float(np.clip(-b / (2 * a), x[0], x[2]))
-    return SizeEstimate(float(diameter_A * np.exp(best)), diameter_A, factors, tuple(conf), i in (0, len(c) - 1))
+    calibration = CALIBRATION if calibration is None else float(calibration)
+    return SizeEstimate(float(diameter_A * np.exp(best) * calibration), diameter_A, factors, tuple(conf),
+                        i in (0, len(c) - 1))
 
 
 def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT) -> float:
