@@ -7,6 +7,7 @@ mkdir -p results
 PY=${PYTHON:-python3}
 $PY tune_decision.py --json results/tune_decision.json
 $PY tune_size.py --json results/tune_size.json
+$PY calibrate_size.py --json results/calibrate_size.json
 $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick

@@ -102,8 +102,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         every micrograph where the cap cuts picks
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
                         0.55x-1.8x the diameter given; default Yes); run.out reports it, run.err warns beyond
-                        30 %; the job picks at the diameter given (blending the estimate in did not pay with
-                        the shipped weights: benchmarks/tune_size.py)
+                        30 %; the job picks a quarter of the way (in log scale) from the diameter given to
+                        the estimate (benchmarks/tune_size.py); No: at the diameter given
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).

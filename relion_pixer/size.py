@@ -8,9 +8,9 @@ log-odds of the upper half of the candidate scores (:func:`confidence`). The est
 confidence, refined by a parabola through it and its neighbours (in log scale). The networks are surest where the
 particles have the width they learned, so the estimate follows the data and not the diameter given: a diameter
 from 0.8x to 1.25x the true one gives the same estimate. The job reports it and warns when it is far from the
-diameter given; it can pick between the two (:func:`picking_diameter`), with the weight
-:data:`ESTIMATE_WEIGHT` that ``benchmarks/tune_size.py`` chooses for the shipped weights (0 for ``pixer_v12``: the
-diameter given).
+diameter given; it picks between the two (:func:`picking_diameter`), with the weight :data:`ESTIMATE_WEIGHT` that
+``benchmarks/tune_size.py`` chooses for the shipped weights (0.25 for ``pixer_v12``: a quarter of the way, in log
+scale, from the diameter given to the estimate).
 
 The networks' preferred scale is what they see as one diameter, not a physical size; it read 0.82x-0.91x the
 diameter on the real sets and 0.65x-0.91x on simulated ones, so the estimate reported is that scale times
@@ -31,8 +31,10 @@ __all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SizeEstimate", "confide
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
 #: Weight of the estimate against the diameter given in the diameter the job picks at (geometric blend;
-#: ``benchmarks/tune_size.py`` chose it: 0.5 with pixer_v4, 0 with pixer_v12, on train + valid and on valid alone).
-ESTIMATE_WEIGHT = 0.0
+#: ``benchmarks/tune_size.py`` chose it: 0.5 with pixer_v4; 0 with pixer_v12 and the raw estimate, on train + valid and
+#: on valid alone; 0.25 with pixer_v12 and the calibrated estimate (:data:`CALIBRATION`), on valid, the splits that
+#: judge a model trained on the train splits).
+ESTIMATE_WEIGHT = 0.25
 #: The networks' preferred scale times this is the estimate reported. They are surest at about 0.86x the particle's
 #: longest dimension (the diameter users give) on the real sets, so the raw scale read low on every set measured;
 #: ``benchmarks/calibrate_size.py`` fitted this on the real sets' train + valid micrographs, by the rule written
