@@ -22,7 +22,11 @@ becomes the default only if, against float32 on the same machine,
    ``--k3_json FLOAT32.json BFLOAT16.json``, the two ``bench_speed.py`` runs' JSON files, or their
    ``seconds_per_micrograph`` as ``--k3_seconds``).
 
-Otherwise the default stays float32 and bfloat16 stays an option. Usage::
+Otherwise the default stays float32 and bfloat16 stays an option.
+
+``--networks_only`` times just the two networks in both precisions on a K3-sized case (the classifier on 624 boxes,
+the segmenter on a 906 x 1275 network image). Run with ``ONEDNN_MAX_CPU_ISA`` set (``AVX512_CORE_BF16``: bfloat16
+dot products without AMX, as on AMD Zen 4; ``AVX2``), it shows what bfloat16 costs on CPUs without AMX. Usage::
 
     RELION_PIXER_CPU_PRECISION=float32 python benchmarks/bench_speed.py --k3 --profile --n 10 \
         --json benchmarks/results/speed_k3_cpu_float32.json
@@ -30,6 +34,7 @@ Otherwise the default stays float32 and bfloat16 stays an option. Usage::
         --json benchmarks/results/speed_k3_cpu_bfloat16.json
     python benchmarks/bench_precision.py --k3_json benchmarks/results/speed_k3_cpu_float32.json \
         benchmarks/results/speed_k3_cpu_bfloat16.json --json benchmarks/results/precision.json
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/bench_precision.py --networks_only
 """
 
 from __future__ import annotations
@@ -103,6 +108,41 @@ def run_sim(models, n: int) -> dict:
     return out
 
 
+def network_times(models, rounds: int = 5) -> dict:
+    """Median seconds of the classifier on 624 boxes (batches of 256) and of the segmenter on a 906 x 1275 image,
+    in each precision."""
+    import time as _time
+
+    import numpy as np
+
+    from relion_pixer.models import inference_autocast, using_cpu_precision
+
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.randn(624, 1, 64, 64, generator=gen).contiguous(memory_format=torch.channels_last)
+    image = torch.randn(1, 1, 906, 1275, generator=gen).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for precision in PRECISIONS:
+        with using_cpu_precision(precision), torch.inference_mode():
+            def cls():
+                with inference_autocast("cpu"):
+                    for i in range(0, len(boxes), 256):
+                        models.classifier(boxes[i : i + 256])
+
+            def seg():
+                with inference_autocast("cpu"):
+                    models.segmenter(image)
+
+            for name, fn in (("classifier_s", cls), ("segmenter_s", seg)):
+                fn()
+                times = []
+                for _ in range(rounds):
+                    t0 = _time.perf_counter()
+                    fn()
+                    times.append(_time.perf_counter() - t0)
+                out.setdefault(precision, {})[name] = float(np.median(times))
+    return out
+
+
 def decide_rule(decide_sets: dict, sims: dict, k3: tuple[float, float] | None) -> dict:
     checks = {}
     for name, r in decide_sets.items():
@@ -126,14 +166,29 @@ def main() -> None:
     ap.add_argument("--k3_json", nargs=2, metavar=("FLOAT32", "BFLOAT16"),
                     help="bench_speed.py --k3 JSON files, float32 then bfloat16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--networks_only", action="store_true",
+                    help="only time the two networks in both precisions (see ONEDNN_MAX_CPU_ISA above)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.k3_json:
         args.k3_seconds = [json.load(open(f))["seconds_per_micrograph"] for f in args.k3_json]
     torch.set_num_threads(args.threads)
     if models_mod.cpu_precision("auto") != "bfloat16":
-        print("note: this CPU has no AMX tiles; bfloat16 runs emulated here (slow), the comparison of picks stands")
+        print("note: no AMX here (or oneDNN is limited below it): precision auto means float32, and bfloat16 runs "
+              "slowly; the comparison of picks stands")
     models = load_pretrained(args.model)
+    if args.networks_only:
+        import os
+
+        times = network_times(models)
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "all the CPU has")
+        for precision, t in times.items():
+            print(f"{precision} (oneDNN ISA: {isa}): classifier {t['classifier_s']:.3f} s for 624 boxes, segmenter "
+                  f"{t['segmenter_s']:.3f} s for 906 x 1275")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"onednn_max_cpu_isa": isa, "seconds": times}, fh, indent=1)
+        return
     params = PickParams()
     decide_sets = run_real(models, params, ("train", "valid"))
     test_sets = run_real(models, params, ("test",))
