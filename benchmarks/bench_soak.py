@@ -103,6 +103,7 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
     job_dir = project / job
     events = []
     wrong = set()
+    ended = None  # a run that ended by itself before its kill (the job log says why)
     t0 = time.time()
     while len(events) < kills:
         before = len(coordinate_files(job_dir))
@@ -125,6 +126,8 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is not None:  # finished by itself before the kill: no more kills possible
+            ended = {"returncode": proc.returncode, "after_s": round(time.time() - t_start, 2), "files_before": before,
+                     "files_after": len(coordinate_files(job_dir))}
             break
         kill_session(proc.pid)
         proc.wait()
@@ -152,6 +155,7 @@ def soak(project: Path, mode: str, n: int, kills: int, reference: dict[str, byte
         "workers": workers,
         "kills": len(events),
         "kill_events": events,
+        "ended_before_kill": ended,
         "seconds": round(time.time() - t0, 1),
         "final_returncode": final["returncode"],
         "exit_success": (job_dir / relion.EXIT_SUCCESS).exists(),

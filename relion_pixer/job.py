@@ -35,7 +35,8 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from relion_pixer import CPU_PRECISIONS, DEFAULT_CPU_PRECISION, NET_DIAMETER_PX, __version__, io, parallel, preprocess, relion
+from relion_pixer import (CPU_PRECISIONS, DEFAULT_CPU_PRECISION, NET_DIAMETER_PX, __version__, io, parallel,
+                          preprocess, relion)
 from relion_pixer.pipeline import PickParams, PickResult
 
 __all__ = ["JobOptions", "UsageError", "parse_args", "run_job", "main", "PickFunction"]
@@ -307,6 +308,10 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
             warnings.append("--precision was given without a value; using the default "
                             f"({DEFAULT_CPU_PRECISION})")
         precision = None
+        env = os.environ.get("RELION_PIXER_CPU_PRECISION")
+        if env is not None and env.strip().lower() not in CPU_PRECISIONS:
+            raise UsageError(f"the environment variable RELION_PIXER_CPU_PRECISION must be "
+                             f"{', '.join(CPU_PRECISIONS[:-1])} or {CPU_PRECISIONS[-1]}, not {env!r}")
     else:
         precision = str(precision).strip().lower()
         if precision not in CPU_PRECISIONS:

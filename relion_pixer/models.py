@@ -73,7 +73,7 @@ def _amx_bf16() -> bool:
 def cpu_precision(precision: str | None = None) -> str:
     """``"float32"`` or ``"bfloat16"``: what CPU inference runs in for ``precision`` (default
     :data:`CPU_PRECISION`; ``"auto"`` resolved for this CPU)."""
-    precision = str(CPU_PRECISION if precision is None else precision).lower()
+    precision = str(CPU_PRECISION if precision is None else precision).strip().lower()
     if precision not in _PRECISIONS:
         raise ValueError(f"the CPU precision (the job's precision, or RELION_PIXER_CPU_PRECISION) must be one of "
                          f"{', '.join(_PRECISIONS)}; got {precision!r}")

@@ -822,6 +822,18 @@ def test_bad_arguments(args, match):
         job.parse_args(args.split())
 
 
+def test_a_bad_precision_in_the_environment_is_a_usage_error(monkeypatch):
+    """RELION_PIXER_CPU_PRECISION reaches every worker and rank; a bad value stops the job before it starts instead
+    of failing each micrograph."""
+    monkeypatch.setenv("RELION_PIXER_CPU_PRECISION", "half")
+    with pytest.raises(job.UsageError, match="RELION_PIXER_CPU_PRECISION must be auto, float32 or bfloat16, not 'half'"):
+        job.parse_args("--o out/ --in_mics m.star --particle_diameter 150".split())
+    opts = job.parse_args("--o out/ --in_mics m.star --particle_diameter 150 --precision float32".split())
+    assert opts.precision == "float32"  # the job's parameter wins over the environment
+    monkeypatch.setenv("RELION_PIXER_CPU_PRECISION", " BFloat16")
+    assert job.parse_args("--o out/ --in_mics m.star --particle_diameter 150".split()).precision is None
+
+
 def test_an_empty_value_names_the_default_it_falls_back_to():
     """RELION sends an empty GUI field as a bare --label; the warning says what is used instead."""
     opts = job.parse_args("--o out/ --in_mics m.star --particle_diameter 150 --min_distance --margin --threshold".split())
