@@ -43,6 +43,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from bench_real import average_precisions, pixer_picks
@@ -111,10 +112,6 @@ def run_sim(models, n: int) -> dict:
 def network_times(models, rounds: int = 5) -> dict:
     """Median seconds of the classifier on 624 boxes (batches of 256) and of the segmenter on a 906 x 1275 image,
     in each precision."""
-    import time as _time
-
-    import numpy as np
-
     from relion_pixer.models import inference_autocast, using_cpu_precision
 
     gen = torch.Generator().manual_seed(0)
@@ -136,9 +133,9 @@ def network_times(models, rounds: int = 5) -> dict:
                 fn()
                 times = []
                 for _ in range(rounds):
-                    t0 = _time.perf_counter()
+                    t0 = time.perf_counter()
                     fn()
-                    times.append(_time.perf_counter() - t0)
+                    times.append(time.perf_counter() - t0)
                 out.setdefault(precision, {})[name] = float(np.median(times))
     return out
 

@@ -34,10 +34,8 @@ from bench_sim import simulate
 from common import real_sets
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
+from tune_size import GIVEN, VALID_SEED  # the diameters given and the simulated validation seeds of tune_size.py
 
-GIVEN = (0.8, 1.0, 1.25)
-#: tune_size.py's simulated validation seeds (disjoint from training and from the held-apart sets).
-VALID_SEED = 710_000
 MAX_REAL_ERROR = 0.15
 MAX_SIM_ERROR = 0.10
 

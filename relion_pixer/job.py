@@ -193,6 +193,15 @@ _DEFAULT_WORDS = {
 }
 
 
+def _precision_name(value, what: str) -> str:
+    """``value`` as one of :data:`relion_pixer.CPU_PRECISIONS` (case and blanks ignored), or UsageError naming
+    ``what`` (without importing torch, unlike :func:`relion_pixer.models.cpu_precision`)."""
+    name = str(value).strip().lower()
+    if name not in CPU_PRECISIONS:
+        raise UsageError(f"{what} must be {', '.join(CPU_PRECISIONS[:-1])} or {CPU_PRECISIONS[-1]}, not {value!r}")
+    return name
+
+
 def _number(values: dict, key: str, kind, default, warnings: list, what: str = "a number"):
     if key not in values:
         return default
@@ -309,14 +318,10 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
                             f"({DEFAULT_CPU_PRECISION})")
         precision = None
         env = os.environ.get("RELION_PIXER_CPU_PRECISION")
-        if env is not None and env.strip().lower() not in CPU_PRECISIONS:
-            raise UsageError(f"the environment variable RELION_PIXER_CPU_PRECISION must be "
-                             f"{', '.join(CPU_PRECISIONS[:-1])} or {CPU_PRECISIONS[-1]}, not {env!r}")
+        if env is not None:  # it reaches every worker and rank: a bad value fails here, not at each micrograph
+            _precision_name(env, "the environment variable RELION_PIXER_CPU_PRECISION")
     else:
-        precision = str(precision).strip().lower()
-        if precision not in CPU_PRECISIONS:
-            raise UsageError(f"--precision must be {', '.join(CPU_PRECISIONS[:-1])} or {CPU_PRECISIONS[-1]}, "
-                             f"not {precision!r}")
+        precision = _precision_name(precision, "--precision")
 
     gpu = None
     if "gpu" in values:

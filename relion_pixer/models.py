@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,14 +57,14 @@ NUM_CLASSES = 3
 #: (:data:`relion_pixer.DEFAULT_CPU_PRECISION`), is ``benchmarks/bench_precision.py``'s choice by the rule written
 #: there: on the real sets the same picks, K3 micrographs a third faster. Training validates in float32.
 CPU_PRECISION = os.environ.get("RELION_PIXER_CPU_PRECISION", DEFAULT_CPU_PRECISION)
-_PRECISIONS = CPU_PRECISIONS
 DEFAULT_RATES = (2, 4, 6, 8)
 #: Channels inside each atrous branch.
 DEFAULT_BRANCH_WIDTH = 32
 
 
+@functools.cache
 def _amx_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles)."""
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles); probed once per process."""
     try:
         return bool(torch.cpu._is_amx_tile_supported()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without these probes: assume not
@@ -73,13 +74,19 @@ def _amx_bf16() -> bool:
 def cpu_precision(precision: str | None = None) -> str:
     """``"float32"`` or ``"bfloat16"``: what CPU inference runs in for ``precision`` (default
     :data:`CPU_PRECISION`; ``"auto"`` resolved for this CPU)."""
-    precision = str(CPU_PRECISION if precision is None else precision).strip().lower()
-    if precision not in _PRECISIONS:
-        raise ValueError(f"the CPU precision (the job's precision, or RELION_PIXER_CPU_PRECISION) must be one of "
-                         f"{', '.join(_PRECISIONS)}; got {precision!r}")
+    precision = _precision_name(CPU_PRECISION if precision is None else precision)
     if precision == "auto":
         return "bfloat16" if _amx_bf16() else "float32"
     return precision
+
+
+def _precision_name(precision) -> str:
+    """``precision`` as one of :data:`relion_pixer.CPU_PRECISIONS` (case and blanks ignored), or ValueError."""
+    name = str(precision).strip().lower()
+    if name not in CPU_PRECISIONS:
+        raise ValueError(f"the CPU precision (the job's precision, or RELION_PIXER_CPU_PRECISION) must be one of "
+                         f"{', '.join(CPU_PRECISIONS)}; got {name!r}")
+    return name
 
 
 @contextlib.contextmanager
@@ -90,9 +97,9 @@ def using_cpu_precision(precision: str | None):
     if precision is None:
         yield
         return
-    cpu_precision(precision)  # checks the name
+    name = _precision_name(precision)
     before, env = CPU_PRECISION, os.environ.get("RELION_PIXER_CPU_PRECISION")
-    CPU_PRECISION = os.environ["RELION_PIXER_CPU_PRECISION"] = str(precision).lower()
+    CPU_PRECISION = os.environ["RELION_PIXER_CPU_PRECISION"] = name
     try:
         yield
     finally:

@@ -127,7 +127,11 @@ def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05) -> list
 def wait_for_all(world: World, poll_s: float = 0.05) -> None:
     """Return once every rank has called this: a barrier polled every ``poll_s`` seconds, so that a waiting rank
     sleeps instead of busy-polling a core (as MPI's blocking collectives do) and still sees signals."""
-    request = world.comm.Ibarrier()
+    _wait(world.comm.Ibarrier(), poll_s)
+
+
+def _wait(request, poll_s: float) -> None:
+    """Return once the MPI ``request`` has completed, testing it every ``poll_s`` seconds (no busy-wait)."""
     while not request.Test():
         time.sleep(poll_s)
 
@@ -181,17 +185,13 @@ class SharedTasks:
             self._next += 1
             return self._next - 1
 
-    def _wait(self, request) -> None:
-        while not request.Test():
-            time.sleep(self.poll_s)
-
     def _ask(self) -> int:
         import numpy as np
 
         answer = np.zeros(1, np.int64)
         reply = self.world.comm.Irecv(answer, source=0, tag=self._ANSWER)  # posted before asking: no deadlock
-        self._wait(self.world.comm.Isend(np.zeros(1, np.int64), dest=0, tag=self._ASK))
-        self._wait(reply)
+        _wait(self.world.comm.Isend(np.zeros(1, np.int64), dest=0, tag=self._ASK), self.poll_s)
+        _wait(reply, self.poll_s)
         return int(answer[0])
 
     def _serve(self) -> None:
@@ -213,7 +213,7 @@ class SharedTasks:
             source = status.Get_source()
             answer = np.array([self._take()], np.int64)
             request = comm.Irecv(ask, source=MPI.ANY_SOURCE, tag=self._ASK)
-            self._wait(comm.Isend(answer, dest=source, tag=self._ANSWER))
+            _wait(comm.Isend(answer, dest=source, tag=self._ANSWER), self.poll_s)
 
     def close(self) -> None:
         """Stop rank 0's thread (every rank must have stopped asking)."""

@@ -67,6 +67,13 @@ def _tile_side(n: int, tile: int, margin: int, stride: int) -> int:
     return side
 
 
+def _softmax(segmenter: SegmentationNet, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Class probabilities (float32) of a batch of images, the network at the inference precision of ``device``."""
+    with inference_autocast(device):
+        logits = segmenter(batch)
+    return torch.softmax(logits.float(), dim=1)
+
+
 @torch.inference_mode()
 def predict_probability(
     segmenter: SegmentationNet,
@@ -112,9 +119,7 @@ def predict_probability(
     # tiles of whole strides: with the image padded to whole strides, the last tile then ends at its edge
     tile = int(tile) // stride * stride
     if h0 <= tile and w0 <= tile:
-        with inference_autocast(device):
-            logits = segmenter(img[None, None])
-        probs = torch.softmax(logits.float(), dim=1)[0]
+        probs = _softmax(segmenter, img[None, None], device)[0]
     else:
         if tile - 2 * int(margin) < stride:
             raise ValueError(f"tile {tile} px is too small for a margin of {margin} px: the tile must exceed twice "
@@ -129,9 +134,7 @@ def predict_probability(
         for i in range(0, len(boxes), per_pass):
             chunk = boxes[i : i + per_pass]
             batch = torch.stack([img[y : y + th, x : x + tw] for y, x in chunk])[:, None]
-            with inference_autocast(device):
-                logits = segmenter(batch)
-            out = torch.softmax(logits.float(), dim=1)
+            out = _softmax(segmenter, batch, device)
             for (y, x), p in zip(chunk, out):
                 # keep the centre, or up to the image edge for border tiles
                 y0 = 0 if y == 0 else y + margin

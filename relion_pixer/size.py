@@ -26,7 +26,8 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SizeEstimate", "confidence", "estimate_diameter", "picking_diameter"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SizeEstimate", "confidence", "estimate_diameter",
+           "picking_diameter"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
