@@ -18,7 +18,7 @@ the cut complete the labels, and both pickers are scored again against the compl
 blob, which is what the LoG looks for, so the completed figures favour the LoG. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--sets NAME ...] [--no_sweep]
-        [--estimate_size No] [--lowpass SIGMA] [--json OUT] [--picture PNG]
+        [--estimate_size No] [--spacing No] [--lowpass SIGMA] [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import best_threshold, fmt, real_sets, run_log, score, segment_all, size_estimate
+from common import best_threshold, fmt, real_sets, run_log, score, segment_all, size_estimate, spacing_check
 from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -157,7 +157,7 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
 SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 
-def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool):
+def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = True):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
     threshold-0 candidates the decision's cut keeps); the diameter it picked at; and its size estimate (A; None
@@ -166,6 +166,8 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
 
     est = size_estimate(mics, diameter_A, models) if estimate else None
     d = size.picking_diameter(est) if est is not None else float(diameter_A)
+    if est is not None and spacing:
+        d = spacing_check(mics, d, models).diameter_A
     picks, every = [], []
     for seg in segment_all(mics, d, models):
         r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
@@ -203,13 +205,13 @@ def lowpass(mics, sigma: float):
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,
-              lowpass_sigma: float = 0.0) -> dict:
+              lowpass_sigma: float = 0.0, spacing: bool = True) -> dict:
     radius = rs.radius_px
     tune = lowpass(rs.micrographs("train", "valid"), lowpass_sigma)
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
     mics = lowpass(rs.micrographs(split), lowpass_sigma)
     t0 = time.time()
-    picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate)
+    picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate, spacing)
     seconds = (time.time() - t0) / len(mics)
     log = run_log(mics, rs.diameter_A, threshold=log_t)
     # the labels of particles lying wholly inside at the picking diameter: the default margin keeps only those
@@ -236,7 +238,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     if sweep:
         out["sweep"] = {}
         for f in SWEEP:
-            p, _, d, _ = pixer_picks(mics, f * rs.diameter_A, models, params, estimate)
+            p, _, d, _ = pixer_picks(mics, f * rs.diameter_A, models, params, estimate, spacing)
             out["sweep"][f"{f:g}"] = {"given_A": f * rs.diameter_A, "picked_at_A": d, **score(p, mics, radius)}
         f1 = [v["f1"] for v in out["sweep"].values()]
         out["sweep_f1_spread"] = float(max(f1) - min(f1))
@@ -282,6 +284,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", help="only these sets (folder names under shared/data/real)")
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
     ap.add_argument("--estimate_size", default="Yes", help="Yes (the job's default) or No: pick at the diameter given")
+    ap.add_argument("--spacing", default="Yes", help="Yes (the job's default) or No: no pick-spacing check after the "
+                    "size estimate")
     ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied to every micrograph")
     ap.add_argument("--threads", type=int, default=2)
@@ -292,12 +296,15 @@ def main() -> None:
     models = load_pretrained(args.model)
     params = PickParams(threshold=args.threshold)
     estimate = parse_bool(args.estimate_size, "--estimate_size")
-    figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "lowpass_sigma_px": args.lowpass,
+    spacing = parse_bool(args.spacing, "--spacing")
+    figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "spacing": spacing,
+               "lowpass_sigma_px": args.lowpass,
                "sets": {}}
     for rs in real_sets(args.sets):
         r = bench_set(rs, models, params, args.split, estimate, not args.no_sweep,
                       args.picture if args.picture and not any("completed_labels" in v for v in
-                                                               figures["sets"].values()) else None, args.lowpass)
+                                                               figures["sets"].values()) else None, args.lowpass,
+                      spacing)
         figures["sets"][rs.name] = r
         report(rs.name, r)
     sets = figures["sets"].values()

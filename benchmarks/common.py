@@ -138,16 +138,26 @@ def size_estimate(mics: list[Micrograph], diameter_A: float, models):
     return size.estimate_diameter(sample, diameter_A, models)
 
 
+def spacing_check(mics: list[Micrograph], diameter_A: float, models):
+    """The pick-spacing check a picking job makes on its first micrographs at ``diameter_A``
+    (:func:`relion_pixer.size.check_spacing`)."""
+    from relion_pixer import size
+
+    return size.check_spacing(((m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]), diameter_A, models)
+
+
 def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
-                 weight: float | None = None) -> float:
-    """The diameter a picking job on ``mics`` picks at (:func:`relion_pixer.size.picking_diameter` of its size
-    estimate, with ``weight`` or the job's default), or ``diameter_A`` when ``estimate`` is False."""
+                 weight: float | None = None, spacing: bool = True) -> float:
+    """The diameter a picking job on ``mics`` picks at: :func:`relion_pixer.size.picking_diameter` of its size
+    estimate (with ``weight`` or the job's default), then the pick-spacing check (``spacing``); ``diameter_A`` when
+    ``estimate`` is False."""
     from relion_pixer import size
 
     if not estimate:
         return float(diameter_A)
     est = size_estimate(mics, diameter_A, models)
-    return size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
+    d = size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
+    return spacing_check(mics, d, models).diameter_A if spacing else d
 
 
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):

@@ -26,8 +26,8 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SizeEstimate", "confidence", "estimate_diameter",
-           "picking_diameter"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+           "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -46,6 +46,11 @@ SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
 #: the smallest factor its network image is at most this wide (time and memory stay bounded on K3-sized data).
 MAX_NET_SIDE = 1280
+#: The pick-spacing check (:func:`check_spacing`) never shrinks the picking diameter below this fraction of it (the
+#: range, 0.8x-1.25x, over which picks must hold for a diameter given off by that much).
+SPACING_FLOOR = 0.8
+#: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
+MIN_SPACING_PICKS = 30
 #: Candidate scores are clipped to this distance from 0 and 1 before their log-odds are taken.
 _EPS = 1e-4
 
@@ -170,3 +175,101 @@ def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT) ->
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     return float(estimate.given_A ** (1.0 - weight) * estimate.diameter_A ** weight)
+
+
+class Spacing(NamedTuple):
+    """Result of :func:`check_spacing`.
+
+    Attributes
+    ----------
+    diameter_A : float
+        The diameter to pick at (the one checked where the picks are not crowded).
+    checked_A : float
+        The diameter checked (the sample was picked at it).
+    spacing_A : float
+        Median distance from a pick to its nearest neighbour (NaN with too few picks).
+    picks : int
+        Picks with a neighbour that the median was taken over.
+    """
+
+    diameter_A: float
+    checked_A: float
+    spacing_A: float
+    picks: int
+
+    @property
+    def ratio(self) -> float:
+        """Spacing / diameter checked (NaN with too few picks)."""
+        return self.spacing_A / self.checked_A
+
+
+def pick_spacing(xy_A: Iterable[np.ndarray]) -> tuple[float, int]:
+    """Median distance from each pick to its nearest neighbour on the same micrograph, and how many picks it was
+    taken over (picks alone on their micrograph do not count; NaN and 0 without any).
+
+    Parameters
+    ----------
+    xy_A : iterable of numpy.ndarray
+        Each micrograph's picks, ``(N, 2)`` in Angstrom.
+    """
+    from scipy.spatial import cKDTree
+
+    nearest = []
+    for xy in xy_A:
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if len(xy) >= 2:
+            nearest.append(cKDTree(xy).query(xy, 2)[0][:, 1])
+    nearest = np.concatenate(nearest) if nearest else np.zeros(0)
+    return (float(np.median(nearest)) if len(nearest) else float("nan")), int(len(nearest))
+
+
+def spacing_diameter(diameter_A: float, spacing_A: float, picks: int, floor: float = SPACING_FLOOR) -> float:
+    """The diameter to pick at after the spacing check: ``diameter_A`` where the picks' median nearest-neighbour
+    distance ``spacing_A`` is at least one diameter (or fewer than :data:`MIN_SPACING_PICKS` picks measured it),
+    else the spacing, but no less than ``floor`` times ``diameter_A``."""
+    diameter_A = float(diameter_A)
+    if picks < MIN_SPACING_PICKS or not np.isfinite(spacing_A):
+        return diameter_A
+    return float(np.clip(spacing_A, float(floor) * diameter_A, diameter_A))
+
+
+def check_spacing(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, models,
+                  device: str = "cpu", floor: float = SPACING_FLOOR) -> Spacing:
+    """Pick a few micrographs at ``diameter_A`` (the default settings) and shrink the diameter where the picks sit
+    closer than one diameter to each other (:func:`spacing_diameter`).
+
+    Particles cannot overlap in the ice, so when most picks have a neighbour closer than the diameter, the particles
+    are narrower than that across the direction they touch in: the diameter given was the longest dimension of a
+    particle packed side by side, or too large. Picked at that diameter, the networks see touching particles
+    smaller than they learned them and merge them, and the local-maximum search's spacing suppresses one of each
+    close pair (``benchmarks/bench_crowd.py``). Picking at the spacing finds them; the floor keeps the change within
+    the range over which picks are meant to hold.
+
+    Parameters
+    ----------
+    micrographs : iterable of (image, angpix)
+        A few micrographs (particles dark), each with its pixel size; read one at a time.
+    diameter_A : float
+        The diameter to check (Angstrom).
+    models : relion_pixer.models.PixerModels
+        The networks, on ``device``.
+    device : str
+    floor : float
+        Smallest result, as a fraction of ``diameter_A``.
+
+    Returns
+    -------
+    Spacing
+    """
+    from relion_pixer.pipeline import PickParams, pick_micrograph
+
+    params = PickParams(device=str(device))
+    xy_A = []
+    for image, angpix in micrographs:
+        try:
+            r = pick_micrograph(image, angpix, float(diameter_A), models, params)
+        except ValueError:  # too small at this scale
+            continue
+        xy_A.append(r.xy * float(angpix))
+    spacing, n = pick_spacing(xy_A)
+    return Spacing(spacing_diameter(diameter_A, spacing, n, floor), float(diameter_A), spacing, n)
