@@ -63,6 +63,7 @@ SPEC = {
     "model": "value",
     "write_maps": "flag",
     "estimate_size": "flag",
+    "check_spacing": "flag",
     "adapt": "flag",
     "invert": "flag",
     "relion_version": "value",
@@ -105,6 +106,10 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         0.55x-1.8x the diameter given; default Yes); run.out reports it, run.err warns beyond
                         30 %; the job picks a quarter of the way (in log scale) from the diameter given to
                         the estimate (benchmarks/tune_size.py); No: at the diameter given
+  check_spacing [Yes/No] crowded micrographs: pick the first micrographs and, where the median pick has a
+                        neighbour closer than one diameter, pick at that spacing (never below 0.8x); for
+                        touching particles given as their longest dimension (default No: measured in
+                        benchmarks/bench_crowd.py); Continue reuses it
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).
@@ -169,6 +174,7 @@ class JobOptions:
     model: str | None = None
     write_maps: bool = False
     estimate_size: bool = True
+    check_spacing: bool = False
     adapt: bool = False
     invert: bool = False
     relion_version: int | None = None
@@ -368,6 +374,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
+        check_spacing=bool(values.get("check_spacing", False)),
         adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
         relion_version=version,
@@ -727,9 +734,12 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if world.leader:
         try:
             plan = _start(opts, log, odir, job_dir)
-            networks = _size_models(opts, pick_fn) if plan.todo and (opts.estimate_size or opts.adapt) else None
+            networks = (_size_models(opts, pick_fn)
+                        if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:
                 diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
+            if plan.todo and opts.check_spacing:
+                diameter = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
             if plan.todo and opts.adapt:
                 pick_fn, model = _adapted(plan, dataclasses.replace(opts, particle_diameter=diameter), networks,
                                           pick_fn, log, job_dir)
@@ -831,6 +841,9 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
 
 #: File in the job directory that keeps the size estimate, so that Continue picks at the same size.
 SIZE_FILE = "pixer_size.json"
+#: File in the job directory that keeps the pick-spacing check (``check_spacing Yes``), so that Continue picks at the
+#: same size.
+SPACING_FILE = "pixer_spacing.json"
 #: The job warns when the estimated and the given diameter differ by more than this fraction.
 SIZE_WARN_FRACTION = 0.3
 
@@ -917,6 +930,42 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         json.dump({"given_A": opts.particle_diameter, "estimate_A": est.diameter_A, "picking_A": picking_A,
                    "factors": est.factors, "confidence": est.confidence}, fh, indent=1)
     return picking_A
+
+
+def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, log: _Log, job_dir: Path) -> float:
+    """The diameter to pick at after the pick-spacing check (:func:`relion_pixer.size.check_spacing`) on the job's
+    first micrographs at ``diameter_A``, kept in :data:`SPACING_FILE` for Continue."""
+    import json
+
+    from relion_pixer import size
+
+    if models_device is None:
+        return diameter_A
+    models, device = models_device
+    path = job_dir / SPACING_FILE
+    try:
+        kept = json.loads(path.read_text())
+        if float(kept["checked_A"]) == float(diameter_A):
+            log.info(f" + pick spacing: picking at {float(kept['picking_A']):.0f} A (kept from the first run in "
+                     f"{SPACING_FILE})")
+            return float(kept["picking_A"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    t0 = time.perf_counter()
+    sample = ((image, angpix) for _, image, angpix
+              in itertools.islice(io.readable_micrographs(entries, opts.invert), size.SAMPLE_MICROGRAPHS))
+    check = size.check_spacing(sample, diameter_A, models, device)
+    if check.picks < size.MIN_SPACING_PICKS:
+        log.info(f" + pick spacing: {check.picks} picks with a neighbour on the first micrographs, too few to "
+                 f"measure it; picking at {diameter_A:.0f} A")
+        return diameter_A
+    log.info(f" + pick spacing: the median pick at {diameter_A:.0f} A has its nearest neighbour {check.spacing_A:.0f} A "
+             f"away ({check.ratio:.2f} diameters, {check.picks} picks, {time.perf_counter() - t0:.1f} s): picking at "
+             f"{check.diameter_A:.0f} A" + (" (crowded: touching particles)" if check.diameter_A < diameter_A else ""))
+    with io.atomic_write(path) as fh:
+        json.dump({"checked_A": float(diameter_A), "spacing_A": check.spacing_A, "picks": check.picks,
+                   "picking_A": check.diameter_A}, fh, indent=1)
+    return check.diameter_A
 
 
 def _merge(outcomes: list[_Outcome]) -> _Outcome:

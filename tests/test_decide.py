@@ -8,7 +8,7 @@ import pytest
 
 from relion_pixer import decide
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
+from relion_pixer.pipeline import PickParams, pick_from_map, pick_micrograph, segment_micrograph
 from relion_pixer.simulate import random_config, simulate_micrograph
 
 
@@ -124,3 +124,52 @@ def test_the_size_estimate_follows_the_data_not_the_diameter_given(models):
     raw = estimate_diameter([(s.image, a) for s, a in sims[:1]], 0.8 * true_A, models, calibration=1.0)
     again = estimate_diameter([(s.image, a) for s, a in sims[:1]], 0.8 * true_A, models)
     assert again.diameter_A == pytest.approx(CALIBRATION * raw.diameter_A, rel=1e-12)
+
+
+def test_pick_spacing_is_the_median_nearest_neighbour_and_shrinks_only_within_the_floor():
+    from relion_pixer.size import MIN_SPACING_PICKS, SPACING_FLOOR, pick_spacing, spacing_diameter
+
+    grid = np.stack(np.meshgrid(np.arange(8) * 10.0, np.arange(8) * 10.0), -1).reshape(-1, 2)
+    spacing, n = pick_spacing([grid, grid[:1], np.zeros((0, 2))])  # picks alone on their micrograph do not count
+    assert spacing == pytest.approx(10.0) and n == 64
+    assert np.isnan(pick_spacing([grid[:1]])[0])
+    assert spacing_diameter(12.0, spacing, n) == pytest.approx(10.0)  # crowded: the spacing
+    assert spacing_diameter(9.0, spacing, n) == 9.0  # neighbours beyond one diameter: unchanged
+    assert spacing_diameter(20.0, spacing, n) == pytest.approx(SPACING_FLOOR * 20.0)  # never below the floor
+    assert spacing_diameter(12.0, spacing, MIN_SPACING_PICKS - 1) == 12.0  # too few picks: unchanged
+    assert spacing_diameter(12.0, float("nan"), 0) == 12.0
+
+
+def test_the_spacing_check_shrinks_the_diameter_on_crowded_micrographs_only(models):
+    """Compact particles packed at a median 0.9 diameters, the diameter given 1.25x the true one: the check picks
+    at a smaller diameter, within the floor, and finds more particles there. Sparse micrographs keep the
+    diameter."""
+    from relion_pixer.evaluate import match_picks
+    from relion_pixer.size import SPACING_FLOOR, check_spacing
+
+    def sims(density, separation, seed):
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(2):
+            cfg = random_config(rng, snr=0.3, particle_diameter_px=48.0, families="globular", empty=False, n_ice=0,
+                                carbon_edge=False, angpix=2.0)
+            cfg.update(density=density, min_separation=separation)
+            out.append(simulate_micrograph(rng, shape=(640, 640), **cfg))
+        return out
+
+    def found(micrographs, d):
+        n = 0
+        for sim in micrographs:
+            xy = pick_micrograph(sim.image, 2.0, d, models, PickParams()).xy
+            n += len(match_picks(xy, np.asarray(sim.coords).reshape(-1, 2), 24.0).pred_index) if len(xy) else 0
+        return n
+
+    true_A = 96.0
+    crowded = sims(0.5, 0.7, 818181)
+    check = check_spacing([(s.image, 2.0) for s in crowded], 1.25 * true_A, models)
+    assert check.picks >= 30 and check.ratio < 1.0, check
+    assert SPACING_FLOOR * 1.25 * true_A <= check.diameter_A < 1.25 * true_A
+    assert found(crowded, check.diameter_A) > found(crowded, 1.25 * true_A)
+    sparse = sims(0.2, 1.3, 828282)
+    check = check_spacing([(s.image, 2.0) for s in sparse], true_A, models)
+    assert check.picks >= 30 and check.diameter_A == true_A, check

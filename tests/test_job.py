@@ -1128,3 +1128,28 @@ def test_continue_keeps_the_size_estimate_and_gives_the_same_picks(tmp_path, mon
     again = capsys.readouterr().out
     assert "kept from the first run in pixer_size.json" in again and "1 to pick" in again
     assert coords[-1].read_bytes() == before
+
+
+def test_check_spacing_reports_the_spacing_and_continue_keeps_it(tmp_path, monkeypatch, capsys):
+    """``check_spacing Yes``: run.out gives the picks' spacing once, pixer_spacing.json keeps it, and Continue picks at
+    the same size without measuring it again (the minimum count of picks is lowered: these micrographs are small)."""
+    root = made_project(tmp_path / "p", n=3, size=384)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(size_module, "MIN_SPACING_PICKS", 2)
+    cmd = RELION_CMD.split() + _model_args(tmp_path) + ["--check_spacing", "Yes"]
+    assert job.main(cmd) == 0
+    first = capsys.readouterr().out
+    assert len(re.findall(r"^ \+ pick spacing: the median pick at \d+ A has its nearest neighbour \d+ A away "
+                          r"\([\d.]+ diameters, \d+ picks", first, re.M)) == 1, first
+    kept = json.loads((root / "External/job012/pixer_spacing.json").read_text())
+    size = json.loads((root / "External/job012/pixer_size.json").read_text())
+    assert kept["checked_A"] == size["picking_A"]  # the check follows the size estimate
+    assert size_module.SPACING_FLOOR * kept["checked_A"] <= kept["picking_A"] <= kept["checked_A"]
+    lst = check_relion_outputs(root, empty=None)
+    coords = [root / c for c in lst["rlnMicrographCoordinates"]]
+    before = coords[-1].read_bytes()
+    coords[-1].unlink()
+    assert job.main(cmd) == 0
+    again = capsys.readouterr().out
+    assert "kept from the first run in pixer_spacing.json" in again and "the median pick" not in again
+    assert coords[-1].read_bytes() == before
