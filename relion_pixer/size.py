@@ -26,8 +26,8 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
-           "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "MIN_CONFIDENCE", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+           "estimate_diameter", "confident", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -41,6 +41,11 @@ ESTIMATE_WEIGHT = 0.25
 #: ``benchmarks/calibrate_size.py`` fitted this on the real sets' train + valid micrographs, by the rule written
 #: there (``benchmarks/results/calibrate_size.json``; 1 would report the raw scale).
 CALIBRATION = 1.16
+#: The job uses the estimate only where the networks' highest confidence over the scales tried is above this (mean
+#: log-odds 0: the better half of the candidates more likely particles than not at some scale). Below it, the
+#: confidence only rises with the scale, as a coarser image averages more noise away, and the "estimate" runs to
+#: large scales (``benchmarks/gate_size.py``). None: the estimate is always used.
+MIN_CONFIDENCE: float | None = 0.0
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
@@ -166,14 +171,31 @@ def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_
                         i in (0, len(c) - 1))
 
 
-def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT) -> float:
+def confident(estimate: SizeEstimate, min_confidence: float | None = None) -> bool:
+    """Whether the networks were sure of some scale: their highest confidence is above ``min_confidence`` (default
+    :data:`MIN_CONFIDENCE`; True where that is None, False where no scale gave a confidence)."""
+    gate = MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+    c = np.asarray(estimate.confidence, dtype=np.float64)
+    if not np.isfinite(c).any():
+        return False
+    return gate is None or bool(np.nanmax(c) > gate)
+
+
+_DEFAULT = object()
+
+
+def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT, min_confidence=_DEFAULT) -> float:
     """The diameter to pick at: ``given ** (1 - weight) * estimate ** weight`` (0: the diameter given; 1: the
     estimate). Between the two, a diameter given off by a factor ``k`` moves the picking scale by only ``k **
     (1 - weight)``, and the estimate's own error (the networks' preferred scale is not the physical size) counts
-    ``weight`` times."""
+    ``weight`` times. The diameter given where the networks were sure of no scale (:func:`confident` with
+    ``min_confidence``, default :data:`MIN_CONFIDENCE`; None: the estimate is always used)."""
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    gate = MIN_CONFIDENCE if min_confidence is _DEFAULT else min_confidence
+    if gate is not None and not confident(estimate, gate):
+        return float(estimate.given_A)
     return float(estimate.given_A ** (1.0 - weight) * estimate.diameter_A ** weight)
 
 
