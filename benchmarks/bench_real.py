@@ -18,7 +18,7 @@ the cut complete the labels, and both pickers are scored again against the compl
 blob, which is what the LoG looks for, so the completed figures favour the LoG. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--sets NAME ...] [--no_sweep]
-        [--estimate_size No] [--spacing No] [--lowpass SIGMA] [--json OUT] [--picture PNG]
+        [--estimate_size No] [--spacing Yes] [--lowpass SIGMA] [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
 SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 
-def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = True):
+def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = False):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
     threshold-0 candidates the decision's cut keeps); the diameter it picked at; and its size estimate (A; None
@@ -205,7 +205,7 @@ def lowpass(mics, sigma: float):
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,
-              lowpass_sigma: float = 0.0, spacing: bool = True) -> dict:
+              lowpass_sigma: float = 0.0, spacing: bool = False) -> dict:
     radius = rs.radius_px
     tune = lowpass(rs.micrographs("train", "valid"), lowpass_sigma)
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
@@ -284,8 +284,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", help="only these sets (folder names under shared/data/real)")
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
     ap.add_argument("--estimate_size", default="Yes", help="Yes (the job's default) or No: pick at the diameter given")
-    ap.add_argument("--spacing", default="Yes", help="Yes (the job's default) or No: no pick-spacing check after the "
-                    "size estimate")
+    ap.add_argument("--spacing", default="No", help="No (the job's default) or Yes: the pick-spacing check after the "
+                    "size estimate (check_spacing Yes)")
     ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied to every micrograph")
     ap.add_argument("--threads", type=int, default=2)

@@ -147,10 +147,10 @@ def spacing_check(mics: list[Micrograph], diameter_A: float, models):
 
 
 def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
-                 weight: float | None = None, spacing: bool = True) -> float:
+                 weight: float | None = None, spacing: bool = False) -> float:
     """The diameter a picking job on ``mics`` picks at: :func:`relion_pixer.size.picking_diameter` of its size
-    estimate (with ``weight`` or the job's default), then the pick-spacing check (``spacing``); ``diameter_A`` when
-    ``estimate`` is False."""
+    estimate (with ``weight`` or the job's default), then the pick-spacing check where ``spacing`` (the job's
+    ``check_spacing``, default off); ``diameter_A`` when ``estimate`` is False."""
     from relion_pixer import size
 
     if not estimate:

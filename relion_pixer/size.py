@@ -26,8 +26,8 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "MIN_CONFIDENCE", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
-           "estimate_diameter", "confident", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "MIN_CONFIDENCE", "USE_TOP_EDGE", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+           "estimate_diameter", "confident", "at_top_edge", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -45,7 +45,11 @@ CALIBRATION = 1.16
 #: log-odds 0: the better half of the candidates more likely particles than not at some scale). Below it, the
 #: confidence only rises with the scale, as a coarser image averages more noise away, and the "estimate" runs to
 #: large scales (``benchmarks/gate_size.py``). None: the estimate is always used.
-MIN_CONFIDENCE: float | None = 0.0
+MIN_CONFIDENCE: float | None = None
+#: Whether the job uses an estimate whose best scale is the largest one tried. On noisy micrographs the confidence
+#: rises with the scale (a coarser image averages more noise away), so a best scale at the top of the range is what
+#: noise gives as well as particles 2x the diameter given or more (``benchmarks/gate_size.py --gate edge``).
+USE_TOP_EDGE = True
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
@@ -181,20 +185,31 @@ def confident(estimate: SizeEstimate, min_confidence: float | None = None) -> bo
     return gate is None or bool(np.nanmax(c) > gate)
 
 
+def at_top_edge(estimate: SizeEstimate) -> bool:
+    """Whether the networks were surest at the largest scale tried."""
+    c = np.asarray(estimate.confidence, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(c))
+    return bool(len(finite)) and int(np.nanargmax(c)) == int(finite[-1])
+
+
 _DEFAULT = object()
 
 
-def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT, min_confidence=_DEFAULT) -> float:
+def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT, min_confidence=_DEFAULT,
+                     top_edge=_DEFAULT) -> float:
     """The diameter to pick at: ``given ** (1 - weight) * estimate ** weight`` (0: the diameter given; 1: the
     estimate). Between the two, a diameter given off by a factor ``k`` moves the picking scale by only ``k **
     (1 - weight)``, and the estimate's own error (the networks' preferred scale is not the physical size) counts
     ``weight`` times. The diameter given where the networks were sure of no scale (:func:`confident` with
-    ``min_confidence``, default :data:`MIN_CONFIDENCE`; None: the estimate is always used)."""
+    ``min_confidence``, default :data:`MIN_CONFIDENCE`; None: no such gate), and where they were surest at the
+    largest scale tried unless ``top_edge`` (default :data:`USE_TOP_EDGE`)."""
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     gate = MIN_CONFIDENCE if min_confidence is _DEFAULT else min_confidence
     if gate is not None and not confident(estimate, gate):
+        return float(estimate.given_A)
+    if not (USE_TOP_EDGE if top_edge is _DEFAULT else top_edge) and at_top_edge(estimate):
         return float(estimate.given_A)
     return float(estimate.given_A ** (1.0 - weight) * estimate.diameter_A ** weight)
 
