@@ -36,6 +36,13 @@ particles given 1.25x read near it). Its rule, written before its deciding run, 
 with the diameter given 0.5x (a radius given for the diameter), where an estimate at the top edge is right and the
 gate gives up the blend's move toward it.
 
+**Result** (``--gate edge``, ``results/gate_size_edge.json``): the best scale was the largest one in 1 of the 9 fresh
+cases (+0.017 with the gate); mean gain +0.002, rule 1 not met, so the gate stays off
+(:data:`relion_pixer.size.USE_TOP_EDGE` True). Reported: apoferritin given 0.5x reads its estimate at the top edge,
+and the gate would cost 0.12 F1 there (0.480 -> 0.359). Two measured gates, neither shipped: the size estimate's
+large reading at SNR 0.01-0.03 (1.04x-2.61x the true diameter, 1.48x on average over the 18 fresh cases; the
+blend then picks about 1.1x too large) stays a known weakness (``docs/benchmarks.md``).
+
 Usage::
 
     python benchmarks/gate_size.py --gate confidence|edge [--json benchmarks/results/gate_size_GATE.json]
