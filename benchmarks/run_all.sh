@@ -13,6 +13,13 @@ $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 $PY bench_decision.py --n 4 --json results/decision.json
+# crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
+$PY bench_crowd.py --json results/crowd.json
+for sp in train valid; do
+  $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
+  $PY bench_real.py --split $sp --spacing No --no_sweep --json results/spacing_real_${sp}_off.json
+done
+for g in confidence edge; do $PY gate_size.py --gate $g --json results/gate_size_$g.json; done
 $PY bench_context.py --json results/context.json
 for snr in 0.01 0.1; do
   $PY bench_sim.py --snr $snr --n 12 --json results/sim_snr${snr}_150px.json

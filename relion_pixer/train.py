@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relion_pixer import BACKGROUND, BOX_SIZE, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
+from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
 from relion_pixer.models import (
     DEFAULT_BRANCH_WIDTH,
     DEFAULT_RATES,
