@@ -67,6 +67,11 @@ class TrainConfig:
     snr_max: float = 1.0
     oversample_min: float = 1.2
     oversample_max: float = 2.5
+    # each simulated micrograph's particles are drawn this much larger or smaller (uniform) than the diameter it is
+    # brought to network scale with, so the networks also learn particles a misjudged diameter makes smaller or
+    # larger than NET_DIAMETER_PX
+    size_jitter_min: float = 0.85
+    size_jitter_max: float = 1.15
     valid_snrs: tuple = (0.01, 0.1)
     valid_oversample: float = 2.5
     # real data: list of {micrographs = glob, coords = dir, diameter = A, angpix = A/px}
@@ -226,6 +231,7 @@ def simulated_set(
     phase_plate_fraction: float = 0.0,
     phase_shift_range: tuple = (30.0, 120.0),
     thin_fraction: float = 0.0,
+    size_jitter: tuple = (0.85, 1.15),
 ) -> LabelledSet:
     """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
@@ -237,7 +243,8 @@ def simulated_set(
     taken with a phase plate (phase shift uniform in ``phase_shift_range`` degrees); with 0 no extra random number
     is drawn, so sets made before this option existed are reproduced exactly. Likewise a share ``thin_fraction``
     of the micrographs has its particle family redrawn from :data:`THIN_FAMILIES` (thin particles, the ones picking
-    misses most), on top of their share among all families.
+    misses most), on top of their share among all families. Each micrograph's particles are drawn ``j`` times the
+    diameter it is brought to network scale with, ``j`` uniform in ``size_jitter``.
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
 
@@ -245,6 +252,8 @@ def simulated_set(
         raise ValueError(f"thin_fraction must be between 0 and 1, not {thin_fraction:g}")
     if not 0.0 <= phase_plate_fraction <= 1.0:
         raise ValueError(f"phase_plate_fraction must be between 0 and 1, not {phase_plate_fraction:g}")
+    if len(size_jitter) != 2 or not 0.0 < size_jitter[0] <= size_jitter[1]:
+        raise ValueError(f"size_jitter must be (min, max) with 0 < min <= max, not {size_jitter!r}")
     if len(phase_shift_range) != 2 or not 0.0 <= phase_shift_range[0] <= phase_shift_range[1] <= 180.0:
         raise ValueError(f"phase_shift_range must be (min, max) degrees within 0-180, not {phase_shift_range!r}")
     rng = np.random.default_rng(seed)
@@ -253,7 +262,7 @@ def simulated_set(
     for i in range(n):
         value = _draw(rng, snr)
         k = _draw(rng, oversample)
-        jitter = float(rng.uniform(0.85, 1.15))
+        jitter = float(rng.uniform(*size_jitter))
         thin = {}
         if thin_fraction > 0 and rng.random() < thin_fraction:
             thin["families"] = (THIN_FAMILIES[int(rng.integers(len(THIN_FAMILIES)))],)
@@ -744,7 +753,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         sim_train = simulated_set(
             cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max),
             phase_plate_fraction=cfg.phase_plate_fraction, phase_shift_range=tuple(cfg.phase_shift_range),
-            thin_fraction=cfg.thin_fraction,
+            thin_fraction=cfg.thin_fraction, size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
         )
         torch.save(sim_train.__dict__, sim_cache)
     valid_sets = {}
