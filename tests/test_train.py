@@ -288,3 +288,29 @@ def test_thin_fraction_draws_thin_families_and_nothing_when_off(monkeypatch):
     assert len(drawn) == 4 and all(len(f) == 1 and f[0] in THIN_FAMILIES for f in drawn)
     with pytest.raises(ValueError, match="thin_fraction"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, thin_fraction=-0.1)
+
+
+def test_size_jitter_sets_the_particle_size_against_the_network_scale(monkeypatch):
+    """The default range reproduces the earlier training set; a range of one value draws every micrograph's
+    particles at that multiple of the diameter the micrograph is scaled with."""
+    import relion_pixer.simulate as simulate
+    from relion_pixer import NET_DIAMETER_PX
+    from relion_pixer.train import simulated_set
+
+    before = [[2.17428, 0.04796, 1.49272, -0.94957], [0.44893, -1.33899, -1.03409, -0.73665]]
+    default = simulated_set(2, 96, seed=3, snr=0.3, progress=False, size_jitter=(0.85, 1.15))
+    assert np.allclose(default.images[0][:2, :4], before, atol=1e-3)
+
+    sizes = []
+    real_config = simulate.random_config
+
+    def spy(rng, **kw):
+        cfg = real_config(rng, **kw)
+        sizes.append(kw["particle_diameter_px"])
+        return cfg
+
+    monkeypatch.setattr(simulate, "random_config", spy)
+    simulated_set(3, 64, seed=3, snr=0.3, oversample=2.0, progress=False, size_jitter=(1.3, 1.3))
+    assert np.allclose(sizes, NET_DIAMETER_PX * 2.0 * 1.3)
+    with pytest.raises(ValueError, match="size_jitter"):
+        simulated_set(1, 96, seed=3, snr=0.3, progress=False, size_jitter=(1.2, 0.8))
