@@ -57,10 +57,11 @@ simulated SNR 0.1 and SNR 3 sets at the same diameters, no case changes by more 
 
 **Result** (``--gate ramp``, ``results/gate_size_ramp.json``): mean +0.003, cases from -0.063 to +0.036, so rules 1
 and 2 fail (3 and 4 held: the real sets and the guards, confidence 3.3-4.2, did not move) and the ramp stays off
-(:data:`relion_pixer.size.CONFIDENCE_RAMP` None). Over the 33 low-SNR cases measured for the three gates, picking
-at the blend instead of the diameter given changed F1 by a few thousandths on average, -0.135 to +0.098 case by
-case: at SNR 0.01-0.03 the estimate is noise, large on average (about 1.5x), and whether a blend toward it helps a
-given set is a coin toss. The 0.051 lost on ``tune_defaults.py``'s SNR 0.01 set is one such draw.
+(:data:`relion_pixer.size.CONFIDENCE_RAMP` None). In this run's nine cases at SNR 0.01-0.03, where the ramp picks
+at the diameter given, the blend changed F1 by -0.002 on average (-0.037 to +0.063 case by case); in the 21
+designing cases (a ``/tmp`` diagnostic) by -0.007 (-0.135 to +0.098). At SNR 0.01-0.03 the estimate is noise,
+large on average (1.49x over the 27 fresh cases of the three runs), and whether a blend toward it helps a given
+set is a coin toss. The 0.051 lost on ``tune_defaults.py``'s SNR 0.01 set is one such draw.
 
 Usage::
 
