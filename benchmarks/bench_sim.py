@@ -7,7 +7,8 @@ disjoint from training.
 The whole picker runs on them as on real data. Truth counts the particles lying wholly inside the micrograph
 (centre at least half a diameter from the edge), as expert labels do and as PIXER's default edge margin picks.
 The LoG threshold is tuned on a separate simulated set. Reports:
-pooled precision/recall/F1 at half a diameter (one-to-one), and the mean particle IoU of the segmentation mask
+pooled precision/recall/F1 at half a diameter (one-to-one), PIXER picking at the diameter given (the guard) and, beside
+it, as a job runs it (at the diameter its size estimate blends in, :func:`common.job_diameter`), and the mean particle IoU of the segmentation mask
 (probability >= 0.5) against the simulator's label map at network scale, with the share of particles it misses
 (IoU < 0.1), the median IoU of those it finds, and the mean IoU per quartile of the true masks' areas (thin,
 elongated particles have the smallest masks and the least signal); beside it the IoU of the best masks the
@@ -35,6 +36,7 @@ from common import (
     best_head_ious,
     best_threshold,
     fmt,
+    job_diameter,
     particle_mask_ious,
     picks_from_maps,
     run_log,
@@ -128,6 +130,10 @@ def main() -> None:
     maps = segment_all(mics, d, models)
     params = PickParams(map_threshold=args.map_threshold, map_relative=args.map_relative, map_odds=args.map_odds)
     pixer = picks_from_maps(maps, d, models, params)
+    # as a job runs it: at the diameter its size estimate on the first micrographs blends in (the figures above pick at
+    # the diameter given, the guard's definition)
+    d_job = job_diameter(mics, d, models)
+    as_job = picks_from_maps(segment_all(mics, d_job, models), d_job, models, params)
     ious, areas = particle_mask_ious(models, mics, sims, d)
     best_head = best_head_ious(models, mics, sims, d)
     edges = np.quantile(areas, [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -146,6 +152,8 @@ def main() -> None:
         "angpix": args.angpix,
         "diameter_A": d,
         "pixer": score(pixer, mics, radius),
+        "job_diameter_A": d_job,
+        "pixer_as_job": score(as_job, mics, radius),
         # the classifier's share: the same candidates with its threshold at 0 instead of 0.6
         "pixer_threshold0": score(picks_from_maps(maps, d, models, replace(params, threshold=0.0)), mics, radius),
         "median_offset_net_px": median_offset(pixer, mics, radius, NET_DIAMETER_PX / (d / args.angpix)),
@@ -169,6 +177,7 @@ def main() -> None:
     defaults = knobs == (PickParams.map_threshold, PickParams.map_relative, PickParams.map_odds)
     print(fmt("PIXER (defaults)" if defaults else "PIXER ({:g}, {:g}, {:g})".format(*knobs),
               figures["pixer"]))
+    print(fmt(f"PIXER as a job (at {d_job:.0f} A)", figures["pixer_as_job"]))
     print(fmt("PIXER, classifier threshold 0", figures["pixer_threshold0"]))
     print(fmt(f"LoG (threshold {log_t:g}, tuned)", figures["log"]))
     print(f"matched picks lie a median {figures['median_offset_net_px']:.1f} px (network scale, particle "
