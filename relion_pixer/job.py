@@ -104,8 +104,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         every micrograph where the cap cuts picks
   estimate_size [Yes/No] measure the particle size the networks see best on the first micrographs (searched
                         0.55x-1.8x the diameter given; default Yes); run.out reports it, run.err warns beyond
-                        30 %; the job picks a quarter of the way (in log scale) from the diameter given to
-                        the estimate (benchmarks/tune_size.py); No: at the diameter given
+                        30 %; the job picks halfway (in log scale) from the diameter given to the
+                        estimate (benchmarks/tune_size.py); No: at the diameter given
   check_spacing [Yes/No] crowded micrographs: pick the first micrographs and, where the median pick has a
                         neighbour closer than one diameter, pick at that spacing (never below 0.8x); for
                         touching particles given as their longest dimension (default No: measured in
