@@ -71,6 +71,12 @@ written before this run, on fresh seeds (913000, 914000, 915000, 916000 at SNR 0
 weight 0.5: (1) mean gain >= 0.005 over the 12 cases, (2) no case loses more than 0.03, (3) real sets unchanged, (4)
 ``tune_size.py``'s SNR 0.1 and 3 sets within 0.002.
 
+**Result** (``--gate ramp05``, ``results/gate_size_ramp05.json``): mean +0.035 over the 12 cases, but one case lost
+0.090 (SNR 0.01, given 0.8x: the ramp kept the wrong diameter given, 0.584 -> 0.493; the largest gain, +0.348, was an
+estimate at the top edge), so rule 2 fails and the ramp stays off; real sets and guards did not move. At weight 0.5
+the job on simulated SNR 0.01-0.03 micrographs therefore pays for the noise estimate about 0.035 F1 on average
+against picking near the diameter given, which is the trade for the leave-one-set-out gain on real proteins.
+
 Usage::
 
     python benchmarks/gate_size.py --gate confidence|edge|ramp|ramp05 [--json benchmarks/results/gate_size_GATE.json]
