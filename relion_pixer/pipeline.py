@@ -62,8 +62,8 @@ class PickParams:
     min_distance_A: float | None = None
     margin_A: float | None = None
     map_threshold: float = 0.1
-    map_relative: float = 0.0
-    map_odds: float = 0.1
+    map_relative: float = 0.2
+    map_odds: float = 0.03
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
 
