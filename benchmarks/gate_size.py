@@ -11,7 +11,7 @@ seed, where the networks were sure at some scale (confidence above 0), it read 1
 seeds 900000-902000 at SNR 0.01, seed 901000 at SNR 0.01-0.3 and the real sets' train + valid splits.
 
 The gate: the job uses the estimate only when the networks' highest confidence over the scales is above 0
-(:data:`relion_pixer.size.CONFIDENCE_RAMP` ``(0, 0)``, a step); otherwise it picks at the diameter given.
+(:func:`gated_diameter` with ``ramp`` ``(0, 0)``, a step); otherwise it picks at the diameter given.
 
 **The rule, written before the run that decides it.** The gate ships on only if, on fresh simulated sets that played
 no part in designing it (``bench_sim.py``'s default mix, 8 micrographs of 2048 px each, 150 px particles, seeds
@@ -24,13 +24,13 @@ no part in designing it (``bench_sim.py``'s default mix, 8 micrographs of 2048 p
 
 **Result** (``--gate confidence``, ``results/gate_size_confidence.json``): on the fresh sets the highest confidence
 was above 0 in every case (0.27-0.76), so the gate never acted: mean gain 0, rule 1 not met, and the gate stays off
-(:data:`relion_pixer.size.CONFIDENCE_RAMP` None). Beside it, picking at the diameter given against the blend on those
+(the job has no such gate). Beside it, picking at the diameter given against the blend on those
 sets (a diagnostic run, ``/tmp`` script, not a rule): changes +0.098, +0.018, -0.026, +0.029, -0.045, **-0.135**,
 -0.018, 0, -0.006; the largest loss is the one case whose best scale was the largest one tried (estimate 2.61x),
 as were the -0.09 and -0.05 cases of the designing seeds.
 
 **The edge gate** (``--gate edge``): the job does not use an estimate whose best scale is the largest one tried
-(:data:`relion_pixer.size.USE_TOP_EDGE` False; an estimate at the *smallest* scale is still used: clean compact
+(``top_edge`` False; an estimate at the *smallest* scale is still used: clean compact
 particles given 1.25x read near it). Its rule, written before its deciding run, on fresh sets again (seeds 906000,
 907000, 908000 at SNR 0.01, 0.02 and 0.03): the same three conditions as above. Reported, not deciding: the real sets
 with the diameter given 0.5x (a radius given for the diameter), where an estimate at the top edge is right and the
@@ -38,13 +38,13 @@ gate gives up the blend's move toward it.
 
 **Result** (``--gate edge``, ``results/gate_size_edge.json``): the best scale was the largest one in 1 of the 9 fresh
 cases (+0.017 with the gate); mean gain +0.002, rule 1 not met, so the gate stays off
-(:data:`relion_pixer.size.USE_TOP_EDGE` True). Reported: apoferritin given 0.5x reads its estimate at the top edge,
+(the job has no such gate). Reported: apoferritin given 0.5x reads its estimate at the top edge,
 and the gate would cost 0.12 F1 there (0.480 -> 0.359). Two measured gates, neither shipped: the size estimate's
 large reading at SNR 0.01-0.03 (1.04x-2.61x the true diameter, 1.48x on average over the 18 fresh cases; the
 blend then picks about 1.1x too large) stays a known weakness (``docs/benchmarks.md``).
 
 **The ramp** (``--gate ramp``): the estimate's weight times ``clip((c - 1) / (2 - 1), 0, 1)``, ``c`` the networks'
-highest confidence (:data:`relion_pixer.size.CONFIDENCE_RAMP` ``(1, 2)``), so it counts fully where the networks
+highest confidence (``ramp`` ``(1, 2)``), so it counts fully where the networks
 see the particles (real sets about 4, simulated SNR 0.1 about 3), not at all where they are unsure (simulated SNR
 0.01-0.03: -1 to 0.9) and partly between (SNR 0.05: about 1.8). Designed on the cases above: at highest confidence
 below 1 the blend changed F1 by -0.007 on average over 21 designing cases (-0.135 to +0.098), and on
@@ -57,7 +57,7 @@ simulated SNR 0.1 and SNR 3 sets at the same diameters, no case changes by more 
 
 **Result** (``--gate ramp``, ``results/gate_size_ramp.json``): mean +0.003, cases from -0.063 to +0.036, so rules 1
 and 2 fail (3 and 4 held: the real sets and the guards, confidence 3.3-4.2, did not move) and the ramp stays off
-(:data:`relion_pixer.size.CONFIDENCE_RAMP` None). In this run's nine cases at SNR 0.01-0.03, where the ramp picks
+(the job has no ramp). In this run's nine cases at SNR 0.01-0.03, where the ramp picks
 at the diameter given, the blend changed F1 by -0.002 on average (-0.037 to +0.063 case by case); in the 21
 designing cases (a ``/tmp`` diagnostic) by -0.007 (-0.135 to +0.098). At SNR 0.01-0.03 the estimate is noise,
 large on average (1.49x over the 27 fresh cases of the three runs), and whether a blend toward it helps a given
@@ -104,7 +104,7 @@ SIMULATED = {"confidence": ((903_000, 0.01), (904_000, 0.02), (905_000, 0.03)),
 GIVEN = (0.8, 1.0, 1.25)
 #: Reported for the real sets only, beside GIVEN (not deciding).
 REPORTED = {"confidence": (), "edge": (0.5,), "ramp": (), "ramp05": ()}
-#: picking_diameter's keywords without and with each gate (the weights: those of the job when each gate was decided).
+#: gated_diameter's keywords without and with each gate (the weights: those of the job when each gate was decided).
 SETTINGS = {"confidence": ({"weight": 0.25, "ramp": None}, {"weight": 0.25, "ramp": (0.0, 0.0)}),
             "edge": ({"weight": 0.25, "ramp": None, "top_edge": True},
                      {"weight": 0.25, "ramp": None, "top_edge": False}),
@@ -114,13 +114,44 @@ SETTINGS = {"confidence": ({"weight": 0.25, "ramp": None}, {"weight": 0.25, "ram
 GUARDS = {"confidence": (), "edge": (), "ramp": (0.1, 3.0), "ramp05": (0.1, 3.0)}
 
 
+def trust(estimate, ramp) -> float:
+    """How far to trust the estimate, in [0, 1], from the networks' highest confidence ``c`` over the scales:
+    ``ramp`` ``(low, high)`` gives 0 at or below ``low``, 1 at or above ``high``, linear between (``low == high``: a
+    step); None: 1. 0 where no scale gave a confidence."""
+    c = np.asarray(estimate.confidence, dtype=np.float64)
+    if not np.isfinite(c).any():
+        return 0.0
+    if ramp is None:
+        return 1.0
+    low, high = (float(v) for v in ramp)
+    best = float(np.nanmax(c))
+    if high <= low:
+        return float(best > low)
+    return float(np.clip((best - low) / (high - low), 0.0, 1.0))
+
+
+def at_top_edge(estimate) -> bool:
+    """Whether the networks were surest at the largest scale tried."""
+    c = np.asarray(estimate.confidence, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(c))
+    return bool(len(finite)) and int(np.nanargmax(c)) == int(finite[-1])
+
+
+def gated_diameter(estimate, weight: float, ramp=None, top_edge: bool = True) -> float:
+    """The job's diameter (:func:`relion_pixer.size.picking_diameter`) with a gate: the weight times :func:`trust`
+    (``ramp``), and the diameter given where the best scale is the largest one tried unless ``top_edge``."""
+    if not top_edge and at_top_edge(estimate):
+        return float(estimate.given_A)
+    return size.picking_diameter(estimate, weight * trust(estimate, ramp))
+
+
 def case(mics, diameter_A: float, radius_px: float, models, gate: str) -> dict:
     """F1 at the job's picking diameter with and without the gate, for one diameter given."""
     est = size_estimate(mics, diameter_A, models)
     row = {"given_A": diameter_A, "estimate_A": est.diameter_A, "at_edge": est.at_edge,
-           "at_top_edge": size.at_top_edge(est), "max_confidence": float(np.nanmax(est.confidence))}
+           "at_top_edge": at_top_edge(est), "max_confidence": float(np.nanmax(est.confidence))}
     for key, kw in zip(("off", "on"), SETTINGS[gate]):
-        d = size.picking_diameter(est, **kw)
+        d = gated_diameter(est, **kw)
         row[f"picked_at_A_{key}"] = d
         row[f"f1_{key}"] = score(picks_from_maps(segment_all(mics, d, models), d, models), mics, radius_px)["f1"]
     return row

@@ -883,6 +883,20 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     return _load_networks(opts, device), device
 
 
+def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict | None:
+    """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``;
+    None when the file is absent, unreadable, incomplete or made for another value."""
+    import json
+
+    try:
+        kept = json.loads(path.read_text())
+        if float(kept[key]) != float(value):
+            return None
+        return {f: float(kept[f]) for f in fields}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
     """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
     micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
@@ -894,15 +908,11 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         return opts.particle_diameter
     models, device = models_device
     path = job_dir / SIZE_FILE
-    try:
-        kept = json.loads(path.read_text())
-        if float(kept["given_A"]) == opts.particle_diameter:
-            log.info(f" + particle size from the data: {float(kept['estimate_A']):.0f} A, picking at "
-                     f"{float(kept['picking_A']):.0f} A (kept from the first run in {SIZE_FILE}; diameter given "
-                     f"{opts.particle_diameter:g} A)")
-            return float(kept["picking_A"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    kept = _kept(path, "given_A", opts.particle_diameter, ("estimate_A", "picking_A"))
+    if kept is not None:
+        log.info(f" + particle size from the data: {kept['estimate_A']:.0f} A, picking at {kept['picking_A']:.0f} A "
+                 f"(kept from the first run in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
+        return kept["picking_A"]
     readable = io.readable_micrographs(entries, opts.invert)
     sample = []  # how many were read; the estimate reads them one at a time
 
@@ -943,14 +953,10 @@ def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, l
         return diameter_A
     models, device = models_device
     path = job_dir / SPACING_FILE
-    try:
-        kept = json.loads(path.read_text())
-        if float(kept["checked_A"]) == float(diameter_A):
-            log.info(f" + pick spacing: picking at {float(kept['picking_A']):.0f} A (kept from the first run in "
-                     f"{SPACING_FILE})")
-            return float(kept["picking_A"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    kept = _kept(path, "checked_A", diameter_A, ("picking_A",))
+    if kept is not None:
+        log.info(f" + pick spacing: picking at {kept['picking_A']:.0f} A (kept from the first run in {SPACING_FILE})")
+        return kept["picking_A"]
     t0 = time.perf_counter()
     sample = ((image, angpix) for _, image, angpix
               in itertools.islice(io.readable_micrographs(entries, opts.invert), size.SAMPLE_MICROGRAPHS))

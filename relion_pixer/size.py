@@ -27,8 +27,8 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "CONFIDENCE_RAMP", "USE_TOP_EDGE", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
-           "estimate_diameter", "estimate_trust", "at_top_edge", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+           "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -43,16 +43,6 @@ ESTIMATE_WEIGHT = 0.5
 #: ``benchmarks/calibrate_size.py`` fitted this on the real sets' train + valid micrographs, by the rule written
 #: there (``benchmarks/results/calibrate_size.json``; 1 would report the raw scale).
 CALIBRATION = 1.16
-#: How far the job trusts the estimate by the networks' highest confidence over the scales tried (mean log-odds of the
-#: better half of the candidates): ``(low, high)``, the estimate's weight times 0 at or below ``low``, times 1 at or
-#: above ``high``, linear between (``low == high``: a step). Where the networks are unsure, their confidence rises
-#: with the scale, as a coarser image averages more noise away, and the "estimate" runs to large scales
-#: (``benchmarks/gate_size.py``). None: the estimate always counts fully.
-CONFIDENCE_RAMP: tuple | None = None
-#: Whether the job uses an estimate whose best scale is the largest one tried. On noisy micrographs the confidence
-#: rises with the scale (a coarser image averages more noise away), so a best scale at the top of the range is what
-#: noise gives as well as particles 2x the diameter given or more (``benchmarks/gate_size.py --gate edge``).
-USE_TOP_EDGE = True
 #: Micrographs of a job the estimate is made on (the first ones, in the order of the input STAR file).
 SAMPLE_MICROGRAPHS = 3
 #: Largest network-scale side the estimate segments: a larger micrograph is cropped to its centre so that even at
@@ -178,46 +168,15 @@ def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_
                         i in (0, len(c) - 1))
 
 
-_DEFAULT = object()
-
-
-def estimate_trust(estimate: SizeEstimate, ramp=_DEFAULT) -> float:
-    """How far to trust the estimate, in [0, 1], from the networks' highest confidence and ``ramp`` (default
-    :data:`CONFIDENCE_RAMP`; see there; None: 1). 0 where no scale gave a confidence."""
-    ramp = CONFIDENCE_RAMP if ramp is _DEFAULT else ramp
-    c = np.asarray(estimate.confidence, dtype=np.float64)
-    if not np.isfinite(c).any():
-        return 0.0
-    if ramp is None:
-        return 1.0
-    low, high = (float(v) for v in ramp)
-    best = float(np.nanmax(c))
-    if high <= low:
-        return float(best > low)
-    return float(np.clip((best - low) / (high - low), 0.0, 1.0))
-
-
-def at_top_edge(estimate: SizeEstimate) -> bool:
-    """Whether the networks were surest at the largest scale tried."""
-    c = np.asarray(estimate.confidence, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(c))
-    return bool(len(finite)) and int(np.nanargmax(c)) == int(finite[-1])
-
-
-def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT, ramp=_DEFAULT,
-                     top_edge=_DEFAULT) -> float:
+def picking_diameter(estimate: SizeEstimate, weight: float = ESTIMATE_WEIGHT) -> float:
     """The diameter to pick at: ``given ** (1 - weight) * estimate ** weight`` (0: the diameter given; 1: the
     estimate). Between the two, a diameter given off by a factor ``k`` moves the picking scale by only ``k **
     (1 - weight)``, and the estimate's own error (the networks' preferred scale is not the physical size) counts
-    ``weight`` times. The weight is scaled by :func:`estimate_trust` (``ramp``, default :data:`CONFIDENCE_RAMP`),
-    and the diameter given is kept where the networks were surest at the largest scale tried unless ``top_edge``
-    (default :data:`USE_TOP_EDGE`)."""
+    ``weight`` times. Gates on the estimate where the networks are unsure were measured and not shipped
+    (``benchmarks/gate_size.py``)."""
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
-    weight *= estimate_trust(estimate, ramp)
-    if not (USE_TOP_EDGE if top_edge is _DEFAULT else top_edge) and at_top_edge(estimate):
-        return float(estimate.given_A)
     return float(estimate.given_A ** (1.0 - weight) * estimate.diameter_A ** weight)
 
 
