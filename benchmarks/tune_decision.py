@@ -47,8 +47,9 @@ SETTINGS = {  # (reference quantile, agreement P(particle), trust low, trust hig
 }
 
 
-def candidates(models, splits=("train", "valid")):
-    """Every candidate (threshold 0) with map score and class probabilities: real sets and simulated families."""
+def candidates(models, splits=("train", "valid"), seed: int = SEED, n_sim: int = 3):
+    """Every candidate (threshold 0) with map score and class probabilities: real sets and simulated families
+    (``n_sim`` micrographs per family, family ``k`` simulated from ``seed + 1000 k``)."""
     real, sim = {}, {}
     for rs in real_sets():
         mics = rs.micrographs(*splits)
@@ -61,7 +62,7 @@ def candidates(models, splits=("train", "valid")):
         real[rs.name] = (rows, rs.radius_px)
     for k, family in enumerate(ALL_FAMILIES):
         rows = []
-        for s in simulate_family(family, 3, SEED + 1000 * k):
+        for s in simulate_family(family, n_sim, seed + 1000 * k):
             seg = segment_micrograph(s.image, 2.0, DPX * 2.0, models)
             r = pick_from_map(*seg, DPX * 2.0, models, PickParams(threshold=0.0))
             vetoed = former_veto(*seg, models)
