@@ -15,7 +15,7 @@ their ratio (target >= 0.95 on the unseen family); contamination candidates (lab
 no particle within half a diameter) the former veto dropped, and the share of those the decision drops too (target
 >= 0.90). Usage::
 
-    python benchmarks/bench_decision.py [--model FILE] [--n 4] [--json OUT]
+    python benchmarks/bench_decision.py [--model FILE] [--n 16] [--json OUT]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def dropped(vetoed: np.ndarray, picks: np.ndarray) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model")
-    ap.add_argument("--n", type=int, default=4, help="micrographs per family")
+    ap.add_argument("--n", type=int, default=16, help="micrographs per family")
     ap.add_argument("--families", nargs="*", default=list(ALL_FAMILIES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")

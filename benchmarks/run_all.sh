@@ -12,7 +12,7 @@ $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
-$PY bench_decision.py --n 4 --json results/decision.json
+$PY bench_decision.py --json results/decision.json
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json
 for sp in train valid; do

@@ -60,38 +60,22 @@ from tune_decision import candidates
 #: Seed of the tuning simulations (``bench_decision.py`` uses its own SEED).
 TUNE_SEED = 5_550_000
 #: The settings measured: (veto low, veto high, contamination veto (c_low, c_high) or None, its trust (low, high)).
-SHIPPED = (decide.VETO_LOW, decide.VETO_HIGH, None, None)
+#: The first is session 14's (the particle veto alone), the baseline of the rule; the run of session 15 chose
+#: ``(0.55, 0.6, (0.9, 0.99), (0.5, 0.8))``, which :mod:`relion_pixer.decide` now ships.
+SHIPPED = (0.55, 0.6, None, None)
 GRID = [SHIPPED] + [(vl, vh, c, ct if c else None)
                     for (vl, vh), c, ct in itertools.product(((0.55, 0.6), (0.6, 0.65), (0.6, 0.7)),
                                                              (None, (0.8, 0.95), (0.9, 0.99)),
                                                              ((0.5, 0.8), (0.8, 0.95)))
                     if not (c is None and ct == (0.8, 0.95)) and (vl, vh, c) != SHIPPED[:3]]
-#: A reference candidate counts as "not contamination" below this P(contamination).
-CONT_AGREE = 0.5
-
-
-def contamination_trust(s, p_cont, low: float, high: float) -> float:
-    """Share of the reference candidates (map score at or above the median; all when fewer than
-    :data:`relion_pixer.decide.MIN_REFERENCE`) with P(contamination) below :data:`CONT_AGREE`, mapped linearly from
-    ``low`` (0) to ``high`` (1)."""
-    s, p = np.asarray(s, float), np.asarray(p_cont, float)
-    if not len(s):
-        return 0.0
-    ref = s >= np.percentile(s, decide.REFERENCE_QUANTILE)
-    if ref.sum() < decide.MIN_REFERENCE:
-        ref = np.ones(len(s), bool)
-    return float(np.clip((np.mean(p[ref] < CONT_AGREE) - low) / (high - low), 0.0, 1.0))
-
-
 def fom_with(s, probs, setting) -> np.ndarray:
     """One micrograph's figures of merit with a setting of :data:`GRID`."""
     v_lo, v_hi, c, ct = setting
     trust, _ = decide.classifier_trust(s, probs[:, PARTICLE])
-    fom = decide.figure_of_merit(s, probs[:, PARTICLE], trust, v_lo, v_hi)
-    if c is not None:
-        ctrust = contamination_trust(s, probs[:, CONTAMINATION], *ct)
-        fom = fom * (1.0 - ctrust * np.clip((probs[:, CONTAMINATION] - c[0]) / (c[1] - c[0]), 0.0, 1.0))
-    return fom
+    if c is None:
+        return decide.figure_of_merit(s, probs[:, PARTICLE], trust, v_lo, v_hi)
+    ctrust = decide.contamination_trust(s, probs[:, CONTAMINATION], *ct)
+    return decide.figure_of_merit(s, probs[:, PARTICLE], trust, v_lo, v_hi, probs[:, CONTAMINATION], ctrust, *c)
 
 
 def evaluate(real: dict, sims: list, setting, threshold: float) -> dict:

@@ -21,8 +21,16 @@ agrees with the map:
 Where the classifier knows the particle (agreement near 1, as on the ribosome set), a candidate it gives
 ``P(particle)`` below :data:`VETO_LOW` loses its figure of merit, as the paper's veto at 0.6 drops it, and one above
 :data:`VETO_HIGH` keeps its map score: what it recognises as ice, carbon or background is dropped. Where it does not
-(it is unsure of most of the map's surest candidates), it cannot veto and ``fom = s``. The figure of merit stays in
-[0, 1] and is never above the map score. ``threshold`` is the lowest figure of merit kept.
+(it is unsure of most of the map's surest candidates), it cannot veto and ``fom = s``.
+
+A second, narrower veto drops what the classifier is all but sure is contamination (ice, carbon, aggregates) even where
+it hesitates on the particles: the figure of merit is multiplied by ``1 - ctrust * cveto(P(contamination))``, with
+``cveto`` 0 below :data:`CONT_VETO_LOW`, 1 above :data:`CONT_VETO_HIGH`, linear between. Its trust ``ctrust`` is how
+rarely the classifier calls the reference candidates contamination (share with ``P(contamination) <``
+:data:`CONT_AGREE_P`, mapped linearly from :data:`CONT_TRUST_LOW` to :data:`CONT_TRUST_HIGH`): on a new particle type
+it takes for contamination (issue 17's hollow shells) it cannot veto. ``benchmarks/tune_veto.py`` chose it by its rule
+(session 15). The figure of merit stays in [0, 1] and is never above the map score. ``threshold`` is the lowest figure
+of merit kept.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from relion_pixer import PARTICLE
+from relion_pixer import CONTAMINATION, PARTICLE
 
-__all__ = ["Decision", "classifier_trust", "veto", "figure_of_merit", "cut", "decide"]
+__all__ = ["Decision", "classifier_trust", "contamination_trust", "veto", "contamination_veto", "figure_of_merit",
+           "cut", "decide"]
 
 #: Percentile of a micrograph's candidate map scores above which candidates are the reference.
 REFERENCE_QUANTILE = 50.0
@@ -47,6 +56,14 @@ TRUST_HIGH = 0.8
 #: The veto: full below this P(particle), none above :data:`VETO_HIGH`, linear between.
 VETO_LOW = 0.55
 VETO_HIGH = 0.6
+#: A reference candidate counts as "not contamination" below this P(contamination).
+CONT_AGREE_P = 0.5
+#: Share of such reference candidates at or below which the contamination veto has no say, at or above which its full.
+CONT_TRUST_LOW = 0.5
+CONT_TRUST_HIGH = 0.8
+#: The contamination veto: none below this P(contamination), full above :data:`CONT_VETO_HIGH`, linear between.
+CONT_VETO_LOW = 0.9
+CONT_VETO_HIGH = 0.99
 
 
 class Decision(NamedTuple):
@@ -64,6 +81,8 @@ class Decision(NamedTuple):
         Share of the reference candidates the classifier is sure are particles (NaN without candidates).
     capped : int
         Candidates at or above the threshold that ``max_particles`` cut.
+    contamination_trust : float
+        The contamination veto's say on this micrograph, in [0, 1].
     """
 
     keep: np.ndarray
@@ -71,6 +90,14 @@ class Decision(NamedTuple):
     trust: float
     agreement: float
     capped: int
+    contamination_trust: float = 0.0
+
+
+def _reference(s: np.ndarray, quantile: float) -> np.ndarray:
+    """The reference candidates: map score at or above the ``quantile`` th percentile (all when fewer than
+    :data:`MIN_REFERENCE` are)."""
+    ref = s >= np.percentile(s, quantile)
+    return ref if ref.sum() >= MIN_REFERENCE else np.ones(len(s), dtype=bool)
 
 
 def classifier_trust(map_score, p_particle, quantile: float = REFERENCE_QUANTILE, agree_p: float = AGREE_P,
@@ -83,12 +110,24 @@ def classifier_trust(map_score, p_particle, quantile: float = REFERENCE_QUANTILE
         raise ValueError(f"{len(s)} map scores but {len(p)} classifier probabilities")
     if not len(s):
         return 1.0, float("nan")
-    ref = s >= np.percentile(s, quantile)
-    if ref.sum() < MIN_REFERENCE:
-        ref = np.ones(len(s), dtype=bool)
-    agreement = float(np.mean(p[ref] >= agree_p))
+    agreement = float(np.mean(p[_reference(s, quantile)] >= agree_p))
     trust = float(np.clip((agreement - low) / (high - low), 0.0, 1.0))
     return trust, agreement
+
+
+def contamination_trust(map_score, p_contamination, low: float = CONT_TRUST_LOW,
+                        high: float = CONT_TRUST_HIGH) -> float:
+    """The contamination veto's say on one micrograph: the share of the reference candidates with
+    ``P(contamination) <`` :data:`CONT_AGREE_P`, mapped linearly from ``low`` (0) to ``high`` (1); 0 without
+    candidates."""
+    s = np.asarray(map_score, dtype=np.float64).reshape(-1)
+    p = np.asarray(p_contamination, dtype=np.float64).reshape(-1)
+    if len(s) != len(p):
+        raise ValueError(f"{len(s)} map scores but {len(p)} classifier probabilities")
+    if not len(s):
+        return 0.0
+    share = float(np.mean(p[_reference(s, REFERENCE_QUANTILE)] < CONT_AGREE_P))
+    return float(np.clip((share - low) / (high - low), 0.0, 1.0))
 
 
 def veto(p_particle, low: float = VETO_LOW, high: float = VETO_HIGH) -> np.ndarray:
@@ -98,11 +137,23 @@ def veto(p_particle, low: float = VETO_LOW, high: float = VETO_HIGH) -> np.ndarr
     return np.clip((high - p) / (high - low), 0.0, 1.0)
 
 
+def contamination_veto(p_contamination, low: float = CONT_VETO_LOW, high: float = CONT_VETO_HIGH) -> np.ndarray:
+    """How far the classifier's contamination call vetoes a candidate: 0 below ``low``, 1 above ``high``
+    (:data:`CONT_VETO_LOW`, :data:`CONT_VETO_HIGH`), linear between."""
+    p = np.asarray(p_contamination, dtype=np.float64).reshape(-1)
+    return np.clip((p - low) / (high - low), 0.0, 1.0)
+
+
 def figure_of_merit(map_score, p_particle, trust: float, veto_low: float = VETO_LOW,
-                    veto_high: float = VETO_HIGH) -> np.ndarray:
-    """``s * (1 - trust * veto(P(particle)))``, in [0, 1]."""
+                    veto_high: float = VETO_HIGH, p_contamination=None, ctrust: float = 0.0,
+                    cveto_low: float = CONT_VETO_LOW, cveto_high: float = CONT_VETO_HIGH) -> np.ndarray:
+    """``s * (1 - trust * veto(P(particle))) * (1 - ctrust * contamination_veto(P(contamination)))``, in [0, 1]
+    (without ``p_contamination``, the first two factors alone)."""
     s = np.clip(np.asarray(map_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    return s * (1.0 - float(trust) * veto(p_particle, veto_low, veto_high))
+    fom = s * (1.0 - float(trust) * veto(p_particle, veto_low, veto_high))
+    if p_contamination is not None:
+        fom = fom * (1.0 - float(ctrust) * contamination_veto(p_contamination, cveto_low, cveto_high))
+    return fom
 
 
 def cut(fom, threshold: float, max_particles: int = 0) -> tuple[np.ndarray, int]:
@@ -141,6 +192,7 @@ def decide(map_score, probs, threshold: float, max_particles: int = 0) -> Decisi
     """
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
     trust, agreement = classifier_trust(map_score, probs[:, PARTICLE])
-    fom = figure_of_merit(map_score, probs[:, PARTICLE], trust)
+    ctrust = contamination_trust(map_score, probs[:, CONTAMINATION])
+    fom = figure_of_merit(map_score, probs[:, PARTICLE], trust, p_contamination=probs[:, CONTAMINATION], ctrust=ctrust)
     keep, capped = cut(fom, threshold, max_particles)
-    return Decision(keep, fom, trust, agreement, capped)
+    return Decision(keep, fom, trust, agreement, capped, ctrust)

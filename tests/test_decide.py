@@ -43,6 +43,33 @@ def test_a_classifier_that_disagrees_with_the_map_on_its_surest_candidates_canno
     assert len(d.keep) == 40
 
 
+def test_near_sure_contamination_is_dropped_even_where_the_particle_veto_has_no_say():
+    """The classifier hesitates on the particles (no trust for its particle veto) but calls the map's surest
+    candidates "not contamination": what it is all but sure is ice or carbon still loses its figure of merit."""
+    s = np.linspace(0.4, 1.0, 30)
+    p = np.full(30, 0.3)  # hesitant on every particle: P(particle) 0.3
+    c = np.full(30, 0.05)
+    c[2], c[4] = 0.995, 0.5 * (decide.CONT_VETO_LOW + decide.CONT_VETO_HIGH)  # sure ice; half-way
+    d = decide.decide(s, _probs(p, c), threshold=0.1)
+    assert d.trust == 0.0 and d.contamination_trust == 1.0
+    assert d.fom[2] == 0.0 and 2 not in d.keep
+    np.testing.assert_allclose(d.fom[4], 0.5 * s[4])
+    np.testing.assert_allclose(np.delete(d.fom, [2, 4]), np.delete(s, [2, 4]))  # the rest: the map score
+
+
+def test_the_contamination_veto_has_no_say_where_the_classifier_calls_the_particles_contamination():
+    """Issue 17's hollow shells: P(contamination) high on most of the map's surest candidates."""
+    s = np.linspace(0.4, 1.0, 30)
+    c = np.where(np.arange(30) % 3 == 0, 0.2, 0.97)
+    assert decide.contamination_trust(s, c) == 0.0
+    d = decide.decide(s, _probs(np.full(30, 0.02), c), threshold=0.1)
+    assert d.trust == 0.0 and d.contamination_trust == 0.0
+    np.testing.assert_allclose(d.fom, s)
+    assert decide.contamination_trust([], []) == 0.0
+    with pytest.raises(ValueError, match="3 map scores but 2"):
+        decide.contamination_trust([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
 def test_trust_grows_with_agreement_and_the_figure_of_merit_never_exceeds_the_map_score():
     s = np.linspace(0.2, 1.0, 40)
     trusts = []
