@@ -25,7 +25,8 @@ on both real sets' train splits, so on them the general model leaves adaptation 
 one the networks never saw. With ``--set_model`` a set is read by the model given (the model of v12's recipe
 fine-tuned without that protein, ``configs/experiments/loso_*.toml``), and since that model saw none of its
 micrographs, the job adapts on all of them and is scored on all of them (train + valid + test, its labels unused by
-the job). Rule for the default, written before the run: ``adapt`` becomes the default only if, with those models,
+the job; ``--score_split`` scores one split instead, ``--config`` changes the adaptation's settings, for
+``tune_adapt.py``). Rule for the default, written before the run: ``adapt`` becomes the default only if, with those models,
 every set's F1 after is at most 0.005 below before and the mean gain is at least 0.02, **and** the shipped networks'
 run above loses at most 0.005 on every set (session 14: -0.001 and +0.003). Otherwise it stays an option. Usage::
 
@@ -174,12 +175,15 @@ def main() -> None:
     ap.add_argument("--sim", type=int, default=4, help="simulated micrographs of the unseen family (0: none)")
     ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
                     help="read real set SET with the model FILE, one that never saw it (scored on all its splits)")
+    ap.add_argument("--score_split", choices=["all", "train", "valid", "test"], default="all",
+                    help="with --set_model: the split(s) scored (default all; tune_adapt.py tunes on train + valid)")
+    ap.add_argument("--config", default="{}", help="AdaptConfig fields to change, as JSON (tune_adapt.py's GRID)")
     ap.add_argument("--cost", action="store_true", help="measure the cost on a 4096 px job instead")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = adapt.DEFAULTS
+    cfg = replace(adapt.DEFAULTS, **json.loads(args.config))
     if args.cost:
         out = cost(cfg, args.threads)
     else:
@@ -197,11 +201,13 @@ def main() -> None:
         for rs in sets:
             unseen = rs.name in set_models
             print(f"{rs.title}: adapting on train + valid + test, scoring on "
-                  + (f"all of them, read by {set_models[rs.name]}" if unseen else "test"), flush=True)
+                  + (f"{args.score_split}, read by {set_models[rs.name]}" if unseen else "test"), flush=True)
             job_mics = rs.micrographs("train", "valid", "test")
             models = load_pretrained(set_models[rs.name]) if unseen else general
-            out["sets"][rs.name] = run_adapt(job_mics, job_mics if unseen else rs.micrographs("test"), rs.diameter_A,
-                                             rs.radius_px, models, params, cfg)
+            scored = rs.micrographs("test")
+            if unseen and args.score_split != "test":
+                scored = job_mics if args.score_split == "all" else rs.micrographs(args.score_split)
+            out["sets"][rs.name] = run_adapt(job_mics, scored, rs.diameter_A, rs.radius_px, models, params, cfg)
         if args.sim:
             print(f"simulated, unseen family smooth ({args.sim} micrographs)", flush=True)
             mics = simulated("smooth", args.sim, 880_000)
