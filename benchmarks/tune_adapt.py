@@ -16,7 +16,12 @@ the job's setting's by at least 0.005; otherwise the job's setting stays. Then, 
 ``bench_adapt.py --set_model ... --score_split test`` on the test splits decides the default by ``bench_adapt.py``'s
 rule (with those models every set loses at most 0.005 and the mean gain is at least 0.02; the shipped networks lose
 at most 0.005 on every set); the setting itself becomes the job's if it gains at least as much as the job's setting
-on those test splits. Usage::
+on those test splits. (Added after the tuning run, before any test-split run: when the job's setting is chosen, the
+verdict of ``bench_adapt.py --set_model``'s all-micrograph run, made before this tuning, stands; the test-split run
+is then reported, not used to decide again.)
+
+Session 15's run (``benchmarks/results/tune_adapt.json``): mean gains +0.020 (job), +0.020 (steps x2), +0.021 (steps
+x4), +0.019 (lr x3); no setting beats the job's by 0.005, so the job's stays. Usage::
 
     python benchmarks/tune_adapt.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \\
         --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/tune_adapt.json
