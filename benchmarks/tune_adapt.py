@@ -21,10 +21,16 @@ verdict of ``bench_adapt.py --set_model``'s all-micrograph run, made before this
 is then reported, not used to decide again.)
 
 Session 15's run (``benchmarks/results/tune_adapt.json``): mean gains +0.020 (job), +0.020 (steps x2), +0.021 (steps
-x4), +0.019 (lr x3); no setting beats the job's by 0.005, so the job's stays. Usage::
+x4), +0.019 (lr x3); no setting beats the job's by 0.005, so the job's stays.
+
+**Round 2, the pseudo-labels (``--round 2``, :data:`GRID2`).** Round 1 says the budget does not limit the gain; the
+pseudo-labels may. The same rule, data and test-split step, written before round 2's run, over which picks count as
+confident particles (``confident_fom`` 0.15 or 0.5 instead of 0.3; ``confident_quantile`` 20 instead of 40) and how
+much of each batch comes from the user's micrographs (``user_fraction`` 0.75 instead of 0.5). Usage::
 
     python benchmarks/tune_adapt.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \\
         --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/tune_adapt.json
+    python benchmarks/tune_adapt.py --round 2 --set_model ... --json benchmarks/results/tune_adapt_round2.json
 """
 
 from __future__ import annotations
@@ -49,6 +55,14 @@ GRID = {
     "steps x4": {"cls_steps": 400, "seg_steps": 480},
     "lr x3": {"cls_lr": 1e-3, "seg_lr": 1e-3},
 }
+#: Round 2: the pseudo-labels.
+GRID2 = {
+    "job": {},
+    "fom 0.15": {"confident_fom": 0.15},
+    "fom 0.5": {"confident_fom": 0.5},
+    "quantile 20": {"confident_quantile": 20.0},
+    "user 0.75": {"user_fraction": 0.75},
+}
 MAX_LOSS = 0.005
 MIN_BETTER = 0.005
 
@@ -64,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE", required=True,
                     help="read real set SET with the model FILE, one that never saw it")
+    ap.add_argument("--round", type=int, choices=(1, 2), default=1, help="1: the budget (GRID); 2: the pseudo-labels")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -74,7 +89,8 @@ def main() -> None:
         ap.error(f"--set_model: unknown set among {sorted(set_models)}")
     params = PickParams()
     rows = {}
-    for name, change in GRID.items():
+    grid = GRID if args.round == 1 else GRID2
+    for name, change in grid.items():
         cfg = replace(adapt.DEFAULTS, **change)
         sets_out = {}
         for rs in sets:
@@ -86,7 +102,7 @@ def main() -> None:
         rows[name] = {"change": change, "sets": sets_out, "gains": gains, "mean_gain": float(np.mean(gains))}
         print(f"{name}: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {np.mean(gains):+.3f}", flush=True)
     chosen = choose(rows)
-    print(f"chosen: {chosen} {GRID[chosen]}")
+    print(f"chosen: {chosen} {grid[chosen]}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"set_models": set_models, "rows": rows, "chosen": chosen}, fh, indent=1, default=float)
