@@ -24,6 +24,17 @@ runs them. Usage::
     python benchmarks/tune_defaults.py [--model FILE] [--n 12] [--seed 700000] [--splits train,valid] [--json OUT]
 
 ``--splits valid`` judges a model trained on the real sets' train splits (their train micrographs left out).
+
+**Leave one set out (``--set_model SET=FILE``, session 15).** Session 14 chose the cuts (``map_relative`` 0.2,
+``map_odds`` 0.03) with pixer_v12 on the valid splits of the two proteins it was fine-tuned on, while the size blend's
+weight was chosen leave one set out (``tune_size.py --set_model``). With ``--set_model`` each real set is read (size
+estimate, map, classifier) by the model given, the model of v12's recipe that never saw its protein
+(``configs/experiments/loso_*.toml``), and the simulated sets by the shipped model. The rule is the one above,
+written before this run too, and the job's defaults follow this run, as the weight followed ``tune_size.py
+--set_model``: it measures the defaults as a job meets a new protein. Usage::
+
+    python benchmarks/tune_defaults.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \
+        --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/tune_defaults_loso.json
 """
 
 from __future__ import annotations
@@ -92,11 +103,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--splits", type=tuning_splits, default="train,valid",
                     help="the real sets' splits scored, train and/or valid (never test)")
+    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
+                    help="read real set SET with the model FILE, e.g. one that never saw it")
     ap.add_argument("--json")
     args = ap.parse_args()
     splits = args.splits
     torch.set_num_threads(args.threads)
-    models = load_pretrained(args.model)
+    shipped = load_pretrained(args.model)
+    set_models = {}
+    for item in args.set_model:
+        name, _, path = item.partition("=")
+        if not path or name not in {rs.name for rs in real_sets()}:
+            ap.error(f"--set_model takes SET=FILE with SET a real set's folder name, got {item!r}")
+        set_models[f"real_{name}"] = load_pretrained(path)
 
     sets = {}
     for rs in real_sets():
@@ -106,6 +125,7 @@ def main() -> None:
         sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
     cands, used = {}, {}
     for name, (mics, d, _) in sets.items():
+        models = set_models.get(name, shipped)
         used[name] = job_diameter(mics, d, models)
         maps = segment_all(mics, used[name], models)
         cands[name] = {m: candidates(maps, used[name], models, m) for m in MARGINS}
@@ -132,7 +152,7 @@ def main() -> None:
           + (f"{default['mean']:.4f}" if default else "(not in the grid)"))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "splits": splits, "seed": args.seed, "n": args.n, "picked_at_A": used,
+            json.dump({"model": args.model, "set_models": args.set_model, "splits": splits, "seed": args.seed, "n": args.n, "picked_at_A": used,
                        "best": best, "rows": rows}, fh, indent=1)
 
 
