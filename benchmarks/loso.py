@@ -10,6 +10,10 @@ counts as carrying over. Usage::
 
     python benchmarks/loso.py --ribosome_only runs/loso_ribosome_only/model.pt \\
         --apoferritin_only runs/loso_apoferritin_only/model.pt [--json benchmarks/results/experiments/loso.json]
+
+``--variant LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY`` (session 15) also scores another pair of leave-one-out models, a
+variant of the recipe (e.g. ``configs/experiments/loso_*_only_jitter.toml``), and reports its change against the
+pair above on each unseen set; the rule that judges a variant is written in its configs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ribosome_only", required=True, help="model fine-tuned with EMPIAR-10028 only")
     ap.add_argument("--apoferritin_only", required=True, help="model fine-tuned with EMPIAR-10146 only")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY",
+                    help="another pair of leave-one-out models, compared with the pair above")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -42,12 +48,21 @@ def main() -> None:
     # the model that never saw each set
     unseen_by = {APOFERRITIN: ("ribosome_only", args.ribosome_only), RIBOSOME: ("apoferritin_only",
                                                                                 args.apoferritin_only)}
+    variants = {}
+    for item in args.variant:
+        label, _, paths = item.partition("=")
+        ribo, _, apo = paths.partition(",")
+        if not (label and ribo and apo):
+            ap.error(f"--variant takes LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY, got {item!r}")
+        variants[label] = {APOFERRITIN: ribo, RIBOSOME: apo}
     out = {"sets": {}}
     for rs in real_sets([RIBOSOME, APOFERRITIN]):
         mics = rs.micrographs("train", "valid")
         name, path = unseen_by[rs.name]
         row = {}
-        for key, model in (("v4", models["v4"]), (name, path), ("v12", models["v12"])):
+        runs = [("v4", models["v4"]), (name, path), ("v12", models["v12"])]
+        runs += [(f"{label}_{name}", v[rs.name]) for label, v in variants.items()]
+        for key, model in runs:
             loaded = load_pretrained(model)
             picks, _, d, _ = pixer_picks(mics, rs.diameter_A, loaded, PickParams(), estimate=True)
             row[key] = {"picked_at_A": d, **score(picks, mics, rs.radius_px)}
@@ -55,10 +70,18 @@ def main() -> None:
                   f"(P {row[key]['precision']:.3f}, R {row[key]['recall']:.3f}, picked at {d:.0f} A)", flush=True)
         row["unseen_model"] = name
         row["change_vs_v4"] = row[name]["f1"] - row["v4"]["f1"]
+        for label in variants:
+            row[f"{label}_change"] = row[f"{label}_{name}"]["f1"] - row[name]["f1"]
         out["sets"][rs.name] = row
     change = float(np.mean([r["change_vs_v4"] for r in out["sets"].values()]))
     out["mean_change_vs_v4"] = change
     out["carries_over"] = change >= -0.01
+    for label in variants:
+        c = [r[f"{label}_change"] for r in out["sets"].values()]
+        out[f"{label}_mean_change"] = float(np.mean(c))
+        out[f"{label}_worst_change"] = float(min(c))
+        print(f"variant {label}: F1 change against the pair above on the unseen sets "
+              + ", ".join(f"{x:+.4f}" for x in c) + f" (mean {np.mean(c):+.4f})", flush=True)
     print(f"mean F1 change of the leave-one-out models against v4 on the protein they never saw: {change:+.4f}; "
           + ("v12's recipe carries over (>= -0.01)" if out["carries_over"]
              else "real fine-tuning did not carry over (< -0.01): v4 becomes a candidate to re-decide"))
