@@ -30,7 +30,7 @@ import common  # noqa: F401  (puts the repository on the path)
 from relion_pixer import NET_DIAMETER_PX, PARTICLE, classify, picking
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut, pick_from_map, segment_micrograph
+from relion_pixer.pipeline import PickParams, map_cut, pick_from_map, segment_micrograph
 from relion_pixer.preprocess import to_original
 from relion_pixer.simulate import random_config, simulate_micrograph
 from relion_pixer.simulate.shapes import ALL_FAMILIES
@@ -39,6 +39,8 @@ UNSEEN = "smooth"
 SEED = 880_000
 DPX = 64.0
 FORMER = dict(map_threshold=0.05, map_relative=0.2, map_odds=0.05, classifier=0.6)
+#: The former edge margin, in diameters.
+FORMER_MARGIN = 0.5
 
 
 def simulate_family(family: str, n: int, seed: int):
@@ -54,7 +56,7 @@ def simulate_family(family: str, n: int, seed: int):
 
 def former_veto(net, prob, factors, models):
     """The former decision's picks (micrograph xy) and the candidates it vetoed."""
-    c = picking.pick_centres(prob, NET_DIAMETER_PX, margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX,
+    c = picking.pick_centres(prob, NET_DIAMETER_PX, margin_px=FORMER_MARGIN * NET_DIAMETER_PX,
                              threshold=FORMER["map_threshold"])
     xy, s = np.asarray(c.xy).reshape(-1, 2), np.asarray(c.score)
     xy = xy[map_cut(s, PickParams(**{k: v for k, v in FORMER.items() if k != "classifier"}))]

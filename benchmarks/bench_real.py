@@ -214,7 +214,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate, spacing)
     seconds = (time.time() - t0) / len(mics)
     log = run_log(mics, rs.diameter_A, threshold=log_t)
-    # the labels of particles lying wholly inside at the picking diameter: the default margin keeps only those
+    # the labels of particles lying wholly inside at the picking diameter (what a margin of half a diameter keeps)
     inside = [replace(m, truth=m.truth[np.all((m.truth >= 0.5 * d_used / m.angpix)
                                               & (m.truth <= np.array(m.image.shape[::-1]) - 1 - 0.5 * d_used / m.angpix),
                                               axis=1)]) for m in mics]
@@ -254,7 +254,7 @@ def report(name: str, r: dict) -> None:
     print(fmt(f"  LoG (threshold {r['log_threshold_from_train_valid']:g})", r["log"]))
     if r["pixer_labels_inside"]["truth"] < r["pixer"]["truth"]:
         print(f"  against the {r['pixer_labels_inside']['truth']} labels whose particle lies wholly inside at the picking "
-              "diameter (the default margin picks only those):")
+              "diameter (what a margin of half a diameter, the default before session 15, keeps):")
         print(fmt("    PIXER (defaults)", r["pixer_labels_inside"]))
         print(fmt("    LoG", r["log_labels_inside"]))
     ap = r["average_precision"]

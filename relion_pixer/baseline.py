@@ -36,10 +36,13 @@ def log_pick(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick blobs: returns ``(xy, score)`` sorted by decreasing score (score = LoG response in robust sd).
 
-    Picks closer than ``margin`` pixels to the edge are dropped (default: half a diameter, as PIXER does).
+    Picks closer than ``margin`` pixels to the edge are dropped (default: PIXER's,
+    :data:`relion_pixer.pipeline.MARGIN_PER_DIAMETER` diameters).
     """
+    from relion_pixer.pipeline import MARGIN_PER_DIAMETER
+
     resp = log_response(net_image, diameter_px)
-    margin = 0.5 * diameter_px if margin is None else float(margin)
+    margin = MARGIN_PER_DIAMETER * diameter_px if margin is None else float(margin)
     dist = int(round(min_distance if min_distance is not None else 0.8 * diameter_px))
     size = 2 * max(1, dist // 2) + 1
     peaks = (resp == scipy.ndimage.maximum_filter(resp, size=size, mode="nearest")) & (resp >= threshold)

@@ -116,7 +116,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         The adapted model is written to adapted_model.pt; Continue reuses it
   min_distance A        smallest distance between picks in Angstrom (default: half a diameter)
   margin A              drop picks closer than this to the micrograph edge, in Angstrom
-                        (default: half a diameter, i.e. keep particles that lie wholly inside)
+                        (default: 0.4 of the diameter: a particle cut by the edge is kept while at
+                        most a tenth of its diameter lies outside)
   device D              auto, cpu, cuda or cuda:N (default auto)
   batch_size N          classifier boxes per batch (default 64)
   precision P           CPU inference: auto (bfloat16 where the CPU multiplies it in hardware, AMX tiles;
@@ -193,7 +194,7 @@ class JobOptions:
 #: How the warning for an option given without a value names a default that is computed later.
 _DEFAULT_WORDS = {
     "min_distance": "half the particle diameter",
-    "margin": "half the particle diameter",
+    "margin": "0.4 of the particle diameter",
     "angpix": "the pixel size of the STAR file or the MRC header",
     "j": "all the threads torch sees",
 }

@@ -19,8 +19,10 @@ from relion_pixer.classify import BATCH_SIZE
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
            "MARGIN_PER_DIAMETER"]
 
-#: The default edge margin (``PickParams.margin_A`` None), in particle diameters.
-MARGIN_PER_DIAMETER = 0.5
+#: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
+#: the edge are dropped. 0.4 since session 15 (``benchmarks/tune_defaults.py --set_model``, leave one set out; 0.5
+#: before, which keeps only particles lying wholly inside).
+MARGIN_PER_DIAMETER = 0.4
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ class PickParams:
     max_particles : int
         Keep at most this many picks per micrograph, best first; 0 means no cap.
     margin_A : float or None
-        Drop picks closer than this to the micrograph's edge, in Angstrom (None: half the particle diameter, so
-        only particles lying wholly inside the micrograph are kept; 0 keeps every centre inside the image).
+        Drop picks closer than this to the micrograph's edge, in Angstrom (None: :data:`MARGIN_PER_DIAMETER` times
+        the particle diameter, so a particle cut by the edge is kept only while at most a tenth of its diameter lies
+        outside; 0 keeps every centre inside the image).
     min_distance_A : float or None
         Smallest distance between two picks, in Angstrom (None: the picker's default, half a diameter,
         :data:`relion_pixer.picking.MIN_DISTANCE_PER_DIAMETER`).

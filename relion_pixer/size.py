@@ -53,6 +53,9 @@ MAX_NET_SIDE = 1280
 SPACING_FLOOR = 0.8
 #: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
 MIN_SPACING_PICKS = 30
+#: Edge margin of the candidates the confidence is taken over, in particle diameters (the picking default was 0.5
+#: when :data:`CALIBRATION` was fitted; the estimate keeps it).
+ESTIMATE_MARGIN = 0.5
 #: Candidate scores are clipped to this distance from 0 and 1 before their log-odds are taken.
 _EPS = 1e-4
 
@@ -91,10 +94,7 @@ def confidence(prob_map) -> float:
     (every local maximum of the smoothed map scoring at least 0.05, away from the edges); NaN without candidates."""
     from relion_pixer import picking
 
-    from relion_pixer.pipeline import MARGIN_PER_DIAMETER
-
-    cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05,
-                                margin_px=MARGIN_PER_DIAMETER * NET_DIAMETER_PX)
+    cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05, margin_px=ESTIMATE_MARGIN * NET_DIAMETER_PX)
     s = np.sort(np.clip(np.asarray(cand.score, dtype=np.float64), _EPS, 1.0 - _EPS))
     if not len(s):
         return float("nan")

@@ -839,7 +839,7 @@ def test_an_empty_value_names_the_default_it_falls_back_to():
     opts = job.parse_args("--o out/ --in_mics m.star --particle_diameter 150 --min_distance --margin --threshold".split())
     assert opts.min_distance is None and opts.margin is None and opts.threshold == PickParams.threshold
     assert "--min_distance was given without a value; using the default (half the particle diameter)" in opts.warnings
-    assert "--margin was given without a value; using the default (half the particle diameter)" in opts.warnings
+    assert "--margin was given without a value; using the default (0.4 of the particle diameter)" in opts.warnings
     assert f"--threshold was given without a value; using the default ({PickParams.threshold:g})" in opts.warnings
 
 
