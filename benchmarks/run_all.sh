@@ -13,6 +13,27 @@ $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 $PY bench_decision.py --json results/decision.json
+$PY bench_decision.py --n 4 --json results/decision_n4.json
+# self-training in the job (adapt Yes): before / after on every real set and an unseen simulated family; its cost
+$PY bench_adapt.py --sim 4 --json results/adapt.json
+$PY bench_adapt.py --cost --json results/adapt_cost.json
+# leave one set out: each real set read by the model of v12's recipe that never saw its protein. The models come
+# from `relion_pixer train --config ../configs/experiments/loso_{ribosome,apoferritin}_only.toml ...` (8 min each,
+# commands in the configs); skipped when they are absent
+LOSO=(--set_model empiar10028_ribosome80S=../runs/loso_apoferritin_only/model.pt
+      --set_model empiar10146_apoferritin=../runs/loso_ribosome_only/model.pt)
+if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only/model.pt ]]; then
+  $PY loso.py --ribosome_only ../runs/loso_ribosome_only/model.pt --apoferritin_only ../runs/loso_apoferritin_only/model.pt \
+      --json results/experiments/loso.json
+  $PY tune_size.py "${LOSO[@]}" --json results/tune_size_loso.json
+  $PY tune_defaults.py "${LOSO[@]}" --json results/tune_defaults_loso.json
+  $PY tune_veto.py "${LOSO[@]}" --json results/tune_veto.json
+  $PY bench_tta.py "${LOSO[@]}" --json results/tta.json
+  $PY bench_adapt.py --sim 0 "${LOSO[@]}" --json results/adapt_loso.json
+  $PY bench_adapt.py --sim 0 --score_split test "${LOSO[@]}" --json results/adapt_loso_test.json
+  $PY tune_adapt.py "${LOSO[@]}" --json results/tune_adapt.json
+  $PY tune_adapt.py --round 2 "${LOSO[@]}" --json results/tune_adapt_round2.json
+fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json
 for sp in train valid; do
