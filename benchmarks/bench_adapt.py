@@ -47,7 +47,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import Micrograph, job_diameter, real_sets, score, segment_all
+from common import Micrograph, add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -173,8 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="*", help="only these real sets")
     ap.add_argument("--sim", type=int, default=4, help="simulated micrographs of the unseen family (0: none)")
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
-                    help="read real set SET with the model FILE, one that never saw it (scored on all its splits)")
+    add_set_model_argument(ap, help="read real set SET with the model FILE, one that never saw it (scored on all its "
+                                    "splits)")
     ap.add_argument("--score_split", choices=["all", "train", "valid", "test"], default="all",
                     help="with --set_model: the split(s) scored (default all; tune_adapt.py tunes on train + valid)")
     ap.add_argument("--config", default="{}", help="AdaptConfig fields to change, as JSON (tune_adapt.py's GRID)")
@@ -190,12 +190,7 @@ def main() -> None:
         general = load_pretrained(None)
         params = PickParams()
         sets = real_sets(args.sets)
-        set_models = {}
-        for item in args.set_model:
-            name, _, path = item.partition("=")
-            if not path or name not in {rs.name for rs in sets}:
-                ap.error(f"--set_model takes SET=FILE with SET one of {[rs.name for rs in sets]}, got {item!r}")
-            set_models[name] = path
+        set_models = read_set_models(ap, args.set_model, [rs.name for rs in sets])
         out = {"config": cfg.__dict__, "threshold": params.threshold, "set_models": set_models, "sets": {},
                "simulated": {}}
         for rs in sets:

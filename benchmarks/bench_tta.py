@@ -28,7 +28,7 @@ import json
 import numpy as np
 import torch
 
-from common import job_diameter, real_sets, run_pixer, score
+from common import add_set_model_argument, job_diameter, read_set_models, real_sets, run_pixer, score
 from relion_pixer import segment
 from relion_pixer.models import load_pretrained
 
@@ -57,12 +57,12 @@ def with_views(views: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE")
+    add_set_model_argument(ap, help="also read real set SET with the model FILE, one that never saw it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    set_models = dict(item.partition("=")[::2] for item in args.set_model)
+    set_models = read_set_models(ap, args.set_model)
     shipped = load_pretrained(None)
     pairs = []
     for rs in real_sets():

@@ -112,6 +112,25 @@ def real_sets(names=None) -> list[RealSet]:
     return out
 
 
+def add_set_model_argument(ap, required: bool = False,
+                           help: str = "read real set SET with the model FILE, e.g. one that never saw its protein"):
+    """Add ``--set_model SET=FILE`` (repeatable) to the parser ``ap``; :func:`read_set_models` reads it."""
+    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE", required=required, help=help)
+
+
+def read_set_models(ap, items, names=None) -> dict:
+    """``{set folder name: model file}`` from ``--set_model SET=FILE`` items; a parser error for an item without a
+    file or a set not among ``names`` (default: every real set's folder name)."""
+    names = sorted(rs.name for rs in real_sets()) if names is None else sorted(names)
+    out = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not path or name not in names:
+            ap.error(f"--set_model takes SET=FILE with SET one of {names}, got {item!r}")
+        out[name] = path
+    return out
+
+
 def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str = "cpu") -> list:
     """Each micrograph's network-scale image, probability map and scale factors (``segment_micrograph``), so that
     several picking settings can be compared without segmenting again."""

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from bench_adapt import run_adapt
-from common import real_sets
+from common import add_set_model_argument, read_set_models, real_sets
 from relion_pixer import adapt
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -79,17 +79,14 @@ def choose(rows: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE", required=True,
-                    help="read real set SET with the model FILE, one that never saw it")
+    add_set_model_argument(ap, required=True, help="read real set SET with the model FILE, one that never saw it")
     ap.add_argument("--round", type=int, choices=(1, 2), default=1, help="1: the budget (GRID); 2: the pseudo-labels")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    set_models = dict(item.partition("=")[::2] for item in args.set_model)
+    set_models = read_set_models(ap, args.set_model)
     sets = [rs for rs in real_sets() if rs.name in set_models]
-    if len(sets) != len(set_models):
-        ap.error(f"--set_model: unknown set among {sorted(set_models)}")
     params = PickParams()
     rows = {}
     grid = GRID if args.round == 1 else GRID2

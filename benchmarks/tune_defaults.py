@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import job_diameter, real_sets, score, segment_all, tuning_splits
+from common import add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all, tuning_splits
 from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
@@ -103,19 +103,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--splits", type=tuning_splits, default="train,valid",
                     help="the real sets' splits scored, train and/or valid (never test)")
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
-                    help="read real set SET with the model FILE, e.g. one that never saw it")
+    add_set_model_argument(ap)
     ap.add_argument("--json")
     args = ap.parse_args()
     splits = args.splits
     torch.set_num_threads(args.threads)
     shipped = load_pretrained(args.model)
-    set_models = {}
-    for item in args.set_model:
-        name, _, path = item.partition("=")
-        if not path or name not in {rs.name for rs in real_sets()}:
-            ap.error(f"--set_model takes SET=FILE with SET a real set's folder name, got {item!r}")
-        set_models[f"real_{name}"] = load_pretrained(path)
+    set_models = {f"real_{name}": load_pretrained(path) for name, path in read_set_models(ap, args.set_model).items()}
 
     sets = {}
     for rs in real_sets():

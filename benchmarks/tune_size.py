@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import picks_from_maps, real_sets, score, segment_all, size_estimate, tuning_splits
+from common import (add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all,
+                    size_estimate, tuning_splits)
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.size import picking_diameter
@@ -56,16 +57,10 @@ def main() -> None:
     ap.add_argument("--splits", type=tuning_splits, default="train,valid",
                     help="the real sets' splits scored, train and/or valid (never test)")
     ap.add_argument("--model")
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
-                    help="score real set SET (its folder name) with the model FILE, e.g. one that never saw it")
+    add_set_model_argument(ap, help="score real set SET with the model FILE, e.g. one that never saw it")
     ap.add_argument("--json")
     args = ap.parse_args()
-    set_models = {}
-    for item in args.set_model:
-        name, _, path = item.partition("=")
-        if not path:
-            ap.error(f"--set_model takes SET=FILE, got {item!r}")
-        set_models[f"real_{name}"] = load_pretrained(path)
+    set_models = {f"real_{name}": load_pretrained(path) for name, path in read_set_models(ap, args.set_model).items()}
     splits = args.splits
     torch.set_num_threads(args.threads)
     shipped = load_pretrained(args.model)
@@ -76,9 +71,6 @@ def main() -> None:
         sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
     f1 = {w: {} for w in WEIGHTS}
     estimates = {}
-    unknown = set(set_models) - set(sets)
-    if unknown:
-        ap.error(f"--set_model: no real set {sorted(k[5:] for k in unknown)}")
     for name, (mics, d, radius) in sets.items():
         models = set_models.get(name, shipped)
         for g in GIVEN:
@@ -105,7 +97,7 @@ def main() -> None:
     print(f"chosen by the rule: weight {best['weight']:g} (mean F1 {best['mean_f1']:.4f}, best {top:.4f})")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "set_models": dict(item.partition("=")[::2] for item in args.set_model),
+            json.dump({"model": args.model, "set_models": read_set_models(ap, args.set_model),
                        "splits": splits, "params": {k: getattr(params, k) for k in ("threshold", "map_threshold", "map_relative",
                                                                     "map_odds")},
                        "estimates_A": estimates, "rows": rows, "chosen": best["weight"]}, fh, indent=1)

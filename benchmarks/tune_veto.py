@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from bench_decision import dropped, found
-from common import real_sets
+from common import add_set_model_argument, read_set_models
 from relion_pixer import CONTAMINATION, PARTICLE, decide
 from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
 from relion_pixer.models import load_pretrained
@@ -128,19 +128,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model")
-    ap.add_argument("--set_model", action="append", default=[], metavar="SET=FILE",
-                    help="also score real set SET with the model FILE (one that never saw it)")
+    add_set_model_argument(ap, help="also score real set SET with the model FILE (one that never saw it)")
     ap.add_argument("--n", type=int, default=4, help="simulated micrographs per family and model")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    known = {rs.name for rs in real_sets()}
-    set_models = {}
-    for item in args.set_model:
-        name, _, path = item.partition("=")
-        if not path or name not in known:
-            ap.error(f"--set_model takes SET=FILE with SET one of {sorted(known)}, got {item!r}")
-        set_models[name] = path
+    set_models = read_set_models(ap, args.set_model)
     real, sims = {}, []
     for label, path in [("shipped", args.model)] + [(f"never saw {n}", p) for n, p in set_models.items()]:
         r, sim = candidates(load_pretrained(path), ("train", "valid"), seed=TUNE_SEED, n_sim=args.n)

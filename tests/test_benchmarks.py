@@ -99,3 +99,21 @@ def test_the_blob_size_benchmark_measures_the_area_equivalent_diameter_of_isolat
     assert len(d) == 2
     assert np.allclose(d, 2.0 * np.sqrt(np.count_nonzero((xx - 40) ** 2 + (yy - 40) ** 2 <= 100) / np.pi))
     assert abs(d[0] - 20.0) < 0.5
+
+
+def test_set_model_items_name_a_real_set_and_a_file(tmp_path, monkeypatch, bench_modules, capsys):
+    """``--set_model SET=FILE`` (the leave-one-set-out benchmarks): a mapping, or a parser error naming the sets."""
+    import argparse
+
+    common, _ = bench_modules
+    _write_set(tmp_path)
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    ap = argparse.ArgumentParser()
+    common.add_set_model_argument(ap)
+    args = ap.parse_args(["--set_model", "sim_globular=runs/a/model.pt"])
+    assert common.read_set_models(ap, args.set_model) == {"sim_globular": "runs/a/model.pt"}
+    assert common.read_set_models(ap, []) == {}
+    for bad in ("sim_globular", "sim_globular=", "other=runs/a/model.pt"):
+        with pytest.raises(SystemExit):
+            common.read_set_models(ap, [bad])
+        assert "--set_model takes SET=FILE with SET one of ['sim_globular']" in capsys.readouterr().err
