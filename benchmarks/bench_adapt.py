@@ -90,7 +90,13 @@ def run_adapt(job_mics: list[Micrograph], scored: list[Micrograph], diameter_A: 
     out = {"picked_at_A": d, "sample": len(idx), "before": before, "kept": res.kept, "reason": res.reason,
            "adapt_figures": res.figures, "adapt_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
     if res.models is not None:
-        out["adapted_networks"] = figures(load_fused(res.models), scored, d, radius, params)
+        adapted = load_fused(res.models)
+        d_after = d
+        if cfg.reestimate:  # as adapt.for_job: the adapted networks measure the size again on the job's first micrographs
+            d_after = job_diameter(job_mics, diameter_A, adapted)
+            out["picked_after_at_A"] = d_after
+            print(f"  the adapted networks measure the size again: picking at {d_after:.0f} A (was {d:.0f} A)")
+        out["adapted_networks"] = figures(adapted, scored, d_after, radius, params)
     out["after"] = out["adapted_networks"] if res.kept else before
     out["gain_f1"] = out["after"]["f1"] - before["f1"]
     print(f"  before F1 {before['f1']:.3f} AP {before['ap_fom']:.3f}; adapted networks "

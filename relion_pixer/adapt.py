@@ -97,6 +97,11 @@ class AdaptConfig:
         Share of the pseudo-labelled data in the classifier's boxes (per class) and the segmenter's crops.
     seed : int
         Everything random (hold-out, replay, batches) follows it.
+    reestimate : bool
+        When the adapted networks are kept and the job estimates the particle size, measure it again with them (on
+        the job's first micrographs, :func:`relion_pixer.size.estimate_diameter`) and pick at the blend of the
+        diameter given and that estimate (:func:`relion_pixer.size.picking_diameter`): networks that learned the
+        user's particles see their size better than the general ones (``benchmarks/tune_adapt.py --round 3``).
     """
 
     sample: int = 12
@@ -120,6 +125,7 @@ class AdaptConfig:
     replay_size: int = 256
     user_fraction: float = 0.5
     seed: int = 0
+    reestimate: bool = False
 
 
 #: The job's settings (tests shorten them).
@@ -443,9 +449,9 @@ def _sample_indices(n: int, k: int) -> list[int]:
 
 
 def for_job(entries, diameter_A: float, invert: bool, init_path, general, params, job_dir: Path, info, warn,
-            cfg: AdaptConfig | None = None):
+            cfg: AdaptConfig | None = None, given_A: float | None = None):
     """The networks a job with ``adapt Yes`` picks with: adapted ones (made now, or kept from a first run) or,
-    when the guard rejects them, the general ones.
+    when the guard rejects them, the general ones; and the diameter to pick at with them.
 
     Parameters
     ----------
@@ -465,10 +471,14 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         run.out and run.err lines.
     cfg : AdaptConfig, optional
         Default :data:`DEFAULTS`.
+    given_A : float, optional
+        The diameter the user gave, when the job estimates the particle size: with
+        :attr:`AdaptConfig.reestimate`, kept adapted networks measure it again (kept in :data:`NOTE_FILE`).
 
     Returns
     -------
-    relion_pixer.models.PixerModels
+    (relion_pixer.models.PixerModels, float)
+        The networks and the diameter to pick at (``diameter_A`` unless the size was measured again).
     """
     from relion_pixer import io
     from relion_pixer.models import load_pretrained, save_models
@@ -481,12 +491,15 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         note = None
     if isinstance(note, dict) and note.get("diameter_A") == float(diameter_A) and note.get("init") == str(init_path):
         if note.get("kept") and model_path.is_file():
-            info(f" + adapt: networks adapted in the first run, kept in {MODEL_FILE}")
-            return load_pretrained(model_path, device=params.device)
+            again = note.get("reestimate")
+            picking_A = float(again["picking_A"]) if isinstance(again, dict) and "picking_A" in again else diameter_A
+            info(f" + adapt: networks adapted in the first run, kept in {MODEL_FILE}"
+                 + (f"; picking at {picking_A:.0f} A, as they measured it" if picking_A != diameter_A else ""))
+            return load_pretrained(model_path, device=params.device), picking_A
         if not note.get("kept"):
             info(f" + adapt: the first run reverted to the general networks ({note.get('reason', '')}); "
                  "picking with them")
-            return general
+            return general, diameter_A
     t_all = time.perf_counter()
     picked = [entries[i] for i in _sample_indices(len(entries), cfg.sample)]
     names: list[str] = []
@@ -501,17 +514,42 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
     note = {"kept": result.kept, "reason": result.reason, "diameter_A": float(diameter_A), "init": str(init_path),
             "micrographs": names, "seed": cfg.seed, "config": dataclasses.asdict(cfg), "figures": result.figures,
             "seconds": seconds}
+    adapted, picking_A = None, float(diameter_A)
     if result.models is not None and result.kept:
         meta = {"adapted": {k: note[k] for k in ("diameter_A", "init", "micrographs", "seed", "reason")}}
         with io.atomic_output_path(model_path) as tmp:
             save_models(tmp, result.models.classifier, result.models.segmenter, meta)
+        adapted = load_pretrained(model_path, device=params.device)
+        if cfg.reestimate and given_A is not None:
+            note["reestimate"] = _measure_again(entries, invert, float(given_A), adapted, params.device, info)
+            picking_A = note["reestimate"].get("picking_A", picking_A)
     with io.atomic_write(note_path) as fh:
         json.dump(note, fh, indent=1, default=float)
     if result.kept:
         info(f" + adapt: adapted networks kept ({result.reason}); written to {MODEL_FILE}, "
-             f"{seconds:.1f} s in all")
-        return load_pretrained(model_path, device=params.device)
+             f"{time.perf_counter() - t_all:.1f} s in all")
+        return adapted, picking_A
     what = "not adapted" if result.models is None else "adapted networks rejected"
     info(f" + adapt: {what}, reverting to the general networks: {result.reason} ({seconds:.1f} s in all)")
     warn(f"adapt: {what} ({result.reason}); the picks are the general networks'")
-    return general
+    return general, float(diameter_A)
+
+
+def _measure_again(entries, invert: bool, given_A: float, models, device, info) -> dict:
+    """The size estimate of the adapted networks on the job's first micrographs, and the diameter to pick at (a dict
+    for :data:`NOTE_FILE`; without ``picking_A`` when no micrograph could be read)."""
+    import itertools
+
+    from relion_pixer import io, size
+
+    t0 = time.perf_counter()
+    sample = [(image, angpix) for _, image, angpix in
+              itertools.islice(io.readable_micrographs(entries, invert), size.SAMPLE_MICROGRAPHS)]
+    if not sample:
+        return {}
+    est = size.estimate_diameter(sample, given_A, models, str(device))
+    picking_A = size.picking_diameter(est)
+    info(f" + adapt: particle size measured again with the adapted networks: {est.diameter_A:.0f} A, "
+         f"{est.ratio:.2f}x the diameter given; picking at {picking_A:.0f} A ({time.perf_counter() - t0:.1f} s)")
+    return {"given_A": given_A, "estimate_A": est.diameter_A, "picking_A": picking_A, "factors": est.factors,
+            "confidence": est.confidence}

@@ -742,8 +742,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if plan.todo and opts.check_spacing:
                 diameter = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
             if plan.todo and opts.adapt:
-                pick_fn, model = _adapted(plan, dataclasses.replace(opts, particle_diameter=diameter), networks,
-                                          pick_fn, log, job_dir)
+                pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
@@ -856,22 +855,26 @@ def _pick_params(opts: JobOptions, device: str = "cpu") -> PickParams:
                       map_odds=opts.map_odds, device=device, batch_size=opts.batch_size)
 
 
-def _adapted(plan: _Plan, opts: JobOptions, networks, pick_fn: PickFunction | None, log: _Log, job_dir: Path):
-    """``adapt Yes`` on rank 0 (:func:`relion_pixer.adapt.for_job`): the pick function and the model file every rank
-    and worker then picks with (the adapted networks' file, or the job's own model when the guard reverted)."""
+def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: PickFunction | None, log: _Log,
+             job_dir: Path):
+    """``adapt Yes`` on rank 0 (:func:`relion_pixer.adapt.for_job`), at the diameter the job picks at: the pick
+    function, the model file every rank and worker then picks with (the adapted networks' file, or the job's own
+    model when the guard reverted) and the diameter to pick at (measured again by kept adapted networks when the job
+    estimates the size and :attr:`relion_pixer.adapt.AdaptConfig.reestimate` is on; not with ``check_spacing``)."""
     from relion_pixer import adapt
 
     if networks is None:
         log.warn("adapt Yes needs the networks, and this run picks without them: not adapting")
-        return pick_fn, opts.model
+        return pick_fn, opts.model, diameter
     general, device = networks
-    chosen = adapt.for_job(plan.entries, opts.particle_diameter, opts.invert, opts.model, general,
-                           _pick_params(opts, device), job_dir, log.info, log.warn)
+    given = opts.particle_diameter if opts.estimate_size and not opts.check_spacing else None
+    chosen, diameter = adapt.for_job(plan.entries, diameter, opts.invert, opts.model, general,
+                                     _pick_params(opts, device), job_dir, log.info, log.warn, given_A=given)
     if chosen is general:
-        return pick_fn, opts.model
+        return pick_fn, opts.model, diameter
     if pick_fn is not None:  # a stand-in picker that brought its own networks
-        return adapt.pick_with(chosen), opts.model
-    return None, str(job_dir / adapt.MODEL_FILE)
+        return adapt.pick_with(chosen), opts.model, diameter
+    return None, str(job_dir / adapt.MODEL_FILE), diameter
 
 
 def _size_models(opts: JobOptions, pick_fn: PickFunction | None):

@@ -177,3 +177,30 @@ def test_adapt_option_default_no_bare_flag_yes():
     assert job.parse_args(base).adapt is False
     assert job.parse_args(base + ["--adapt"]).adapt is True  # relion_pixer pick --adapt
     assert job.parse_args(base + ["--adapt", "No"]).adapt is False
+
+
+def test_kept_adapted_networks_measure_the_size_again_and_continue_reuses_it(tmp_path, monkeypatch, capsys):
+    """``AdaptConfig.reestimate``: the adapted networks' size estimate sets the diameter the job picks at; it is kept
+    in pixer_adapt.json, and Continue picks at it without measuring again."""
+    root = simulated_project(tmp_path / "p")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(adapt, "DEFAULTS", dataclasses.replace(QUICK, reestimate=True))
+    assert job.main(ADAPT_CMD.split()) == 0
+    first = capsys.readouterr().out
+    assert "adapted networks kept" in first and "particle size measured again with the adapted networks" in first
+    jd = root / "External/job012"
+    note = json.loads((jd / adapt.NOTE_FILE).read_text())
+    again = note["reestimate"]
+    size = json.loads((jd / "pixer_size.json").read_text())
+    assert again["given_A"] == size["given_A"] and 0.5 * size["given_A"] < again["estimate_A"] < 2.0 * size["given_A"]
+    assert again["picking_A"] == pytest.approx((again["given_A"] * again["estimate_A"]) ** 0.5)  # the blend, weight 0.5
+    assert f"picking at {again['picking_A']:.0f} A" in first
+    coords = [root / c for c in check_relion_outputs(root, empty=None)["rlnMicrographCoordinates"]]
+    before = coords[-1].read_bytes()
+    coords[-1].unlink()
+    assert job.main(ADAPT_CMD.split()) == 0
+    second = capsys.readouterr().out
+    assert "measured again" not in second and "fine-tuned" not in second
+    if round(again["picking_A"]) != round(note["diameter_A"]):
+        assert f"picking at {again['picking_A']:.0f} A, as they measured it" in second
+    assert coords[-1].read_bytes() == before
