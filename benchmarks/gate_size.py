@@ -90,6 +90,13 @@ real set's train + valid F1 unchanged at 0.8x, 1x and 1.25x; (4) ``tune_size.py`
 within 0.002. Reported, not deciding: the real sets given 0.5x (a radius given for the diameter), where the clamp
 gives up part of the blend's correction.
 
+**Result** (``--gate clamp``, ``results/gate_size_clamp.json``): mean +0.0065 over the 12 cases (+0.061 and +0.060
+where estimates of 2.41x and 1.93x were cut), but one case lost 0.046 (SNR 0.02, given 0.8x, estimate 1.67x at the
+top edge: 0.672 -> 0.627), so rule 2 fails and the clamp stays off (the job has none); real sets and guards did not
+move. Reported: given 0.5x, the clamp would cost the ribosome 0.033 and apoferritin 0.331 (0.837 -> 0.506), the
+blend's half-correction of a radius given for the diameter. Three gates at weight 0.5 now measured, none shipped:
+at SNR 0.01-0.03 the estimate is noise and no rule on it alone has held case by case.
+
 Usage::
 
     python benchmarks/gate_size.py --gate confidence|edge|ramp|ramp05|clamp [--json benchmarks/results/gate_size_GATE.json]
