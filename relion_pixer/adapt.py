@@ -521,14 +521,13 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         with io.atomic_output_path(model_path) as tmp:
             save_models(tmp, result.models.classifier, result.models.segmenter, meta)
         adapted = load_pretrained(model_path, device=params.device)
+        info(f" + adapt: adapted networks kept ({result.reason}); written to {MODEL_FILE}, {seconds:.1f} s in all")
         if cfg.reestimate and given_A is not None:
             note["reestimate"] = _measure_again(entries, invert, float(given_A), adapted, params.device, info)
             picking_A = note["reestimate"].get("picking_A", picking_A)
     with io.atomic_write(note_path) as fh:
         json.dump(note, fh, indent=1, default=float)
     if result.kept:
-        info(f" + adapt: adapted networks kept ({result.reason}); written to {MODEL_FILE}, "
-             f"{time.perf_counter() - t_all:.1f} s in all")
         return adapted, picking_A
     what = "not adapted" if result.models is None else "adapted networks rejected"
     info(f" + adapt: {what}, reverting to the general networks: {result.reason} ({seconds:.1f} s in all)")
