@@ -20,7 +20,8 @@ merit ``s (1 - trust v(P))``; ``(0, 1)`` is the linear form ``1 - P``. Usage::
     python benchmarks/tune_decision.py [--splits train,valid] [--model FILE] [--json OUT]
 
 ``--splits valid`` judges a model trained on the real sets' train splits, as ``tune_defaults.py`` and
-``tune_size.py`` do (pixer_v12).
+``tune_size.py`` do (pixer_v12). The figures of merit here are the particle veto's alone: the contamination veto
+(session 15) was measured and chosen by ``tune_veto.py``.
 """
 
 from __future__ import annotations
