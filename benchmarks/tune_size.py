@@ -27,6 +27,10 @@ measures the estimate as a job meets a new protein.
 
     python benchmarks/tune_size.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \
         --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/tune_size_loso.json
+
+Session 15 moved the edge margin to 0.4 and added the contamination veto, so the leave-one-set-out run is repeated at
+those defaults by the same rule (written above, before this rerun; the weight follows it), into
+``benchmarks/results/tune_size_loso_s15.json``.
 """
 
 from __future__ import annotations
