@@ -170,12 +170,9 @@ def cost(cfg: adapt.AdaptConfig, threads: int) -> dict:
         t0 = time.perf_counter()
         res = adapt.adapt_models(sample, 180.0, general, None, PickParams(), cfg, info=print)
         again = 0.0
-        if res.kept and cfg.reestimate:  # as adapt.for_job: the size measured again on the job's first micrographs
-            from relion_pixer import size
-
+        if res.kept and cfg.reestimate:  # adapt.for_job's own step: the size measured again on the first micrographs
             t1 = time.perf_counter()
-            first = ((image, angpix) for _, image, angpix in io.readable_micrographs(entries[:size.SAMPLE_MICROGRAPHS]))
-            size.estimate_diameter(first, 180.0, load_fused(res.models))
+            adapt._measure_again(entries, False, 180.0, load_fused(res.models), "cpu", print)
             again = time.perf_counter() - t1
         seconds = time.perf_counter() - t0
     out = {"job_micrographs": 50, "sample": len(files), "size_px": 4096, "threads": threads, "seconds": seconds,

@@ -536,18 +536,16 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
 
 
 def _measure_again(entries, invert: bool, given_A: float, models, device, info) -> dict:
-    """The size estimate of the adapted networks on the job's first micrographs, and the diameter to pick at (a dict
-    for :data:`NOTE_FILE`; without ``picking_A`` when no micrograph could be read)."""
-    import itertools
-
-    from relion_pixer import io, size
+    """The size estimate of the adapted networks on the job's first micrographs (read one at a time, as the job's own
+    estimate reads them), and the diameter to pick at (a dict for :data:`NOTE_FILE`; empty when no micrograph could
+    be read)."""
+    from relion_pixer import size
 
     t0 = time.perf_counter()
-    sample = [(image, angpix) for _, image, angpix in
-              itertools.islice(io.readable_micrographs(entries, invert), size.SAMPLE_MICROGRAPHS)]
-    if not sample:
+    read: list[str] = []
+    est = size.estimate_diameter(size.first_micrographs(entries, invert, read), given_A, models, str(device))
+    if not read:
         return {}
-    est = size.estimate_diameter(sample, given_A, models, str(device))
     picking_A = size.picking_diameter(est)
     info(f" + adapt: particle size measured again with the adapted networks: {est.diameter_A:.0f} A, "
          f"{est.ratio:.2f}x the diameter given; picking at {picking_A:.0f} A ({time.perf_counter() - t0:.1f} s)")

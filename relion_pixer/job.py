@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import itertools
 import math
 import multiprocessing
 import os
@@ -917,16 +916,10 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         log.info(f" + particle size from the data: {kept['estimate_A']:.0f} A, picking at {kept['picking_A']:.0f} A "
                  f"(kept from the first run in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
         return kept["picking_A"]
-    readable = io.readable_micrographs(entries, opts.invert)
-    sample = []  # how many were read; the estimate reads them one at a time
-
-    def one_at_a_time():
-        for _, image, angpix in itertools.islice(readable, size.SAMPLE_MICROGRAPHS):
-            sample.append(angpix)
-            yield image, angpix
-
+    sample: list[str] = []  # the micrographs read; the estimate reads them one at a time
     t0 = time.perf_counter()
-    est = size.estimate_diameter(one_at_a_time(), opts.particle_diameter, models, device)
+    est = size.estimate_diameter(size.first_micrographs(entries, opts.invert, sample), opts.particle_diameter, models,
+                                 device)
     if not sample:
         return opts.particle_diameter
     picking_A = size.picking_diameter(est)
@@ -962,9 +955,7 @@ def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, l
         log.info(f" + pick spacing: picking at {kept['picking_A']:.0f} A (kept from the first run in {SPACING_FILE})")
         return kept["picking_A"]
     t0 = time.perf_counter()
-    sample = ((image, angpix) for _, image, angpix
-              in itertools.islice(io.readable_micrographs(entries, opts.invert), size.SAMPLE_MICROGRAPHS))
-    check = size.check_spacing(sample, diameter_A, models, device)
+    check = size.check_spacing(size.first_micrographs(entries, opts.invert), diameter_A, models, device)
     if check.picks < size.MIN_SPACING_PICKS:
         log.info(f" + pick spacing: {check.picks} picks with a neighbour on the first micrographs, too few to "
                  f"measure it; picking at {diameter_A:.0f} A")

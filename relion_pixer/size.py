@@ -28,7 +28,8 @@ import numpy as np
 from relion_pixer import NET_DIAMETER_PX
 
 __all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
-           "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter", "check_spacing"]
+           "first_micrographs", "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter",
+           "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -100,6 +101,20 @@ def confidence(prob_map) -> float:
         return float("nan")
     top = s[len(s) // 2:]
     return float(np.mean(np.log(top / (1.0 - top))))
+
+
+def first_micrographs(entries, invert: bool = False, read: list | None = None):
+    """A job's first :data:`SAMPLE_MICROGRAPHS` readable micrographs (:func:`relion_pixer.io.readable_micrographs`
+    of its ``entries``) as ``(image, angpix)``, read one at a time: a generator, so that an estimate or a check over
+    them holds one full-size micrograph in memory. The name of each one read is appended to ``read`` when given."""
+    import itertools
+
+    from relion_pixer import io
+
+    for entry, image, angpix in itertools.islice(io.readable_micrographs(entries, invert), SAMPLE_MICROGRAPHS):
+        if read is not None:
+            read.append(entry.name)
+        yield image, angpix
 
 
 def _centre_crop(image: np.ndarray, side: float) -> np.ndarray:
