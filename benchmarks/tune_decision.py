@@ -33,7 +33,7 @@ import json
 import numpy as np
 import torch
 
-from bench_decision import DPX, SEED, contamination, dropped, former_veto, found, simulate_family
+from bench_decision import DPX, FAMILIES, SEED, contamination, dropped, former_veto, found, simulate_family
 from common import job_diameter, real_sets, segment_all, tuning_splits
 from relion_pixer import PARTICLE, decide
 from relion_pixer.classify import classify_candidates
@@ -41,7 +41,6 @@ from relion_pixer.evaluate import pooled_average_precision, pooled_precision_rec
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph
 from relion_pixer.preprocess import to_network
-from relion_pixer.simulate.shapes import ALL_FAMILIES
 
 SETTINGS = {  # (reference quantile, agreement P(particle), trust low, trust high, veto low, veto high)
     "q": (50, 75), "agree_p": (0.5, 0.9, 0.98), "trust": ((0.5, 0.8), (0.7, 0.9)), "veto": ((0.0, 1.0), (0.55, 0.6)),
@@ -61,7 +60,7 @@ def candidates(models, splits=("train", "valid"), seed: int = SEED, n_sim: int =
             rows.append((r.xy, r.map_score, classify_candidates(models.classifier, seg[0], to_network(r.xy, seg[2])),
                          mic.truth))
         real[rs.name] = (rows, rs.radius_px)
-    for k, family in enumerate(ALL_FAMILIES):
+    for k, family in enumerate(FAMILIES):
         rows = []
         for s in simulate_family(family, n_sim, seed + 1000 * k):
             seg = segment_micrograph(s.image, 2.0, DPX * 2.0, models)

@@ -112,6 +112,10 @@ class TrainConfig:
     # share of simulated training micrographs whose particle family is redrawn from the thin ones (train.THIN_FAMILIES),
     # on top of their share among all families; 0: none
     thin_fraction: float = 0.0
+    # simulated micrographs of thin-walled hollow shells (the ``shell`` family, outside the default mix: a dark ring
+    # round a light centre, as apoferritin or a capsid looks) added to the simulated training set, as a share of
+    # sim_train; drawn from their own seed (seed + 20000), so the sim_train micrographs stay the same; 0: none
+    shell_fraction: float = 0.0
     # per-particle loss weight of the segmentation net: pixels of a particle whose mask is smaller than a disc of
     # the network diameter weigh (disc area / mask area), at most this much (thin, elongated particles would
     # otherwise count for little; most other masks are smaller than the disc too, so they gain as well, less);
@@ -232,6 +236,7 @@ def simulated_set(
     phase_shift_range: tuple = (30.0, 120.0),
     thin_fraction: float = 0.0,
     size_jitter: tuple = (0.85, 1.15),
+    families: tuple | None = None,
 ) -> LabelledSet:
     """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
@@ -243,7 +248,8 @@ def simulated_set(
     taken with a phase plate (phase shift uniform in ``phase_shift_range`` degrees); with 0 no extra random number
     is drawn, so sets made before this option existed are reproduced exactly. Likewise a share ``thin_fraction``
     of the micrographs has its particle family redrawn from :data:`THIN_FAMILIES` (thin particles, the ones picking
-    misses most), on top of their share among all families. Each micrograph's particles are drawn ``j`` times the
+    misses most), on top of their share among all families. ``families`` (e.g. ``("shell",)``) draws every
+    micrograph's particles from those families instead of the default mix. Each micrograph's particles are drawn ``j`` times the
     diameter it is brought to network scale with, ``j`` uniform in ``size_jitter``.
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
@@ -266,6 +272,8 @@ def simulated_set(
         thin = {}
         if thin_fraction > 0 and rng.random() < thin_fraction:
             thin["families"] = (THIN_FAMILIES[int(rng.integers(len(THIN_FAMILIES)))],)
+        if families:
+            thin["families"] = tuple(families)
         # random_config gives the particle a physical size (from its family's range) and sets the pixel size to match
         cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, **thin)
         if phase_plate_fraction > 0 and rng.random() < phase_plate_fraction:
@@ -281,6 +289,20 @@ def simulated_set(
         if progress and (i + 1) % max(1, n // 10) == 0:
             _log(f"simulated {i + 1}/{n} micrographs ({time.time() - t0:.0f} s)")
     return LabelledSet(images, labels, coords, instances)
+
+
+def _shell_set(cfg: "TrainConfig", cache: Path) -> LabelledSet:
+    """The hollow-shell micrographs ``cfg.shell_fraction`` adds to the simulated training set (cached at ``cache``)."""
+    if cache.is_file():
+        return LabelledSet(**torch.load(cache, weights_only=False))
+    shells = simulated_set(
+        max(1, round(cfg.shell_fraction * cfg.sim_train)), cfg.sim_size, cfg.seed + 20_000, (cfg.snr_min, cfg.snr_max),
+        (cfg.oversample_min, cfg.oversample_max), phase_plate_fraction=cfg.phase_plate_fraction,
+        phase_shift_range=tuple(cfg.phase_shift_range), size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
+        families=("shell",),
+    )
+    torch.save(shells.__dict__, cache)
+    return shells
 
 
 def _draw(rng: np.random.Generator, value: float | tuple) -> float:
@@ -738,6 +760,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
     if not cfg.small_mask_weight_max >= 1.0:
         raise ValueError(f"small_mask_weight_max must be at least 1 (1: no extra weight), got {cfg.small_mask_weight_max}")
+    if not 0.0 <= cfg.shell_fraction <= 1.0:
+        raise ValueError(f"shell_fraction must be between 0 and 1, got {cfg.shell_fraction}")
     user = None
     if cfg.from_labels:
         user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
@@ -756,6 +780,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
             thin_fraction=cfg.thin_fraction, size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
         )
         torch.save(sim_train.__dict__, sim_cache)
+    if cfg.shell_fraction > 0:
+        sim_train = sim_train.extend(_shell_set(cfg, run.path / "sim_shell.pt"))
     valid_sets = {}
     for k, snr in enumerate(cfg.valid_snrs):
         cache = run.path / f"sim_valid_{snr:g}.pt"

@@ -321,3 +321,28 @@ def test_particle_signal_is_the_particles_part_of_clean(quantise):
     # and it is the signal the SNR is defined with
     snr = np.mean(m.particle_signal[p].astype(np.float64) ** 2) / np.var((m.image - m.clean)[p].astype(np.float64))
     assert snr == pytest.approx(m.meta["snr_measured"], rel=0.15 if quantise else 1e-4)
+
+
+def test_shell_family_is_hollow_in_projection_and_outside_the_default_mix():
+    """Thin-walled shells project as a ring round a light centre; the default mix's cages are nearly filled."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial.transform import Rotation
+
+    from relion_pixer.simulate import make_shape
+    from relion_pixer.simulate.shapes import project_model
+
+    assert "shell" in ALL_FAMILIES and "shell" not in SHAPE_FAMILIES
+
+    def hollowness(fam, seed):
+        # projected thickness at the centre over its largest value (1: filled), at 50 px across, blurred by 1 px
+        rng = np.random.default_rng(seed)
+        m = make_shape(rng, fam, diameter=100.0)
+        img, half = project_model(m, Rotation.random(rng=rng).as_matrix(), 2.0)
+        img = gaussian_filter(img, 1.0)
+        return img[half - 1 : half + 2, half - 1 : half + 2].mean() / img.max(), m
+
+    shells = [hollowness("shell", s) for s in range(8)]
+    cages = [hollowness("cage", s)[0] for s in range(8)]
+    assert max(h for h, _ in shells) < 0.7
+    assert np.mean([h for h, _ in shells]) < np.mean(cages) - 0.1
+    assert all(m.diameter == pytest.approx(100.0) and m.family == "shell" for _, m in shells)

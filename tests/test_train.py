@@ -55,6 +55,30 @@ def test_five_step_training_smoke_run(tmp_path):
     assert json.loads((out / "final.json").read_text())["segmenter_snr0.1"] == final["segmenter_snr0.1"]
 
 
+def test_shell_fraction_adds_hollow_shell_micrographs_and_keeps_the_others(tmp_path, monkeypatch, capsys):
+    """The shells come on top of the simulated set, from their own seed: the other micrographs stay the same."""
+    import relion_pixer.train as train
+
+    made = []
+    real_set = train.simulated_set
+
+    def spy(n, size, seed, *args, **kwargs):
+        made.append((n, seed, kwargs.get("families")))
+        return real_set(n, size, seed, *args, **kwargs)
+
+    monkeypatch.setattr(train, "simulated_set", spy)
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE.replace("threads = 1", "threads = 1\nshell_fraction = 0.5"))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    base = load_config(cfg)
+    assert made[0] == (base.sim_train, base.seed, None)
+    assert (max(1, round(0.5 * base.sim_train)), base.seed + 20_000, ("shell",)) in made
+    assert (tmp_path / "run" / "sim_shell.pt").is_file()
+    cfg.write_text(SMOKE.replace("threads = 1", "threads = 1\nshell_fraction = 2"))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "bad")]) == 1
+    assert "shell_fraction must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_setting = 3\n")
@@ -288,6 +312,22 @@ def test_thin_fraction_draws_thin_families_and_nothing_when_off(monkeypatch):
     assert len(drawn) == 4 and all(len(f) == 1 and f[0] in THIN_FAMILIES for f in drawn)
     with pytest.raises(ValueError, match="thin_fraction"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, thin_fraction=-0.1)
+
+
+def test_families_draws_every_micrograph_from_them(monkeypatch):
+    import relion_pixer.simulate as simulate
+    from relion_pixer.train import simulated_set
+
+    drawn = []
+    real_simulate = simulate.simulate_micrograph
+
+    def spy(rng, **cfg):
+        drawn.append(cfg["families"])
+        return real_simulate(rng, **cfg)
+
+    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
+    simulated_set(3, 64, seed=3, snr=0.3, progress=False, families=("shell",))
+    assert drawn == [("shell",)] * 3
 
 
 def test_size_jitter_sets_the_particle_size_against_the_network_scale(monkeypatch):

@@ -6,7 +6,7 @@ divides by the pixel area, which gives the projected protein thickness in Angstr
 into a phase shift. No 3D volume is ever built.
 
 Procedural families (no data needed at run time): ``globular``, ``dimer``, ``ring``, ``cylinder``, ``cage``,
-``elongated`` and ``ribosome`` (two unequal lobes). Atomic models (PDB / mmCIF, gzipped or not) are read with
+``elongated`` and ``ribosome`` (two unequal lobes); outside the default mix, ``smooth`` and ``shell``. Atomic models (PDB / mmCIF, gzipped or not) are read with
 :func:`load_atomic_model` (``gemmi``, imported lazily); one heavy atom becomes one point.
 """
 
@@ -36,8 +36,10 @@ __all__ = [
 SHAPE_FAMILIES = ("globular", "dimer", "ring", "cylinder", "cage", "elongated", "ribosome")
 
 #: Families :func:`make_shape` also draws that the default mix leaves out (so that sets drawn before they existed
-#: are reproduced exactly): ``smooth``, featureless particles of uniform density (balls, ellipsoids, thick shells).
-EXTRA_FAMILIES = ("smooth",)
+#: are reproduced exactly): ``smooth``, featureless particles of uniform density (balls, ellipsoids, thick shells),
+#: and ``shell``, thin-walled hollow shells tiled with small subunits (apoferritin, capsids): in projection a dark ring
+#: round a light centre, which no family of the default mix gives (``cage`` walls are a third to all of the radius).
+EXTRA_FAMILIES = ("smooth", "shell")
 
 #: Every family :func:`make_shape` can draw.
 ALL_FAMILIES = SHAPE_FAMILIES + EXTRA_FAMILIES
@@ -63,6 +65,7 @@ FAMILY_SIZE_A = {
     "elongated": (250.0, 800.0),
     "ribosome": (220.0, 350.0),
     "smooth": (100.0, 500.0),
+    "shell": (100.0, 600.0),
 }
 
 #: Protein volume per heavy atom in Angstrom^3 (1.35 g/cm^3 protein, ~14 Da per heavy atom incl. hydrogens).
@@ -300,6 +303,21 @@ def _cage(rng, n, size, template=None):
     return np.concatenate([unit + d * (R - r_sub) for d in dirs])
 
 
+def _shell(rng, n, size):
+    """Thin-walled hollow shell: small lumpy subunits tiling a sphere of diameter ``size``, the wall 20-50 % of the
+    radius thick (apoferritin's is about 35 %, a capsid's less), enough subunits to close it."""
+    R = size / 2.0
+    wall = rng.uniform(0.2, 0.5) * R
+    r_sub = wall / 2.0
+    k = int(np.clip(round(1.3 * 4.0 * ((R - r_sub) / r_sub) ** 2), 24, 480))
+    i = np.arange(k) + 0.5
+    phi = np.arccos(1 - 2 * i / k)
+    theta = np.pi * (1 + 5**0.5) * i
+    dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+    per = max(8, n // k)
+    return np.concatenate([_lumpy_blob(rng, per, r_sub, lumps=int(rng.integers(2, 4))) + d * (R - r_sub) for d in dirs])
+
+
 def _elongated(rng, n, size, template=None):
     """Helical filament segment or rod: subunits along a helix, length ``size``, width 20-40 % of it."""
     width = rng.uniform(0.2, 0.4) * size
@@ -398,6 +416,8 @@ def make_shape(
         xyz = _cage(rng, n, size, template=subunit)
     elif family == "elongated":
         xyz = _elongated(rng, n, size, template=subunit)
+    elif family == "shell":
+        xyz = _shell(rng, n, size)
     elif family == "smooth":
         xyz, volume = _smooth(rng, n, size)
         blob = size * SMOOTH_BLOB  # wide, so that no point texture is left
