@@ -116,6 +116,12 @@ class TrainConfig:
     # round a light centre, as apoferritin or a capsid looks) added to the simulated training set, as a share of
     # sim_train; drawn from their own seed (seed + 20000), so the sim_train micrographs stay the same; 0: none
     shell_fraction: float = 0.0
+    # simulated micrographs whose particles are built from atomic models (each file alone, or copies of it as a
+    # dimer, ring, cylinder, cage or filament; simulate.load_atomic_model) added likewise, as a share of sim_train,
+    # from seed + 30000; atomic_models: glob patterns of PDB / mmCIF files (relative to the working directory), models
+    # with fewer than ATOMIC_MIN_ATOMS heavy atoms (fragments, test files) left out; 0: none
+    atomic_fraction: float = 0.0
+    atomic_models: tuple = ()
     # per-particle loss weight of the segmentation net: pixels of a particle whose mask is smaller than a disc of
     # the network diameter weigh (disc area / mask area), at most this much (thin, elongated particles would
     # otherwise count for little; most other masks are smaller than the disc too, so they gain as well, less);
@@ -149,7 +155,9 @@ class TrainConfig:
         unknown = set(flat) - known
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        for key in ("valid_snrs", "rates", "real", "widths", "phase_shift_range"):
+        if isinstance(flat.get("atomic_models"), str):
+            flat["atomic_models"] = (flat["atomic_models"],)
+        for key in ("valid_snrs", "rates", "real", "widths", "phase_shift_range", "atomic_models"):
             if key in flat:
                 flat[key] = tuple(flat[key])
         return cls(**flat)
@@ -237,6 +245,7 @@ def simulated_set(
     thin_fraction: float = 0.0,
     size_jitter: tuple = (0.85, 1.15),
     families: tuple | None = None,
+    model_files: tuple | list = (),
 ) -> LabelledSet:
     """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
@@ -249,7 +258,8 @@ def simulated_set(
     is drawn, so sets made before this option existed are reproduced exactly. Likewise a share ``thin_fraction``
     of the micrographs has its particle family redrawn from :data:`THIN_FAMILIES` (thin particles, the ones picking
     misses most), on top of their share among all families. ``families`` (e.g. ``("shell",)``) draws every
-    micrograph's particles from those families instead of the default mix. Each micrograph's particles are drawn ``j`` times the
+    micrograph's particles from those families instead of the default mix, and ``model_files`` (atomic models) builds
+    them from those files instead (alone or as assemblies of copies). Each micrograph's particles are drawn ``j`` times the
     diameter it is brought to network scale with, ``j`` uniform in ``size_jitter``.
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
@@ -274,6 +284,8 @@ def simulated_set(
             thin["families"] = (THIN_FAMILIES[int(rng.integers(len(THIN_FAMILIES)))],)
         if families:
             thin["families"] = tuple(families)
+        if model_files:
+            thin.update(families=(), model_files=list(model_files))
         # random_config gives the particle a physical size (from its family's range) and sets the pixel size to match
         cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, **thin)
         if phase_plate_fraction > 0 and rng.random() < phase_plate_fraction:
@@ -291,18 +303,38 @@ def simulated_set(
     return LabelledSet(images, labels, coords, instances)
 
 
-def _shell_set(cfg: "TrainConfig", cache: Path) -> LabelledSet:
-    """The hollow-shell micrographs ``cfg.shell_fraction`` adds to the simulated training set (cached at ``cache``)."""
+#: Atomic models with fewer heavy atoms than this are left out of ``atomic_models`` (peptides, fragments, test files).
+ATOMIC_MIN_ATOMS = 500
+
+
+def atomic_model_files(patterns) -> list[str]:
+    """The files the ``atomic_models`` glob patterns name, sorted, without those holding fewer than
+    :data:`ATOMIC_MIN_ATOMS` heavy atoms; a ValueError when none is left."""
+    import glob
+
+    from relion_pixer.simulate import load_atomic_model
+
+    files = sorted({f for p in patterns for f in glob.glob(str(p))})
+    keep = [f for f in files if len(load_atomic_model(f).xyz) >= ATOMIC_MIN_ATOMS]
+    if not keep:
+        raise ValueError(f"atomic_models {list(patterns)!r}: no atomic model with at least {ATOMIC_MIN_ATOMS} heavy "
+                         f"atoms ({len(files)} file{'s' if len(files) != 1 else ''} found)")
+    return keep
+
+
+def _extra_set(cfg: "TrainConfig", cache: Path, share: float, seed_offset: int, **source) -> LabelledSet:
+    """Simulated micrographs added to the training set, ``share`` of ``cfg.sim_train`` of them, from
+    ``cfg.seed + seed_offset`` and with the particles of ``source`` (``families`` or ``model_files``); cached."""
     if cache.is_file():
         return LabelledSet(**torch.load(cache, weights_only=False))
-    shells = simulated_set(
-        max(1, round(cfg.shell_fraction * cfg.sim_train)), cfg.sim_size, cfg.seed + 20_000, (cfg.snr_min, cfg.snr_max),
+    extra = simulated_set(
+        max(1, round(share * cfg.sim_train)), cfg.sim_size, cfg.seed + seed_offset, (cfg.snr_min, cfg.snr_max),
         (cfg.oversample_min, cfg.oversample_max), phase_plate_fraction=cfg.phase_plate_fraction,
         phase_shift_range=tuple(cfg.phase_shift_range), size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
-        families=("shell",),
+        **source,
     )
-    torch.save(shells.__dict__, cache)
-    return shells
+    torch.save(extra.__dict__, cache)
+    return extra
 
 
 def _draw(rng: np.random.Generator, value: float | tuple) -> float:
@@ -760,8 +792,10 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
     if not cfg.small_mask_weight_max >= 1.0:
         raise ValueError(f"small_mask_weight_max must be at least 1 (1: no extra weight), got {cfg.small_mask_weight_max}")
-    if not 0.0 <= cfg.shell_fraction <= 1.0:
-        raise ValueError(f"shell_fraction must be between 0 and 1, got {cfg.shell_fraction}")
+    for name in ("shell_fraction", "atomic_fraction"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {getattr(cfg, name)}")
+    atomic_files = atomic_model_files(cfg.atomic_models) if cfg.atomic_fraction > 0 else []
     user = None
     if cfg.from_labels:
         user = labelled_from_star(cfg.from_labels, cfg.particle_diameter, cfg.background_within)
@@ -781,7 +815,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         )
         torch.save(sim_train.__dict__, sim_cache)
     if cfg.shell_fraction > 0:
-        sim_train = sim_train.extend(_shell_set(cfg, run.path / "sim_shell.pt"))
+        sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_shell.pt", cfg.shell_fraction, 20_000,
+                                                families=("shell",)))
+    if cfg.atomic_fraction > 0:
+        sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_atomic.pt", cfg.atomic_fraction, 30_000,
+                                                model_files=atomic_files))
     valid_sets = {}
     for k, snr in enumerate(cfg.valid_snrs):
         cache = run.path / f"sim_valid_{snr:g}.pt"

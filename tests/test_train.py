@@ -79,6 +79,46 @@ def test_shell_fraction_adds_hollow_shell_micrographs_and_keeps_the_others(tmp_p
     assert "shell_fraction must be between 0 and 1" in capsys.readouterr().err
 
 
+def test_atomic_fraction_builds_particles_from_the_atomic_models(tmp_path, monkeypatch, capsys):
+    """atomic_fraction adds micrographs whose particles come from the atomic models, fragments left out."""
+    import relion_pixer.simulate as simulate
+    import relion_pixer.train as train
+
+    big = tmp_path / "big.pdb"
+    small = tmp_path / "small.pdb"
+    rng = np.random.default_rng(0)
+
+    def pdb(path, n):
+        xyz = rng.normal(scale=12.0, size=(n, 3))
+        path.write_text("".join(f"ATOM  {i + 1:5d}  CA  ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C\n"
+                                for i, (x, y, z) in enumerate(xyz)) + "END\n")
+
+    pdb(big, 600)
+    pdb(small, 40)
+    assert train.atomic_model_files([str(tmp_path / "*.pdb")]) == [str(big)]
+    with pytest.raises(ValueError, match="no atomic model with at least 500"):
+        train.atomic_model_files([str(small)])
+
+    drawn = []
+    real_simulate = simulate.simulate_micrograph
+
+    def spy(rng, **cfg):
+        drawn.append((cfg["families"], tuple(cfg.get("model_files", ()))))
+        return real_simulate(rng, **cfg)
+
+    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE.replace("threads = 1", f"threads = 1\natomic_fraction = 0.5\natomic_models = '{tmp_path}/*.pdb'"))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    base = load_config(cfg)
+    added = [d for d in drawn if d[1]]
+    assert len(added) == max(1, round(0.5 * base.sim_train)) and all(d == ((), (str(big),)) for d in added)
+    assert (tmp_path / "run" / "sim_atomic.pt").is_file()
+    cfg.write_text(SMOKE.replace("threads = 1", f"threads = 1\natomic_fraction = 0.5\natomic_models = '{small}'"))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "bad")]) == 1
+    assert "no atomic model with at least 500" in capsys.readouterr().err
+
+
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_setting = 3\n")
