@@ -157,20 +157,28 @@ def test_procedural_shapes_span_sizes_and_elongation():
     assert make_shape(rng, "cage", diameter=700.0).diameter == pytest.approx(700.0)
 
 
-def test_smooth_family_is_featureless_and_outside_the_default_mix():
-    from scipy.ndimage import gaussian_filter
+def _one_projection(family, seed, diameter):
+    """A model of ``family`` drawn from ``seed``, ``diameter`` A across, projected at 2 A/px in a random direction:
+    (projected thickness, its centre pixel, the model)."""
     from scipy.spatial.transform import Rotation
 
     from relion_pixer.simulate import make_shape
     from relion_pixer.simulate.shapes import project_model
 
+    rng = np.random.default_rng(seed)
+    m = make_shape(rng, family, diameter=diameter)
+    img, half = project_model(m, Rotation.random(rng=rng).as_matrix(), 2.0)
+    return img, half, m
+
+
+def test_smooth_family_is_featureless_and_outside_the_default_mix():
+    from scipy.ndimage import gaussian_filter
+
     assert "smooth" in ALL_FAMILIES and "smooth" not in SHAPE_FAMILIES
 
     def texture(fam, seed):
         # fine structure (a 3 px high-pass) inside the central third of one projection, relative to its level
-        rng = np.random.default_rng(seed)
-        m = make_shape(rng, fam, diameter=200.0)
-        img, half = project_model(m, Rotation.random(rng=rng).as_matrix(), 2.0)
+        img, half, m = _one_projection(fam, seed, 200.0)
         c = img[half - 15 : half + 16, half - 15 : half + 16]
         return (c - gaussian_filter(c, 3)).std() / c.mean(), m
 
@@ -179,7 +187,7 @@ def test_smooth_family_is_featureless_and_outside_the_default_mix():
     assert max(t for t, _ in smooth) < 0.5 * min(lumpy)
     assert all(m.diameter == pytest.approx(200.0) and m.family == "smooth" for _, m in smooth)
     with pytest.raises(ValueError, match="unknown shape family 'blob'.*smooth"):
-        make_shape(np.random.default_rng(0), "blob")
+        _one_projection("blob", 0, 200.0)
     with pytest.raises(ValueError, match="unknown shape family 'blob'"):
         random_config(np.random.default_rng(0), families=("blob",), particle_diameter_px=32.0)
 
@@ -326,18 +334,12 @@ def test_particle_signal_is_the_particles_part_of_clean(quantise):
 def test_shell_family_is_hollow_in_projection_and_outside_the_default_mix():
     """Thin-walled shells project as a ring round a light centre; the default mix's cages are nearly filled."""
     from scipy.ndimage import gaussian_filter
-    from scipy.spatial.transform import Rotation
-
-    from relion_pixer.simulate import make_shape
-    from relion_pixer.simulate.shapes import project_model
 
     assert "shell" in ALL_FAMILIES and "shell" not in SHAPE_FAMILIES
 
     def hollowness(fam, seed):
         # projected thickness at the centre over its largest value (1: filled), at 50 px across, blurred by 1 px
-        rng = np.random.default_rng(seed)
-        m = make_shape(rng, fam, diameter=100.0)
-        img, half = project_model(m, Rotation.random(rng=rng).as_matrix(), 2.0)
+        img, half, m = _one_projection(fam, seed, 100.0)
         img = gaussian_filter(img, 1.0)
         return img[half - 1 : half + 2, half - 1 : half + 2].mean() / img.max(), m
 

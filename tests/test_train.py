@@ -79,9 +79,8 @@ def test_shell_fraction_adds_hollow_shell_micrographs_and_keeps_the_others(tmp_p
     assert "shell_fraction must be between 0 and 1" in capsys.readouterr().err
 
 
-def test_atomic_fraction_builds_particles_from_the_atomic_models(tmp_path, monkeypatch, capsys):
+def test_atomic_fraction_builds_particles_from_the_atomic_models(tmp_path, simulated_options, capsys):
     """atomic_fraction adds micrographs whose particles come from the atomic models, fragments left out."""
-    import relion_pixer.simulate as simulate
     import relion_pixer.train as train
 
     big = tmp_path / "big.pdb"
@@ -99,18 +98,11 @@ def test_atomic_fraction_builds_particles_from_the_atomic_models(tmp_path, monke
     with pytest.raises(ValueError, match="no atomic model with at least 500"):
         train.atomic_model_files([str(small)])
 
-    drawn = []
-    real_simulate = simulate.simulate_micrograph
-
-    def spy(rng, **cfg):
-        drawn.append((cfg["families"], tuple(cfg.get("model_files", ()))))
-        return real_simulate(rng, **cfg)
-
-    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
     cfg = tmp_path / "smoke.toml"
     cfg.write_text(SMOKE.replace("threads = 1", f"threads = 1\natomic_fraction = 0.5\natomic_models = '{tmp_path}/*.pdb'"))
     assert main(["--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
     base = load_config(cfg)
+    drawn = [(o["families"], tuple(o.get("model_files", ()))) for o in simulated_options]
     added = [d for d in drawn if d[1]]
     assert len(added) == max(1, round(0.5 * base.sim_train)) and all(d == ((), (str(big),)) for d in added)
     assert (tmp_path / "run" / "sim_atomic.pt").is_file()
@@ -332,42 +324,42 @@ def test_phase_plate_fraction_zero_reproduces_the_earlier_training_set():
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, phase_plate_fraction=1.5)
 
 
-def test_thin_fraction_draws_thin_families_and_nothing_when_off(monkeypatch):
+@pytest.fixture
+def simulated_options(monkeypatch):
+    """The options of every micrograph ``simulate_micrograph`` is asked for from now on (each is still simulated)."""
     import relion_pixer.simulate as simulate
+
+    drawn = []
+    real_simulate = simulate.simulate_micrograph
+
+    def spy(rng, **cfg):
+        drawn.append(cfg)
+        return real_simulate(rng, **cfg)
+
+    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
+    return drawn
+
+
+def test_thin_fraction_draws_thin_families_and_nothing_when_off(simulated_options):
     from relion_pixer.train import THIN_FAMILIES, simulated_set
 
     before = [[2.17428, 0.04796, 1.49272, -0.94957], [0.44893, -1.33899, -1.03409, -0.73665]]
     off = simulated_set(2, 96, seed=3, snr=0.3, progress=False, thin_fraction=0.0)
     assert np.allclose(off.images[0][:2, :4], before, atol=1e-3)  # the same pixels as without the option
 
-    drawn = []
-    real_simulate = simulate.simulate_micrograph
-
-    def spy(rng, **cfg):
-        drawn.append(cfg["families"])
-        return real_simulate(rng, **cfg)
-
-    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
+    simulated_options.clear()
     simulated_set(4, 64, seed=3, snr=0.3, progress=False, thin_fraction=1.0)
+    drawn = [o["families"] for o in simulated_options]
     assert len(drawn) == 4 and all(len(f) == 1 and f[0] in THIN_FAMILIES for f in drawn)
     with pytest.raises(ValueError, match="thin_fraction"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, thin_fraction=-0.1)
 
 
-def test_families_draws_every_micrograph_from_them(monkeypatch):
-    import relion_pixer.simulate as simulate
+def test_families_draws_every_micrograph_from_them(simulated_options):
     from relion_pixer.train import simulated_set
 
-    drawn = []
-    real_simulate = simulate.simulate_micrograph
-
-    def spy(rng, **cfg):
-        drawn.append(cfg["families"])
-        return real_simulate(rng, **cfg)
-
-    monkeypatch.setattr(simulate, "simulate_micrograph", spy)
     simulated_set(3, 64, seed=3, snr=0.3, progress=False, families=("shell",))
-    assert drawn == [("shell",)] * 3
+    assert [o["families"] for o in simulated_options] == [("shell",)] * 3
 
 
 def test_size_jitter_sets_the_particle_size_against_the_network_scale(monkeypatch):
