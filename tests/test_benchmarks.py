@@ -28,9 +28,10 @@ def bench_modules(monkeypatch):
         sys.modules.pop(name, None)
 
 
-def _write_set(root: Path, n: int = 3) -> None:
-    """A small 'real' set made by the simulator: micrographs, coordinates and its pixer_set.toml."""
-    folder = root / "sim_globular"
+def _write_set(root: Path, n: int = 3, name: str = "sim_globular", drop_every: int = 0) -> None:
+    """A small 'real' set made by the simulator: micrographs, coordinates and its pixer_set.toml; ``drop_every`` k
+    leaves every k-th particle unlabelled (labels_complete false), as a labeller who missed some."""
+    folder = root / name
     (folder / "micrographs").mkdir(parents=True)
     (folder / "coords").mkdir()
     rng = np.random.default_rng(31337)
@@ -39,15 +40,17 @@ def _write_set(root: Path, n: int = 3) -> None:
         cfg = random_config(rng, snr=1.0, particle_diameter_px=48.0, families="globular", empty=False, n_ice=0,
                             carbon_edge=False, density=0.2, angpix=2.0)
         sim = simulate_micrograph(rng, shape=(384, 384), **cfg)
-        name = f"mic{i}"
-        names.append(name)
-        mrcfile.write(str(folder / "micrographs" / f"{name}.mrc"), sim.image.astype(np.float32), voxel_size=2.0)
-        io.write_coordinates_star(folder / "coords" / f"{name}.star", np.asarray(sim.coords).reshape(-1, 2),
-                                  np.ones(len(sim.coords)))
+        mic = f"mic{i}"
+        names.append(mic)
+        mrcfile.write(str(folder / "micrographs" / f"{mic}.mrc"), sim.image.astype(np.float32), voxel_size=2.0)
+        xy = np.asarray(sim.coords).reshape(-1, 2)
+        if drop_every:
+            xy = xy[np.arange(len(xy)) % drop_every != 0]
+        io.write_coordinates_star(folder / "coords" / f"{mic}.star", xy, np.ones(len(xy)))
     (folder / "pixer_set.toml").write_text(
-        'title = "simulated globular"\nangpix = 2.0\ndiameter_A = 96.0\nlabels_complete = true\n'
+        f'title = "simulated globular"\nangpix = 2.0\ndiameter_A = 96.0\nlabels_complete = {str(not drop_every).lower()}\n'
         f'[split]\ntrain = ["{names[0]}"]\nvalid = ["{names[1]}"]\ntest = {names[2:]!r}\n'.replace("'", '"'))
-    (root / "no_metadata").mkdir()  # a folder without a metadata file is skipped
+    (root / "no_metadata").mkdir(exist_ok=True)  # a folder without a metadata file is skipped
 
 
 def test_the_multi_set_benchmark_runs_on_a_set_given_by_its_metadata_file(tmp_path, monkeypatch, bench_modules):
@@ -117,3 +120,30 @@ def test_set_model_items_name_a_real_set_and_a_file(tmp_path, monkeypatch, bench
         with pytest.raises(SystemExit):
             common.read_set_models(ap, [bad])
         assert "--set_model takes SET=FILE with SET one of ['sim_globular']" in capsys.readouterr().err
+
+
+def test_leave_one_set_out_scores_a_set_with_incomplete_labels_against_completed_ones(tmp_path, monkeypatch,
+                                                                                      bench_modules):
+    """loso.py on two small sets under the real sets' names: the one with a third of its labels dropped also gets
+    each model's F1 against the labels completed with the models' particle-like picks, which reads higher."""
+    import json
+
+    from relion_pixer.models import shipped_weights
+
+    common, _ = bench_modules
+    _write_set(tmp_path, name="empiar10028_ribosome80S", drop_every=3)
+    _write_set(tmp_path, name="empiar10146_apoferritin")
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    sys.modules.pop("loso", None)
+    import loso
+
+    out = tmp_path / "loso.json"
+    weights = str(shipped_weights())
+    monkeypatch.setattr(sys, "argv", ["loso.py", "--ribosome_only", weights, "--apoferritin_only", weights,
+                                      "--threads", "1", "--json", str(out)])
+    loso.main()
+    sets = json.loads(out.read_text())["sets"]
+    incomplete, complete = sets["empiar10028_ribosome80S"], sets["empiar10146_apoferritin"]
+    for key in ("v4", "apoferritin_only", "v12"):
+        assert incomplete[key]["completed_f1"] > incomplete[key]["f1"] + 0.05, incomplete[key]
+    assert all("completed_f1" not in complete[key] for key in ("v4", "ribosome_only", "v12"))
