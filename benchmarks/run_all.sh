@@ -23,8 +23,15 @@ $PY bench_adapt.py --cost --json results/adapt_cost.json
 LOSO=(--set_model empiar10028_ribosome80S=../runs/loso_apoferritin_only/model.pt
       --set_model empiar10146_apoferritin=../runs/loso_ribosome_only/model.pt)
 if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only/model.pt ]]; then
+  # the variants of the recipe trained so far (configs/experiments/loso_*_only_VARIANT.toml), each where both exist
+  VARIANTS=()
+  for v in jitter shell atomic seed1 real35; do
+    if [[ -f ../runs/loso_ribosome_only_$v/model.pt && -f ../runs/loso_apoferritin_only_$v/model.pt ]]; then
+      VARIANTS+=(--variant $v=../runs/loso_ribosome_only_$v/model.pt,../runs/loso_apoferritin_only_$v/model.pt)
+    fi
+  done
   $PY loso.py --ribosome_only ../runs/loso_ribosome_only/model.pt --apoferritin_only ../runs/loso_apoferritin_only/model.pt \
-      --json results/experiments/loso.json
+      "${VARIANTS[@]}" --json results/experiments/loso_variants.json
   $PY tune_size.py "${LOSO[@]}" --json results/tune_size_loso.json
   $PY tune_defaults.py "${LOSO[@]}" --json results/tune_defaults_loso.json
   $PY tune_veto.py "${LOSO[@]}" --json results/tune_veto.json
