@@ -22,6 +22,21 @@ merit ``s (1 - trust v(P))``; ``(0, 1)`` is the linear form ``1 - P``. Usage::
 ``--splits valid`` judges a model trained on the real sets' train splits, as ``tune_defaults.py`` and
 ``tune_size.py`` do (pixer_v12). The figures of merit here are the particle veto's alone: the contamination veto
 (session 15) was measured and chosen by ``tune_veto.py``.
+
+**Leave one set out** (``--set_model SET=FILE``, session 16; the simulated families stay read by ``--model``, the
+shipped weights). The shipped constants were chosen with networks that had seen both real proteins; on a protein the
+networks never saw, the particle veto drops true particles the map found (a ``/tmp`` diagnostic on train + valid:
+the never-saw-it model loses 29 of 946 apoferritin particles to it and drops nothing unlabelled; on the ribosome it
+drops 2 unlabelled candidates and no labelled one), and ``bench_decision.py --families shell`` (thin-walled shells,
+a family the networks never saw) keeps 0.936 of what the map finds, against the issue's 0.95. The rule of the rerun,
+written before it: the script's rule above, each real set read by the model that never saw its protein, with one more
+condition, since a weaker veto may let contamination through: a setting qualifies only if its simulated
+contamination-dropped share is at least the shipped setting's minus 0.05 in the same run. If the chosen setting is not
+the shipped one, it ships, and ``bench_real.py`` (every real set), ``bench_decision.py`` and ``bench_sim.py`` are
+rerun before it lands::
+
+    python benchmarks/tune_decision.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \
+        --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/tune_decision_loso.json
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ import numpy as np
 import torch
 
 from bench_decision import DPX, FAMILIES, SEED, contamination, dropped, former_veto, found, simulate_family
-from common import job_diameter, real_sets, segment_all, tuning_splits
+from common import add_set_model_argument, job_diameter, read_set_models, real_sets, segment_all, tuning_splits
 from relion_pixer import PARTICLE, decide
 from relion_pixer.classify import classify_candidates
 from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
@@ -47,17 +62,19 @@ SETTINGS = {  # (reference quantile, agreement P(particle), trust low, trust hig
 }
 
 
-def candidates(models, splits=("train", "valid"), seed: int = SEED, n_sim: int = 3):
+def candidates(models, splits=("train", "valid"), seed: int = SEED, n_sim: int = 3, set_models=None):
     """Every candidate (threshold 0) with map score and class probabilities: real sets and simulated families
-    (``n_sim`` micrographs per family, family ``k`` simulated from ``seed + 1000 k``)."""
+    (``n_sim`` micrographs per family, family ``k`` simulated from ``seed + 1000 k``). ``set_models`` (``{set: model
+    file}``) reads those real sets with their own model instead of ``models``."""
     real, sim = {}, {}
     for rs in real_sets():
         mics = rs.micrographs(*splits)
-        d = job_diameter(mics, rs.diameter_A, models)
+        own = load_pretrained(set_models[rs.name]) if set_models and rs.name in set_models else models
+        d = job_diameter(mics, rs.diameter_A, own)
         rows = []
-        for mic, seg in zip(mics, segment_all(mics, d, models)):
-            r = pick_from_map(*seg, d, models, PickParams(threshold=0.0))
-            rows.append((r.xy, r.map_score, classify_candidates(models.classifier, seg[0], to_network(r.xy, seg[2])),
+        for mic, seg in zip(mics, segment_all(mics, d, own)):
+            r = pick_from_map(*seg, d, own, PickParams(threshold=0.0))
+            rows.append((r.xy, r.map_score, classify_candidates(own.classifier, seg[0], to_network(r.xy, seg[2])),
                          mic.truth))
         real[rs.name] = (rows, rs.radius_px)
     for k, family in enumerate(FAMILIES):
@@ -109,12 +126,14 @@ def main() -> None:
     ap.add_argument("--splits", type=tuning_splits, default="train,valid",
                     help="the real sets' splits scored, train and/or valid (never test)")
     ap.add_argument("--model")
+    add_set_model_argument(ap)
     ap.add_argument("--json")
     args = ap.parse_args()
     splits = args.splits
+    set_models = read_set_models(ap, args.set_model)
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
-    real, sim = candidates(models, splits)
+    real, sim = candidates(models, splits, set_models=set_models)
     rows = []
     for q, agree_p, (lo, hi), (v_lo, v_hi) in itertools.product(*SETTINGS.values()):
         setting = (q, agree_p, lo, hi, v_lo, v_hi)
@@ -129,16 +148,19 @@ def main() -> None:
                           for k, v in r["real"].items())
               + f"  contamination dropped {r['contamination_dropped_share']:.2f}, unseen kept "
               f"{r['families']['smooth']:.3f}, worst family kept {min(r['families'].values()):.3f}", flush=True)
-    ok = [r for r in rows if r["ranks"]]
     shipped = (decide.REFERENCE_QUANTILE, decide.AGREE_P, decide.TRUST_LOW, decide.TRUST_HIGH, decide.VETO_LOW,
                decide.VETO_HIGH)
+    ok = [r for r in rows if r["ranks"]]
+    if set_models:  # the leave-one-set-out rule's extra condition (module docstring)
+        floor = next(r for r in rows if tuple(r["setting"].values()) == shipped)["contamination_dropped_share"] - 0.05
+        ok = [r for r in ok if r["contamination_dropped_share"] >= floor]
     # an exact tie (to 1e-9) keeps the shipped setting: before this line, max() took the first tied row of the grid
     best = max(ok, key=lambda r: (round(r["mean_real_f1"], 9), tuple(r["setting"].values()) == shipped)) if ok else None
     print("chosen: " + (", ".join(f"{k} {v:g}" for k, v in best["setting"].items()) if best else "none ranks")
           + "; shipped: " + ", ".join(f"{v:g}" for v in shipped))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "splits": splits, "threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
+            json.dump({"model": args.model, "set_models": set_models, "splits": splits, "threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
                       indent=1)
 
 
