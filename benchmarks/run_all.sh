@@ -14,6 +14,7 @@ $PY bench_size_blobs.py --json results/size_blobs.json
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 $PY bench_decision.py --json results/decision.json
 $PY bench_decision.py --n 4 --json results/decision_n4.json
+$PY bench_decision.py --families shell --json results/decision_shell.json  # thin-walled shells, a family no network saw
 # self-training in the job (adapt Yes): before / after on every real set and an unseen simulated family; its cost
 $PY bench_adapt.py --sim 4 --json results/adapt.json
 $PY bench_adapt.py --cost --json results/adapt_cost.json
@@ -35,6 +36,7 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_size.py "${LOSO[@]}" --json results/tune_size_loso.json
   $PY tune_defaults.py "${LOSO[@]}" --json results/tune_defaults_loso.json
   $PY tune_veto.py "${LOSO[@]}" --json results/tune_veto.json
+  $PY tune_decision.py "${LOSO[@]}" --json results/tune_decision_loso.json
   $PY bench_tta.py "${LOSO[@]}" --json results/tta.json
   $PY bench_adapt.py --sim 0 "${LOSO[@]}" --json results/adapt_loso.json
   $PY bench_adapt.py --sim 0 --score_split test "${LOSO[@]}" --json results/adapt_loso_test.json
