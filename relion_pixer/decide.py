@@ -66,6 +66,10 @@ CONT_VETO_LOW = 0.9
 CONT_VETO_HIGH = 0.99
 
 
+#: The particle veto has no say over a candidate whose map score reaches this (None: it has a say over every one).
+SPARE_MAP: float | None = None
+
+
 class Decision(NamedTuple):
     """The decision on one micrograph's candidates.
 
@@ -146,11 +150,16 @@ def contamination_veto(p_contamination, low: float = CONT_VETO_LOW, high: float 
 
 def figure_of_merit(map_score, p_particle, trust: float, veto_low: float = VETO_LOW,
                     veto_high: float = VETO_HIGH, p_contamination=None, ctrust: float = 0.0,
-                    cveto_low: float = CONT_VETO_LOW, cveto_high: float = CONT_VETO_HIGH) -> np.ndarray:
+                    cveto_low: float = CONT_VETO_LOW, cveto_high: float = CONT_VETO_HIGH,
+                    spare: float | None = SPARE_MAP) -> np.ndarray:
     """``s * (1 - trust * veto(P(particle))) * (1 - ctrust * contamination_veto(P(contamination)))``, in [0, 1]
-    (without ``p_contamination``, the first two factors alone)."""
+    (without ``p_contamination``, the first two factors alone); the particle veto is 0 where ``s >= spare``
+    (:data:`SPARE_MAP`; None: nowhere)."""
     s = np.clip(np.asarray(map_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    fom = s * (1.0 - float(trust) * veto(p_particle, veto_low, veto_high))
+    v = veto(p_particle, veto_low, veto_high)
+    if spare is not None:
+        v = np.where(s >= float(spare), 0.0, v)
+    fom = s * (1.0 - float(trust) * v)
     if p_contamination is not None:
         fom = fom * (1.0 - float(ctrust) * contamination_veto(p_contamination, cveto_low, cveto_high))
     return fom
