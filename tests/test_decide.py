@@ -29,6 +29,10 @@ def test_a_classifier_that_agrees_with_the_map_vetoes_what_it_calls_contaminatio
     half = decide.figure_of_merit([0.8], [0.5 * (decide.VETO_LOW + decide.VETO_HIGH)], 1.0)
     np.testing.assert_allclose(half, [0.4])  # between the two: linear
     assert list(d.keep) == sorted(d.keep, key=lambda i: -d.fom[i])  # best first
+    # spare: the particle veto has no say from that map score up; off (None) by default
+    assert decide.SPARE_MAP is None
+    np.testing.assert_allclose(decide.figure_of_merit([0.5, 0.85, 0.95], [0.0, 0.0, 0.0], 1.0, spare=0.9),
+                               [0.0, 0.0, 0.95])
 
 
 def test_a_classifier_that_disagrees_with_the_map_on_its_surest_candidates_cannot_veto():
