@@ -37,6 +37,7 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_defaults.py "${LOSO[@]}" --json results/tune_defaults_loso.json
   $PY tune_veto.py "${LOSO[@]}" --json results/tune_veto.json
   $PY tune_decision.py "${LOSO[@]}" --json results/tune_decision_loso.json
+  $PY tune_decision.py "${LOSO[@]}" --n_sim 16 --json results/tune_decision_loso_spare.json
   $PY bench_tta.py "${LOSO[@]}" --json results/tta.json
   $PY bench_adapt.py --sim 0 "${LOSO[@]}" --json results/adapt_loso.json
   $PY bench_adapt.py --sim 0 --score_split test "${LOSO[@]}" --json results/adapt_loso_test.json
