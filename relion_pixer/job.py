@@ -556,6 +556,7 @@ class _Outcome:
     fatal: str | None = None
     wall: float = 0.0
     processes: int = 0
+    vetoed: int = 0
 
 
 @dataclass
@@ -579,6 +580,7 @@ class _Done:
     seconds: float
     warnings: tuple = ()
     capped: int = 0
+    vetoed: int = 0
 
 
 @dataclass
@@ -981,6 +983,7 @@ def _merge(outcomes: list[_Outcome]) -> _Outcome:
         fatal="\n".join(fatal) if fatal else None,
         wall=max(o.wall for o in outcomes),
         processes=sum(o.processes for o in outcomes),
+        vetoed=sum(o.vetoed for o in outcomes),
     )
 
 
@@ -1068,6 +1071,7 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
                 log.warn(w)
             outcome.picked += 1
             outcome.particles += result.particles
+            outcome.vetoed += result.vetoed
             outcome.seconds += result.seconds
             log.info(f"{label} [{count:>{width}}/{len(share)}] {result.name}: {result.particles} particles, "
                      f"{result.seconds:.1f} s" + (f" (max_particles {opts.max_particles} cut {result.capped} more "
@@ -1134,7 +1138,8 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the picks
             warnings.append(f"could not write the maps of {entry.name}: {type(exc).__name__}: {exc}")
     io.write_coordinates_star(coord, xy, fom, version=star_version)
-    return _Done(entry.name, len(xy), time.perf_counter() - t0, tuple(warnings), int(getattr(result, "capped", 0)))
+    return _Done(entry.name, len(xy), time.perf_counter() - t0, tuple(warnings), int(getattr(result, "capped", 0)),
+                 int(getattr(result, "vetoed", 0)))
 
 
 #: State of a worker process, set once by :func:`_worker_init`.
@@ -1183,6 +1188,12 @@ def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particl
         if outcome.processes > 1 and outcome.wall > 0:
             log.info(f" {outcome.processes} processes picked in parallel: {outcome.wall:.1f} s wall-clock, "
                      f"{60.0 * outcome.picked / outcome.wall:.1f} micrographs per minute in all")
+        if outcome.vetoed:
+            share = outcome.vetoed / (outcome.particles + outcome.vetoed)
+            log.info(f" The classifier dropped {outcome.vetoed} candidate{'s' if outcome.vetoed != 1 else ''} the map "
+                     "alone would have kept "
+                     f"({100.0 * share:.1f} %): ice, carbon or background it recognised, or, on a protein the weights "
+                     "never saw, particles it does not know (threshold 0 keeps them; README, \"When picks look wrong\")")
     if outcome.failed:
         log.info(f" Skipped {len(outcome.failed)} micrograph(s) that could not be picked:")
         for name, reason in outcome.failed:

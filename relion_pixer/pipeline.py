@@ -93,6 +93,9 @@ class PickResult:
         (N,) each pick's map score (the evidence of the map alone), in the order of ``xy``.
     trust : float
         The classifier's say on this micrograph (:func:`relion_pixer.decide.classifier_trust`).
+    vetoed : int
+        Candidates whose map score reached ``threshold`` but whose figure of merit the classifier's vetoes took below
+        it: what the map alone would have kept and the decision dropped.
     """
 
     xy: np.ndarray
@@ -103,6 +106,7 @@ class PickResult:
     capped: int = 0
     trust: float = 1.0
     map_score: np.ndarray | None = None
+    vetoed: int = 0
 
 
 def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, params: PickParams) -> PickResult:
@@ -161,12 +165,13 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
                                          batch_size=params.batch_size)
     decision = decide.decide(cand_score, probs, params.threshold, int(params.max_particles))
+    vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (decision.fom < params.threshold)))
     fom = decision.fom[decision.keep]
     xy = preprocess.to_original(cand_xy[decision.keep], factors)
     prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
     return PickResult(xy=xy, fom=fom, prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
                       net_image=net_image, capped=decision.capped, trust=decision.trust,
-                      map_score=cand_score[decision.keep])
+                      map_score=cand_score[decision.keep], vetoed=vetoed)
 
 
 def map_cut(score: np.ndarray, params: PickParams) -> np.ndarray:

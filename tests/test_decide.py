@@ -122,6 +122,7 @@ def test_the_decision_keeps_a_family_the_networks_never_saw(models):
         full = pick_from_map(*seg, d, models, PickParams())
         every = pick_from_map(*seg, d, models, PickParams(threshold=0.0))
         map_only = every.xy[every.map_score >= PickParams.threshold]
+        assert full.vetoed == len(map_only) - len(full.xy)  # what the map alone keeps and the decision drops
         truth = np.asarray(sim.coords).reshape(-1, 2)
 
         def hits(xy):

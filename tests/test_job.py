@@ -6,6 +6,7 @@ networks; the end-to-end tests at the bottom run the real chain through ``extern
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import io as _stdio
@@ -241,6 +242,20 @@ def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def test_the_summary_says_how_many_candidates_the_classifier_dropped(project):
+    """run.out counts what the map alone would have kept and the classifier's vetoes dropped, over the job."""
+    fake = FakePicker()
+
+    def vetoing(image, angpix, diameter_A, params):
+        return dataclasses.replace(fake(image, angpix, diameter_A, params), vetoed=1)
+
+    rc, out, err = run(RELION_CMD, vetoing)
+    assert rc == 0, err
+    n = len(fake.calls)
+    assert f" The classifier dropped {n} candidates the map alone would have kept ({100 * n / (5 * n):.1f} %)" in out
+    assert "threshold 0 keeps them" in out
+
+
 def test_external_job_outputs(project):
     picker = FakePicker()
     rc, out, err = run(RELION_CMD, picker)
@@ -254,6 +269,7 @@ def test_external_job_outputs(project):
     assert len(re.findall(r"^ \[\s*\d+/\d+\] MotionCorr/job002/Movies/\S+\.mrc: 4 particles, [\d.]+ s$", out, re.M)) == len(lst)
     assert f"Total number of particles from {len(lst)} of {len(lst)} micrographs is {4 * len(lst)}" in out
     assert "micrographs per minute" in out
+    assert "The classifier dropped" not in out  # the fake picker's classifier drops nothing
     df = io.read_coordinates_star(project / lst["rlnMicrographCoordinates"][0])
     w = picker.calls[0][0][1]
     np.testing.assert_allclose(df["rlnCoordinateX"], [w / 4, 3 * w / 4, w / 4, 3 * w / 4])
