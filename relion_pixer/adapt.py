@@ -549,5 +549,4 @@ def _measure_again(entries, invert: bool, given_A: float, models, device, info) 
     picking_A = size.picking_diameter(est)
     info(f" + adapt: particle size measured again with the adapted networks: {est.diameter_A:.0f} A, "
          f"{est.ratio:.2f}x the diameter given; picking at {picking_A:.0f} A ({time.perf_counter() - t0:.1f} s)")
-    return {"given_A": given_A, "estimate_A": est.diameter_A, "picking_A": picking_A, "factors": est.factors,
-            "confidence": est.confidence}
+    return est.record(picking_A)

@@ -936,8 +936,7 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
                  f"given ({opts.particle_diameter:g} A)" + (", at the end of the range searched" if est.at_edge else "")
                  + f"; picking at {picking_A:.0f} A: check --particle_diameter and the pixel size")
     with io.atomic_write(path) as fh:
-        json.dump({"given_A": opts.particle_diameter, "estimate_A": est.diameter_A, "picking_A": picking_A,
-                   "factors": est.factors, "confidence": est.confidence}, fh, indent=1)
+        json.dump(est.record(picking_A), fh, indent=1)
     return picking_A
 
 

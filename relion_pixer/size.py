@@ -89,6 +89,12 @@ class SizeEstimate(NamedTuple):
         """Estimated / given diameter."""
         return self.diameter_A / self.given_A
 
+    def record(self, picking_A: float) -> dict:
+        """What a job keeps of the estimate for Continue (``pixer_size.json``, and adapt's note when the adapted
+        networks measure it again), with the diameter it picks at."""
+        return {"given_A": self.given_A, "estimate_A": self.diameter_A, "picking_A": float(picking_A),
+                "factors": self.factors, "confidence": self.confidence}
+
 
 def confidence(prob_map) -> float:
     """The networks' confidence on one probability map: mean log-odds of the upper half of its candidate scores

@@ -279,15 +279,15 @@ def simulated_set(
         value = _draw(rng, snr)
         k = _draw(rng, oversample)
         jitter = float(rng.uniform(*size_jitter))
-        thin = {}
+        source = {}  # where this micrograph's particles come from, when not the default mix
         if thin_fraction > 0 and rng.random() < thin_fraction:
-            thin["families"] = (THIN_FAMILIES[int(rng.integers(len(THIN_FAMILIES)))],)
+            source["families"] = (THIN_FAMILIES[int(rng.integers(len(THIN_FAMILIES)))],)
         if families:
-            thin["families"] = tuple(families)
+            source["families"] = tuple(families)
         if model_files:
-            thin.update(families=(), model_files=list(model_files))
+            source.update(families=(), model_files=list(model_files))
         # random_config gives the particle a physical size (from its family's range) and sets the pixel size to match
-        cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, **thin)
+        cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, **source)
         if phase_plate_fraction > 0 and rng.random() < phase_plate_fraction:
             cfg["phase_shift"] = float(rng.uniform(*phase_shift_range))
         native = int(round(size * k))

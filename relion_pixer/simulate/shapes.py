@@ -289,14 +289,18 @@ def _ring(rng, n, size, layers=1, template=None):
     return np.concatenate(parts)
 
 
-def _cage(rng, n, size, template=None):
-    k = int(rng.choice([12, 24, 32, 60]))
-    R = size / 2.0
-    # quasi-uniform points on a sphere (Fibonacci)
+def _sphere_directions(k: int) -> np.ndarray:
+    """``k`` quasi-uniform unit vectors on a sphere (Fibonacci lattice), ``k x 3``."""
     i = np.arange(k) + 0.5
     phi = np.arccos(1 - 2 * i / k)
     theta = np.pi * (1 + 5**0.5) * i
-    dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+    return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+
+
+def _cage(rng, n, size, template=None):
+    k = int(rng.choice([12, 24, 32, 60]))
+    R = size / 2.0
+    dirs = _sphere_directions(k)
     r_sub = R * np.sqrt(4.0 / k) * rng.uniform(0.9, 1.1)
     per = max(8, n // k)
     unit = _subunit(rng, per, r_sub, template)
@@ -310,12 +314,9 @@ def _shell(rng, n, size):
     wall = rng.uniform(0.2, 0.5) * R
     r_sub = wall / 2.0
     k = int(np.clip(round(1.3 * 4.0 * ((R - r_sub) / r_sub) ** 2), 24, 480))
-    i = np.arange(k) + 0.5
-    phi = np.arccos(1 - 2 * i / k)
-    theta = np.pi * (1 + 5**0.5) * i
-    dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
     per = max(8, n // k)
-    return np.concatenate([_lumpy_blob(rng, per, r_sub, lumps=int(rng.integers(2, 4))) + d * (R - r_sub) for d in dirs])
+    return np.concatenate([_lumpy_blob(rng, per, r_sub, lumps=int(rng.integers(2, 4))) + d * (R - r_sub)
+                           for d in _sphere_directions(k)])
 
 
 def _elongated(rng, n, size, template=None):
