@@ -39,6 +39,10 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_decision.py "${LOSO[@]}" --json results/tune_decision_loso.json
   $PY tune_decision.py "${LOSO[@]}" --n_sim 16 --json results/tune_decision_loso_spare.json
   $PY bench_tta.py "${LOSO[@]}" --json results/tta.json
+  if [[ -f ../runs/loso_ribosome_only_seed1/model.pt && -f ../runs/loso_apoferritin_only_real35/model.pt ]]; then
+    $PY bench_ensemble.py --ensemble seeds=base,seed1 --ensemble recipes=base,seed1,jitter,atomic,real35 \
+        --json results/experiments/ensemble.json
+  fi
   $PY bench_adapt.py --sim 0 "${LOSO[@]}" --json results/adapt_loso.json
   $PY bench_adapt.py --sim 0 --score_split test "${LOSO[@]}" --json results/adapt_loso_test.json
   $PY tune_adapt.py "${LOSO[@]}" --json results/tune_adapt.json
