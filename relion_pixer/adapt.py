@@ -97,6 +97,10 @@ class AdaptConfig:
         Share of the pseudo-labelled data in the classifier's boxes (per class) and the segmenter's crops.
     seed : int
         Everything random (hold-out, replay, batches) follows it.
+    rounds : int
+        Rounds of self-training. Round ``k > 1`` takes its pseudo-labels from round ``k - 1``'s networks (on the same
+        micrographs, the same tiles held out), fine-tunes the general networks on them again, and is kept only if
+        its networks pass the guard against round ``k - 1``'s; otherwise the last kept round's networks stand.
     reestimate : bool
         When the adapted networks are kept and the job estimates the particle size, measure it again with them (on
         the job's first micrographs, :func:`relion_pixer.size.estimate_diameter`) and pick at the blend of the
@@ -126,6 +130,7 @@ class AdaptConfig:
     replay_size: int = 256
     user_fraction: float = 0.5
     seed: int = 0
+    rounds: int = 1
     reestimate: bool = True
 
 
@@ -334,37 +339,87 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     Returns
     -------
     AdaptResult
+        With :attr:`AdaptConfig.rounds` > 1, the last kept round's networks; ``figures["rounds"]`` holds each later
+        round's figures.
     """
-    import torch
-
-    from relion_pixer import train
-    from relion_pixer.models import PixerModels, load_pretrained
-    from relion_pixer.preprocess import cut_boxes, prepare
+    from relion_pixer.preprocess import prepare
 
     device = params.device
     rng = np.random.default_rng(cfg.seed)
     figures: dict = {"seconds": {}}
     t0 = time.perf_counter()
-    images, factors, labels, particles, held, general_picks = [], [], [], [], [], []
+    images, factors, held, teacher = [], [], [], []
     for image, angpix in micrographs:
         net, f = prepare(image, angpix, diameter_A)
-        cand_xy, cand_fom, probs, picked, picks = _candidates(net, general, f, diameter_A, params, device)
-        lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, picked, cfg)
+        teacher.append(_pseudo_labelled(net, general, f, diameter_A, params, device, cfg))
         images.append(net)
         factors.append(f)
-        labels.append(lab)
-        particles.append(conf)
         held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
-        general_picks.append(picks)
     if not images:
         return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
+    sample = _Sample(images, factors, held, diameter_A, params, rng)
+    result = _fine_tune(sample, teacher, init_path, cfg, figures, t0, info, "")
+    if not result.kept:
+        return result
+    figures["rounds"] = []
+    for k in range(2, int(cfg.rounds) + 1):
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            result.models.to(device)
+            teacher = [_pseudo_labelled(net, result.models, f, diameter_A, params, device, cfg)
+                       for net, f in zip(images, factors)]
+            result.models.to("cpu")
+        later = _fine_tune(sample, teacher, init_path, cfg, {"seconds": {}}, t0, info, f" (round {k})")
+        figures["rounds"].append({"kept": later.kept, "reason": later.reason, **later.figures})
+        if not later.kept:
+            info(f" + adapt (round {k}): networks not kept ({later.reason}); round {k - 1}'s stand")
+            break
+        result = AdaptResult(later.models, True, later.reason, figures)
+    return result
+
+
+@dataclass
+class _Sample:
+    """The network-scale micrographs one adaptation learns from, what is held out of them, and its random state."""
+
+    images: list
+    factors: list
+    held: list
+    diameter_A: float
+    params: object
+    rng: np.random.Generator
+    replay: object = None
+
+
+def _pseudo_labelled(net, teacher, factor, diameter_A: float, params, device: str, cfg: AdaptConfig):
+    """One network-scale micrograph's pseudo-labels from the ``teacher`` networks: (labels, confident particles,
+    the teacher's job picks at network scale)."""
+    cand_xy, cand_fom, probs, picked, picks = _candidates(net, teacher, factor, diameter_A, params, device)
+    lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, picked, cfg)
+    return lab, conf, picks
+
+
+def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figures: dict, t0: float, info,
+               which: str) -> AdaptResult:
+    """One round: the general networks (``init_path``) fine-tuned on the ``teacher``'s pseudo-labels (a list of
+    :func:`_pseudo_labelled` per micrograph) and checked against the teacher on the held-out tiles."""
+    import torch
+
+    from relion_pixer import train
+    from relion_pixer.models import PixerModels, load_pretrained
+    from relion_pixer.preprocess import cut_boxes
+
+    images, held, rng, device = sample.images, sample.held, sample.rng, sample.params.device
+    labels, particles, teacher_picks = (list(x) for x in zip(*teacher))
     n_conf = int(sum(len(p) for p in particles))
     counts = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=256)
     figures.update(micrographs=len(images), confident_particles=n_conf,
                    background_pixels=int(counts[BACKGROUND]), contamination_pixels=int(counts[CONTAMINATION]),
                    ignored_share=float(counts[train.IGNORE] / max(1, counts.sum())))
     figures["seconds"]["pseudo_labels"] = time.perf_counter() - t0
-    info(f" + adapt: pseudo-labels from {len(images)} micrograph(s): {n_conf} confident particles, "
+    info(f" + adapt{which}: pseudo-labels from {len(images)} micrograph(s): {n_conf} confident particles, "
          f"{counts[BACKGROUND]} background and {counts[CONTAMINATION]} contamination pixels at network scale "
          f"({figures['ignored_share']:.0%} ignored), {figures['seconds']['pseudo_labels']:.1f} s")
     if n_conf < cfg.min_particles:
@@ -379,12 +434,14 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         train_labels.append(hidden)
         train_particles.append(conf[~_inside(conf, h)])
     user = train.LabelledSet(images, train_labels, train_particles, None, [f"sample{i}" for i in range(len(images))])
-    t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    replay = train.simulated_set(cfg.replay, cfg.replay_size, cfg.seed, progress=False)
-    figures["seconds"]["replay"] = time.perf_counter() - t0
-    info(f" + adapt: {len(replay)} simulated replay micrographs, {figures['seconds']['replay']:.1f} s")
+    if sample.replay is None:  # made once, shared by the rounds
+        t0 = time.perf_counter()
+        sample.replay = train.simulated_set(cfg.replay, cfg.replay_size, cfg.seed, progress=False)
+        figures["seconds"]["replay"] = time.perf_counter() - t0
+        info(f" + adapt: {len(sample.replay)} simulated replay micrographs, {figures['seconds']['replay']:.1f} s")
+    replay = sample.replay
 
     # ---- fine-tuning with train.py's machinery, its step lines kept out of run.out
     t0 = time.perf_counter()
@@ -407,22 +464,23 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     segmenter.eval()
     adapted = PixerModels(classifier, segmenter, {})
     figures["seconds"]["fine_tune"] = time.perf_counter() - t0
-    info(f" + adapt: networks fine-tuned ({cfg.cls_steps} classifier and {cfg.seg_steps} segmenter steps, "
+    info(f" + adapt{which}: networks fine-tuned ({cfg.cls_steps} classifier and {cfg.seg_steps} segmenter steps, "
          f"{int(mine_np.sum())} pseudo-labelled boxes beside {int((~mine_np).sum())} simulated), "
          f"{figures['seconds']['fine_tune']:.1f} s")
 
-    # ---- the guard: agreement on the held-out tiles
+    # ---- the guard: agreement on the held-out tiles, against the teacher's own picks there
     t0 = time.perf_counter()
     with torch.inference_mode():
-        adapted_picks = _job_picks(adapted, images, factors, diameter_A, params, device)
+        adapted_picks = _job_picks(adapted, images, sample.factors, sample.diameter_A, sample.params, device)
     after = agreement(adapted_picks, labels, particles, held)
-    before = agreement(general_picks, labels, particles, held)
+    before = agreement(teacher_picks, labels, particles, held)
     change = abs(after["picks"] - before["picks"]) / max(1, before["picks"])
     figures.update(agreement_adapted=after, agreement_general=before, held_out_count_change=change)
     figures["seconds"]["check"] = time.perf_counter() - t0
     ok_agree = np.isfinite(after["agreement"]) and after["agreement"] >= cfg.min_agreement
     ok_count = change <= cfg.max_count_change
-    reason = (f"agreement with the held-out pseudo-labels {after['agreement']:.3f} (general networks "
+    teacher_name = "general networks" if not which else "previous round's networks"
+    reason = (f"agreement with the held-out pseudo-labels {after['agreement']:.3f} ({teacher_name} "
               f"{before['agreement']:.3f}; at least {cfg.min_agreement:g} needed), picks on the held-out tiles "
               f"{after['picks']} against {before['picks']} ({change:+.0%}; at most {cfg.max_count_change:.0%} change)")
     adapted.classifier.cpu()
