@@ -53,7 +53,8 @@ budget nor the pseudo-labels' thresholds limit the gain; the teacher may. The ad
 they never saw than the general ones (apoferritin recall 0.833 -> 0.881 in session 15), so their pseudo-labels hold
 more of its particles. ``rounds 2`` (:attr:`relion_pixer.adapt.AdaptConfig.rounds`): round 2 takes its
 pseudo-labels from round 1's networks, on the same micrographs with the same tiles held out, fine-tunes the general
-networks again on them, and is kept only if its networks pass the guard against round 1's. The setting measured
+networks again on them, and is kept only if its networks pass the guard (agreement with round 1's held-out
+pseudo-labels, and their number of picks on the held-out tiles within 30 % of the general networks'). The setting measured
 beside the job's (which has ``reestimate`` since round 3). The same rule and test-split step as rounds 1-3, written
 before round 4's run; these micrographs were scored by rounds 1-3, so this round is no blinder than they were. The
 cost doubles the adaptation's (about 30 s more per job on 2 CPU threads), within the 3-minute target.

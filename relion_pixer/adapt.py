@@ -100,7 +100,8 @@ class AdaptConfig:
     rounds : int
         Rounds of self-training. Round ``k > 1`` takes its pseudo-labels from round ``k - 1``'s networks (on the same
         micrographs, the same tiles held out), fine-tunes the general networks on them again, and is kept only if
-        its networks pass the guard against round ``k - 1``'s; otherwise the last kept round's networks stand.
+        its networks pass the guard (agreement with round ``k - 1``'s held-out pseudo-labels; their number of picks
+        there against the general networks'); otherwise the last kept round's networks stand.
     reestimate : bool
         When the adapted networks are kept and the job estimates the particle size, measure it again with them (on
         the job's first micrographs, :func:`relion_pixer.size.estimate_diameter`) and pick at the blend of the
@@ -357,7 +358,7 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
     if not images:
         return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
-    sample = _Sample(images, factors, held, diameter_A, params, rng)
+    sample = _Sample(images, factors, held, diameter_A, params, rng, [t[2] for t in teacher])
     result = _fine_tune(sample, teacher, init_path, cfg, figures, t0, info, "")
     if not result.kept:
         return result
@@ -390,6 +391,7 @@ class _Sample:
     diameter_A: float
     params: object
     rng: np.random.Generator
+    general_picks: list
     replay: object = None
 
 
@@ -468,13 +470,15 @@ def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figu
          f"{int(mine_np.sum())} pseudo-labelled boxes beside {int((~mine_np).sum())} simulated), "
          f"{figures['seconds']['fine_tune']:.1f} s")
 
-    # ---- the guard: agreement on the held-out tiles, against the teacher's own picks there
+    # ---- the guard: agreement with the teacher on the held-out tiles; their number of picks against the general
+    # networks' (the same as the teacher's in round 1), so that rounds cannot drift step by step
     t0 = time.perf_counter()
     with torch.inference_mode():
         adapted_picks = _job_picks(adapted, images, sample.factors, sample.diameter_A, sample.params, device)
     after = agreement(adapted_picks, labels, particles, held)
     before = agreement(teacher_picks, labels, particles, held)
-    change = abs(after["picks"] - before["picks"]) / max(1, before["picks"])
+    general_count = agreement(sample.general_picks, labels, particles, held)["picks"]
+    change = abs(after["picks"] - general_count) / max(1, general_count)
     figures.update(agreement_adapted=after, agreement_general=before, held_out_count_change=change)
     figures["seconds"]["check"] = time.perf_counter() - t0
     ok_agree = np.isfinite(after["agreement"]) and after["agreement"] >= cfg.min_agreement
@@ -482,7 +486,8 @@ def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figu
     teacher_name = "general networks" if not which else "previous round's networks"
     reason = (f"agreement with the held-out pseudo-labels {after['agreement']:.3f} ({teacher_name} "
               f"{before['agreement']:.3f}; at least {cfg.min_agreement:g} needed), picks on the held-out tiles "
-              f"{after['picks']} against {before['picks']} ({change:+.0%}; at most {cfg.max_count_change:.0%} change)")
+              f"{after['picks']} against the general networks' {general_count} ({change:+.0%}; at most "
+              f"{cfg.max_count_change:.0%} change)")
     adapted.classifier.cpu()
     adapted.segmenter.cpu()
     return AdaptResult(adapted, bool(ok_agree and ok_count), reason, figures)

@@ -172,6 +172,60 @@ def test_adaptation_is_deterministic_for_a_seed():
     assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
 
 
+def _small_sample():
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(3)
+    cfg = random_config(rng, snr=1.0, particle_diameter_px=32.0, families="globular", empty=False, n_ice=0,
+                        n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=1.5, density=0.3)
+    return [(simulate_micrograph(rng, shape=(256, 256), **cfg).image.astype(np.float32), 1.5)]
+
+
+def test_a_second_round_learns_from_the_first_and_a_drifting_one_leaves_it(monkeypatch):
+    """``AdaptConfig.rounds``: round 2 relabels with round 1's networks and replaces them when it passes the guard
+    against them; when round 2 drifts, round 1's networks stand, exactly as one round gives them."""
+    import torch
+
+    from relion_pixer import train
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+
+    sample, general = _small_sample(), load_pretrained(None)
+
+    def run(rounds):
+        return adapt.adapt_models(sample, 48.0, general, None, PickParams(), dataclasses.replace(QUICK, rounds=rounds),
+                                  info=lines.append)
+
+    def same(a, b):
+        sa, sb = a.models.segmenter.state_dict(), b.models.segmenter.state_dict()
+        return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    lines: list[str] = []
+    one, two = run(1), run(2)
+    assert one.kept and two.kept and "rounds" not in one.figures or one.figures["rounds"] == []
+    assert len(two.figures["rounds"]) == 1 and two.figures["rounds"][0]["kept"]
+    assert any(line.startswith(" + adapt (round 2): networks fine-tuned") for line in lines)
+    assert "previous round's networks" in two.reason
+    assert not same(one, two)  # round 2 learned from other labels
+
+    real_fit, calls = train.fit_segmenter, []
+
+    def drifting_in_round_two(segmenter, *args, **kw):
+        real_fit(segmenter, *args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                for branch in segmenter.branches:
+                    branch[-1].bias[PARTICLE] -= 50.0
+
+    monkeypatch.setattr(train, "fit_segmenter", drifting_in_round_two)
+    lines.clear()
+    kept = run(2)
+    assert kept.kept and not kept.figures["rounds"][0]["kept"]
+    assert any("round 1's stand" in line for line in lines)
+    assert same(kept, one) and kept.reason == one.reason
+
+
 def test_adapt_option_default_no_bare_flag_yes():
     base = "pick a.mrc --angpix 1 --particle_diameter 100 --o out/".split()[1:]
     assert job.parse_args(base).adapt is False
