@@ -47,6 +47,8 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY bench_adapt.py --sim 0 --score_split test "${LOSO[@]}" --json results/adapt_loso_test.json
   $PY tune_adapt.py "${LOSO[@]}" --json results/tune_adapt.json
   $PY tune_adapt.py --round 2 "${LOSO[@]}" --json results/tune_adapt_round2.json
+  $PY tune_adapt.py --round 3 "${LOSO[@]}" --json results/tune_adapt_round3.json
+  $PY tune_adapt.py --round 4 "${LOSO[@]}" --json results/tune_adapt_round4.json
 fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json

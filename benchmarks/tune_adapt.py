@@ -59,6 +59,10 @@ beside the job's (which has ``reestimate`` since round 3). The same rule and tes
 before round 4's run; these micrographs were scored by rounds 1-3, so this round is no blinder than they were. The
 cost doubles the adaptation's (about 30 s more per job on 2 CPU threads), within the 3-minute target.
 
+Session 17's run (``benchmarks/results/tune_adapt_round4.json``): mean gains +0.024 (job: +0.014, +0.035) and +0.024
+(two rounds: +0.012, +0.036; round 2 kept on both sets, agreement 0.997 and 1.000), so the job's setting (one round)
+stays, and the test-split step does not arise. Self-training gains what it gains in its first round.
+
 Usage::
 
     python benchmarks/tune_adapt.py --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \\
