@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench_real import average_precisions, label_completeness, pixer_picks
+from bench_real import add_completed_f1, average_precisions, pixer_picks
 from common import real_sets, score
 from relion_pixer.models import PixerModels, load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -126,11 +126,7 @@ def main() -> None:
                   f"F1 {r['f1']:.4f} (P {r['precision']:.3f}, R {r['recall']:.3f}, picked at {d:.0f} A; "
                   f"AP fom {r['ap']['fom']:.4f}, map {r['ap']['map_score']:.4f})", flush=True)
         if not rs.labels_complete:
-            done = label_completeness(every_picks, mics, rs.radius_px, 2 * rs.radius_px)
-            for label in ensembles:
-                row[label]["completed_f1"] = done["scores"][label]["f1"]
-            print(f"{rs.title}, against completed labels: "
-                  + ", ".join(f"{k} {row[k]['completed_f1']:.4f}" for k in ensembles), flush=True)
+            add_completed_f1(row, every_picks, mics, rs)
         out["sets"][rs.name] = row
     verdicts = {}
     for label in ensembles:

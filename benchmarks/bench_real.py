@@ -117,6 +117,18 @@ def label_completeness(pickers: dict, mics, radius: float, diameter_px: float, s
     return out
 
 
+def add_completed_f1(rows: dict, pickers: dict, mics, rs) -> None:
+    """Each picker scored against the labels completed with every picker's particle-like unlabelled picks
+    (:func:`label_completeness`) into ``rows[name]["completed_f1"]``, and a line saying so: for a set whose
+    labellers left particles out, reported beside the F1 and never deciding."""
+    done = label_completeness(pickers, mics, rs.radius_px, 2 * rs.radius_px)
+    for key in pickers:
+        rows[key]["completed_f1"] = done["scores"][key]["f1"]
+    print(f"{rs.title}, against the labels completed with every model's particle-like picks "
+          f"({done['completed_truth']} particles): "
+          + ", ".join(f"{key} {rows[key]['completed_f1']:.4f}" for key in pickers), flush=True)
+
+
 def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float, title: str) -> None:
     """One micrograph with PIXER's picks and the labels: picks on a label green, picks without one orange when
     particle-like (density at least ``cut``) and red when not, labels without a pick cyan."""

@@ -30,7 +30,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from bench_real import label_completeness, pixer_picks
+from bench_real import add_completed_f1, pixer_picks
 from common import real_sets, score
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -77,14 +77,9 @@ def main() -> None:
                   f"(P {row[key]['precision']:.3f}, R {row[key]['recall']:.3f}, picked at {d:.0f} A)", flush=True)
         if not rs.labels_complete:
             # reported, never deciding: every model scored against the labels completed with the particle-like
-            # unlabelled picks of all of them (bench_real.label_completeness), so that a set whose labellers left
+            # unlabelled picks of all of them (bench_real.add_completed_f1), so that a set whose labellers left
             # particles out still tells the models apart where its own labels cannot
-            done = label_completeness(every, mics, rs.radius_px, 2 * rs.radius_px)
-            for key in every:
-                row[key]["completed_f1"] = done["scores"][key]["f1"]
-            print(f"{rs.title}, against the labels completed with every model's particle-like picks "
-                  f"({done['completed_truth']} particles): "
-                  + ", ".join(f"{key} {row[key]['completed_f1']:.4f}" for key in every), flush=True)
+            add_completed_f1(row, every, mics, rs)
         row["unseen_model"] = name
         row["change_vs_v4"] = row[name]["f1"] - row["v4"]["f1"]
         for label in variants:

@@ -147,3 +147,42 @@ def test_leave_one_set_out_scores_a_set_with_incomplete_labels_against_completed
     for key in ("v4", "apoferritin_only", "v12"):
         assert incomplete[key]["completed_f1"] > incomplete[key]["f1"] + 0.05, incomplete[key]
     assert all("completed_f1" not in complete[key] for key in ("v4", "ribosome_only", "v12"))
+
+
+def test_an_ensemble_of_one_network_twice_picks_as_the_network_and_missing_members_are_named(tmp_path, monkeypatch,
+                                                                                            bench_modules):
+    """bench_ensemble.py on two small sets under the real sets' names: the mean of a network's logits with its own
+    picks exactly as the network alone; an ensemble of two different networks is judged by the rule; a member whose
+    file is missing stops the run with its path."""
+    import json
+    import shutil
+
+    from relion_pixer.models import shipped_weights
+
+    common, _ = bench_modules
+    _write_set(tmp_path, name="empiar10028_ribosome80S", drop_every=3)
+    _write_set(tmp_path, name="empiar10146_apoferritin")
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    runs = tmp_path / "runs"
+    v4 = shipped_weights().with_name("pixer_v4.pt")
+    for folder, weights in (("loso_apoferritin_only", shipped_weights()), ("loso_ribosome_only", shipped_weights()),
+                            ("loso_apoferritin_only_seed1", v4), ("loso_ribosome_only_seed1", v4)):
+        (runs / folder).mkdir(parents=True)
+        shutil.copy(weights, runs / folder / "model.pt")
+    sys.modules.pop("bench_ensemble", None)
+    import bench_ensemble
+
+    out = tmp_path / "ensemble.json"
+    argv = ["bench_ensemble.py", "--runs", str(runs), "--threads", "1", "--ensemble", "twice=base,base",
+            "--ensemble", "seeds=base,seed1", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_ensemble.main()
+    result = json.loads(out.read_text())
+    for name, row in result["sets"].items():
+        assert row["twice"]["f1"] == row["base"]["f1"] and row["twice"]["picks"] == row["base"]["picks"], name
+    assert result["verdicts"]["twice"]["changes"] == [0.0, 0.0] and not result["verdicts"]["twice"]["carries_over"]
+    assert set(result["verdicts"]) == {"twice", "seeds"}
+    assert "completed_f1" in result["sets"]["empiar10028_ribosome80S"]["seeds"]
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["--ensemble", "more=base,jitter"])
+    with pytest.raises(SystemExit, match="loso_apoferritin_only_jitter/model.pt"):
+        bench_ensemble.main()
