@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -269,12 +270,20 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     parsed = relion.parse_tolerant(argv, SPEC)
     values = parsed.values
     warnings = list(parsed.warnings)
+    user_options = [k for k, kind in SPEC.items() if kind != "ignored" and k not in ("help", "continue")]
+    for shown in parsed.unknown:  # a misspelt parameter would silently leave its default in force
+        meant = relion.likely_meant(shown, user_options)
+        if meant:
+            raise UsageError(f"unknown parameter {shown.split()[0]!r}: did you mean {meant}? (relion_pixer --help "
+                             "lists the parameters)")
 
     in_mics = values.get("in_mics")
     if "in_mics" in values and not in_mics:
         raise UsageError("--in_mics needs a micrographs STAR file")
     micrographs: list[str] = []
     if in_mics:
+        for key, extra in parsed.flag_values.items():
+            raise UsageError(f"--{key} takes Yes or No, not {' '.join(extra)!r}")
         if parsed.positional:
             warnings.append(f"ignoring arguments that belong to no option: {' '.join(parsed.positional)} (RELION "
                             "passes values unquoted, so a path with spaces arrives split: rename it without spaces)")
@@ -645,17 +654,17 @@ def run_job(
         what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
         log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
         if world.leader:
-            relion.write_exit_marker(job_dir, "aborted")
+            _mark(job_dir, "aborted", log)
         return 2
     except (UsageError, io.StarError, io.MicrographError, ValueError, OSError, RuntimeError) as exc:
         log.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if world.leader:
-            relion.write_exit_marker(job_dir, "failure")
+            _mark(job_dir, "failure", log)
         return 1
     except Exception as exc:  # noqa: BLE001 - the marker must tell RELION whatever happened
         log.error(f"{type(exc).__name__}: {exc}")
         if world.leader:
-            relion.write_exit_marker(job_dir, "failure")
+            _mark(job_dir, "failure", log)
         raise
     finally:
         if world.size > 1:
@@ -665,6 +674,15 @@ def run_job(
                 parallel.wait_for_all(world)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _mark(job_dir: Path, status: str, log: _Log) -> None:
+    """RELION's exit marker after an error; when even that cannot be written (a full disk, a directory gone
+    read-only), run.err says so instead of a second traceback."""
+    try:
+        relion.write_exit_marker(job_dir, status)
+    except OSError as exc:
+        log.error(f"cannot write RELION_JOB_EXIT_{status.upper()} in {job_dir} ({exc.strerror or exc})")
 
 
 def _device_words(device: str) -> str:
@@ -699,7 +717,13 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
         job_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _NoJobDir(f"cannot create the output directory {odir} ({exc.strerror or exc})") from None
-    relion.clear_exit_markers(job_dir)
+    try:  # a directory that exists but takes no files (permissions, read-only or immutable): say so before any work
+        fd, probe = tempfile.mkstemp(dir=job_dir, prefix=".pixer_probe.", suffix=io.TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+        relion.clear_exit_markers(job_dir)
+    except OSError as exc:
+        raise _NoJobDir(f"cannot write in the output directory {odir} ({exc.strerror or exc})") from None
     _clean_temp_files(job_dir)
     for w in opts.warnings:
         log.warn(w)
@@ -739,7 +763,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             networks = (_size_models(opts, pick_fn)
                         if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:
-                diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
+                diameter = _particle_size(plan.entries, opts, networks, log, job_dir,
+                                          picked_before=len(plan.entries) - len(plan.todo))
             if plan.todo and opts.check_spacing:
                 diameter = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
             if plan.todo and opts.adapt:
@@ -801,20 +826,23 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         outcome = _merge(outcomes)
         _clean_temp_files(job_dir)  # a rank stopped by a signal may have left one
 
-    # the coordinate list and the output nodes, also after an abort or a fatal error, so that finished work is usable
+    # the coordinate list and the output nodes, also after an abort or a fatal error, so that finished work is
+    # usable; none when the job fails with nothing finished
     version = plan.version
     listed = [(e.name, c) for e, c in zip(plan.entries, plan.coord_files) if Path(c).exists()]
-    io.write_coordinate_files_star(job_dir / "autopick.star", [n for n, _ in listed], [c for _, c in listed],
-                                   plan.star_version)
-    if version == 3:
-        nodes = []
-        if opts.in_mics:
-            relion.write_coords_suffix(job_dir, opts.in_mics, "pixer")
-            nodes.append((odir + "coords_suffix_pixer.star", relion.NODE_MIC_COORDS_31))
-    else:
-        nodes = [(odir + "autopick.star", relion.COORDS_NODE_LABEL[version])]
-    if nodes:
-        relion.write_output_nodes(job_dir, nodes, version)
+    failing = outcome.aborted or outcome.fatal is not None or bool(plan.todo and outcome.picked == 0)
+    if listed or not failing:
+        io.write_coordinate_files_star(job_dir / "autopick.star", [n for n, _ in listed], [c for _, c in listed],
+                                       plan.star_version)
+        if version == 3:
+            nodes = []
+            if opts.in_mics:
+                relion.write_coords_suffix(job_dir, opts.in_mics, "pixer")
+                nodes.append((odir + "coords_suffix_pixer.star", relion.NODE_MIC_COORDS_31))
+        else:
+            nodes = [(odir + "autopick.star", relion.COORDS_NODE_LABEL[version])]
+        if nodes:
+            relion.write_output_nodes(job_dir, nodes, version)
 
     total_particles = sum(_count_rows(c) for _, c in listed)
     _summary(log, outcome, len(plan.entries), listed, total_particles, odir)
@@ -888,23 +916,25 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     return _load_networks(opts, device), device
 
 
-def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict | None:
-    """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``;
-    None when the file is absent, unreadable, incomplete or made for another value."""
+def _kept(path: Path, key: str, value: float | None, fields: tuple[str, ...]) -> dict | None:
+    """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``
+    (None: whatever it is); None when the file is absent, unreadable, incomplete or made for another value."""
     import json
 
     try:
         kept = json.loads(path.read_text())
-        if float(kept[key]) != float(value):
+        if value is not None and float(kept[key]) != float(value):
             return None
         return {f: float(kept[f]) for f in fields}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
+def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path, picked_before: int = 0) -> float:
     """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
-    micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read."""
+    micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read or none
+    gives the networks anything to see. ``picked_before``: micrographs an earlier run of the job picked (a warning when
+    a changed diameter makes this run pick the rest at another size)."""
     import json
 
     from relion_pixer import size
@@ -918,13 +948,23 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         log.info(f" + particle size from the data: {kept['estimate_A']:.0f} A, picking at {kept['picking_A']:.0f} A "
                  f"(kept from the first run in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
         return kept["picking_A"]
+    earlier = _kept(path, "given_A", None, ("given_A", "picking_A")) if picked_before else None
     sample: list[str] = []  # the micrographs read; the estimate reads them one at a time
     t0 = time.perf_counter()
     est = size.estimate_diameter(size.first_micrographs(entries, opts.invert, sample), opts.particle_diameter, models,
                                  device)
     if not sample:
         return opts.particle_diameter
+    if not np.isfinite(np.asarray(est.confidence, dtype=float)).any():
+        log.info(f" + particle size from the data: not measured: none of the {len(est.factors)} scales tried "
+                 f"({min(est.factors):.2f}x-{max(est.factors):.2f}x the diameter given, {opts.particle_diameter:g} A) "
+                 f"gave the networks a particle to see on {len(sample)} micrograph(s); picking at the diameter given")
+        return opts.particle_diameter
     picking_A = size.picking_diameter(est)
+    if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
+        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
+                 f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A. To pick "
+                 "them all at one size, run a new job, or delete this job's coordinate files first")
     how = ("at the diameter given (the estimate is reported, not used: see docs/benchmarks.md)"
            if size.ESTIMATE_WEIGHT == 0 else
            f"at {picking_A:.0f} A, between the two (estimate_size No: at the diameter given)")
@@ -1199,7 +1239,10 @@ def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particl
             log.info(f"    * {name}: {reason}")
         log.warn(f"{len(outcome.failed)} micrograph(s) skipped (listed at the end of run.out); rerun the job "
                  "after fixing them to pick only those")
-    log.info(f" Saved list with {len(listed)} coordinate files in: {odir}autopick.star")
+    if listed:
+        log.info(f" Saved list with {len(listed)} coordinate files in: {odir}autopick.star")
+    else:
+        log.info(" No micrograph has a coordinate file: no autopick.star written")
     avg = total_particles / len(listed) if listed else 0.0
     log.info(f" Total number of particles from {len(listed)} of {n_entries} micrographs is {total_particles} "
              f"(on average {avg:.0f} per micrograph)")

@@ -261,13 +261,13 @@ def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[i
     width = float(diameter_angstrom) / float(angpix)
     if width < MIN_PARTICLE_PX:
         raise ValueError(
-            f"a {diameter_angstrom:g} A particle is only {width:.1f} px wide at {angpix:g} A/px (at least "
+            f"a {diameter_angstrom:.4g} A particle is only {width:.1f} px wide at {angpix:g} A/px (at least "
             f"{MIN_PARTICLE_PX:g} px are needed): is the diameter in Angstrom, and the pixel size right?")
     if shape is not None:
         out = _output_shape(tuple(shape), scale_factor(diameter_angstrom, angpix, target_px))
         if max(out) > MAX_NETWORK_SIDE:
             raise ValueError(
-                f"a {diameter_angstrom:g} A particle is {width:.1f} px wide at {angpix:g} A/px, so this "
+                f"a {diameter_angstrom:.4g} A particle is {width:.1f} px wide at {angpix:g} A/px, so this "
                 f"{shape[1]} x {shape[0]} px micrograph would be upsampled to {out[1]} x {out[0]} px for the "
                 f"networks (at most {MAX_NETWORK_SIDE}): bin the micrographs less, or check the diameter "
                 "and the pixel size")

@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from relion_pixer import io
 
@@ -272,6 +272,21 @@ def _normalise(token: str) -> str:
     return token.lstrip("-").strip().lower().replace("-", "_")
 
 
+def likely_meant(unknown: str, known: Iterable[str]) -> str | None:
+    """The known option an unknown one is most likely a misspelling of (``--treshold``: ``threshold``), or None.
+
+    Close in spelling (:func:`difflib.get_close_matches`, ratio at least 0.8), or one name of at least five letters
+    inside the other (``--diameter``: ``particle_diameter``)."""
+    import difflib
+
+    key, known = _normalise(unknown.split()[0] if unknown.split() else unknown), list(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    inside = [k for k in known if min(len(k), len(key)) >= 5 and (key in k or k in key)]
+    return inside[0] if len(inside) == 1 else None
+
+
 @dataclass
 class ParsedArgs:
     """Result of :func:`parse_tolerant`.
@@ -285,6 +300,8 @@ class ParsedArgs:
         Arguments that belong to no option (micrograph files for ``relion_pixer pick``).
     unknown : list of str
         Unknown options with their values, as they appeared.
+    flag_values : dict
+        Flag name -> the values that followed it and were not Yes/No words (they went to ``positional``).
     warnings : list of str
         One line per oddity (unknown option, repeated option, stray value).
     """
@@ -292,6 +309,7 @@ class ParsedArgs:
     values: dict = field(default_factory=dict)
     positional: list = field(default_factory=list)
     unknown: list = field(default_factory=list)
+    flag_values: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
 
@@ -354,6 +372,8 @@ def parse_tolerant(argv: Sequence[str], spec: Mapping[str, str]) -> ParsedArgs:
             else:
                 out.values[key] = True
                 extra = following
+                if extra:
+                    out.flag_values[key] = list(extra)
         else:
             out.values[key] = following[0] if following else None
             extra = following[1:]
