@@ -58,7 +58,9 @@ def temp_files(job_dir: Path) -> list[Path]:
 def start(project: Path, job: str, mode: str, log) -> subprocess.Popen:
     ranks, workers = MODES[mode]
     cmd = job_command(job, DIAMETER_A, threads=workers, workers=workers, ranks=ranks) + ["--continue"]
-    return subprocess.Popen(cmd, cwd=project, env=job_env(), stdout=log, stderr=log, start_new_session=True)
+    # a run of its own temporary directory: a SIGKILLed mpirun leaves its session directory behind (jobrun.job_env)
+    tmp = Path(tempfile.mkdtemp(prefix="run_", dir=project.parent))
+    return subprocess.Popen(cmd, cwd=project, env=job_env(tmp), stdout=log, stderr=log, start_new_session=True)
 
 
 def run_to_end(project: Path, job: str, mode: str, n: int, log, timeout: float) -> dict:

@@ -112,9 +112,18 @@ def job_command(out: str, diameter_A: float, threads: int = 1, workers: int = 1,
     return (mpirun_command(ranks) if ranks > 1 else []) + cmd
 
 
-def job_env() -> dict:
-    """The environment for :func:`job_command`: this checkout first on the import path."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+def job_env(tmpdir: Path | None = None) -> dict:
+    """The environment for :func:`job_command`: this checkout first on the import path; with ``tmpdir``, a fresh
+    temporary directory of the run's own (made here).
+
+    A run that is SIGKILLed leaves Open MPI's session directory (``ompi.<launcher pid>``) in the temporary directory;
+    a later ``mpirun`` whose process id happens to match finds that stale directory and fails (exit code 213 after
+    the job itself has finished). Runs that may be killed each get their own ``tmpdir`` for that reason."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    if tmpdir is not None:
+        Path(tmpdir).mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
+    return env
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
