@@ -899,10 +899,6 @@ def main(argv: list[str] | None = None) -> int:
     if values.get("help"):
         print(HELP)
         return 0
-    for line in parsed.warnings:
-        print(f"WARNING: relion_pixer labels: {line}", file=sys.stderr)
-    if parsed.positional:
-        print(f"WARNING: relion_pixer labels: ignoring stray arguments: {' '.join(parsed.positional)}", file=sys.stderr)
     out = values.get("o")
     control = values.get("pipeline_control") or out
     if control:
@@ -910,6 +906,19 @@ def main(argv: list[str] | None = None) -> int:
             Path(control).mkdir(parents=True, exist_ok=True)
             relion.clear_exit_markers(control)
     try:
+        options = [k for k, kind in SPEC.items() if kind != "ignored" and k != "help"]
+        for shown in parsed.unknown:  # a misspelt parameter (fine_tune) would silently leave its default in force
+            meant = relion.likely_meant(shown, options)
+            if meant:
+                raise ValueError(f"unknown parameter {shown.split()[0]!r}: did you mean {meant}? (relion_pixer labels "
+                                 "--help lists the parameters)")
+        for key, extra in parsed.flag_values.items():
+            raise ValueError(f"--{key} takes Yes or No, not {' '.join(extra)!r}")
+        for line in parsed.warnings:
+            print(f"WARNING: relion_pixer labels: {line}", file=sys.stderr)
+        if parsed.positional:
+            print(f"WARNING: relion_pixer labels: ignoring stray arguments: {' '.join(parsed.positional)}",
+                  file=sys.stderr)
         missing = [f"--{k}" for k in ("o", "in_parts", "in_3dref") if not values.get(k)]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (see relion_pixer labels --help)")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import starfile
 
-from relion_pixer import PARTICLE
+from relion_pixer import PARTICLE, relion
 from relion_pixer.labels import (
     LABEL_COLUMN,
     NODE_TYPE,
@@ -526,3 +526,20 @@ def test_labels_agree_with_the_simulators_label_maps(tmp_path, rng, monkeypatch)
     # and the transposed convention (angles of the inverse rotation) would not do
     bad = MaskRenderer(vol, vox, mic_apix).render(shape, -angles[:, 2], -angles[:, 1], -angles[:, 0], centres)
     assert iou(bad, truth) < iou(label, truth) - 0.15
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fine_tune", "Yes"], "unknown parameter '--fine_tune': did you mean finetune?"),
+    (["--finetune", "maybe"], "--finetune takes Yes or No, not 'maybe'"),
+])
+def test_labels_job_stops_on_a_misspelt_parameter(tmp_path, monkeypatch, capsys, args, message):
+    """The labels External job: a misspelt parameter (which would leave its default in force) or a Yes/No parameter
+    with another value stops the job with the reason and the failure marker, before any work."""
+    monkeypatch.chdir(tmp_path)
+    out = "External/job041/"
+    rc = main(["--in_parts", "run_data.star", "--in_3dref", "run_class001.mrc", "--o", out, *args])
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ERROR: relion_pixer labels: {message}" + (" (relion_pixer labels --help lists the parameters)"
+                                                    if "did you mean" in message else "")]
+    assert (tmp_path / out / relion.EXIT_FAILURE).exists()
