@@ -270,20 +270,16 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     parsed = relion.parse_tolerant(argv, SPEC)
     values = parsed.values
     warnings = list(parsed.warnings)
-    user_options = [k for k, kind in SPEC.items() if kind != "ignored" and k not in ("help", "continue")]
-    for shown in parsed.unknown:  # a misspelt parameter would silently leave its default in force
-        meant = relion.likely_meant(shown, user_options)
-        if meant:
-            raise UsageError(f"unknown parameter {shown.split()[0]!r}: did you mean {meant}? (relion_pixer --help "
-                             "lists the parameters)")
-
     in_mics = values.get("in_mics")
+    # a misspelt parameter; a Yes/No one with another value (without --in_mics, files may follow a flag)
+    problem = relion.option_problem(parsed, [k for k, kind in SPEC.items() if kind != "ignored" and k != "help"],
+                                    flags=bool(in_mics))
+    if problem:
+        raise UsageError(f"{problem} (relion_pixer --help lists the parameters)")
     if "in_mics" in values and not in_mics:
         raise UsageError("--in_mics needs a micrographs STAR file")
     micrographs: list[str] = []
     if in_mics:
-        for key, extra in parsed.flag_values.items():
-            raise UsageError(f"--{key} takes Yes or No, not {' '.join(extra)!r}")
         if parsed.positional:
             warnings.append(f"ignoring arguments that belong to no option: {' '.join(parsed.positional)} (RELION "
                             "passes values unquoted, so a path with spaces arrives split: rename it without spaces)")

@@ -906,14 +906,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(control).mkdir(parents=True, exist_ok=True)
             relion.clear_exit_markers(control)
     try:
-        options = [k for k, kind in SPEC.items() if kind != "ignored" and k != "help"]
-        for shown in parsed.unknown:  # a misspelt parameter (fine_tune) would silently leave its default in force
-            meant = relion.likely_meant(shown, options)
-            if meant:
-                raise ValueError(f"unknown parameter {shown.split()[0]!r}: did you mean {meant}? (relion_pixer labels "
-                                 "--help lists the parameters)")
-        for key, extra in parsed.flag_values.items():
-            raise ValueError(f"--{key} takes Yes or No, not {' '.join(extra)!r}")
+        problem = relion.option_problem(parsed, [k for k, kind in SPEC.items() if kind != "ignored" and k != "help"])
+        if problem:  # a misspelt parameter (fine_tune) would leave its default in force unnoticed
+            raise ValueError(f"{problem} (relion_pixer labels --help lists the parameters)")
         for line in parsed.warnings:
             print(f"WARNING: relion_pixer labels: {line}", file=sys.stderr)
         if parsed.positional:

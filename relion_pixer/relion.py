@@ -272,6 +272,20 @@ def _normalise(token: str) -> str:
     return token.lstrip("-").strip().lower().replace("-", "_")
 
 
+def option_problem(parsed: "ParsedArgs", known: Iterable[str], flags: bool = True) -> str | None:
+    """What stops a job in a command line :func:`parse_tolerant` read, or None: an unknown option that is likely a
+    misspelling of one of ``known`` (:func:`likely_meant`; it would leave its default in force unnoticed), or (with
+    ``flags``) a Yes/No option followed by another value."""
+    known = list(known)
+    for shown in parsed.unknown:
+        meant = likely_meant(shown, known)
+        if meant:
+            return f"unknown parameter {shown.split()[0]!r}: did you mean {meant}?"
+    for key, extra in parsed.flag_values.items() if flags else ():
+        return f"--{key} takes Yes or No, not {' '.join(extra)!r}"
+    return None
+
+
 def likely_meant(unknown: str, known: Iterable[str]) -> str | None:
     """The known option an unknown one is most likely a misspelling of (``--treshold``: ``threshold``), or None.
 
