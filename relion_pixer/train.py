@@ -322,19 +322,31 @@ def atomic_model_files(patterns) -> list[str]:
     return keep
 
 
+def _cached_set(cache: Path, make) -> LabelledSet:
+    """The set kept in ``cache`` by an earlier run (or an earlier start of this one); else ``make()``, kept there."""
+    if cache.is_file():
+        return LabelledSet(**torch.load(cache, weights_only=False))
+    made = make()
+    torch.save(made.__dict__, cache)
+    return made
+
+
+def _training_set(cfg: "TrainConfig", n: int, seed: int, **source) -> LabelledSet:
+    """``n`` simulated training micrographs from ``seed``, drawn as the config says (SNR, oversampling, phase plate,
+    size jitter), with ``source``'s extra settings of :func:`simulated_set` (``thin_fraction``, ``families``,
+    ``model_files``)."""
+    return simulated_set(
+        n, cfg.sim_size, seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max),
+        phase_plate_fraction=cfg.phase_plate_fraction, phase_shift_range=tuple(cfg.phase_shift_range),
+        size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max), **source,
+    )
+
+
 def _extra_set(cfg: "TrainConfig", cache: Path, share: float, seed_offset: int, **source) -> LabelledSet:
     """Simulated micrographs added to the training set, ``share`` of ``cfg.sim_train`` of them, from
     ``cfg.seed + seed_offset`` and with the particles of ``source`` (``families`` or ``model_files``); cached."""
-    if cache.is_file():
-        return LabelledSet(**torch.load(cache, weights_only=False))
-    extra = simulated_set(
-        max(1, round(share * cfg.sim_train)), cfg.sim_size, cfg.seed + seed_offset, (cfg.snr_min, cfg.snr_max),
-        (cfg.oversample_min, cfg.oversample_max), phase_plate_fraction=cfg.phase_plate_fraction,
-        phase_shift_range=tuple(cfg.phase_shift_range), size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
-        **source,
-    )
-    torch.save(extra.__dict__, cache)
-    return extra
+    return _cached_set(cache, lambda: _training_set(cfg, max(1, round(share * cfg.sim_train)), cfg.seed + seed_offset,
+                                                    **source))
 
 
 def _draw(rng: np.random.Generator, value: float | tuple) -> float:
@@ -804,16 +816,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     init = load_pretrained(cfg.init, fuse=False) if cfg.init else None
 
     # ---- data
-    sim_cache = run.path / "sim_train.pt"
-    if sim_cache.is_file():
-        sim_train = LabelledSet(**torch.load(sim_cache, weights_only=False))
-    else:
-        sim_train = simulated_set(
-            cfg.sim_train, cfg.sim_size, cfg.seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max),
-            phase_plate_fraction=cfg.phase_plate_fraction, phase_shift_range=tuple(cfg.phase_shift_range),
-            thin_fraction=cfg.thin_fraction, size_jitter=(cfg.size_jitter_min, cfg.size_jitter_max),
-        )
-        torch.save(sim_train.__dict__, sim_cache)
+    sim_train = _cached_set(run.path / "sim_train.pt",
+                            lambda: _training_set(cfg, cfg.sim_train, cfg.seed, thin_fraction=cfg.thin_fraction))
     if cfg.shell_fraction > 0:
         sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_shell.pt", cfg.shell_fraction, 20_000,
                                                 families=("shell",)))
@@ -822,14 +826,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
                                                 model_files=atomic_files))
     valid_sets = {}
     for k, snr in enumerate(cfg.valid_snrs):
-        cache = run.path / f"sim_valid_{snr:g}.pt"
-        if cache.is_file():
-            valid_sets[snr] = LabelledSet(**torch.load(cache, weights_only=False))
-        else:
-            valid_sets[snr] = simulated_set(
-                cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), cfg.valid_oversample, progress=False
-            )
-            torch.save(valid_sets[snr].__dict__, cache)
+        valid_sets[snr] = _cached_set(run.path / f"sim_valid_{snr:g}.pt", lambda k=k, snr=snr: simulated_set(
+            cfg.sim_valid, 512, 10_000 + cfg.seed + k, float(snr), cfg.valid_oversample, progress=False))
     real = (_real_from_config(cfg.real, cfg.real_far_percentile, cfg.real_far_distance) if cfg.real
             else LabelledSet([], [], [], None, []))
     _log(f"data: {len(sim_train)} simulated, {len(real)} real, {len(user) if user else 0} user micrographs")
