@@ -951,7 +951,7 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
                                  device)
     if not sample:
         return opts.particle_diameter
-    if not np.isfinite(np.asarray(est.confidence, dtype=float)).any():
+    if not est.measured:
         log.info(f" + particle size from the data: not measured: none of the {len(est.factors)} scales tried "
                  f"({min(est.factors):.2f}x-{max(est.factors):.2f}x the diameter given, {opts.particle_diameter:g} A) "
                  f"gave the networks a particle to see on {len(sample)} micrograph(s); picking at the diameter given")

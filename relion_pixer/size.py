@@ -89,6 +89,11 @@ class SizeEstimate(NamedTuple):
         """Estimated / given diameter."""
         return self.diameter_A / self.given_A
 
+    @property
+    def measured(self) -> bool:
+        """Whether any scale gave a confidence (otherwise ``diameter_A`` is the diameter given)."""
+        return bool(np.isfinite(np.asarray(self.confidence, dtype=float)).any())
+
     def record(self, picking_A: float) -> dict:
         """What a job keeps of the estimate for Continue (``pixer_size.json``, and adapt's note when the adapted
         networks measure it again), with the diameter it picks at."""
