@@ -343,6 +343,8 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         With :attr:`AdaptConfig.rounds` > 1, the last kept round's networks; ``figures["rounds"]`` holds each later
         round's figures.
     """
+    import torch
+
     from relion_pixer.preprocess import prepare
 
     device = params.device
@@ -364,8 +366,6 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         return result
     figures["rounds"] = []
     for k in range(2, int(cfg.rounds) + 1):
-        import torch
-
         t0 = time.perf_counter()
         with torch.inference_mode():
             result.models.to(device)

@@ -152,26 +152,6 @@ def test_adapted_networks_that_disagree_are_reverted(tmp_path, monkeypatch, caps
     assert "the first run reverted to the general networks" in capsys.readouterr().out
 
 
-def test_adaptation_is_deterministic_for_a_seed():
-    import torch
-
-    from relion_pixer.models import load_pretrained
-    from relion_pixer.pipeline import PickParams
-    from relion_pixer.simulate import random_config, simulate_micrograph
-
-    rng = np.random.default_rng(3)
-    cfg = random_config(rng, snr=1.0, particle_diameter_px=32.0, families="globular", empty=False, n_ice=0,
-                        n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=1.5, density=0.3)
-    sample = [(simulate_micrograph(rng, shape=(256, 256), **cfg).image.astype(np.float32), 1.5)]
-    general = load_pretrained(None)
-    runs = [adapt.adapt_models(sample, 48.0, general, None, PickParams(), dataclasses.replace(QUICK, seed=seed),
-                               info=lambda msg: None) for seed in (0, 0, 1)]
-    weights = [r.models.segmenter.state_dict() for r in runs]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the seed matters
-    assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
-
-
 def _small_sample():
     from relion_pixer.simulate import random_config, simulate_micrograph
 
@@ -179,6 +159,22 @@ def _small_sample():
     cfg = random_config(rng, snr=1.0, particle_diameter_px=32.0, families="globular", empty=False, n_ice=0,
                         n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=1.5, density=0.3)
     return [(simulate_micrograph(rng, shape=(256, 256), **cfg).image.astype(np.float32), 1.5)]
+
+
+def test_adaptation_is_deterministic_for_a_seed():
+    import torch
+
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+
+    sample = _small_sample()
+    general = load_pretrained(None)
+    runs = [adapt.adapt_models(sample, 48.0, general, None, PickParams(), dataclasses.replace(QUICK, seed=seed),
+                               info=lambda msg: None) for seed in (0, 0, 1)]
+    weights = [r.models.segmenter.state_dict() for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the seed matters
+    assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
 
 
 def test_a_second_round_learns_from_the_first_and_a_drifting_one_leaves_it(monkeypatch):

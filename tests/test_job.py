@@ -1237,7 +1237,7 @@ def _unpickable(image, angpix, diameter_A, params):
 
 def test_a_job_that_picks_nothing_leaves_no_list_and_no_output_node(tmp_path, monkeypatch):
     """Every micrograph skipped: the job fails and leaves only its failure marker, not an empty coordinate list that
-    RELION would take as an output node; a job that picked some micrographs before failing keeps their list."""
+    RELION would take as an output node."""
     root = made_project(tmp_path / "p", n=2)
     monkeypatch.chdir(root)
     rc, out, err = run(RELION_CMD + " --estimate_size No", pick_fn=_unpickable)
