@@ -49,9 +49,11 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_adapt.py --round 2 "${LOSO[@]}" --json results/tune_adapt_round2.json
   $PY tune_adapt.py --round 3 "${LOSO[@]}" --json results/tune_adapt_round3.json
   $PY tune_adapt.py --round 4 "${LOSO[@]}" --json results/tune_adapt_round4.json
+  $PY bench_crowd.py --real "${LOSO[@]}" --json results/crowd_loso.json
 fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json
+$PY bench_crowd.py --real --sets --json results/crowd_real_shipped.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
   $PY bench_real.py --split $sp --spacing No --no_sweep --json results/spacing_real_${sp}_off.json
