@@ -169,11 +169,13 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
 SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 
-def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = False):
+def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = False,
+                segment=segment_all):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
     threshold-0 candidates the decision's cut keeps); the diameter it picked at; and its size estimate (A; None
-    without one)."""
+    without one). ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a
+    benchmark can try another way of making them."""
     from relion_pixer import size
 
     est = size_estimate(mics, diameter_A, models) if estimate else None
@@ -181,7 +183,7 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
     if est is not None and spacing:
         d = spacing_check(mics, d, models).diameter_A
     picks, every = [], []
-    for seg in segment_all(mics, d, models):
+    for seg in segment(mics, d, models):
         r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
         keep, _ = cut(r0.fom, params.threshold, params.max_particles)
         picks.append((r0.xy[keep], r0.fom[keep]))
