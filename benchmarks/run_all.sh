@@ -39,6 +39,7 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_decision.py "${LOSO[@]}" --json results/tune_decision_loso.json
   $PY tune_decision.py "${LOSO[@]}" --n_sim 16 --json results/tune_decision_loso_spare.json
   $PY bench_tta.py "${LOSO[@]}" --json results/tta.json
+  $PY bench_scales.py "${LOSO[@]}" --json results/experiments/scales.json
   if [[ -f ../runs/loso_ribosome_only_seed1/model.pt && -f ../runs/loso_apoferritin_only_real35/model.pt ]]; then
     $PY bench_ensemble.py --ensemble seeds=base,seed1 --ensemble recipes=base,seed1,jitter,atomic,real35 \
         --json results/experiments/ensemble.json
