@@ -55,6 +55,7 @@ fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json
 $PY bench_crowd.py --real --sets --json results/crowd_real_shipped.json
+$PY bench_crowd.py --sets crowded_small crowded_small_noisy --json results/crowd_small.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
   $PY bench_real.py --split $sp --spacing No --no_sweep --json results/spacing_real_${sp}_off.json
