@@ -157,12 +157,13 @@ def size_estimate(mics: list[Micrograph], diameter_A: float, models):
     return size.estimate_diameter(sample, diameter_A, models)
 
 
-def spacing_check(mics: list[Micrograph], diameter_A: float, models):
+def spacing_check(mics: list[Micrograph], diameter_A: float, models, rounds: int | None = None):
     """The pick-spacing check a picking job makes on its first micrographs at ``diameter_A``
-    (:func:`relion_pixer.size.check_spacing`)."""
+    (:func:`relion_pixer.size.check_spacing`, with ``rounds`` or its default)."""
     from relion_pixer import size
 
-    return size.check_spacing(((m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]), diameter_A, models)
+    sample = [(m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]]
+    return size.check_spacing(sample, diameter_A, models, rounds=size.SPACING_ROUNDS if rounds is None else rounds)
 
 
 def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,

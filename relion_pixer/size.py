@@ -52,6 +52,8 @@ MAX_NET_SIDE = 1280
 #: The pick-spacing check (:func:`check_spacing`) never shrinks the picking diameter below this fraction of it (the
 #: range, 0.8x-1.25x, over which picks must hold for a diameter given off by that much).
 SPACING_FLOOR = 0.8
+#: Most picks of the sample the spacing check makes (:func:`check_spacing`): 1 picks once at the diameter checked.
+SPACING_ROUNDS = 1
 #: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
 MIN_SPACING_PICKS = 30
 #: Edge margin of the candidates the confidence is taken over, in particle diameters (the picking default was 0.5
@@ -262,8 +264,8 @@ def spacing_diameter(diameter_A: float, spacing_A: float, picks: int, floor: flo
     return float(np.clip(spacing_A, float(floor) * diameter_A, diameter_A))
 
 
-def check_spacing(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, models,
-                  device: str = "cpu", floor: float = SPACING_FLOOR) -> Spacing:
+def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", floor: float = SPACING_FLOOR,
+                  rounds: int = SPACING_ROUNDS) -> Spacing:
     """Pick a few micrographs at ``diameter_A`` (the default settings) and shrink the diameter where the picks sit
     closer than one diameter to each other (:func:`spacing_diameter`).
 
@@ -274,10 +276,16 @@ def check_spacing(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: f
     close pair (``benchmarks/bench_crowd.py``). Picking at the spacing finds them; the floor keeps the change within
     the range over which picks are meant to hold.
 
+    The picks measured miss some of the touching particles, so their spacing reads above the particles' own. With
+    ``rounds`` above 1 the check picks again at the diameter it found, while that keeps shrinking it (at most
+    ``rounds`` picks of the sample; never below ``floor`` times ``diameter_A``).
+
     Parameters
     ----------
-    micrographs : iterable of (image, angpix)
-        A few micrographs (particles dark), each with its pixel size; read one at a time.
+    micrographs : iterable of (image, angpix), or a function returning one
+        A few micrographs (particles dark), each with its pixel size; read one at a time. With ``rounds`` above 1,
+        a function is called once per round (so that the sample is read again rather than held in memory); an
+        iterable is read once into a list.
     diameter_A : float
         The diameter to check (Angstrom).
     models : relion_pixer.models.PixerModels
@@ -285,20 +293,38 @@ def check_spacing(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: f
     device : str
     floor : float
         Smallest result, as a fraction of ``diameter_A``.
+    rounds : int
+        Most picks of the sample (1: pick once at ``diameter_A``).
 
     Returns
     -------
     Spacing
+        ``checked_A`` is ``diameter_A``; ``spacing_A`` and ``picks`` are those of the last round.
     """
     from relion_pixer.pipeline import PickParams, pick_micrograph
 
+    rounds = int(rounds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds!r}")
+    if callable(micrographs):
+        sample = micrographs
+    else:
+        kept = micrographs if rounds == 1 else list(micrographs)
+        sample = lambda: kept  # noqa: E731
     params = PickParams(device=str(device))
-    xy_A = []
-    for image, angpix in micrographs:
-        try:
-            r = pick_micrograph(image, angpix, float(diameter_A), models, params)
-        except ValueError:  # too small at this scale
-            continue
-        xy_A.append(r.xy * float(angpix))
-    spacing, n = pick_spacing(xy_A)
-    return Spacing(spacing_diameter(diameter_A, spacing, n, floor), float(diameter_A), spacing, n)
+    lowest = float(floor) * float(diameter_A)
+    d = float(diameter_A)
+    for _ in range(rounds):
+        xy_A = []
+        for image, angpix in sample():
+            try:
+                r = pick_micrograph(image, angpix, d, models, params)
+            except ValueError:  # too small at this scale
+                continue
+            xy_A.append(r.xy * float(angpix))
+        spacing, n = pick_spacing(xy_A)
+        new = max(spacing_diameter(d, spacing, n, floor), lowest)
+        if new >= d:
+            break
+        d = new
+    return Spacing(d, float(diameter_A), spacing, n)
