@@ -51,11 +51,16 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_adapt.py --round 3 "${LOSO[@]}" --json results/tune_adapt_round3.json
   $PY tune_adapt.py --round 4 "${LOSO[@]}" --json results/tune_adapt_round4.json
   $PY bench_crowd.py --real "${LOSO[@]}" --json results/crowd_loso.json
+  $PY bench_crowd.py --rounds 3 --real --sets "${LOSO[@]}" --json results/crowd_rounds3_real_loso.json
 fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json
 $PY bench_crowd.py --real --sets --json results/crowd_real_shipped.json
 $PY bench_crowd.py --sets crowded_small crowded_small_noisy --json results/crowd_small.json
+$PY bench_crowd.py --rounds 3 --seed_offset 1000 --sets crowded moderate noisy crowded_small crowded_small_noisy \
+    --json results/crowd_rounds3.json
+$PY bench_crowd.py --rounds 1 --seed_offset 1000 --sets crowded_small crowded_small_noisy --json results/crowd_rounds1.json
+$PY bench_crowd.py --rounds 3 --real --sets --json results/crowd_rounds3_real_shipped.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
   $PY bench_real.py --split $sp --spacing No --no_sweep --json results/spacing_real_${sp}_off.json

@@ -205,3 +205,19 @@ def test_the_spacing_check_shrinks_the_diameter_on_crowded_micrographs_only(mode
     sparse = sims(0.2, 1.3, 828282)
     check = check_spacing([(s.image, 2.0) for s in sparse], true_A, models)
     assert check.picks >= 30 and check.diameter_A == true_A, check
+    # more rounds pick again at the diameter found: never larger than one round's, never below the first floor; a
+    # function is called once per round it picks (the sample read again), a one-round check reads it once
+    once = check_spacing([(s.image, 2.0) for s in crowded], 1.25 * true_A, models)
+    calls = []
+
+    def sample():
+        calls.append(1)
+        return ((s.image, 2.0) for s in crowded)
+
+    again = check_spacing(sample, 1.25 * true_A, models, rounds=3)
+    assert SPACING_FLOOR * 1.25 * true_A <= again.diameter_A <= once.diameter_A, (again, once)
+    assert again.checked_A == 1.25 * true_A and 2 <= len(calls) <= 3
+    calls.clear()
+    assert check_spacing(sample, true_A, models, rounds=3, floor=1.0).diameter_A == true_A and len(calls) == 1
+    with pytest.raises(ValueError, match="rounds"):
+        check_spacing(sample, true_A, models, rounds=0)
