@@ -54,6 +54,9 @@ class PickParams:
         A candidate also needs this fraction of the typical candidate score's odds (``s / (1 - s)``): on clean
         micrographs, where particles score near 1, this drops half-confident candidates (0.05: below 0.66 when
         the typical score is 0.975) and on noisy ones it cuts almost nothing. 0 turns it off.
+    sigma_per_diameter : float or None
+        Sigma of the Gaussian the map is smoothed by before the local-maximum search, as a fraction of the particle
+        diameter (None: :data:`relion_pixer.picking.SIGMA_PER_DIAMETER`, 1/6).
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
     batch_size : int
@@ -67,6 +70,7 @@ class PickParams:
     map_threshold: float = 0.1
     map_relative: float = 0.2
     map_odds: float = 0.03
+    sigma_per_diameter: float | None = None
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
 
@@ -155,8 +159,9 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
         min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
     margin_A = MARGIN_PER_DIAMETER * float(diameter_A) if params.margin_A is None else float(params.margin_A)
     margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
+    sigma = None if params.sigma_per_diameter is None else float(params.sigma_per_diameter) * NET_DIAMETER_PX
     cand_xy, cand_score = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px,
-                                               margin_px=margin_px, threshold=params.map_threshold)
+                                               margin_px=margin_px, threshold=params.map_threshold, sigma=sigma)
     cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
     cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
