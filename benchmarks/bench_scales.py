@@ -48,16 +48,13 @@ import scipy.ndimage
 import torch
 
 from bench_real import average_precisions, pixer_picks
-from bench_sim import simulate
-from common import add_set_model_argument, read_set_models, real_sets, score, size_estimate
+from common import add_set_model_argument, read_set_models, real_cases, score, size_estimate, size_sims
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, segment_micrograph
 from relion_pixer.size import picking_diameter
 
 VARIANTS = {"1": (1.0,), "3x1.1": (1 / 1.1, 1.0, 1.1), "3x1.2": (1 / 1.2, 1.0, 1.2)}
 GIVEN = (0.8, 1.0, 1.25)
-#: tune_size.py's simulated sets (its VALID_SEED and size).
-SIM_SEED, SIM_N = 710_000, 6
 MIN_MEAN_GAIN, MAX_LOSS, MAX_SIM_LOSS, PREFER_WIDER = 0.01, 0.005, 0.01, 0.005
 _EPS = 1e-4
 
@@ -109,15 +106,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     set_files = read_set_models(ap, args.set_model)
     shipped = load_pretrained(None)
-    cases = []  # (group, name, micrographs, diameter, networks)
-    for rs in real_sets():
-        mics = rs.micrographs("train", "valid")
-        if rs.name in set_files:
-            cases.append(("loso", rs.name, mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
-        cases.append(("shipped", rs.name, mics, rs.diameter_A, shipped))
-    for snr in (0.1, 3.0):
-        mics, _ = simulate(SIM_N, snr, SIM_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)
-        cases.append(("sim", f"snr{snr:g}", mics, 150.0, shipped))
+    cases = real_cases(set_files, shipped)  # (group, name, micrographs, diameter, networks)
+    cases += [("sim", name, mics, 150.0, shipped) for name, mics in size_sims().items()]
     params = PickParams()
     out = {"variants": {k: list(v) for k, v in VARIANTS.items()}, "given": GIVEN, "set_models": set_files,
            "groups": {}}

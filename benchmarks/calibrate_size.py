@@ -30,11 +30,10 @@ import json
 import numpy as np
 import torch
 
-from bench_sim import simulate
-from common import real_sets
+from common import real_sets, size_sims
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
-from tune_size import GIVEN, VALID_SEED  # the diameters given and the simulated validation seeds of tune_size.py
+from tune_size import GIVEN  # the diameters given of tune_size.py
 
 MAX_REAL_ERROR = 0.15
 MAX_SIM_ERROR = 0.10
@@ -60,9 +59,8 @@ def main() -> None:
     for rs in real_sets():
         fit[rs.name] = raw_ratios(rs.micrographs("train", "valid"), rs.diameter_A, models)
         test[rs.name] = raw_ratios(rs.micrographs("test"), rs.diameter_A, models)
-    for snr in (0.1, 3.0):
-        mics, _ = simulate(args.n, snr, VALID_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)
-        sims[f"snr{snr:g}"] = raw_ratios(mics, 150.0, models)
+    for name, mics in size_sims(args.n).items():
+        sims[name] = raw_ratios(mics, 150.0, models)
     m = float(np.mean([np.mean(np.log(list(r.values()))) for r in fit.values()]))
     c = round(float(np.exp(-m)), 2)
 

@@ -131,6 +131,34 @@ def read_set_models(ap, items, names=None) -> dict:
     return out
 
 
+def real_cases(set_files: dict, shipped, splits=("train", "valid")) -> list:
+    """``(group, set name, micrographs, diameter in A, networks)`` for every real set's ``splits``: group ``"loso"``
+    read by the model file ``set_files`` names for it (one that never saw its protein; sets without one are left
+    out of that group), group ``"shipped"`` by ``shipped``."""
+    from relion_pixer.models import load_pretrained
+
+    out = []
+    for rs in real_sets():
+        mics = rs.micrographs(*splits)
+        if rs.name in set_files:
+            out.append(("loso", rs.name, mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
+        out.append(("shipped", rs.name, mics, rs.diameter_A, shipped))
+    return out
+
+
+#: Seed of ``tune_size.py``'s simulated validation sets (each SNR adds round(1000 x SNR)).
+SIZE_SIM_SEED = 710_000
+
+
+def size_sims(n: int = 6, snrs=(0.1, 3.0)) -> dict:
+    """``tune_size.py``'s simulated validation sets: ``{"snr<SNR>": micrographs}``, ``n`` 2048 px micrographs of
+    150 A particles at 1 A/px per SNR, seeds disjoint from training and the held-apart sets."""
+    from bench_sim import simulate
+
+    return {f"snr{snr:g}": simulate(n, snr, SIZE_SIM_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)[0]
+            for snr in snrs}
+
+
 def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str = "cpu") -> list:
     """Each micrograph's network-scale image, probability map and scale factors (``segment_micrograph``), so that
     several picking settings can be compared without segmenting again."""

@@ -111,8 +111,7 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import picks_from_maps, real_sets, score, segment_all, size_estimate
-from tune_size import VALID_SEED as TUNE_SIZE_SEED
+from common import picks_from_maps, real_sets, score, segment_all, size_estimate, size_sims
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
 
@@ -204,7 +203,7 @@ def main() -> None:
                   f"{row['max_confidence']:.2f}{', top edge' if row['at_top_edge'] else ''}; F1 without the gate "
                   f"{row['f1_off']:.3f}, with it {row['f1_on']:.3f}", flush=True)
     for snr in GUARDS[args.gate]:
-        mics, _ = simulate(6, snr, TUNE_SIZE_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)  # tune_size.py --n 6
+        mics = size_sims(6, (snr,))[f"snr{snr:g}"]  # tune_size.py --n 6
         for g in GIVEN:
             row = {"snr": snr, "given": g, **case(mics, g * 150.0, 75.0, models, args.gate)}
             out["guards"].append(row)

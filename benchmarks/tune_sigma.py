@@ -52,7 +52,7 @@ import torch
 from bench_crowd import SETS as CROWD_SETS, packed
 from bench_real import average_precisions, pixer_picks
 from bench_sim import simulate
-from common import add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all
+from common import add_set_model_argument, job_diameter, read_set_models, real_cases, score, segment_all, size_sims
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 
@@ -60,28 +60,19 @@ SIGMAS = (1 / 6, 1 / 8, 1 / 10, 1 / 12)
 GIVEN = (0.8, 1.0, 1.25)
 SEED_OFFSET = 2000
 N_SIM = 8
-#: tune_size.py's simulated sets.
-SIM_SEED, SIM_N = 710_000, 6
 MIN_CROWD_GAIN, TIE, MAX_LOSS, MAX_GUARD_LOSS, MAX_AP_LOSS, PREFER_SMALLER = 0.02, 0.002, 0.005, 0.01, 0.001, 0.01
 
 
 def cases(set_files: dict, shipped):
     """(group, name, micrographs, true diameter in A, networks) of every set measured."""
-    out = []
-    for rs in real_sets():
-        mics = rs.micrographs("train", "valid")
-        if rs.name in set_files:
-            out.append(("loso", rs.name, mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
-        out.append(("shipped", rs.name, mics, rs.diameter_A, shipped))
+    out = real_cases(set_files, shipped)
     for group, names in (("crowded", ("crowded_small", "crowded_small_noisy")), ("guard", ("crowded", "moderate"))):
         for name in names:
             cfg = dict(CROWD_SETS[name])
             cfg["seed"] += SEED_OFFSET
             out.append((group, name, packed(N_SIM, **cfg), cfg.get("diameter_px", 150.0) * cfg.get("angpix", 1.0),
                         shipped))
-    for snr in (0.1, 3.0):
-        mics, _ = simulate(SIM_N, snr, SIM_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)
-        out.append(("guard", f"snr{snr:g}", mics, 150.0, shipped))
+    out += [("guard", name, mics, 150.0, shipped) for name, mics in size_sims().items()]
     noisy = CROWD_SETS["noisy"]
     mics, _ = simulate(N_SIM, noisy["snr"], noisy["seed"] + SEED_OFFSET, 2048, 1.0, 150.0)
     out.append(("guard", "noisy", mics, 150.0, shipped))

@@ -41,9 +41,8 @@ import json
 import numpy as np
 import torch
 
-from bench_sim import simulate
 from common import (add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all,
-                    size_estimate, tuning_splits)
+                    size_estimate, size_sims, tuning_splits)
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.size import picking_diameter
@@ -51,7 +50,6 @@ from relion_pixer.size import picking_diameter
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GIVEN = (0.8, 1.0, 1.25)
 TIE = 0.002
-VALID_SEED = 710_000
 
 
 def main() -> None:
@@ -70,9 +68,8 @@ def main() -> None:
     shipped = load_pretrained(args.model)
     params = PickParams()
     sets = {f"real_{rs.name}": (rs.micrographs(*splits), rs.diameter_A, rs.radius_px) for rs in real_sets()}
-    for snr in (0.1, 3.0):
-        mics, _ = simulate(args.n, snr, VALID_SEED + int(round(snr * 1000)), 2048, 1.0, 150.0)
-        sets[f"sim_snr{snr:g}"] = (mics, 150.0, 75.0)
+    for name, mics in size_sims(args.n).items():
+        sets[f"sim_{name}"] = (mics, 150.0, 75.0)
     f1 = {w: {} for w in WEIGHTS}
     estimates = {}
     for name, (mics, d, radius) in sets.items():

@@ -186,3 +186,37 @@ def test_an_ensemble_of_one_network_twice_picks_as_the_network_and_missing_membe
     monkeypatch.setattr(sys, "argv", argv[:-2] + ["--ensemble", "more=base,jitter"])
     with pytest.raises(SystemExit, match="loso_apoferritin_only_jitter/model.pt"):
         bench_ensemble.main()
+
+
+def test_a_map_of_one_scale_is_the_jobs_and_three_scales_keep_its_grid(tmp_path, monkeypatch, bench_modules):
+    """bench_scales.multiscale: the scale 1 alone gives the job's map and picks; maps made at 1/1.1, 1 and 1.1 and
+    averaged lie on the same grid, stay probabilities and still find the particles of a clean micrograph about as well.
+    common.real_cases reads each set by its never-saw-it model and by the shipped one."""
+    from relion_pixer.models import load_pretrained, shipped_weights
+    from relion_pixer.pipeline import PickParams, segment_micrograph
+
+    common, bench_real = bench_modules
+    _write_set(tmp_path, name="empiar10146_apoferritin")
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    sys.modules.pop("bench_scales", None)
+    import bench_scales
+
+    shipped = load_pretrained()
+    cases = common.real_cases({"empiar10146_apoferritin": str(shipped_weights())}, shipped, splits=("test",))
+    assert [(c[0], c[1], c[3]) for c in cases] == [("loso", "empiar10146_apoferritin", 96.0),
+                                                    ("shipped", "empiar10146_apoferritin", 96.0)]
+    assert cases[1][4] is shipped and cases[0][4] is not shipped
+    mics = cases[1][2]
+    one = bench_scales.multiscale((1.0,))(mics, 96.0, shipped)
+    job = segment_micrograph(mics[0].image, mics[0].angpix, 96.0, shipped)
+    assert np.array_equal(np.asarray(one[0][1]), np.asarray(job[1]))
+    three = bench_scales.multiscale((1 / 1.1, 1.0, 1.1))(mics, 96.0, shipped)
+    prob = np.asarray(three[0][1])
+    assert prob.shape == np.asarray(job[1]).shape and 0.0 <= prob.min() and prob.max() <= 1.0
+    assert not np.array_equal(prob, np.asarray(job[1]))
+    f1 = {}
+    for scales in ((1.0,), (1 / 1.1, 1.0, 1.1)):
+        picks, _, _, _ = bench_real.pixer_picks(mics, 96.0, shipped, PickParams(), estimate=False,
+                                                segment=bench_scales.multiscale(scales))
+        f1[scales] = common.score(picks, mics, 24.0)["f1"]
+    assert min(f1.values()) > 0.6 and max(f1.values()) - min(f1.values()) < 0.15, f1

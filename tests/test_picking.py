@@ -448,3 +448,30 @@ def test_a_cuda_map_without_cupy_is_picked_on_the_cpu(monkeypatch):
     want = picking.pick_centres(prob.numpy(), 16.0)
     assert np.array_equal(np.asarray(got[0]), np.asarray(want[0]))
     assert np.array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+def test_the_maps_smoothing_is_a_pick_setting_and_its_default_the_pickers():
+    """PickParams.sigma_per_diameter: 1/6 picks exactly as the default (None). Two flat discs 0.6 diameters apart
+    merge into one pick at 1/6 and stay two at 1/12; at 1/24 the flat tops break into more peaks than particles
+    (what ``benchmarks/tune_sigma.py`` measured on real shells)."""
+    from dataclasses import replace
+
+    from relion_pixer import NET_DIAMETER_PX
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams, pick_from_map
+
+    models = load_pretrained()
+    d = NET_DIAMETER_PX
+    yy, xx = np.mgrid[0:192, 0:192]
+    prob = np.zeros((192, 192), np.float32)
+    for cx in (80.0, 80.0 + 0.6 * d):
+        prob[(xx - cx) ** 2 + (yy - 96) ** 2 <= (d / 2) ** 2] = 0.95
+    net = np.random.default_rng(0).standard_normal((192, 192)).astype(np.float32)
+    params = PickParams(threshold=0.0, map_relative=0.0, map_odds=0.0)
+
+    def picks(sigma):
+        return pick_from_map(net, prob, (1.0, 1.0), 100.0, models, replace(params, sigma_per_diameter=sigma))
+
+    default, same = picks(None), picks(1 / 6)
+    assert np.array_equal(default.xy, same.xy) and np.array_equal(default.map_score, same.map_score)
+    assert len(default.xy) == 1 and len(picks(1 / 12).xy) == 2 and len(picks(1 / 24).xy) > 2
