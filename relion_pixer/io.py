@@ -232,6 +232,8 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise StarError(f"{path}: cannot read STAR file ({exc.strerror or exc})") from exc
+    if "\x00" in text[:4096]:
+        raise StarError(f"{path}: not a STAR file (binary content: an image or an archive?)")
 
     blocks: dict[str, pd.DataFrame] = {}
     name: str | None = None
@@ -564,6 +566,8 @@ def read_micrographs_star(
         lacks.
     """
     path = Path(path)
+    if path.is_dir():
+        raise StarError(f"{path}: is a directory; give the micrographs STAR file in it")
     if not path.is_file():
         raise StarError(f"{path}: micrograph STAR file does not exist")
     blocks = read_star(path)

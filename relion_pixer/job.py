@@ -312,6 +312,8 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     threshold, map_threshold, map_relative = numbers["threshold"], numbers["map_threshold"], numbers["map_relative"]
     max_particles, min_distance, margin = numbers["max_particles"], numbers["min_distance"], numbers["margin"]
     batch_size, angpix, threads = numbers["batch_size"], numbers["angpix"], numbers["j"]
+    if threshold >= 1:
+        warnings.append(f"--threshold {threshold:g} keeps no pick: figures of merit lie below 1")
 
     device = values.get("device")
     if device is None or device is True:
@@ -474,6 +476,46 @@ def _entries(opts: JobOptions, log: _Log) -> list[io.MicrographEntry]:
             for name in opts.micrographs]
 
 
+def _unique(entries: list[io.MicrographEntry], log: _Log) -> list[io.MicrographEntry]:
+    """``entries`` with each micrograph once (the first time it is listed), and a warning naming those listed more
+    than once."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        seen[e.name] = seen.get(e.name, 0) + 1
+    again = [name for name, n in seen.items() if n > 1]
+    if not again:
+        return entries
+    log.warn(f"{len(again)} micrograph(s) are listed more than once ({', '.join(again[:3])}"
+             + (", ..." if len(again) > 3 else "") + "); each is picked once")
+    kept, out = set(), []
+    for e in entries:
+        if e.name not in kept:
+            kept.add(e.name)
+            out.append(e)
+    return out
+
+
+#: A micrograph's header pixel size that differs from the STAR file's by more than this fraction draws a warning.
+ANGPIX_MISMATCH = 0.01
+
+
+def _check_header_angpix(entries: list[io.MicrographEntry], log: _Log) -> None:
+    """Warn when the first micrograph whose pixel size comes from the STAR file has another one in its MRC header
+    (a header read, cheap). The STAR file's is used, as RELION does."""
+    first = next((e for e in entries if e.angpix and e.angpix_source not in ("user", "mrc_header", "none")), None)
+    if first is None:
+        return
+    try:
+        header = io.read_header_angpix(first.path)
+    except (io.MicrographError, OSError):
+        return
+    if header and abs(header - first.angpix) > ANGPIX_MISMATCH * first.angpix:
+        hint = (" (the movies' pixel size: binned micrographs have a larger one)"
+                if first.angpix_source == "rlnMicrographOriginalPixelSize" else "")
+        log.warn(f"{first.name}: the STAR file gives {first.angpix:g} A/px (_{first.angpix_source}){hint}, its MRC "
+                 f"header {header:g} A/px; picking with {first.angpix:g} A/px. If that is wrong, give angpix")
+
+
 def _count_rows(path: str) -> int:
     """Rows of a coordinate STAR file, counted without parsing (fast for on-the-fly reruns on big projects)."""
     n = 0
@@ -562,6 +604,7 @@ class _Outcome:
     wall: float = 0.0
     processes: int = 0
     vetoed: int = 0
+    capped: int = 0
 
 
 @dataclass
@@ -726,7 +769,8 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
 
     version = opts.relion_version or relion.detect_relion_version(Path.cwd()) or 5
     suffix = "_pixer.star" if version == 3 else "_autopick.star"
-    entries = _entries(opts, log)
+    entries = _unique(_entries(opts, log), log)
+    _check_header_angpix(entries, log)
     coord_files = [relion.coordinate_file_name(odir, e.name, suffix) for e in entries]
     seen: dict[str, str] = {}
     for e, c in zip(entries, coord_files):
@@ -756,15 +800,18 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if world.leader:
         try:
             plan = _start(opts, log, odir, job_dir)
+            picked_before = len(plan.entries) - len(plan.todo)
+            earlier = _earlier_picking(job_dir) if plan.todo and picked_before else None
             networks = (_size_models(opts, pick_fn)
                         if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:
-                diameter = _particle_size(plan.entries, opts, networks, log, job_dir,
-                                          picked_before=len(plan.entries) - len(plan.todo))
+                diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
             if plan.todo and opts.check_spacing:
                 diameter = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
             if plan.todo and opts.adapt:
                 pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir)
+            if plan.todo:
+                _note_picking(job_dir, opts.particle_diameter, diameter, earlier, picked_before, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
@@ -905,6 +952,10 @@ def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: 
 def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     """``(models, device)`` for the size estimate: the default picker's networks, or the shipped (or ``--model``)
     ones on rank 0's device; None for a stand-in picker without networks (the diameter given is used)."""
+    if opts.threads:  # the estimate, the spacing check and adapt run here, before picking: j bounds them too
+        import torch
+
+        torch.set_num_threads(opts.threads)
     if pick_fn is not None:
         models = getattr(pick_fn, "models", None)
         return None if models is None else (models, getattr(pick_fn, "device", "cpu"))
@@ -926,11 +977,11 @@ def _kept(path: Path, key: str, value: float | None, fields: tuple[str, ...]) ->
         return None
 
 
-def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path, picked_before: int = 0) -> float:
+def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
     """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
     micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read or none
-    gives the networks anything to see. ``picked_before``: micrographs an earlier run of the job picked (a warning when
-    a changed diameter makes this run pick the rest at another size)."""
+    gives the networks anything to see, or when the estimate would take the diameter past what the first micrograph
+    allows (:func:`relion_pixer.preprocess.check_particle_width`) while the diameter given is within it."""
     import json
 
     from relion_pixer import size
@@ -944,11 +995,17 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         log.info(f" + particle size from the data: {kept['estimate_A']:.0f} A, picking at {kept['picking_A']:.0f} A "
                  f"(kept from the first run in {SIZE_FILE}; diameter given {opts.particle_diameter:g} A)")
         return kept["picking_A"]
-    earlier = _kept(path, "given_A", None, ("given_A", "picking_A")) if picked_before else None
     sample: list[str] = []  # the micrographs read; the estimate reads them one at a time
+    first: list[tuple] = []  # the first one's shape and pixel size
+
+    def micrographs():
+        for image, angpix in size.first_micrographs(entries, opts.invert, sample):
+            if not first:
+                first.append((np.shape(image), angpix))
+            yield image, angpix
+
     t0 = time.perf_counter()
-    est = size.estimate_diameter(size.first_micrographs(entries, opts.invert, sample), opts.particle_diameter, models,
-                                 device)
+    est = size.estimate_diameter(micrographs(), opts.particle_diameter, models, device)
     if not sample:
         return opts.particle_diameter
     if not est.measured:
@@ -957,10 +1014,11 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
                  f"gave the networks a particle to see on {len(sample)} micrograph(s); picking at the diameter given")
         return opts.particle_diameter
     picking_A = size.picking_diameter(est)
-    if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
-        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
-                 f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A. To pick "
-                 "them all at one size, run a new job, or delete this job's coordinate files first")
+    beyond = _beyond_limits(picking_A, opts.particle_diameter, *first[0])
+    if beyond:
+        log.info(f" + particle size from the data: {est.diameter_A:.0f} A would take the picking diameter to "
+                 f"{picking_A:.0f} A, where {beyond}; picking at the diameter given ({opts.particle_diameter:g} A)")
+        return opts.particle_diameter
     how = ("at the diameter given (the estimate is reported, not used: see docs/benchmarks.md)"
            if size.ESTIMATE_WEIGHT == 0 else
            f"at {picking_A:.0f} A, between the two (estimate_size No: at the diameter given)")
@@ -974,6 +1032,57 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
     with io.atomic_write(path) as fh:
         json.dump(est.record(picking_A), fh, indent=1)
     return picking_A
+
+
+def _beyond_limits(picking_A: float, given_A: float, shape, angpix: float) -> str | None:
+    """Why a micrograph of ``shape`` at ``angpix`` cannot be picked at ``picking_A`` when it can at ``given_A``
+    (:func:`relion_pixer.preprocess.check_particle_width`); None when it can, or cannot at ``given_A`` either (the
+    job then reports the diameter given)."""
+    from relion_pixer import preprocess
+
+    try:
+        preprocess.check_particle_width(given_A, angpix, shape)
+    except ValueError:
+        return None
+    try:
+        preprocess.check_particle_width(picking_A, angpix, shape)
+    except ValueError as exc:
+        return str(exc).split(":")[0]
+    return None
+
+
+#: File in the job directory that keeps the diameter the job picks at and the one given, so that Continue can say
+#: when it picks the rest at another size (the diameter given, the size estimate or the spacing check changed).
+PICKING_FILE = "pixer_picking.json"
+
+
+def _earlier_picking(job_dir: Path) -> dict | None:
+    """The diameters an earlier run of the job picked at and was given (:data:`PICKING_FILE`; for a job begun before
+    that file, its :data:`SIZE_FILE`), or None."""
+    for name in (PICKING_FILE, SIZE_FILE):
+        kept = _kept(job_dir / name, "given_A", None, ("given_A", "picking_A"))
+        if kept is not None:
+            return kept
+    return None
+
+
+def _note_picking(job_dir: Path, given_A: float, picking_A: float, earlier: dict | None, picked_before: int,
+                  log: _Log) -> None:
+    """Warn when an earlier run of the job picked its micrographs at another diameter than this run will pick the
+    rest at, and keep this run's diameters in :data:`PICKING_FILE`."""
+    import json
+
+    if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
+        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
+                 f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
+                 f"given {given_A:g} A). To pick them all at one size, run a new job, or delete this job's coordinate "
+                 "files first")
+    try:
+        with io.atomic_write(job_dir / PICKING_FILE) as fh:
+            json.dump({"given_A": float(given_A), "picking_A": float(picking_A)}, fh, indent=1)
+    except OSError as exc:
+        log.warn(f"cannot write {job_dir / PICKING_FILE} ({exc.strerror or exc}): a later Continue cannot tell the "
+                 "size this run picked at")
 
 
 def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, log: _Log, job_dir: Path) -> float:
@@ -1019,6 +1128,7 @@ def _merge(outcomes: list[_Outcome]) -> _Outcome:
         wall=max(o.wall for o in outcomes),
         processes=sum(o.processes for o in outcomes),
         vetoed=sum(o.vetoed for o in outcomes),
+        capped=sum(o.capped for o in outcomes),
     )
 
 
@@ -1067,6 +1177,9 @@ def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | No
         _pick_all(share, opts, params, pick_fn, log, job_dir, outcome, plan, label=label)
         return
     threads = parallel.threads_per_worker(opts.threads, workers)
+    if opts.threads and workers > opts.threads:
+        log.warn(f"{workers} worker processes with j {opts.threads}: each worker runs one thread, {workers} in all; "
+                 f"give j at least the number of workers")
     shown = ", ".join(sorted({_device_words(d) if pick_fn is None else d for d in devices}))
     log.info(f"{label} + {workers} worker processes on {shown}, {threads} thread(s) each")
     counter = multiprocessing.get_context("spawn").Value("i", 0)
@@ -1090,6 +1203,7 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
         log.bar = bar
     width = len(str(len(share)))
     count = 0
+    warned: set[str] = set()
 
     def record(result) -> bool:
         nonlocal count
@@ -1103,10 +1217,13 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
             log.warn(f"skipping micrograph: {result.reason}")
         else:
             for w in result.warnings:
-                log.warn(w)
+                if w not in warned:  # a warning about every micrograph alike is given once
+                    log.warn(w)
+                    warned.add(w)
             outcome.picked += 1
             outcome.particles += result.particles
             outcome.vetoed += result.vetoed
+            outcome.capped += result.capped
             outcome.seconds += result.seconds
             log.info(f"{label} [{count:>{width}}/{len(share)}] {result.name}: {result.particles} particles, "
                      f"{result.seconds:.1f} s" + (f" (max_particles {opts.max_particles} cut {result.capped} more "
@@ -1157,6 +1274,7 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
                 f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
                 f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
         result = pick_fn(image, angpix, opts.particle_diameter, params)
+        short_A = min(image.shape) * angpix
     except (io.MicrographError, ValueError) as exc:
         reason = str(exc).splitlines()[0]
         if not isinstance(exc, io.MicrographError):
@@ -1167,6 +1285,9 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
     Path(coord).parent.mkdir(parents=True, exist_ok=True)
     base = coord[: -len(suffix)]
     warnings = []
+    if opts.margin is not None and 2 * opts.margin >= short_A:
+        warnings.append(f"--margin {opts.margin:g} A is at least half the short side of the micrographs "
+                        f"({short_A:.0f} A): no pick can lie that far inside")
     if opts.write_maps:
         try:
             _write_maps(base, dataclasses.replace(result, xy=xy, fom=fom), image, angpix, opts)
@@ -1224,7 +1345,7 @@ def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particl
             log.info(f" {outcome.processes} processes picked in parallel: {outcome.wall:.1f} s wall-clock, "
                      f"{60.0 * outcome.picked / outcome.wall:.1f} micrographs per minute in all")
         if outcome.vetoed:
-            share = outcome.vetoed / (outcome.particles + outcome.vetoed)
+            share = outcome.vetoed / (outcome.particles + outcome.capped + outcome.vetoed)  # of what the map kept
             log.info(f" The classifier dropped {outcome.vetoed} candidate{'s' if outcome.vetoed != 1 else ''} the map "
                      "alone would have kept "
                      f"({100.0 * share:.1f} %): ice, carbon or background it recognised, or, on a protein the weights "

@@ -249,7 +249,7 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
 #: from, and usually mean the diameter was given in nm or the pixel size is wrong.
 MIN_PARTICLE_PX = 10.0
 #: Largest side, in pixels, of the network-scale image :func:`prepare` makes. Particles under 32 px are upsampled;
-#: beyond this the job would take minutes and gigabytes per micrograph (bin the micrographs less instead).
+#: beyond this the job would take minutes and gigabytes per micrograph.
 MAX_NETWORK_SIDE = 8192
 
 
@@ -269,8 +269,8 @@ def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[i
             raise ValueError(
                 f"a {diameter_angstrom:.4g} A particle is {width:.1f} px wide at {angpix:g} A/px, so this "
                 f"{shape[1]} x {shape[0]} px micrograph would be upsampled to {out[1]} x {out[0]} px for the "
-                f"networks (at most {MAX_NETWORK_SIDE}): bin the micrographs less, or check the diameter "
-                "and the pixel size")
+                f"networks (at most {MAX_NETWORK_SIDE}; the side is the field of view x {target_px:g} / the "
+                "diameter, whatever the binning): check the diameter and the pixel size")
 
 
 def prepare(

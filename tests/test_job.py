@@ -1281,3 +1281,112 @@ def test_size_not_measured_is_said_and_continue_at_another_diameter_warns(tmp_pa
     captured = capsys.readouterr()
     assert (f"2 micrograph(s) were picked by an earlier run of this job at {kept['picking_A']:.0f} A (diameter given "
             "150 A)") in captured.err
+
+
+def test_a_header_pixel_size_unlike_the_star_files_is_named(tmp_path, monkeypatch):
+    """The STAR file's pixel size is used, as RELION does, but a first micrograph whose MRC header says otherwise
+    draws a warning naming it and both values."""
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    names = [e.name for e in io.read_micrographs_star(root / IN_MICS, project_dir=root)]
+    made_micrographs_star(root / IN_MICS, names, angpix=(1.25,))
+    write_micrographs(root, IN_MICS, size=256, angpix=1.5)
+    picker = FakePicker()
+    rc, _, err = run(RELION_CMD, picker)
+    assert rc == 0 and [c[1] for c in picker.calls] == [1.25, 1.25]
+    assert (f"{names[0]}: the STAR file gives 1.25 A/px (_rlnMicrographPixelSize), its MRC header 1.5 A/px; picking "
+            "with 1.25 A/px") in err
+    write_micrographs(root, IN_MICS, size=256, angpix=1.25)
+    rc, _, err = run(RELION_CMD.replace("job012", "job013"), FakePicker())
+    assert rc == 0 and "MRC header" not in err
+
+
+def test_a_micrograph_listed_twice_is_picked_once(tmp_path, monkeypatch):
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    names = [e.name for e in io.read_micrographs_star(root / IN_MICS, project_dir=root)]
+    made_micrographs_star(root / IN_MICS, names + names[:1])
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD, picker)
+    assert rc == 0 and len(picker.calls) == 2
+    assert f"1 micrograph(s) are listed more than once ({names[0]}); each is picked once" in err
+    listed = io.read_star(root / "External/job012/autopick.star")["coordinate_files"]
+    assert list(listed["rlnMicrographName"]) == names
+    assert "from 2 of 2 micrographs is 8" in out.replace("particles ", "")
+
+
+def test_a_margin_past_half_the_micrograph_and_a_threshold_of_one_are_said(tmp_path, monkeypatch):
+    """Settings that can keep no pick say so: a margin of at least half the micrographs' short side (once, not per
+    micrograph), a threshold of 1."""
+    root = made_project(tmp_path / "p", n=3)  # 256 px at 1.5 A/px: 384 A
+    monkeypatch.chdir(root)
+    rc, _, err = run(RELION_CMD + " --margin 200", FakePicker())
+    assert rc == 0
+    assert err.count("--margin 200 A is at least half the short side of the micrographs (384 A)") == 1, err
+    rc, _, err = run(RELION_CMD.replace("job012", "job013") + " --margin 150", FakePicker())
+    assert rc == 0 and "--margin" not in err
+    assert any("--threshold 1 keeps no pick" in w for w in job.parse_args(RELION_CMD.split() + ["--threshold", "1"]).warnings)
+    assert not any("threshold" in w for w in job.parse_args(RELION_CMD.split() + ["--threshold", "0.9"]).warnings)
+
+
+def test_a_star_argument_that_is_an_image_or_a_directory_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_mrc(tmp_path / "mics.star", np.zeros((64, 64), np.float32), 1.0)
+    rc, _, err = run("--o External/job001/ --in_mics mics.star --particle_diameter 150")
+    assert rc == 1 and "ERROR: mics.star: not a STAR file (binary content" in err, err
+    (tmp_path / "Mics").mkdir()
+    rc, _, err = run("--o External/job001/ --in_mics Mics --particle_diameter 150")
+    assert rc == 1 and "ERROR: Mics: is a directory; give the micrographs STAR file in it" in err, err
+
+
+def test_the_size_estimate_runs_on_the_threads_given(tmp_path, monkeypatch, capsys):
+    """``j`` bounds every stage: the size estimate (and the spacing check and adapt, which run beside it) runs with
+    the job's threads, not the machine's."""
+    import torch
+
+    root = made_project(tmp_path / "p", n=1, size=384)
+    monkeypatch.chdir(root)
+    seen = []
+    real = size_module.estimate_diameter
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(size_module, "estimate_diameter", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert job.main(RELION_CMD.split() + _model_args(tmp_path)) == 0  # RELION_CMD has --j 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+
+
+def test_continue_with_the_size_estimate_turned_off_warns_of_two_sizes(tmp_path, monkeypatch, capsys):
+    """A Continue that picks the rest at another diameter says so whatever moved it: here the size estimate turned
+    off (pixer_picking.json keeps what each run picked at)."""
+    root = made_project(tmp_path / "p", n=3, size=384)
+    monkeypatch.chdir(root)
+    cmd = RELION_CMD.split() + _model_args(tmp_path)
+    assert job.main(cmd) == 0
+    capsys.readouterr()
+    first = json.loads((root / "External/job012/pixer_picking.json").read_text())
+    assert first["given_A"] == 150.0
+    sorted((root / "External/job012").rglob("*_autopick.star"))[-1].unlink()
+    assert job.main(cmd + ["--estimate_size", "No"]) == 0
+    err = capsys.readouterr().err
+    assert abs(first["picking_A"] - 150.0) > 1  # noise micrographs: the estimate moves it
+    assert (f"2 micrograph(s) were picked by an earlier run of this job at {first['picking_A']:.0f} A (diameter "
+            "given 150 A); this run picks the rest at 150 A (diameter given 150 A)") in err, err
+    assert json.loads((root / "External/job012/pixer_picking.json").read_text())["picking_A"] == 150.0
+
+
+def test_an_estimate_past_the_micrographs_limits_falls_back_to_the_diameter_given():
+    """The limits (a particle of at least 10 px, a network image of at most 8192 px) are the diameter given's: an
+    estimate that would take the picking diameter past them, where the diameter given is within them, is not used."""
+    shape = (4096, 4096)
+    assert "upsampled to 9362 x 9362 px" in job._beyond_limits(14.0, 16.0, shape, 1.0)
+    assert job._beyond_limits(17.0, 16.0, shape, 1.0) is None  # within the limits
+    assert job._beyond_limits(10.0, 9.0, shape, 1.0) is None  # the diameter given is past them: the job says so
+    assert "only 9.0 px wide" in job._beyond_limits(9.0, 12.0, (512, 512), 1.0)

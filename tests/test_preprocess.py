@@ -141,6 +141,6 @@ def test_an_upsampling_beyond_the_network_size_limit_is_refused():
     from relion_pixer.preprocess import MAX_NETWORK_SIDE, check_particle_width
 
     check_particle_width(40.0, 4.0, (2048, 2048))  # 6554 px: fine
-    with pytest.raises(ValueError, match=r"upsampled to 13107 x 13107 px .*bin the micrographs less"):
+    with pytest.raises(ValueError, match=r"upsampled to 13107 x 13107 px .*whatever the binning"):
         check_particle_width(40.0, 4.0, (4096, 4096))
     assert MAX_NETWORK_SIDE == 8192
