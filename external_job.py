@@ -12,6 +12,7 @@ does not wait for it.
 
 import importlib.util
 import os
+import signal
 import sys
 
 HERE = os.path.dirname(os.path.realpath(__file__))
@@ -43,6 +44,22 @@ def _fail(why):
             pass
     sys.exit(1)
 
+
+def _stopped_early(signum, frame):
+    """A SIGTERM (a queue system, RELION's kill) before the job has set up its own handling: leave RELION's aborted
+    marker, so that the GUI does not show the job running."""
+    out = _job_dir(sys.argv[1:])
+    if out:
+        try:
+            os.makedirs(out, exist_ok=True)
+            open(os.path.join(out, "RELION_JOB_EXIT_ABORTED"), "a").close()
+        except OSError:
+            pass
+    os.write(2, b"relion_pixer: stopped by a signal before it began (nothing picked)\n")
+    os._exit(2)
+
+
+signal.signal(signal.SIGTERM, _stopped_early)  # the job replaces it once it runs
 
 missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
 if missing:

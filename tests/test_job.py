@@ -1390,3 +1390,18 @@ def test_an_estimate_past_the_micrographs_limits_falls_back_to_the_diameter_give
     assert job._beyond_limits(17.0, 16.0, shape, 1.0) is None  # within the limits
     assert job._beyond_limits(10.0, 9.0, shape, 1.0) is None  # the diameter given is past them: the job says so
     assert "only 9.0 px wide" in job._beyond_limits(9.0, 12.0, (512, 512), 1.0)
+
+
+def test_sigterm_while_the_shim_starts_leaves_the_aborted_marker(tmp_path, monkeypatch):
+    """A SIGTERM that comes while external_job.py is still importing (before the job installs its own handling)
+    still leaves RELION_JOB_EXIT_ABORTED, so that RELION does not show the job running."""
+    root = made_project(tmp_path / "p", n=2, size=128)
+    monkeypatch.chdir(root)
+    proc = subprocess.Popen([sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split(), cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    jd = root / "External/job012"
+    assert proc.returncode == 2, err
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
