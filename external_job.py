@@ -55,7 +55,7 @@ def _stopped_early(signum, frame):
             open(os.path.join(out, "RELION_JOB_EXIT_ABORTED"), "a").close()
         except OSError:
             pass
-    os.write(2, b"relion_pixer: stopped by a signal before it began (nothing picked)\n")
+    os.write(2, b"relion_pixer: stopped by SIGTERM while starting\n")
     os._exit(2)
 
 

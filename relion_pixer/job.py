@@ -742,12 +742,8 @@ def _cpu_precision(precision: str | None):
     return pixer_models.using_cpu_precision(precision)
 
 
-class _Terminated(BaseException):
-    """SIGTERM (a queue system or ``kill``) turned into an exception, so the job can say it was aborted."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
+_Terminated = relion.Terminated
+_raise_terminated = relion.raise_terminated
 
 
 def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:

@@ -862,8 +862,9 @@ def _number(values: dict, key: str, kind=float, default=None):
         raise ValueError(f"--{key}: expected a number, got {raw!r}") from None
 
 
-def _finetune(values: dict, labels_star: Path, out_dir: Path, threads: int | None) -> Path:
-    """Fine-tune the picker on the labels just written (the job's ``--finetune``); returns the model file."""
+def _finetune(values: dict, labels_star: Path, out_dir: Path, threads: int | None, stop=None) -> Path:
+    """Fine-tune the picker on the labels just written (the job's ``--finetune``); returns the model file. ``stop``:
+    RELION's Abort, polled after every training step (:func:`relion_pixer.train.train`)."""
     from relion_pixer import train as training
 
     cfg = training.load_config(
@@ -880,7 +881,7 @@ def _finetune(values: dict, labels_star: Path, out_dir: Path, threads: int | Non
     model = out_dir / FINETUNED_MODEL
     print(f" + fine-tuning {cfg.init} on {labels_star}: {cfg.cls_steps} classifier and {cfg.seg_steps} "
           f"segmenter steps", flush=True)
-    training.train(cfg, out_dir / "finetune", model)
+    training.train(cfg, out_dir / "finetune", model, stop=stop)
     print(f" + wrote {model}: pick with it by giving the picking job the parameter `model {model}`", flush=True)
     return model
 
@@ -905,6 +906,14 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             Path(control).mkdir(parents=True, exist_ok=True)
             relion.clear_exit_markers(control)
+    import signal
+    import threading
+
+    from relion_pixer.train import TrainingStopped
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, relion.raise_terminated)
     try:
         problem = relion.option_problem(parsed, [k for k, kind in SPEC.items() if kind != "ignored" and k != "help"])
         if problem:  # a misspelt parameter (fine_tune) would leave its default in force unnoticed
@@ -945,12 +954,21 @@ def main(argv: list[str] | None = None) -> int:
               f"in {result.seconds:.1f} s", flush=True)
         nodes = [(str(result.star), NODE_TYPE)]
         if values.get("finetune"):
-            nodes.append((str(_finetune(values, result.star, out_dir, threads)), MODEL_NODE_TYPE))
+            stop = (lambda: relion.abort_requested(control)) if control else None
+            nodes.append((str(_finetune(values, result.star, out_dir, threads, stop)), MODEL_NODE_TYPE))
         if version >= 4:
             relion.write_output_nodes(out_dir, nodes, version)
         else:
             # RELION 3.1 has only integer node types, none of them generic: declare no output node
             print(" + RELION 3.1: no output node declared (RELION 3.1 has no generic node type)")
+    except (KeyboardInterrupt, relion.Terminated, TrainingStopped) as exc:
+        what = {KeyboardInterrupt: "SIGINT", relion.Terminated: "SIGTERM"}.get(type(exc), relion.ABORT_NOW)
+        print(f"ERROR: relion_pixer labels: stopped by {what}; the labels written and the fine-tuning's last "
+              "checkpoint are kept: run the job again to continue", file=sys.stderr)
+        if control:
+            with contextlib.suppress(OSError):
+                relion.write_exit_marker(control, "aborted")
+        return 2
     except (LabelError, ValueError, OSError) as exc:
         print(f"ERROR: relion_pixer labels: {exc}", file=sys.stderr)
         if control:
@@ -966,6 +984,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 relion.write_exit_marker(control, "failure")
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     relion.write_exit_marker(control, "success")
     return 0
 

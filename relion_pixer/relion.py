@@ -237,6 +237,16 @@ def write_exit_marker(job_dir: str | os.PathLike, status: str) -> Path:
     return path
 
 
+class Terminated(BaseException):
+    """SIGTERM (a queue system, ``kill``) turned into an exception by :func:`raise_terminated`, so that a job can say
+    it was stopped and leave RELION's aborted marker."""
+
+
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated()
+
+
 def abort_requested(job_dir: str | os.PathLike) -> bool:
     """Whether the RELION GUI (or a user) asked the job to stop: ``RELION_JOB_ABORT_NOW`` exists."""
     return (Path(job_dir) / ABORT_NOW).exists()

@@ -323,12 +323,60 @@ def atomic_model_files(patterns) -> list[str]:
 
 
 def _cached_set(cache: Path, make) -> LabelledSet:
-    """The set kept in ``cache`` by an earlier run (or an earlier start of this one); else ``make()``, kept there."""
+    """The set kept in ``cache`` by an earlier run (or an earlier start of this one); else ``make()``, kept there
+    (written atomically; a damaged cache, e.g. from a run killed by an older version, is made again)."""
     if cache.is_file():
-        return LabelledSet(**torch.load(cache, weights_only=False))
+        try:
+            return LabelledSet(**torch.load(cache, weights_only=False))
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache is simply made again
+            _log(f"{cache}: cannot be read ({type(exc).__name__}); simulating it again")
     made = make()
-    torch.save(made.__dict__, cache)
+    tmp = cache.with_name(cache.name + ".tmp")
+    torch.save(made.__dict__, tmp)
+    tmp.replace(cache)
     return made
+
+
+#: Settings that change neither the data nor the training (a run resumed with other values is the same run).
+_NOT_INPUTS = ("threads", "checkpoint_every")
+#: File in a training run's folder with what its checkpoint and caches were made from (:func:`_inputs`).
+INPUTS_FILE = "inputs.json"
+
+
+def _inputs(cfg: "TrainConfig") -> dict:
+    """What a run's checkpoint and simulated caches depend on: the settings, and the contents of the labels file
+    and the initial model (a file rewritten at the same path is another input)."""
+    import hashlib
+
+    out = json.loads(json.dumps({k: v for k, v in cfg.__dict__.items() if k not in _NOT_INPUTS}, default=str))
+    for key in ("from_labels", "init"):
+        path = getattr(cfg, key, None)
+        if path and Path(path).is_file():
+            out[f"{key}_sha1"] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return out
+
+
+def _same_inputs_or_fresh(run: "RunDir", cfg: "TrainConfig") -> bool:
+    """False (and the earlier checkpoint and caches removed, with a line saying which settings changed) when ``run``
+    holds a checkpoint or caches made from other settings or inputs than ``cfg``'s; then keep ``cfg``'s."""
+    now = _inputs(cfg)
+    path = run.path / INPUTS_FILE
+    same = True
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None  # a new folder, or one from before this file: resumed as before
+    if earlier is not None and earlier != now:
+        changed = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        _log(f"{run.path}: the earlier run there was made from other settings or inputs ({', '.join(changed)}); "
+             "starting afresh")
+        for old in [run.path / "checkpoint.pt", *run.path.glob("sim_*.pt")]:
+            old.unlink(missing_ok=True)
+        same = False
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(now, indent=1))
+    tmp.replace(path)
+    return same
 
 
 def _training_set(cfg: "TrainConfig", n: int, seed: int, **source) -> LabelledSet:
@@ -779,17 +827,24 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Te
     return ce + dice
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = None, resume: bool = True) -> dict:
+class TrainingStopped(Exception):
+    """Training stopped because ``stop()`` asked it to (RELION's Abort); the checkpoint of the step it stopped at is
+    kept, so that the run resumes there."""
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = None, resume: bool = True,
+          stop=None) -> dict:
     """Train (or fine-tune) both networks; returns the final validation figures. Validation runs the networks in
     float32 on every CPU, so that the figures do not depend on the machine (see
-    :data:`relion_pixer.models.CPU_PRECISION`)."""
+    :data:`relion_pixer.models.CPU_PRECISION`). ``stop``: called after every step; when it returns True the step's
+    checkpoint is written and :class:`TrainingStopped` raised."""
     from relion_pixer.models import using_cpu_precision
 
     with using_cpu_precision("float32"):
-        return _train(cfg, out_dir, model_out, resume)
+        return _train(cfg, out_dir, model_out, resume, stop)
 
 
-def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, resume: bool) -> dict:
+def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, resume: bool, stop=None) -> dict:
     run = RunDir(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -797,6 +852,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.sim_train < 1:
+        raise ValueError(f"sim_train must be at least 1, got {cfg.sim_train}: the simulated replay keeps the networks "
+                         "general")
+    if not _same_inputs_or_fresh(run, cfg):
+        resume = False
     (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=str))
 
     # ---- the user's labels and the initial model first: their errors should not wait for the simulated data
@@ -869,10 +929,13 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
             if step % cfg.valid_every == 0 or step == cfg.cls_steps:
                 run.log(stage="classifier", step=step, loss=loss, **classifier_accuracy(classifier.cpu(), vboxes, vcls))
                 classifier.to(device)
-            if step % cfg.checkpoint_every == 0:
+            stopping = stop is not None and stop()
+            if step % cfg.checkpoint_every == 0 or stopping:
                 run.save_checkpoint(
                     {"stage": "classifier", "step": step, "classifier": classifier.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
                 )
+            if stopping:
+                raise TrainingStopped(f"stopped at classifier step {step}; the run resumes there")
 
         _restore_torch_rng(state)
         fit_classifier(
@@ -904,7 +967,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
             if step == cfg.seg_steps:
                 last_figures.update(full)
             segmenter.to(device)
-        if step % cfg.checkpoint_every == 0 or step == cfg.seg_steps:
+        stopping = stop is not None and step < cfg.seg_steps and stop()
+        if step % cfg.checkpoint_every == 0 or step == cfg.seg_steps or stopping:
             run.save_checkpoint(
                 {
                     "stage": "segmenter",
@@ -915,6 +979,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
                     "gen": gen.get_state(),
                 }
             )
+        if stopping:
+            raise TrainingStopped(f"stopped at segmenter step {step}; the run resumes there")
 
     weight_scale = 1.0
     if cfg.small_mask_weight_normalise and cfg.small_mask_weight_max > 1.0 and sim_train.instances is not None:

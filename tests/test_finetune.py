@@ -263,3 +263,42 @@ def test_labels_job_can_finetune_in_one_go(tmp_path, monkeypatch, capsys, init_m
     assert rc == 1 and "missing.pt" in err and "Traceback" not in err
     assert (project / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
     assert not (project / "External/job005/RELION_OUTPUT_NODES.star").exists()
+
+
+def test_the_finetune_job_stops_on_relions_abort_and_continues(tmp_path, monkeypatch, capsys, init_model):
+    """RELION's Abort (RELION_JOB_ABORT_NOW) during the fine-tuning: the job stops after the step it is in, says so,
+    leaves RELION_JOB_EXIT_ABORTED and no model; run again, it resumes and finishes."""
+    from relion_pixer import train as train_mod
+    from relion_pixer.cli import main as cli
+    from relion_pixer.labels import FINETUNED_MODEL
+
+    torch.set_num_threads(1)
+    project = tmp_path / "project"
+    ref = simulate_refinement(project, 1, seed=2, diameter_A=200.0, angpix=5.0, shape=(160, 160), n_points=800)
+    monkeypatch.chdir(project)
+    args = ["--o", "External/job004/", "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc, "--finetune",
+            "Yes", "--init", str(init_model), "--cls_steps", "2", "--seg_steps", "3", "--sim_train", "1", "--j", "1",
+            "--pipeline_control", "External/job004/"]
+    job = project / "External" / "job004"
+    fit = train_mod.fit_segmenter
+
+    def abort_at_the_first_step(*a, on_step=None, **k):
+        def then_abort(step, loss, opt):
+            if step == 1:
+                (job / "RELION_JOB_ABORT_NOW").touch()  # the GUI's Abort button
+            on_step(step, loss, opt)
+
+        return fit(*a, on_step=then_abort, **k)
+
+    monkeypatch.setattr(train_mod, "fit_segmenter", abort_at_the_first_step)
+    rc = cli(args)
+    out, err = capsys.readouterr()
+    assert rc == 2, err
+    assert "stopped by RELION_JOB_ABORT_NOW" in err and "Traceback" not in err
+    assert (job / "RELION_JOB_EXIT_ABORTED").exists() and not (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert not (job / FINETUNED_MODEL).exists()
+    monkeypatch.setattr(train_mod, "fit_segmenter", fit)
+    (job / "RELION_JOB_ABORT_NOW").unlink()  # RELION removes it before it runs the job again
+    assert cli(args) == 0
+    out, _ = capsys.readouterr()
+    assert "resuming at segmenter step 1" in out and (job / FINETUNED_MODEL).exists()

@@ -386,3 +386,62 @@ def test_size_jitter_sets_the_particle_size_against_the_network_scale(monkeypatc
     assert np.allclose(sizes, NET_DIAMETER_PX * 2.0 * 1.3)
     with pytest.raises(ValueError, match="size_jitter"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, size_jitter=(1.2, 0.8))
+
+
+def test_a_run_folder_made_from_other_settings_starts_afresh_and_a_damaged_cache_is_made_again(tmp_path, capsys):
+    """Rerun on the same --out with other settings (here more simulated micrographs and another seed), the earlier
+    checkpoint and simulated caches are not reused: the run says which settings changed and starts afresh. A cache
+    left damaged (a run killed while writing it) is made again instead of failing every later run."""
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "run"
+    assert main(["--config", str(cfg), "--out", str(out)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other.toml"
+    other.write_text(SMOKE.replace("sim_train = 4", "sim_train = 3") + "seed = 7\n")
+    assert main(["--config", str(other), "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "made from other settings or inputs (seed, sim_train); starting afresh" in text, text
+    assert "resuming" not in text and "data: 3 simulated" in text
+    assert json.loads((out / "inputs.json").read_text())["sim_train"] == 3
+    (out / "sim_train.pt").write_bytes(b"")  # killed while writing it (an older version wrote it in place)
+    (out / "checkpoint.pt").unlink()
+    assert main(["--config", str(other), "--out", str(out)]) == 0
+    text = "".join(capsys.readouterr())
+    assert "sim_train.pt: cannot be read (EOFError); simulating it again" in text and "data: 3 simulated" in text
+    assert (out / "sim_train.pt").stat().st_size > 0
+
+
+def test_no_simulated_replay_is_refused_up_front(tmp_path):
+    from relion_pixer.train import train
+
+    with pytest.raises(ValueError, match="sim_train must be at least 1"):
+        train(load_config(None, sim_train=0), tmp_path / "run")
+
+
+def test_a_stop_request_keeps_the_steps_checkpoint_and_the_run_resumes_to_the_same_weights(tmp_path):
+    """``stop`` (RELION's Abort, polled after every step) ends training with the checkpoint of the step it stopped
+    at; resumed, the run ends with the weights of an uninterrupted one."""
+    from relion_pixer.train import TrainingStopped, train
+
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE.replace("checkpoint_every = 2", "checkpoint_every = 100"))
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["--config", str(cfg), "--out", str(whole)]) == 0
+    steps = []
+
+    def stop():
+        steps.append(1)
+        return len(steps) == 8  # the 3rd segmenter step (5 classifier steps first)
+
+    with pytest.raises(TrainingStopped, match="segmenter step 3"):
+        train(load_config(cfg), stopped, stop=stop)
+    ckpt = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    assert (ckpt["stage"], ckpt["step"]) == ("segmenter", 3)
+    train(load_config(cfg), stopped)
+    a = torch.load(whole / "model.pt", weights_only=True)
+    b = torch.load(stopped / "model.pt", weights_only=True)
+    for part in ("classifier", "segmenter"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resuming"
