@@ -563,6 +563,8 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         if not note.get("kept"):
             info(f" + adapt: the first run reverted to the general networks ({note.get('reason', '')}); "
                  "picking with them")
+            warn(f"adapt: the first run of this job kept the networks it started from ({note.get('reason', '')}), and "
+                 "Continue keeps that choice; to adapt on micrographs added since, run a new job with adapt Yes")
             return general, diameter_A
     t_all = time.perf_counter()
     picked = [entries[i] for i in _sample_indices(len(entries), cfg.sample)]
@@ -594,7 +596,7 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         return adapted, picking_A
     what = "not adapted" if result.models is None else "adapted networks rejected"
     info(f" + adapt: {what}, reverting to the general networks: {result.reason} ({seconds:.1f} s in all)")
-    warn(f"adapt: {what} ({result.reason}); the picks are the general networks'")
+    warn(f"adapt: {what} ({result.reason}); the picks are those of the networks the job started from (not adapted)")
     return general, float(diameter_A)
 
 

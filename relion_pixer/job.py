@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import json
 import math
 import multiprocessing
 import os
@@ -807,7 +808,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if plan.todo and opts.adapt:
                 pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir)
             if plan.todo:
-                _note_picking(job_dir, opts.particle_diameter, diameter, earlier, picked_before, log)
+                _note_picking(job_dir, opts.particle_diameter, diameter, model, earlier, picked_before, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
@@ -1047,38 +1048,58 @@ def _beyond_limits(picking_A: float, given_A: float, shape, angpix: float) -> st
     return None
 
 
-#: File in the job directory that keeps the diameter the job picks at and the one given, so that Continue can say
-#: when it picks the rest at another size (the diameter given, the size estimate or the spacing check changed).
+#: File in the job directory that keeps the diameter the job picks at, the one given and the networks it picks with,
+#: so that Continue can say when it picks the rest otherwise (the diameter given, the size estimate, the spacing
+#: check, ``adapt`` or ``model`` changed).
 PICKING_FILE = "pixer_picking.json"
 
 
+def _networks_id(model: str | None) -> str:
+    """The networks a run picks with: the model file's name and the start of its SHA-1 (the shipped weights when
+    ``model`` is None); a file that cannot be read is named alone."""
+    import hashlib
+
+    from relion_pixer.models import shipped_weights
+
+    path = Path(model) if model else shipped_weights()
+    try:
+        return f"{path.name} ({hashlib.sha1(path.read_bytes()).hexdigest()[:12]})"
+    except OSError:
+        return path.name
+
+
 def _earlier_picking(job_dir: Path) -> dict | None:
-    """The diameters an earlier run of the job picked at and was given (:data:`PICKING_FILE`; for a job begun before
-    that file, its :data:`SIZE_FILE`), or None."""
+    """What an earlier run of the job picked with (:data:`PICKING_FILE`: the diameters picked at and given, and the
+    networks; for a job begun before that file, its :data:`SIZE_FILE`'s diameters), or None."""
     for name in (PICKING_FILE, SIZE_FILE):
         kept = _kept(job_dir / name, "given_A", None, ("given_A", "picking_A"))
         if kept is not None:
+            if name == PICKING_FILE:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    kept["networks"] = str(json.loads((job_dir / name).read_text()).get("networks") or "") or None
             return kept
     return None
 
 
-def _note_picking(job_dir: Path, given_A: float, picking_A: float, earlier: dict | None, picked_before: int,
-                  log: _Log) -> None:
-    """Warn when an earlier run of the job picked its micrographs at another diameter than this run will pick the
-    rest at, and keep this run's diameters in :data:`PICKING_FILE`."""
-    import json
-
+def _note_picking(job_dir: Path, given_A: float, picking_A: float, model: str | None, earlier: dict | None,
+                  picked_before: int, log: _Log) -> None:
+    """Warn when an earlier run of the job picked its micrographs at another diameter, or with other networks, than
+    this run will pick the rest with, and keep this run's in :data:`PICKING_FILE`."""
+    networks = _networks_id(model)
+    advice = "run a new job, or delete this job's coordinate files first"
     if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
         log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
                  f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
-                 f"given {given_A:g} A). To pick them all at one size, run a new job, or delete this job's coordinate "
-                 "files first")
+                 f"given {given_A:g} A). To pick them all at one size, {advice}")
+    if earlier is not None and earlier.get("networks") and earlier["networks"] != networks:
+        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job with other networks "
+                 f"({earlier['networks']}); this run picks the rest with {networks}. To pick them all with one, {advice}")
     try:
         with io.atomic_write(job_dir / PICKING_FILE) as fh:
-            json.dump({"given_A": float(given_A), "picking_A": float(picking_A)}, fh, indent=1)
+            json.dump({"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks}, fh, indent=1)
     except OSError as exc:
-        log.warn(f"cannot write {job_dir / PICKING_FILE} ({exc.strerror or exc}): a later Continue cannot tell the "
-                 "size this run picked at")
+        log.warn(f"cannot write {job_dir / PICKING_FILE} ({exc.strerror or exc}): a later Continue cannot tell what "
+                 "this run picked with")
 
 
 def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, log: _Log, job_dir: Path) -> float:

@@ -136,7 +136,7 @@ def test_adapted_networks_that_disagree_are_reverted(tmp_path, monkeypatch, caps
     assert job.main(ADAPT_CMD.split()) == 0
     out, err = capsys.readouterr()
     assert "adapted networks rejected, reverting to the general networks" in out
-    assert "the picks are the general networks'" in err
+    assert "the picks are those of the networks the job started from (not adapted)" in err
     jd = root / "External/job012"
     assert not (jd / adapt.MODEL_FILE).exists()
     note = json.loads((jd / adapt.NOTE_FILE).read_text())
@@ -149,7 +149,9 @@ def test_adapted_networks_that_disagree_are_reverted(tmp_path, monkeypatch, caps
     # Continue keeps the decision: no second adaptation
     next(iter(sorted((jd / "Movies").glob("*_autopick.star")))).unlink()
     assert job.main(ADAPT_CMD.split()) == 0
-    assert "the first run reverted to the general networks" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "the first run reverted to the general networks" in out
+    assert "Continue keeps that choice; to adapt on micrographs added since, run a new job with adapt Yes" in err
 
 
 def _small_sample():

@@ -1405,3 +1405,24 @@ def test_sigterm_while_the_shim_starts_leaves_the_aborted_marker(tmp_path, monke
     jd = root / "External/job012"
     assert proc.returncode == 2, err
     assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+
+
+def test_continue_with_other_networks_warns(tmp_path, monkeypatch, capsys):
+    """A Continue that picks the rest with other networks (another ``model``; ``adapt`` turned on or off) says so,
+    as it does for another diameter."""
+    from relion_pixer.models import shipped_weights
+
+    root = made_project(tmp_path / "p", n=3, size=384)
+    monkeypatch.chdir(root)
+    cmd = RELION_CMD.split() + ["--estimate_size", "No"]
+    assert job.main(cmd) == 0
+    capsys.readouterr()
+    first = json.loads((root / "External/job012/pixer_picking.json").read_text())
+    assert first["networks"].startswith(shipped_weights().name + " (")
+    sorted((root / "External/job012").rglob("*_autopick.star"))[-1].unlink()
+    v4 = shipped_weights().with_name("pixer_v4.pt")
+    assert job.main(cmd + ["--model", str(v4)]) == 0
+    err = capsys.readouterr().err
+    assert (f"2 micrograph(s) were picked by an earlier run of this job with other networks ({first['networks']}); "
+            f"this run picks the rest with pixer_v4.pt (") in err, err
+    assert "at one size" not in err  # the diameter is the same
