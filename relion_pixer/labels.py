@@ -533,6 +533,20 @@ def _resolve(name: str, search: list[Path]) -> Path | None:
     return None
 
 
+def _check_map_against_particles(in_parts, in_3dref, box: int, vol_apix: float) -> None:
+    """Warn when the map has the particles' box but another pixel size: a header that does not describe the map
+    (a refinement's map has the particle images' box and pixel size)."""
+    import starfile
+
+    opt = starfile.read(in_parts, always_dict=True).get("optics")
+    if not isinstance(opt, pd.DataFrame) or not {"rlnImagePixelSize", "rlnImageSize"} <= set(opt.columns):
+        return
+    size, apix = int(opt["rlnImageSize"].iloc[0]), float(opt["rlnImagePixelSize"].iloc[0])
+    if size == int(box) and abs(apix - float(vol_apix)) > 0.01 * apix:
+        print(f"WARNING: {in_3dref} has the particles' box ({box} px) but {vol_apix:g} A/px in its header, the particles "
+              f"{apix:g} A/px ({in_parts}); if the header is wrong, give --map_angpix {apix:g}", file=sys.stderr)
+
+
 def make_labels(
     in_parts,
     in_3dref,
@@ -591,6 +605,8 @@ def make_labels(
             )
         else:
             raise LabelError(in_3dref, "map has no pixel size in its header: give --map_angpix")
+    else:
+        _check_map_against_particles(in_parts, in_3dref, volume.shape[0], vol_apix)
 
     # micrographs: pixel size and shape
     search = [Path.cwd()]
@@ -644,15 +660,22 @@ def make_labels(
 
     first = mics[0]
     diameter = renderer(first[2]).diameter_angstrom(parts["rot"], parts["tilt"], parts["psi"])
+    if not (np.isfinite(diameter) and diameter > 0):
+        raise LabelError(in_3dref, f"the map's projections give empty masks (no density reaches {fraction:g} of their "
+                         "maximum): is it the refined map, with protein positive?")
     log(f" + particle diameter from the masks: {diameter:.1f} A (largest Feret diameter, as the simulator's)")
 
     rows = {"rlnMicrographName": [], "rlnMicrographCoordinates": [], LABEL_COLUMN: [], "rlnMicrographPixelSize": [],
             "pixerNrParticles": []}
-    n_done = 0
+    n_done, n_outside = 0, 0
     stems = _output_stems([m[0] for m in mics])
     for i, (name, shape, apix, group) in enumerate(mics):
         r = renderer(apix)
         cx, cy = particle_centres(group, apix)
+        inside = (cx >= 0) & (cx <= shape[1] - 1) & (cy >= 0) & (cy <= shape[0] - 1)
+        if not inside.all():  # as RELION's Extract, leave out particles whose centre lies off their micrograph
+            n_outside += int((~inside).sum())
+            group, cx, cy = group[inside], cx[inside], cy[inside]
         label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
         rel = stems[name]
         label_path = out_dir / rel.parent / f"{rel.name}_labels.mrc"
@@ -669,6 +692,12 @@ def make_labels(
         if (i + 1) % 50 == 0 or i + 1 == len(mics):
             log(f" + {i + 1}/{len(mics)} micrographs, {n_done} particles, {time.perf_counter() - t_start:.1f} s")
 
+    if n_outside:
+        print(f"WARNING: {n_outside} of {len(parts)} particles in {in_parts} have their centre off their micrograph "
+              "and are left out (coordinates in another pixel size, e.g. of unbinned movies?)", file=sys.stderr)
+        if n_done == 0:
+            raise LabelError(in_parts, "no particle has its centre on its micrograph: check the micrographs' pixel "
+                             "size against the particles' coordinates")
     general = {
         "pixerParticleDiameterAngst": diameter,
         "pixerMaskFraction": float(fraction),
@@ -750,7 +779,7 @@ def read_label_set(
         general = blocks.get("pixer_labels")
         value = general.get("pixerParticleDiameterAngst") if isinstance(general, dict) else None
         if value is None or not np.isfinite(float(value)) or float(value) <= 0:
-            raise LabelError(path, "no particle diameter (_pixerParticleDiameterAngst): give diameter_angstrom")
+            raise LabelError(path, "no particle diameter (_pixerParticleDiameterAngst): give --particle_diameter")
         diameter_angstrom = float(value)
     bases = [Path(project_dir)] if project_dir else [Path.cwd()]
     bases += list(path.resolve().parent.parents)
@@ -763,7 +792,11 @@ def read_label_set(
         apix = float(row["rlnMicrographPixelSize"]) if "rlnMicrographPixelSize" in table.columns else header_apix
         if not apix:
             raise LabelError(path, f"no pixel size for {mic}")
-        label = np.asarray(mrcfile.read(_find(str(row[LABEL_COLUMN]), bases, "label map", path))).astype(np.uint8)
+        label_file = _find(str(row[LABEL_COLUMN]), bases, "label map", path)
+        try:
+            label = np.asarray(mrcfile.read(label_file)).astype(np.uint8)
+        except (ValueError, OSError) as exc:
+            raise LabelError(label_file, f"cannot read the label map ({exc}); make the labels again") from None
         if label.shape != image.shape:
             raise LabelError(path, f"label map of {mic} is {label.shape[::-1]} px, the micrograph {image.shape[::-1]}")
         table_xy = read_coordinates_star(_find(str(row["rlnMicrographCoordinates"]), bases, "coordinates", path))

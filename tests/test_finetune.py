@@ -302,3 +302,51 @@ def test_the_finetune_job_stops_on_relions_abort_and_continues(tmp_path, monkeyp
     assert cli(args) == 0
     out, _ = capsys.readouterr()
     assert "resuming at segmenter step 1" in out and (job / FINETUNED_MODEL).exists()
+
+
+def test_labels_name_what_is_wrong_with_a_refinements_files(tmp_path, monkeypatch, capsys):
+    """Particles whose centre lies off their micrograph are left out with a warning (all of them: an error); a map
+    with the particles' box but another pixel size in its header draws a warning; an empty map is an error; a
+    damaged label map is named when it is read back."""
+    import mrcfile
+    import starfile
+
+    from relion_pixer.labels import LabelError, main as labels_main, read_label_set
+
+    ref = simulate_refinement(tmp_path / "p", 2, seed=1, diameter_A=200.0, angpix=5.0, shape=(128, 128), n_points=800)
+    monkeypatch.chdir(tmp_path / "p")
+    star = starfile.read(ref.particles_star, always_dict=True)
+    parts = star["particles"]
+    n = len(parts)
+    first = parts["rlnMicrographName"] == parts["rlnMicrographName"].iloc[0]
+    off = int(first.sum())
+    shifted = dict(star, particles=parts.assign(rlnCoordinateX=parts["rlnCoordinateX"] + 1000.0 * first))
+    starfile.write(shifted, "half_off.star")
+    assert labels_main(["--in_parts", "half_off.star", "--in_3dref", ref.map_mrc, "--o", "lab1/"]) == 0
+    out, err = capsys.readouterr()
+    assert 0 < off < n and f"WARNING: {off} of {n} particles in half_off.star have their centre off" in err, err
+    assert f"{n - off} particles" in out
+    starfile.write(dict(star, particles=parts.assign(rlnCoordinateX=parts["rlnCoordinateX"] * 3 + 400)), "off.star")
+    assert labels_main(["--in_parts", "off.star", "--in_3dref", ref.map_mrc, "--o", "lab2/"]) == 1
+    assert "off.star: no particle has its centre on its micrograph" in capsys.readouterr().err
+
+    volume = mrcfile.read(ref.map_mrc)
+    with mrcfile.new("wrong_apix.mrc") as m:
+        m.set_data(volume)
+        m.voxel_size = 2.5  # the particles are at 5 A/px in the same box
+    assert labels_main(["--in_parts", ref.particles_star, "--in_3dref", "wrong_apix.mrc", "--o", "lab3/"]) == 0
+    assert "wrong_apix.mrc has the particles' box" in capsys.readouterr().err
+    with mrcfile.new("empty.mrc") as m:
+        m.set_data(np.zeros_like(volume))
+        m.voxel_size = 5.0
+    assert labels_main(["--in_parts", ref.particles_star, "--in_3dref", "empty.mrc", "--o", "lab4/"]) == 1
+    assert "empty.mrc: the map's projections give empty masks" in capsys.readouterr().err
+
+    assert labels_main(["--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc, "--o", "lab5/"]) == 0
+    capsys.readouterr()
+    from pathlib import Path
+
+    damaged = sorted(Path("lab5").rglob("*_labels.mrc"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    with pytest.raises(LabelError, match=f"{damaged.name}: cannot read the label map"):
+        read_label_set("lab5/labels.star")
