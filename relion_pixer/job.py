@@ -851,7 +851,9 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         except Exception as exc:  # noqa: BLE001 - one rank's failure is reported by rank 0, after the others finish
             if world.size == 1:
                 _clean_temp_files(job_dir)  # a dead worker's pool stops the other workers, perhaps mid-write
-                raise
+                if not isinstance(exc, parallel.WorkerDied):
+                    raise
+                outcome.fatal = str(exc)  # the finished micrographs are listed below, as after an abort
             first = str(exc).splitlines()[0] if str(exc) else ""
             if not isinstance(exc, (UsageError, io.StarError, io.MicrographError, OSError, RuntimeError)) or not first:
                 first = f"{type(exc).__name__}: {first}"
@@ -1327,6 +1329,7 @@ def _worker_init(opts: JobOptions, params: PickParams, pick_fn: PickFunction | N
     it as it would without workers.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the job handles it
+    parallel.die_with_parent()  # a job killed outright (SIGKILL, out of memory) leaves no workers running
     with counter.get_lock():
         index = counter.value
         counter.value += 1

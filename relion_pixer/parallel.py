@@ -15,6 +15,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = [
     "device_for",
     "available_cpus",
     "threads_per_worker",
+    "die_with_parent",
     "WorkerDied",
     "run_dynamic",
 ]
@@ -316,6 +319,21 @@ def threads_per_worker(threads: int | None, workers: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # worker processes
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def die_with_parent() -> None:
+    """Make this (worker) process end when the process that started it dies, even by SIGKILL, so that a killed job
+    leaves no workers behind (Linux: ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
 
 
 class WorkerDied(RuntimeError):

@@ -197,6 +197,11 @@ def test_a_killed_worker_fails_the_job_and_keeps_the_rest(tmp_path, monkeypatch)
     assert (root / JOB / relion.EXIT_FAILURE).exists()
     assert not (root / JOB / "Movies" / "mic_002_autopick.star").exists()
     assert not list((root / JOB).rglob(f"*{io.TMP_SUFFIX}"))
+    # the micrographs finished before the worker died are listed (and the node written), as after an abort
+    finished = sorted(str(p.relative_to(root)) for p in (root / JOB / "Movies").glob("*_autopick.star"))
+    listed = io.read_star(root / JOB / "autopick.star")["coordinate_files"]["rlnMicrographCoordinates"]
+    assert finished and sorted(listed) == finished
+    assert (root / JOB / relion.OUTPUT_NODES).exists()
     # continuing picks exactly what is missing
     rc, out, err = run(RELION_CMD + " --workers 2", slow_picker)
     assert rc == 0, err
@@ -530,3 +535,34 @@ def test_an_mpi_launch_that_failed_to_start_is_tried_again_and_a_job_failure_is_
     (tmp_path / "count").write_text("1")  # no launch failure: a failing job is returned as it is, once
     assert jobrun.run_mpi([sys.executable, str(script), "3"], timeout=60).returncode == 3
     assert (tmp_path / "count").read_text() == "2"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_the_job_is_killed_outright(tmp_path):
+    """SIGKILL of the job (a queue's hard kill, the out-of-memory killer) takes its worker processes with it."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import time\nfrom relion_pixer import parallel\n\n\ndef init():\n    parallel.die_with_parent()\n\n\n"
+        "def task(i):\n    time.sleep(60)\n\n\nif __name__ == '__main__':\n"
+        "    parallel.run_dynamic([(i,) for i in range(2)], 2, init, (), task, lambda r: True, lambda: False)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+    children: list[int] = []
+    deadline = time.time() + 30
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.2)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        children = [int(c) for c in out]
+    assert len(children) >= 2, "the workers did not start"
+    time.sleep(1.0)  # their initializer has run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 10
+    alive = children
+    while time.time() < deadline and alive:
+        time.sleep(0.2)
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and "zombie" not in Path(f"/proc/{c}/status").read_text(errors="replace").lower()]
+    assert not alive, f"workers {alive} outlived the job"
