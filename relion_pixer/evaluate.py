@@ -563,11 +563,12 @@ def _coordinate_files_block(path: Path):
 
 
 #: STAR files of a RELION job directory that are not per-micrograph coordinates.
-_JOB_FILES = {"autopick.star", "manualpick.star", "job.star", "job_pipeline.star", "default_pipeline.star", "summary.star"}
+_JOB_FILES = {"autopick.star", "manualpick.star", "job.star", "job_pipeline.star", "default_pipeline.star", "summary.star",
+              "local_selection.star", "micrographs_selected.star", "labels.star"}
 
 
 def _is_job_file(path: Path) -> bool:
-    return path.name in _JOB_FILES or path.name.startswith(("coords_suffix", "run_"))
+    return path.name in _JOB_FILES or path.name.startswith(("coords_suffix", "run_", "RELION_"))
 
 
 def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict[str, Path]:
@@ -588,6 +589,10 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
     picks = Path(picks)
     if picks.is_dir():
         files = sorted(p for p in picks.rglob("*.star") if p.is_file() and not _is_job_file(p))
+        if not files:
+            others = sorted({p.suffix for p in picks.rglob("*") if p.is_file() and p.suffix not in ("", ".star")})
+            raise ValueError(f"{picks}: no coordinate STAR files in it" + (
+                f" (it has {', '.join(others)} files; only RELION coordinate STAR files are read)" if others else ""))
         out: dict[str, Path] = {}
         for f in files:
             key = micrograph_key(f)
@@ -617,12 +622,13 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
     return out
 
 
-def read_truth(truth: str | Path) -> dict[str, Path]:
-    """Map micrograph key -> truth coordinate STAR for a directory of ``<micrograph>.star`` files."""
+def read_truth(truth: str | Path, project_dir: str | Path | None = None) -> dict[str, Path]:
+    """Map micrograph key -> truth coordinate STAR, read as :func:`read_picks` reads picks: a directory of
+    ``<micrograph>.star`` files, a coordinate-file list (a ManualPick job's ``manualpick.star``) or one file."""
     truth = Path(truth)
-    if not truth.is_dir():
-        raise FileNotFoundError(f"truth directory not found: {truth}")
-    return read_picks(truth)
+    if not truth.exists():
+        raise FileNotFoundError(f"truth not found: {truth}")
+    return read_picks(truth, project_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -636,7 +642,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "a radius, precision, recall, F1 per micrograph and pooled, and average precision over the figure of merit.",
     )
     p.add_argument("--picks", required=True, help="autopick.star of a picking job, or a directory of coordinate STARs")
-    p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star)")
+    p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star), or "
+                   "a coordinate-file list such as a ManualPick job's manualpick.star")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--radius", type=float, help="matching radius in pixels of the coordinates")
     g.add_argument("--diameter", type=float, help="particle diameter in pixels (radius = diameter / 2)")
@@ -674,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         radius = _check_radius(radius if radius is not None else float("nan"))
         picks = read_picks(args.picks, args.project_dir)
-        truth = read_truth(args.truth)
+        truth = read_truth(args.truth, args.project_dir)
     except (ValueError, FileNotFoundError) as exc:
         print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
         return 2

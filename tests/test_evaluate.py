@@ -310,8 +310,21 @@ def test_cli_options(tmp_path, monkeypatch, capsys):
         ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth"])  # no radius
     assert ev.main(["--picks", str(root / "nope.star"), "--truth", "truth", "--radius", "4"]) == 2
     (root / "empty").mkdir()
-    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", str(root / "empty"), "--radius", "4"]) == 1
-    assert "no micrograph" in capsys.readouterr().err
+    (root / "empty" / "mic_a.box").write_text("10 10 8 8\n")
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", str(root / "empty"), "--radius", "4"]) == 2
+    assert "empty: no coordinate STAR files in it (it has .box files; only RELION coordinate STAR files are read)" in \
+        capsys.readouterr().err
+    # a coordinate-file list (a ManualPick job's manualpick.star) as truth; RELION's job files in a truth directory
+    # are not micrographs
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", str(job / "autopick.star"), "--radius", "4",
+                    "--json", str(out)]) == 0
+    p = json.loads(out.read_text())["pooled"]
+    assert p["tp"] == p["n_pred"] == p["n_true"] == 5
+    for name in ("RELION_OUTPUT_NODES.star", "local_selection.star", "micrographs_selected.star"):
+        (root / "truth" / name).write_text("data_\nloop_\n_rlnMicrographName\nmic_z.mrc\n")
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--radius", "4", "--all_truth",
+                    "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["pooled"]["n_micrographs"] == 3
 
 
 @pytest.mark.shared
