@@ -664,13 +664,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _json_safe(obj):
-    if isinstance(obj, float) and math.isnan(obj):
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float (in nested dicts and lists) made None, so that the JSON written is
+    standard (``null``) and any JSON reader takes it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -741,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['micrograph']:<{width}} " + " ".join(f"{_fmt(r[c]):>6}" for c in cols))
     if args.json:
         out = {"radius": radius, "picks": str(args.picks), "truth": str(args.truth), "micrographs": rows, "pooled": pooled}
-        Path(args.json).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(out), indent=2) + "\n")
     return 0
 
 

@@ -555,7 +555,7 @@ def _write_maps(base: str, result: PickResult, image: np.ndarray, angpix: float,
         with io.atomic_output_path(base + "_probmap.mrc") as tmp:
             with mrcfile.new(tmp) as m:
                 m.set_data(np.ascontiguousarray(result.prob_map, dtype=np.float32))
-                m.voxel_size = angpix / fx
+                m.voxel_size = (angpix / fx, angpix / result.factors[0], angpix / fx)  # x, y, z
     net = result.net_image
     if net is None:
         net, _ = preprocess.prepare(image, angpix, opts.particle_diameter)
@@ -883,6 +883,11 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                 nodes.append((odir + "coords_suffix_pixer.star", relion.NODE_MIC_COORDS_31))
         else:
             nodes = [(odir + "autopick.star", relion.COORDS_NODE_LABEL[version])]
+            if opts.adapt:
+                from relion_pixer import adapt
+
+                if (job_dir / adapt.MODEL_FILE).is_file():  # the adapted networks: a model later jobs can pick with
+                    nodes.append((odir + adapt.MODEL_FILE, relion.MODEL_NODE_LABEL))
         if nodes:
             relion.write_output_nodes(job_dir, nodes, version)
 

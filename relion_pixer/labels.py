@@ -56,6 +56,7 @@ from relion_pixer import NET_DIAMETER_PX, PARTICLE
 from relion_pixer.io import atomic_output_path, atomic_write, format_star_table, write_coordinates_star
 from relion_pixer.masks import MASK_FRACTION, binarise_projection
 from relion_pixer.projection import Projector, lowpass_volume, resample_volume
+from relion_pixer.relion import MODEL_NODE_LABEL
 
 __all__ = [
     "LabelError",
@@ -82,7 +83,7 @@ LABEL_COLUMN = "pixerLabelName"
 NODE_TYPE = "ProcessData.star.relion_pixer.labels"
 #: Model file a labels job with ``--finetune`` writes in its output directory, and its node type.
 FINETUNED_MODEL = "pixer_finetuned.pt"
-MODEL_NODE_TYPE = "ProcessData.pt.relion_pixer.model"
+MODEL_NODE_TYPE = MODEL_NODE_LABEL
 #: Default side, in voxels, of the working box the map is projected in.
 DEFAULT_MAX_BOX = 64
 
@@ -965,6 +966,12 @@ def main(argv: list[str] | None = None) -> int:
         version = values.get("relion_version")
         version = relion.parse_relion_version(version) if version else (relion.detect_relion_version(".") or 5)
         threads = _number(values, "j", int)
+        if values.get("finetune"):  # the fine-tuning's numbers are checked before the labels are made
+            for key, kind, lowest in (("cls_steps", int, 0), ("seg_steps", int, 0), ("sim_train", int, 1),
+                                      ("particle_diameter", float, 1)):
+                value = _number(values, key, kind)
+                if value is not None and value < lowest:
+                    raise ValueError(f"--{key} must be at least {lowest}, got {value:g}")
         if threads:
             torch.set_num_threads(max(1, threads))
         out_dir = Path(out)

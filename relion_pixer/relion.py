@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_ABORTED",
     "ABORT_NOW",
+    "MODEL_NODE_LABEL",
     "OUTPUT_NODES",
     "COORDS_NODE_LABEL",
     "NODE_MIC_COORDS_31",
@@ -70,6 +71,9 @@ EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
+#: Node type label of a relion-pixer model file (a fine-tuning job's, or a picking job's adapted networks): a generic
+#: ProcessData node, which RELION 4 / 5 lists for later jobs.
+MODEL_NODE_LABEL = "ProcessData.pt.relion_pixer.model"
 OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
 
 #: Node type label of a coordinate-file list made by a picker (``LABEL_AUTOPICK_COORDS``), per RELION version.

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
+from relion_pixer.evaluate import json_safe
 from relion_pixer.models import (
     DEFAULT_BRANCH_WIDTH,
     DEFAULT_RATES,
@@ -753,7 +754,7 @@ class RunDir:
     def log(self, **record) -> None:
         record["time"] = round(time.time(), 1)
         with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(json_safe(record)) + "\n")
         _log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "time"))
 
     def save_checkpoint(self, state: dict) -> None:
@@ -852,6 +853,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    for name in ("cls_steps", "seg_steps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.sim_train < 1:
         raise ValueError(f"sim_train must be at least 1, got {cfg.sim_train}: the simulated replay keeps the networks "
                          "general")
@@ -1000,9 +1004,10 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     if not last_figures:  # resumed after the last step: nothing was validated in this process
         validate_segmenter(segmenter, valid_sets, last_figures)
     final.update(last_figures)
-    meta = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}, "validation": final}
+    meta = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+            "validation": json_safe(final)}
     save_models(model_out or (run.path / "model.pt"), classifier, segmenter, meta)
-    (run.path / "final.json").write_text(json.dumps(final, indent=1))
+    (run.path / "final.json").write_text(json.dumps(json_safe(final), indent=1))
     _log(f"final: {json.dumps(final)}")
     return final
 

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE, adapt, io, job
+from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE, adapt, io, job, relion
 from relion_pixer.train import IGNORE
 
 from test_job import IN_MICS, RELION_CMD, check_relion_outputs, made_project, write_mrc
@@ -101,7 +101,8 @@ def test_adapt_end_to_end_then_continue_does_not_adapt_again(tmp_path, monkeypat
     assert note["diameter_A"] == size["picking_A"]  # adapted at the diameter the job picks at
     later = load_pretrained(jd / adapt.MODEL_FILE)  # loadable as `model` by a later job
     assert later.meta["adapted"]["micrographs"] == note["micrographs"]
-    lst = check_relion_outputs(root, empty=None)
+    # the adapted networks are an output node: a later job can pick with them
+    lst = check_relion_outputs(root, empty=None, extra_nodes=((adapt.MODEL_FILE, relion.MODEL_NODE_LABEL),))
     coords = [root / c for c in lst["rlnMicrographCoordinates"]]
     assert sum(len(io.read_coordinates_star(c)) for c in coords) > 0
     before = coords[-1].read_bytes()
@@ -247,7 +248,8 @@ def test_kept_adapted_networks_measure_the_size_again_and_continue_reuses_it(tmp
     assert again["given_A"] == size["given_A"] and 0.5 * size["given_A"] < again["estimate_A"] < 2.0 * size["given_A"]
     assert again["picking_A"] == pytest.approx((again["given_A"] * again["estimate_A"]) ** 0.5)  # the blend, weight 0.5
     assert f"picking at {again['picking_A']:.0f} A" in first
-    coords = [root / c for c in check_relion_outputs(root, empty=None)["rlnMicrographCoordinates"]]
+    kept = ((adapt.MODEL_FILE, relion.MODEL_NODE_LABEL),)
+    coords = [root / c for c in check_relion_outputs(root, empty=None, extra_nodes=kept)["rlnMicrographCoordinates"]]
     before = coords[-1].read_bytes()
     coords[-1].unlink()
     assert job.main(ADAPT_CMD.split()) == 0

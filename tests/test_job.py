@@ -204,8 +204,9 @@ RELION_CMD = f"--o External/job012/ --in_mics {IN_MICS} --particle_diameter 150 
 
 
 def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label: str = LABEL5, version: int = 50001,
-                         empty: bool | None = False):
-    """The outputs RELION 4/5 reads, against the contract; returns the coordinate-file list."""
+                         empty: bool | None = False, extra_nodes: tuple = ()):
+    """The outputs RELION 4/5 reads, against the contract; returns the coordinate-file list. ``extra_nodes``:
+    ``(file in the job directory, node type label)`` of output nodes beside the coordinates."""
     jd = project / job_dir
     entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
     lst = io.read_star(jd / "autopick.star")["coordinate_files"]
@@ -223,8 +224,8 @@ def check_relion_outputs(project: Path, job_dir: str = "External/job012/", label
                                "_rlnAutopickFigureOfMerit #3 \n_rlnClassNumber #4 \n_rlnAnglePsi #5 \n")
         assert text.endswith(" \n \n")
     nodes = io.read_star(jd / relion.OUTPUT_NODES)["output_nodes"]
-    assert list(nodes["rlnPipeLineNodeName"]) == [job_dir + "autopick.star"]
-    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [label]
+    assert list(nodes["rlnPipeLineNodeName"]) == [job_dir + "autopick.star"] + [job_dir + n for n, _ in extra_nodes]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == [label] + [t for _, t in extra_nodes]
     assert (jd / relion.EXIT_SUCCESS).exists() and (jd / relion.EXIT_SUCCESS).stat().st_size == 0
     assert not (jd / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_ABORTED).exists()
     # written in this order: coordinate files, autopick.star, RELION_OUTPUT_NODES.star, exit marker
