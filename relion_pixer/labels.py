@@ -673,8 +673,9 @@ def make_labels(
     for i, (name, shape, apix, group) in enumerate(mics):
         r = renderer(apix)
         cx, cy = particle_centres(group, apix)
-        inside = (cx >= 0) & (cx <= shape[1] - 1) & (cy >= 0) & (cy <= shape[0] - 1)
-        if not inside.all():  # as RELION's Extract, leave out particles whose centre lies off their micrograph
+        half = 0.5 * diameter / apix  # a particle cut by the edge keeps its visible part in the label map
+        inside = (cx >= -half) & (cx <= shape[1] - 1 + half) & (cy >= -half) & (cy <= shape[0] - 1 + half)
+        if not inside.all():  # a particle wholly off its micrograph: coordinates in another pixel size?
             n_outside += int((~inside).sum())
             group, cx, cy = group[inside], cx[inside], cy[inside]
         label = r.render(shape, group["rot"], group["tilt"], group["psi"], np.stack([cx, cy], axis=1))
@@ -694,11 +695,11 @@ def make_labels(
             log(f" + {i + 1}/{len(mics)} micrographs, {n_done} particles, {time.perf_counter() - t_start:.1f} s")
 
     if n_outside:
-        print(f"WARNING: {n_outside} of {len(parts)} particles in {in_parts} have their centre off their micrograph "
-              "and are left out (coordinates in another pixel size, e.g. of unbinned movies?)", file=sys.stderr)
+        print(f"WARNING: {n_outside} of {len(parts)} particles in {in_parts} lie wholly off their micrograph and are "
+              "left out (coordinates in another pixel size, e.g. of unbinned movies?)", file=sys.stderr)
         if n_done == 0:
-            raise LabelError(in_parts, "no particle has its centre on its micrograph: check the micrographs' pixel "
-                             "size against the particles' coordinates")
+            raise LabelError(in_parts, "no particle lies on its micrograph: check the micrographs' pixel size against "
+                             "the particles' coordinates")
     general = {
         "pixerParticleDiameterAngst": diameter,
         "pixerMaskFraction": float(fraction),

@@ -305,7 +305,7 @@ def test_the_finetune_job_stops_on_relions_abort_and_continues(tmp_path, monkeyp
 
 
 def test_labels_name_what_is_wrong_with_a_refinements_files(tmp_path, monkeypatch, capsys):
-    """Particles whose centre lies off their micrograph are left out with a warning (all of them: an error); a map
+    """Particles lying wholly off their micrograph are left out with a warning (all of them: an error); a map
     with the particles' box but another pixel size in its header draws a warning; an empty map is an error; a
     damaged label map is named when it is read back."""
     import mrcfile
@@ -324,11 +324,11 @@ def test_labels_name_what_is_wrong_with_a_refinements_files(tmp_path, monkeypatc
     starfile.write(shifted, "half_off.star")
     assert labels_main(["--in_parts", "half_off.star", "--in_3dref", ref.map_mrc, "--o", "lab1/"]) == 0
     out, err = capsys.readouterr()
-    assert 0 < off < n and f"WARNING: {off} of {n} particles in half_off.star have their centre off" in err, err
+    assert 0 < off < n and f"WARNING: {off} of {n} particles in half_off.star lie wholly off their micrograph" in err, err
     assert f"{n - off} particles" in out
     starfile.write(dict(star, particles=parts.assign(rlnCoordinateX=parts["rlnCoordinateX"] * 3 + 400)), "off.star")
     assert labels_main(["--in_parts", "off.star", "--in_3dref", ref.map_mrc, "--o", "lab2/"]) == 1
-    assert "off.star: no particle has its centre on its micrograph" in capsys.readouterr().err
+    assert "off.star: no particle lies on its micrograph" in capsys.readouterr().err
 
     volume = mrcfile.read(ref.map_mrc)
     with mrcfile.new("wrong_apix.mrc") as m:
