@@ -32,29 +32,28 @@ def _job_dir(argv):
     return None
 
 
-def _fail(why):
-    """Say why on stderr (run.err) and leave RELION's failure marker in the job directory."""
-    print(f"ERROR: {why}", file=sys.stderr, flush=True)
+def _mark(marker):
+    """Leave RELION's exit marker ``marker`` in the job directory (``--o``), where there is one."""
     out = _job_dir(sys.argv[1:])
     if out:
         try:
             os.makedirs(out, exist_ok=True)
-            open(os.path.join(out, "RELION_JOB_EXIT_FAILURE"), "a").close()
+            open(os.path.join(out, marker), "a").close()
         except OSError:
             pass
+
+
+def _fail(why):
+    """Say why on stderr (run.err) and leave RELION's failure marker in the job directory."""
+    print(f"ERROR: {why}", file=sys.stderr, flush=True)
+    _mark("RELION_JOB_EXIT_FAILURE")
     sys.exit(1)
 
 
 def _stopped_early(signum, frame):
     """A SIGTERM (a queue system, RELION's kill) before the job has set up its own handling: leave RELION's aborted
     marker, so that the GUI does not show the job running."""
-    out = _job_dir(sys.argv[1:])
-    if out:
-        try:
-            os.makedirs(out, exist_ok=True)
-            open(os.path.join(out, "RELION_JOB_EXIT_ABORTED"), "a").close()
-        except OSError:
-            pass
+    _mark("RELION_JOB_EXIT_ABORTED")
     os.write(2, b"relion_pixer: stopped by SIGTERM while starting\n")
     os._exit(2)
 

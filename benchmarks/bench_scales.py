@@ -40,7 +40,6 @@ figures go to ``docs/benchmarks.md``. Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -48,8 +47,7 @@ import scipy.ndimage
 import torch
 
 from bench_real import average_precisions, pixer_picks
-from common import add_set_model_argument, read_set_models, real_cases, score, size_estimate, size_sims
-from relion_pixer.models import load_pretrained
+from common import leave_one_out_setup, real_cases, score, size_estimate, size_sims
 from relion_pixer.pipeline import PickParams, segment_micrograph
 from relion_pixer.size import picking_diameter
 
@@ -98,14 +96,7 @@ def multiscale(scales):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_set_model_argument(ap, required=True, help="read real set SET with the model FILE, one that never saw it")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    set_files = read_set_models(ap, args.set_model)
-    shipped = load_pretrained(None)
+    args, set_files, shipped = leave_one_out_setup(__doc__.split("\n\n")[0])
     cases = real_cases(set_files, shipped)  # (group, name, micrographs, diameter, networks)
     cases += [("sim", name, mics, 150.0, shipped) for name, mics in size_sims().items()]
     params = PickParams()

@@ -146,6 +146,25 @@ def real_cases(set_files: dict, shipped, splits=("train", "valid")) -> list:
     return out
 
 
+def leave_one_out_setup(description: str):
+    """The command line of a benchmark that reads every real set with networks that never saw its protein:
+    ``--set_model SET=FILE`` (required), ``--threads``, ``--json``. Returns the arguments, ``{set: model file}`` and
+    the shipped networks, with torch's threads set."""
+    import argparse
+
+    import torch
+
+    from relion_pixer.models import load_pretrained
+
+    ap = argparse.ArgumentParser(description=description)
+    add_set_model_argument(ap, required=True, help="read real set SET with the model FILE, one that never saw it")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, read_set_models(ap, args.set_model), load_pretrained(None)
+
+
 #: Seed of ``tune_size.py``'s simulated validation sets (each SNR adds round(1000 x SNR)).
 SIZE_SIM_SEED = 710_000
 

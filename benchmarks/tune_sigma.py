@@ -43,17 +43,14 @@ well as the map score there. Otherwise the default stays diameter / 6. Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
-import torch
 
 from bench_crowd import SETS as CROWD_SETS, packed
 from bench_real import average_precisions, pixer_picks
 from bench_sim import simulate
-from common import add_set_model_argument, job_diameter, read_set_models, real_cases, score, segment_all, size_sims
-from relion_pixer.models import load_pretrained
+from common import job_diameter, leave_one_out_setup, real_cases, score, segment_all, size_sims
 from relion_pixer.pipeline import PickParams
 
 SIGMAS = (1 / 6, 1 / 8, 1 / 10, 1 / 12)
@@ -80,14 +77,7 @@ def cases(set_files: dict, shipped):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_set_model_argument(ap, required=True, help="read real set SET with the model FILE, one that never saw it")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    set_files = read_set_models(ap, args.set_model)
-    shipped = load_pretrained(None)
+    args, set_files, shipped = leave_one_out_setup(__doc__.split("\n\n")[0])
     out = {"sigmas": list(SIGMAS), "given": GIVEN, "set_models": set_files, "groups": {}}
     for group, name, mics, diameter, models in cases(set_files, shipped):
         radius = 0.5 * diameter / mics[0].angpix
