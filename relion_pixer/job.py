@@ -854,10 +854,12 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                 if not isinstance(exc, parallel.WorkerDied):
                     raise
                 outcome.fatal = str(exc)  # the finished micrographs are listed below, as after an abort
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            if not isinstance(exc, (UsageError, io.StarError, io.MicrographError, OSError, RuntimeError)) or not first:
-                first = f"{type(exc).__name__}: {first}"
-            outcome.fatal = f"MPI rank {world.rank} of {world.size} failed: {first}"
+            else:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                if not isinstance(exc, (UsageError, io.StarError, io.MicrographError, OSError, RuntimeError)) \
+                        or not first:
+                    first = f"{type(exc).__name__}: {first}"
+                outcome.fatal = f"MPI rank {world.rank} of {world.size} failed: {first}"
     outcome.wall = time.perf_counter() - t0
 
     if world.size > 1:

@@ -193,7 +193,7 @@ def test_a_killed_worker_fails_the_job_and_keeps_the_rest(tmp_path, monkeypatch)
     monkeypatch.chdir(root)
     rc, _, err = run(RELION_CMD + " --workers 2", dies_on_the_third)
     assert rc == 1
-    assert "a worker process died before finishing its micrograph" in err
+    assert "ERROR: a worker process died before finishing its micrograph" in err and "MPI rank" not in err
     assert (root / JOB / relion.EXIT_FAILURE).exists()
     assert not (root / JOB / "Movies" / "mic_002_autopick.star").exists()
     assert not list((root / JOB).rglob(f"*{io.TMP_SUFFIX}"))
