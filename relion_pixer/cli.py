@@ -7,6 +7,7 @@ Each subcommand's module owns its own argument parser through a ``main(argv)`` f
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -31,6 +32,41 @@ Run `relion_pixer SUBCOMMAND --help` for the options of one subcommand.
 """
 
 
+def _job_dir(argv: list[str]) -> str | None:
+    """The directory RELION watches for the job's exit markers (``--pipeline_control``, else ``--o``), or None."""
+    found = {}
+    for i, arg in enumerate(argv):
+        for key in ("o", "pipeline_control"):
+            if arg == f"--{key}" and i + 1 < len(argv):
+                found[key] = argv[i + 1]
+            elif arg.startswith(f"--{key}="):
+                found[key] = arg.split("=", 1)[1]
+    return found.get("pipeline_control") or found.get("o")
+
+
+def _stop_while_starting(argv: list[str]):
+    """Until the job sets up its own handling, a SIGTERM (a queue system, RELION's kill) still leaves RELION's
+    aborted marker, so that the GUI does not show the job running (the job replaces this handler). Returns the
+    handler it replaced (None where signals cannot be set)."""
+    import os
+    import signal
+
+    def stopped(signum, frame):
+        out = _job_dir(argv)
+        if out:
+            from relion_pixer import relion
+
+            with contextlib.suppress(OSError):
+                relion.write_exit_marker(out, "aborted")
+        os.write(2, b"relion_pixer: stopped by SIGTERM while starting\n")
+        os._exit(2)
+
+    try:
+        return signal.signal(signal.SIGTERM, stopped)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
@@ -47,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     elif "--in_parts" in argv:
         # A RELION External job given a refinement (particles + map) makes training labels.
         name = "labels"
-    module = importlib.import_module(SUBCOMMANDS[name])
-    return int(module.main(argv) or 0)
+    previous = _stop_while_starting(argv) if name in ("pick", "labels") else None  # RELION's jobs: slow to import
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name])
+        return int(module.main(argv) or 0)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1427,3 +1427,27 @@ def test_continue_with_other_networks_warns(tmp_path, monkeypatch, capsys):
     assert (f"2 micrograph(s) were picked by an earlier run of this job with other networks ({first['networks']}); "
             f"this run picks the rest with pixer_v4.pt (") in err, err
     assert "at one size" not in err  # the diameter is the same
+
+
+def test_sigterm_while_relion_pixer_starts_leaves_the_aborted_marker(tmp_path, monkeypatch):
+    """The ``relion_pixer`` command (RELION's executable when its environment is on PATH) handles a SIGTERM from its
+    start too, and gives the caller's handler back when it returns."""
+    import signal as _signal
+
+    from relion_pixer import cli
+
+    root = made_project(tmp_path / "p", n=2, size=128)
+    monkeypatch.chdir(root)
+    code = "import sys; from relion_pixer.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code] + RELION_CMD.split(), cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    jd = root / "External/job012"
+    assert proc.returncode == 2, err
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    before = _signal.getsignal(_signal.SIGTERM)
+    assert cli.main(["pick", "--help"]) == 0
+    assert _signal.getsignal(_signal.SIGTERM) is before
+    assert cli._job_dir(["--o", "External/job001/", "--pipeline_control=External/job001/x/"]) == "External/job001/x/"
