@@ -1393,21 +1393,6 @@ def test_an_estimate_past_the_micrographs_limits_falls_back_to_the_diameter_give
     assert "only 9.0 px wide" in job._beyond_limits(9.0, 12.0, (512, 512), 1.0)
 
 
-def test_sigterm_while_the_shim_starts_leaves_the_aborted_marker(tmp_path, monkeypatch):
-    """A SIGTERM that comes while external_job.py is still importing (before the job installs its own handling)
-    still leaves RELION_JOB_EXIT_ABORTED, so that RELION does not show the job running."""
-    root = made_project(tmp_path / "p", n=2, size=128)
-    monkeypatch.chdir(root)
-    proc = subprocess.Popen([sys.executable, str(REPO / "external_job.py")] + RELION_CMD.split(), cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.25)
-    proc.terminate()
-    _, err = proc.communicate(timeout=60)
-    jd = root / "External/job012"
-    assert proc.returncode == 2, err
-    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
-
-
 def test_continue_with_other_networks_warns(tmp_path, monkeypatch, capsys):
     """A Continue that picks the rest with other networks (another ``model``; ``adapt`` turned on or off) says so,
     as it does for another diameter."""
@@ -1429,17 +1414,20 @@ def test_continue_with_other_networks_warns(tmp_path, monkeypatch, capsys):
     assert "at one size" not in err  # the diameter is the same
 
 
-def test_sigterm_while_relion_pixer_starts_leaves_the_aborted_marker(tmp_path, monkeypatch):
-    """The ``relion_pixer`` command (RELION's executable when its environment is on PATH) handles a SIGTERM from its
-    start too, and gives the caller's handler back when it returns."""
+@pytest.mark.parametrize("start", ["external_job.py", "relion_pixer"])
+def test_sigterm_while_the_job_starts_leaves_the_aborted_marker(tmp_path, monkeypatch, start):
+    """A SIGTERM that comes while the executable RELION runs (external_job.py, or the ``relion_pixer`` command on
+    PATH) is still importing, before the job installs its own handling, still leaves RELION_JOB_EXIT_ABORTED, so
+    that RELION does not show the job running. The command gives the caller's handler back when it returns."""
     import signal as _signal
 
     from relion_pixer import cli
 
     root = made_project(tmp_path / "p", n=2, size=128)
     monkeypatch.chdir(root)
-    code = "import sys; from relion_pixer.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code] + RELION_CMD.split(), cwd=root, stdout=subprocess.PIPE,
+    launch = ([str(REPO / "external_job.py")] if start == "external_job.py" else
+              ["-c", "import sys; from relion_pixer.cli import main; sys.exit(main(sys.argv[1:]))"])
+    proc = subprocess.Popen([sys.executable, *launch] + RELION_CMD.split(), cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(0.25)
     proc.terminate()
