@@ -318,7 +318,7 @@ def _job_picks(models, images: list, factors: list, diameter_A: float, params, d
 
 
 def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, general, init_path, params,
-                 cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print) -> AdaptResult:
+                 cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print, stop=None) -> AdaptResult:
     """Fine-tune the networks on pseudo-labels from ``micrographs`` and check them on the held-out ones.
 
     Parameters
@@ -336,6 +336,9 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     cfg : AdaptConfig
     info : callable
         Receives a line per stage (run.out).
+    stop : callable, optional
+        Called after every fine-tuning step; when it returns True, :class:`relion_pixer.relion.AbortRequested` is
+        raised (RELION's Abort).
 
     Returns
     -------
@@ -360,7 +363,7 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
     if not images:
         return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
-    sample = _Sample(images, factors, held, diameter_A, params, rng, [t[2] for t in teacher])
+    sample = _Sample(images, factors, held, diameter_A, params, rng, [t[2] for t in teacher], stop=stop)
     result = _fine_tune(sample, teacher, init_path, cfg, figures, t0, info, "")
     if not result.kept:
         return result
@@ -393,6 +396,7 @@ class _Sample:
     rng: np.random.Generator
     general_picks: list
     replay: object = None
+    stop: object = None  # called after every training step; True stops adapting (relion.AbortRequested)
 
 
 def _pseudo_labelled(net, teacher, factor, diameter_A: float, params, device: str, cfg: AdaptConfig):
@@ -456,12 +460,18 @@ def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figu
         classes.append(cls)
         mine.append(np.full(len(cls), k == 1))
     classes_np, mine_np = np.concatenate(classes), np.concatenate(mine)
+    def poll(step, loss, opt):
+        if sample.stop is not None and sample.stop():
+            from relion_pixer import relion
+
+            raise relion.AbortRequested()
+
     with contextlib.redirect_stdout(_stdio.StringIO()):
         train.fit_classifier(classifier, np.concatenate(boxes), classes_np, cfg.cls_steps, cfg.cls_batch, cfg.cls_lr,
-                             gen, torch.device(device),
+                             gen, torch.device(device), on_step=poll,
                              sample_weights=train.box_weights(classes_np, mine_np, cfg.user_fraction))
         train.fit_segmenter(segmenter, [(user, cfg.user_fraction), (replay, 1.0 - cfg.user_fraction)], cfg.seg_steps,
-                            cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, torch.device(device))
+                            cfg.seg_batch, cfg.seg_crop, cfg.seg_lr, gen, torch.device(device), on_step=poll)
     classifier.eval()
     segmenter.eval()
     adapted = PixerModels(classifier, segmenter, {})
@@ -513,7 +523,7 @@ def _sample_indices(n: int, k: int) -> list[int]:
 
 
 def for_job(entries, diameter_A: float, invert: bool, init_path, general, params, job_dir: Path, info, warn,
-            cfg: AdaptConfig | None = None, given_A: float | None = None):
+            cfg: AdaptConfig | None = None, given_A: float | None = None, stop=None):
     """The networks a job with ``adapt Yes`` picks with: adapted ones (made now, or kept from a first run) or,
     when the guard rejects them, the general ones; and the diameter to pick at with them.
 
@@ -575,7 +585,7 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
             names.append(entry.name)
             yield image, angpix
 
-    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info)
+    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info, stop)
     seconds = time.perf_counter() - t_all
     note = {"kept": result.kept, "reason": result.reason, "diameter_A": float(diameter_A), "init": str(init_path),
             "micrographs": names, "seed": cfg.seed, "config": dataclasses.asdict(cfg), "figures": result.figures,

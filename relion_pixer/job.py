@@ -691,7 +691,8 @@ def run_job(
         log.error(str(exc))
         return 1
     except (KeyboardInterrupt, _Terminated) as exc:
-        what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        what = (relion.ABORT_NOW if isinstance(exc, relion.AbortRequested) else
+                "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT")
         log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
         if world.leader:
             _mark(job_dir, "aborted", log)
@@ -947,7 +948,8 @@ def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: 
     general, device = networks
     given = opts.particle_diameter if opts.estimate_size and not opts.check_spacing else None
     chosen, diameter = adapt.for_job(plan.entries, diameter, opts.invert, opts.model, general,
-                                     _pick_params(opts, device), job_dir, log.info, log.warn, given_A=given)
+                                     _pick_params(opts, device), job_dir, log.info, log.warn, given_A=given,
+                                     stop=lambda: relion.abort_requested(job_dir))
     if chosen is general:
         return pick_fn, opts.model, diameter
     if pick_fn is not None:  # a stand-in picker that brought its own networks

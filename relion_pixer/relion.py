@@ -246,6 +246,11 @@ class Terminated(BaseException):
     it was stopped and leave RELION's aborted marker."""
 
 
+class AbortRequested(Terminated):
+    """RELION's Abort (``RELION_JOB_ABORT_NOW``) seen inside a long stage (adapt's fine-tuning): the job stops as it
+    does on SIGTERM."""
+
+
 def raise_terminated(signum, frame):
     """A SIGTERM handler: raise :class:`Terminated`."""
     raise Terminated()

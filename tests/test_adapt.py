@@ -258,3 +258,32 @@ def test_kept_adapted_networks_measure_the_size_again_and_continue_reuses_it(tmp
     if round(again["picking_A"]) != round(note["diameter_A"]):
         assert f"picking at {again['picking_A']:.0f} A, as they measured it" in second
     assert coords[-1].read_bytes() == before
+
+
+def test_relions_abort_stops_adapt_during_its_fine_tuning(tmp_path, monkeypatch, capsys):
+    """RELION's Abort while the networks are being fine-tuned stops the job within a step (not after the whole
+    adaptation): RELION_JOB_EXIT_ABORTED, no adapted model and no note, so that Continue adapts afresh."""
+    from relion_pixer import train
+
+    root = simulated_project(tmp_path / "p")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(adapt, "DEFAULTS", QUICK)
+    jd = root / "External/job012"
+    steps = []
+    real_fit = train.fit_classifier
+
+    def abort_after_two(*args, on_step=None, **kw):
+        def step(i, loss, opt):
+            steps.append(i)
+            if i == 2:
+                (jd / relion.ABORT_NOW).touch()  # the GUI's Abort button
+            on_step(i, loss, opt)
+
+        return real_fit(*args, on_step=step, **kw)
+
+    monkeypatch.setattr(train, "fit_classifier", abort_after_two)
+    assert job.main(ADAPT_CMD.split()) == 2
+    out, err = capsys.readouterr()
+    assert steps == [1, 2] and "stopped by RELION_JOB_ABORT_NOW" in err
+    assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert not (jd / adapt.MODEL_FILE).exists() and not (jd / adapt.NOTE_FILE).exists()
