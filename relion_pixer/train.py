@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from relion_pixer import BACKGROUND, CONTAMINATION, NET_DIAMETER_PX, PARTICLE
 from relion_pixer.evaluate import json_safe
+from relion_pixer.io import atomic_output_path, atomic_write
 from relion_pixer.models import (
     DEFAULT_BRANCH_WIDTH,
     DEFAULT_RATES,
@@ -332,9 +333,8 @@ def _cached_set(cache: Path, make) -> LabelledSet:
         except Exception as exc:  # noqa: BLE001 - any unreadable cache is simply made again
             _log(f"{cache}: cannot be read ({type(exc).__name__}); simulating it again")
     made = make()
-    tmp = cache.with_name(cache.name + ".tmp")
-    torch.save(made.__dict__, tmp)
-    tmp.replace(cache)
+    with atomic_output_path(cache) as tmp:
+        torch.save(made.__dict__, tmp)
     return made
 
 
@@ -374,9 +374,8 @@ def _same_inputs_or_fresh(run: "RunDir", cfg: "TrainConfig") -> bool:
         for old in [run.path / "checkpoint.pt", *run.path.glob("sim_*.pt")]:
             old.unlink(missing_ok=True)
         same = False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(now, indent=1))
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        json.dump(now, fh, indent=1)
     return same
 
 
@@ -759,9 +758,8 @@ class RunDir:
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``state`` atomically, with torch's global random state added (see :func:`_restore_torch_rng`)."""
-        tmp = self.path / "checkpoint.pt.tmp"
-        torch.save({**state, "torch_rng": _torch_rng_state()}, tmp)
-        tmp.replace(self.path / "checkpoint.pt")
+        with atomic_output_path(self.path / "checkpoint.pt") as tmp:
+            torch.save({**state, "torch_rng": _torch_rng_state()}, tmp)
 
     def load_checkpoint(self) -> dict | None:
         path = self.path / "checkpoint.pt"
