@@ -12,7 +12,6 @@ does not wait for it.
 
 import importlib.util
 import os
-import signal
 import sys
 
 HERE = os.path.dirname(os.path.realpath(__file__))
@@ -32,33 +31,18 @@ def _job_dir(argv):
     return None
 
 
-def _mark(marker):
-    """Leave RELION's exit marker ``marker`` in the job directory (``--o``), where there is one."""
+def _fail(why):
+    """Say why on stderr (run.err) and leave RELION's failure marker in the job directory."""
+    print(f"ERROR: {why}", file=sys.stderr, flush=True)
     out = _job_dir(sys.argv[1:])
     if out:
         try:
             os.makedirs(out, exist_ok=True)
-            open(os.path.join(out, marker), "a").close()
+            open(os.path.join(out, "RELION_JOB_EXIT_FAILURE"), "a").close()
         except OSError:
             pass
-
-
-def _fail(why):
-    """Say why on stderr (run.err) and leave RELION's failure marker in the job directory."""
-    print(f"ERROR: {why}", file=sys.stderr, flush=True)
-    _mark("RELION_JOB_EXIT_FAILURE")
     sys.exit(1)
 
-
-def _stopped_early(signum, frame):
-    """A SIGTERM (a queue system, RELION's kill) before the job has set up its own handling: leave RELION's aborted
-    marker, so that the GUI does not show the job running."""
-    _mark("RELION_JOB_EXIT_ABORTED")
-    os.write(2, b"relion_pixer: stopped by SIGTERM while starting\n")
-    os._exit(2)
-
-
-signal.signal(signal.SIGTERM, _stopped_early)  # the job replaces it once it runs
 
 missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
 if missing:

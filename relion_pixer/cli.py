@@ -51,13 +51,12 @@ def _stop_while_starting(argv: list[str]):
     import os
     import signal
 
-    def stopped(signum, frame):
+    def stopped(signum, frame):  # no import here: the signal may come in the middle of one
         out = _job_dir(argv)
         if out:
-            from relion_pixer import relion
-
             with contextlib.suppress(OSError):
-                relion.write_exit_marker(out, "aborted")
+                os.makedirs(out, exist_ok=True)
+                open(os.path.join(out, "RELION_JOB_EXIT_ABORTED"), "a").close()  # relion.EXIT_ABORTED
         os.write(2, b"relion_pixer: stopped by SIGTERM while starting\n")
         os._exit(2)
 
