@@ -683,17 +683,16 @@ def run_job(
         return 1
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signal.SIGTERM, relion.raise_terminated)
     try:
         with _cpu_precision(opts.precision):
             return _run(opts, pick_fn, log, odir, job_dir, world)
     except _NoJobDir as exc:
         log.error(str(exc))
         return 1
-    except (KeyboardInterrupt, _Terminated) as exc:
-        what = (relion.ABORT_NOW if isinstance(exc, relion.AbortRequested) else
-                "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT")
-        log.error(f"stopped by {what}; finished micrographs are kept, run the job again to continue")
+    except (KeyboardInterrupt, relion.Terminated) as exc:
+        log.error(f"stopped by {relion.stopped_by(exc)}; finished micrographs are kept, run the job again to "
+                  "continue")
         if world.leader:
             _mark(job_dir, "aborted", log)
         return 2
@@ -711,7 +710,7 @@ def run_job(
         if world.size > 1:
             # no rank leaves before rank 0 has written the coordinate list and the exit marker: the MPI launcher
             # stops every rank as soon as one exits with an error
-            with contextlib.suppress(KeyboardInterrupt, _Terminated):
+            with contextlib.suppress(KeyboardInterrupt, relion.Terminated):
                 parallel.wait_for_all(world)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -742,10 +741,6 @@ def _cpu_precision(precision: str | None):
     from relion_pixer import models as pixer_models
 
     return pixer_models.using_cpu_precision(precision)
-
-
-_Terminated = relion.Terminated
-_raise_terminated = relion.raise_terminated
 
 
 def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
@@ -841,12 +836,12 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if share:
         try:
             _pick_share(share, opts, plan, pick_fn, log, job_dir, outcome, world, networks)
-        except (KeyboardInterrupt, _Terminated) as exc:
+        except (KeyboardInterrupt, relion.Terminated) as exc:
             # a queue system's SIGTERM or Ctrl-C: the coordinate files are written atomically, so every one that
             # exists is finished; list them below as after RELION_JOB_ABORT_NOW
             outcome.aborted = True
-            what = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
-            log.error(f"stopped by {what}; finished micrographs are kept and listed, run the job again to continue")
+            log.error(f"stopped by {relion.stopped_by(exc)}; finished micrographs are kept and listed, run the job "
+                      "again to continue")
             if world.size == 1:
                 _clean_temp_files(job_dir)
         except Exception as exc:  # noqa: BLE001 - one rank's failure is reported by rank 0, after the others finish
@@ -971,14 +966,14 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     return _load_networks(opts, device), device
 
 
-def _kept(path: Path, key: str, value: float | None, fields: tuple[str, ...]) -> dict | None:
-    """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``
-    (None: whatever it is); None when the file is absent, unreadable, incomplete or made for another value."""
+def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict | None:
+    """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``;
+    None when the file is absent, unreadable, incomplete or made for another value."""
     import json
 
     try:
         kept = json.loads(path.read_text())
-        if value is not None and float(kept[key]) != float(value):
+        if float(kept[key]) != float(value):
             return None
         return {f: float(kept[f]) for f in fields}
     except (OSError, ValueError, KeyError, TypeError):
@@ -1083,12 +1078,12 @@ def _earlier_picking(job_dir: Path) -> dict | None:
     """What an earlier run of the job picked with (:data:`PICKING_FILE`: the diameters picked at and given, and the
     networks; for a job begun before that file, its :data:`SIZE_FILE`'s diameters), or None."""
     for name in (PICKING_FILE, SIZE_FILE):
-        kept = _kept(job_dir / name, "given_A", None, ("given_A", "picking_A"))
-        if kept is not None:
-            if name == PICKING_FILE:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    kept["networks"] = str(json.loads((job_dir / name).read_text()).get("networks") or "") or None
-            return kept
+        try:
+            kept = json.loads((job_dir / name).read_text())
+            return {"given_A": float(kept["given_A"]), "picking_A": float(kept["picking_A"]),
+                    "networks": str(kept.get("networks") or "") or None}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
     return None
 
 

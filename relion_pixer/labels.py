@@ -160,7 +160,8 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
         Columns ``micrograph``, ``x``, ``y`` (coordinates, micrograph pixels), ``rot``, ``tilt``, ``psi`` (degrees),
         ``origin_x_A``, ``origin_y_A`` (origin offsets in Angstrom; RELION's origin is the shift that centres the
         particle: centre = coordinate - origin), and ``mic_angpix_optics`` (the optics group's
-        ``_rlnMicrographPixelSize``, NaN when absent).
+        ``_rlnMicrographPixelSize``, NaN when absent). ``attrs["optics"]``: the first optics group's values
+        (``{"rlnImagePixelSize": ..., ...}``; empty without a data_optics table), so that the file is read once.
     """
     blocks = _read_star(path)
     df = _loop_with(blocks, "particles", "rlnAngleRot")
@@ -224,6 +225,7 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
     bad = ~np.isfinite(out[["x", "y", "rot", "tilt", "psi", "origin_x_A", "origin_y_A"]].to_numpy()).all(axis=1)
     if bad.any():
         raise LabelError(path, f"{int(bad.sum())} particle(s) with non-numeric coordinates, angles or origins")
+    out.attrs["optics"] = optics.iloc[0].to_dict() if optics is not None and len(optics) else {}
     return out
 
 
@@ -534,15 +536,13 @@ def _resolve(name: str, search: list[Path]) -> Path | None:
     return None
 
 
-def _check_map_against_particles(in_parts, in_3dref, box: int, vol_apix: float) -> None:
-    """Warn when the map has the particles' box but another pixel size: a header that does not describe the map
-    (a refinement's map has the particle images' box and pixel size)."""
-    import starfile
-
-    opt = starfile.read(in_parts, always_dict=True).get("optics")
-    if not isinstance(opt, pd.DataFrame) or not {"rlnImagePixelSize", "rlnImageSize"} <= set(opt.columns):
+def _check_map_against_particles(optics: dict, in_parts, in_3dref, box: int, vol_apix: float) -> None:
+    """Warn when the map has the particles' box but another pixel size (``optics``: the particles' first optics
+    group, :func:`read_particles`' ``attrs``): a header that does not describe the map (a refinement's map has the
+    particle images' box and pixel size)."""
+    if not {"rlnImagePixelSize", "rlnImageSize"} <= set(optics):
         return
-    size, apix = int(opt["rlnImageSize"].iloc[0]), float(opt["rlnImagePixelSize"].iloc[0])
+    size, apix = int(optics["rlnImageSize"]), float(optics["rlnImagePixelSize"])
     if size == int(box) and abs(apix - float(vol_apix)) > 0.01 * apix:
         print(f"WARNING: {in_3dref} has the particles' box ({box} px) but {vol_apix:g} A/px in its header, the particles "
               f"{apix:g} A/px ({in_parts}); if the header is wrong, give --map_angpix {apix:g}", file=sys.stderr)
@@ -593,12 +593,10 @@ def make_labels(
     out_dir = Path(out_dir)
     parts = read_particles(in_parts, particle_angpix=particle_angpix)
     volume, vol_apix = _read_map(in_3dref, map_angpix)
+    optics = parts.attrs.get("optics", {})
     if vol_apix is None:
-        import starfile
-
-        opt = starfile.read(in_parts, always_dict=True).get("optics")
-        if isinstance(opt, pd.DataFrame) and "rlnImagePixelSize" in opt.columns:
-            vol_apix = float(opt["rlnImagePixelSize"].iloc[0])
+        if "rlnImagePixelSize" in optics:
+            vol_apix = float(optics["rlnImagePixelSize"])
             print(
                 f"WARNING: {in_3dref} has no pixel size in its header; using the particles' {vol_apix} A/px "
                 "(give --map_angpix to override)",
@@ -607,7 +605,7 @@ def make_labels(
         else:
             raise LabelError(in_3dref, "map has no pixel size in its header: give --map_angpix")
     else:
-        _check_map_against_particles(in_parts, in_3dref, volume.shape[0], vol_apix)
+        _check_map_against_particles(optics, in_parts, in_3dref, volume.shape[0], vol_apix)
 
     # micrographs: pixel size and shape
     search = [Path.cwd()]
@@ -1003,8 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
             # RELION 3.1 has only integer node types, none of them generic: declare no output node
             print(" + RELION 3.1: no output node declared (RELION 3.1 has no generic node type)")
     except (KeyboardInterrupt, relion.Terminated, TrainingStopped) as exc:
-        what = {KeyboardInterrupt: "SIGINT", relion.Terminated: "SIGTERM"}.get(type(exc), relion.ABORT_NOW)
-        print(f"ERROR: relion_pixer labels: stopped by {what}; the labels written and the fine-tuning's last "
+        print(f"ERROR: relion_pixer labels: stopped by {relion.stopped_by(exc)}; the labels written and the fine-tuning's last "
               "checkpoint are kept: run the job again to continue", file=sys.stderr)
         if control:
             with contextlib.suppress(OSError):

@@ -46,6 +46,10 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_ABORTED",
     "ABORT_NOW",
+    "Terminated",
+    "AbortRequested",
+    "stopped_by",
+    "raise_terminated",
     "MODEL_NODE_LABEL",
     "OUTPUT_NODES",
     "COORDS_NODE_LABEL",
@@ -249,6 +253,16 @@ class Terminated(BaseException):
 class AbortRequested(Terminated):
     """RELION's Abort (``RELION_JOB_ABORT_NOW``) seen inside a long stage (adapt's fine-tuning): the job stops as it
     does on SIGTERM."""
+
+
+def stopped_by(exc: BaseException) -> str:
+    """What stopped a job, for its message: ``SIGINT`` (KeyboardInterrupt), ``SIGTERM`` (:class:`Terminated`) or
+    RELION's Abort (:class:`AbortRequested`, or any other stop on request such as a training stopped by it)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exc, Terminated) and not isinstance(exc, AbortRequested):
+        return "SIGTERM"
+    return ABORT_NOW
 
 
 def raise_terminated(signum, frame):
