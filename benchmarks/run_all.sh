@@ -53,6 +53,7 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY bench_crowd.py --real "${LOSO[@]}" --json results/crowd_loso.json
   $PY bench_crowd.py --rounds 3 --real --sets "${LOSO[@]}" --json results/crowd_rounds3_real_loso.json
   $PY tune_sigma.py "${LOSO[@]}" --json results/tune_sigma.json
+  $PY bench_size_profile.py "${LOSO[@]}" --json results/size_profile.json
 fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
 $PY bench_crowd.py --json results/crowd.json

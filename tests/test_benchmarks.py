@@ -104,6 +104,38 @@ def test_the_blob_size_benchmark_measures_the_area_equivalent_diameter_of_isolat
     assert abs(d[0] - 20.0) < 0.5
 
 
+def test_the_profile_size_is_the_halo_outside_a_solid_or_hollow_particle_whatever_the_diameter_given(monkeypatch):
+    """Noisy dark particles of radius 20 px with a bright ring at 20-24 px: the halo (radius 22 px) is found from a
+    solid disc's dark centre and from a hollow shell's dark rim, at diameters given 0.8x-1.25x."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("bench_size_profile", None)
+    import bench_size_profile as bsp
+
+    yy, xx = np.mgrid[:400, :400]
+    rng = np.random.default_rng(5)
+    centres = np.array([(x, y) for x in range(60, 341, 90) for y in range(60, 341, 90)], float)
+
+    def images(shell: bool):
+        out = []
+        for _ in range(3):
+            img = rng.normal(0.0, 3.0, (400, 400))
+            for cx, cy in centres:
+                r = np.hypot(xx - cx, yy - cy)
+                img -= ((r < 20) & ((r >= 14) if shell else True)) * 1.0
+                if shell:
+                    img -= (r < 14) * 0.3  # the shell's top and bottom: a lighter centre than the rim
+                img += ((r >= 20) & (r < 24)) * 0.5
+            out.append(img)
+        return out
+
+    for shell in (False, True):
+        imgs = images(shell)
+        for given in (32.0, 40.0, 50.0):
+            r, p, n = bsp.mean_profile(imgs, [centres] * 3, given, 1.0)
+            assert n == 3 * len(centres)
+            assert abs(bsp.halo_diameter(r, p, given) - 44.0) < 3.0, (shell, given)
+
+
 def test_set_model_items_name_a_real_set_and_a_file(tmp_path, monkeypatch, bench_modules, capsys):
     """``--set_model SET=FILE`` (the leave-one-set-out benchmarks): a mapping, or a parser error naming the sets."""
     import argparse
