@@ -523,13 +523,11 @@ def micrograph_key(path: str | Path) -> str:
 
 
 def _read_star_blocks(path: Path) -> dict:
-    import starfile
+    """The blocks of a STAR file, read as the picking job reads them (:func:`relion_pixer.io.read_star`: RELION's
+    rules for quotes and ``#``, values as strings), so that a micrograph name reads the same in both."""
+    from relion_pixer import io
 
-    try:
-        data = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises various errors on malformed files
-        raise ValueError(f"{path}: cannot read STAR file ({exc})") from exc
-    return data or {}
+    return io.read_star(path)
 
 
 def read_coordinates(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

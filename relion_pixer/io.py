@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +191,44 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
 
 def _tokens(line: str) -> list[str]:
-    if '"' in line or "'" in line:
-        try:
-            return shlex.split(line, posix=True)
-        except ValueError:
-            return line.split()
-    return line.split()
+    """The values of one STAR line, split as RELION splits them (``nextTokenInSTAR``): at whitespace; a value that
+    starts with a quote runs to the same quote followed by whitespace or the end of the line (quotes inside a value,
+    as in ``it's.mrc``, are part of it; RELION's ``\\a`` escape before such a quote is dropped); a value starting
+    with ``#`` starts a comment, which ends the line."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n or line[i] == "#":
+            break
+        if line[i] in "'\"":
+            quote, j = line[i], i + 1
+            while j < n and not (line[j] == quote and line[j - 1] != "\a" and (j + 1 == n or line[j + 1] in " \t")):
+                j += 1
+            if j < n:  # a closing quote: the value is what lies between
+                out.append(line[i + 1:j].replace("\a", ""))
+                i = j + 1
+                continue
+        j = i
+        while j < n and line[j] not in " \t":
+            j += 1
+        out.append(line[i:j])
+        i = j
+    return out
+
+
+def _is_row(line: str, columns: int) -> bool:
+    """Whether a line inside a loop's rows that starts like a block, a loop or a label (``data_0001.mrc 2.5``) is a
+    row: it has one value per column, and with a single column the value names a file (a ``.`` or a ``/``), so that
+    a file whose next ``data_`` block follows the rows without a blank line still reads as two blocks."""
+    values = _tokens(line)
+    return len(values) == columns and (columns > 1 or "." in values[0] or "/" in values[0])
 
 
 def read_star_version(path: str | os.PathLike) -> int | None:
     """The number of the first ``# version NNNNN`` line of a STAR file, or None when there is none (RELION 3.0)."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for line in fh:
             s = line.strip()
             if s.startswith("#"):
@@ -229,7 +255,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a leading byte-order mark goes
     except OSError as exc:
         raise StarError(f"{path}: cannot read STAR file ({exc.strerror or exc})") from exc
     if "\x00" in text[:4096]:
@@ -242,6 +268,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
     pairs: dict[str, str] = {}
     in_loop = False
     loop_header = False
+    rows_open = False  # inside a loop's rows, no blank line since they began: RELION reads every line as a row
 
     def finish() -> None:
         nonlocal columns, rows, pairs, in_loop, loop_header
@@ -256,8 +283,16 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
 
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
+            rows_open = False  # RELION ends a loop's rows at a blank line
             continue
+        if line.startswith("#"):
+            continue
+        if rows_open and line.startswith(("data_", "loop_", "_")) and _is_row(line, len(columns)):
+            # a value such as data_0001.mrc: RELION reads the loop's rows up to a blank line, so this is a row
+            rows.append(_tokens(line)[: len(columns)])
+            continue
+        rows_open = False
         if line.startswith("data_"):
             finish()
             name = line[5:].split()[0] if len(line) > 5 else ""
@@ -281,7 +316,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
                 pairs[label] = rest[0] if rest else ""
             continue
         if in_loop:
-            loop_header = False
+            loop_header, rows_open = False, True
             vals = _tokens(line)
             if len(vals) < len(columns):
                 raise StarError(
@@ -655,6 +690,41 @@ def _header_angpix(mrc) -> float | None:
     return None
 
 
+#: Leading bytes of files that are not MRC, and what to tell the user about them.
+_OTHER_FORMATS = (
+    (b"II*\x00", "a TIFF image, not MRC: convert it to MRC first (e.g. IMOD's tif2mrc)"),
+    (b"MM\x00*", "a TIFF image, not MRC: convert it to MRC first (e.g. IMOD's tif2mrc)"),
+    (b"II+\x00", "a BigTIFF image, not MRC: convert it to MRC first"),
+    (b"MM\x00+", "a BigTIFF image, not MRC: convert it to MRC first"),
+    (b"\x1f\x8b", "gzip-compressed: decompress it first (gunzip)"),
+    (b"BZh", "bzip2-compressed: decompress it first (bunzip2)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it first (unzstd)"),
+    (b"\x89PNG", "a PNG image, not MRC: convert it to MRC first"),
+    (b"\xff\xd8\xff", "a JPEG image, not MRC: convert it to MRC first"),
+)
+
+
+def _other_format(path: Path) -> str | None:
+    """What a file that mrcfile cannot read is instead, from its first bytes (None when it is none of
+    :data:`_OTHER_FORMATS`)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((why for magic, why in _OTHER_FORMATS if head.startswith(magic)), None)
+
+
+def _imod_unsigned(hdr) -> bool:
+    """Whether IMOD's stamp (header bytes 152-155, in the file's byte order) is set with its flags word's bit 0
+    (bytes 156-159) clear: IMOD's mark of unsigned bytes in mode 0. mrcfile keeps these bytes in ``extra2``."""
+    raw = np.asarray(hdr.extra2).tobytes()[40:48]
+    if len(raw) < 8:
+        return False
+    stamp, flags = (int(v) for v in np.frombuffer(raw, dtype=np.asarray(hdr.mode).dtype))
+    return stamp == _IMOD_STAMP and not (flags & 1)
+
+
 def _open_mrc(path: Path, header_only: bool = False):
     """Open strictly; retry permissively only for header quirks that leave the data intact."""
     import mrcfile
@@ -665,6 +735,9 @@ def _open_mrc(path: Path, header_only: bool = False):
         return mrcfile.mmap(path, mode="r")
     except ValueError as strict_error:
         message = str(strict_error)
+        other = _other_format(path)
+        if other:
+            raise MicrographError(path, other) from None
         if "mmap length" in message or "too small" in message.lower():
             raise MicrographError(path, "file is truncated (smaller than its header says)") from None
         with warnings.catch_warnings(record=True) as caught:
@@ -758,8 +831,7 @@ def read_micrograph(
                 path, f"image is too small ({data.shape[1]} x {data.shape[0]} px; at least {min_size} px a side)"
             )
         if mode == 0 and data.dtype == np.int8:
-            imod_unsigned = int(getattr(hdr, "imodStamp", 0)) == _IMOD_STAMP and not (int(hdr.imodFlags) & 1)
-            if imod_unsigned or float(hdr.dmax) > 127:
+            if _imod_unsigned(hdr) or float(hdr.dmax) > 127:
                 data = data.view(np.uint8)
         image = np.array(data, dtype=np.float32)
         angpix = _header_angpix(mrc)

@@ -348,6 +348,21 @@ def test_reads_relion_autopick_star(shared_data):
     assert xy[0] == pytest.approx([1614.217657, 112.882354])
 
 
+def test_a_coordinate_list_reads_names_as_the_picking_job_writes_them(tmp_path):
+    """Names with # or a quote inside, as the picking job writes them into autopick.star, read back whole."""
+    from relion_pixer import io
+
+    names = ["M/hash#1.mrc", "M/o'brien.mrc", "M/with space.mrc"]
+    coords = [f"job/M/{ev.micrograph_key(n)}_autopick.star" for n in names]
+    (tmp_path / "job" / "M").mkdir(parents=True)
+    for c, xy in zip(coords, ([10.0, 20.0], [30.0, 40.0], [50.0, 60.0])):
+        io.write_coordinates_star(tmp_path / c, np.array([xy]), np.ones(1))
+    io.write_coordinate_files_star(tmp_path / "job" / "autopick.star", names, coords)
+    picks = ev.read_picks(tmp_path / "job" / "autopick.star", project_dir=tmp_path)
+    assert sorted(picks) == ["hash#1", "o'brien", "with space"]
+    assert ev.read_coordinates(picks["o'brien"])[0].tolist() == [[30.0, 40.0]]
+
+
 def test_matched_filter_dprime_white_noise_matches_theory():
     rng = np.random.default_rng(0)
     n, d, a, sd = 512, 30, 0.2, 2.0

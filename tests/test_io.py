@@ -91,6 +91,30 @@ def test_read_star_keeps_names_as_strings(tmp_path):
     assert io.read_star_version(star) == 30001
 
 
+def test_read_star_reads_values_as_relion_does(tmp_path):
+    """RELION reads a loop's rows up to a blank line, so names that start like a block, a loop or a label are rows;
+    a quote is a quote only at the start of a value; a value starting with # starts a comment; a byte-order mark
+    is dropped. A file whose next block follows a one-column loop without a blank line still reads as two blocks."""
+    star = tmp_path / "mics.star"
+    star.write_bytes(b"\xef\xbb\xbf# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n"
+                     b"_rlnMicrographPixelSize #2\nM/a.mrc 2.5\ndata_0001.mrc 2.5\nloop_0002.mrc 2.5\n_0003.mrc 2.5\n"
+                     b"M/it's_bob's.mrc 2.5\n\"M/with space.mrc\" 2.5 # a comment\n"
+                     b"\"M/say \"hi\a\" .mrc\" 2.5\n\n"
+                     b"data_list\nloop_\n_rlnMicrographName\nx.mrc\ndata_next\nloop_\n_rlnMicrographName\ny.mrc\n")
+    blocks = io.read_star(star)
+    assert list(blocks) == ["micrographs", "list", "next"]
+    assert list(blocks["micrographs"]["rlnMicrographName"]) == [
+        "M/a.mrc", "data_0001.mrc", "loop_0002.mrc", "_0003.mrc", "M/it's_bob's.mrc", "M/with space.mrc",
+        'M/say "hi" .mrc']
+    assert list(blocks["list"]["rlnMicrographName"]) == ["x.mrc"]
+    assert io.read_star_version(star) == 30001
+    # what the writer escapes, the reader reads back
+    names = ['M/say "hi" .mrc', "'quoted.mrc", "it's.mrc", "a b.mrc"]
+    out = tmp_path / "list.star"
+    io.write_coordinate_files_star(out, names, [f"c{i}.star" for i in range(4)])
+    assert list(io.read_star(out)["coordinate_files"]["rlnMicrographName"]) == names
+
+
 def test_read_micrographs_star_relion31(tmp_path):
     star = tmp_path / "mics.star"
     star.write_text(STAR31)
@@ -417,6 +441,33 @@ def test_unsigned_bytes_in_mode_0(tmp_path, rng):
         m.header.dmin, m.header.dmax = 0, 255
     image, _ = io.read_micrograph(f)
     np.testing.assert_array_equal(image, data.astype(np.float32))
+
+
+def test_unsigned_bytes_marked_by_imod(tmp_path, rng):
+    """IMOD marks unsigned bytes in mode 0 by its stamp (header bytes 152-155) with bit 0 of its flags (156-159)
+    clear; the data are then read as unsigned even where dmax does not say so. With the bit set they are signed."""
+    import struct
+
+    data = rng.integers(0, 256, size=(40, 40)).astype(np.uint8)
+    for signed in (False, True):
+        f = tmp_path / f"imod{int(signed)}.mrc"
+        with mrcfile.new(f, overwrite=True) as m:
+            m.set_data(data.view(np.int8))
+            m.header.dmin, m.header.dmax = 0, -1  # dmax not set
+        raw = bytearray(f.read_bytes())
+        raw[152:160] = struct.pack("<ii", 1146047817, int(signed))
+        f.write_bytes(bytes(raw))
+        image, _ = io.read_micrograph(f)
+        expected = data.view(np.int8) if signed else data
+        np.testing.assert_array_equal(image, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("head, why", [(b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x1f\x8b\x08\x00", "gzip")])
+def test_a_micrograph_in_another_format_is_named(tmp_path, head, why):
+    f = tmp_path / "mic.mrc"
+    f.write_bytes(head + bytes(2048))
+    with pytest.raises(MicrographError, match=f"mic.mrc.*{why}"):
+        io.read_micrograph(f)
 
 
 def test_single_section_stack_and_non_square(tmp_path, rng):
