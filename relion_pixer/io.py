@@ -218,12 +218,14 @@ def _tokens(line: str) -> list[str]:
     return out
 
 
-def _is_row(line: str, columns: int) -> bool:
-    """Whether a line inside a loop's rows that starts like a block, a loop or a label (``data_0001.mrc 2.5``) is a
-    row: it has one value per column, and with a single column the value names a file (a ``.`` or a ``/``), so that
-    a file whose next ``data_`` block follows the rows without a blank line still reads as two blocks."""
+def _row_values(line: str, columns: int) -> list[str] | None:
+    """The values of a line inside a loop's rows that starts like a block, a loop or a label (``data_0001.mrc
+    2.5``), when it is a row: one value per column, and with a single column a value that names a file (a ``.`` or
+    a ``/``), so that a file whose next ``data_`` block follows the rows without a blank line still reads as two
+    blocks. None when it is not a row."""
     values = _tokens(line)
-    return len(values) == columns and (columns > 1 or "." in values[0] or "/" in values[0])
+    is_row = len(values) == columns and (columns > 1 or "." in values[0] or "/" in values[0])
+    return values if is_row else None
 
 
 def read_star_version(path: str | os.PathLike) -> int | None:
@@ -288,9 +290,10 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
             continue
         if line.startswith("#"):
             continue
-        if rows_open and line.startswith(("data_", "loop_", "_")) and _is_row(line, len(columns)):
+        values = _row_values(line, len(columns)) if rows_open and line.startswith(("data_", "loop_", "_")) else None
+        if values is not None:
             # a value such as data_0001.mrc: RELION reads the loop's rows up to a blank line, so this is a row
-            rows.append(_tokens(line)[: len(columns)])
+            rows.append(values)
             continue
         rows_open = False
         if line.startswith("data_"):
