@@ -969,8 +969,6 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
 def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict | None:
     """``fields`` (as floats) of the JSON a first run of the job kept in ``path``, when its ``key`` equals ``value``;
     None when the file is absent, unreadable, incomplete or made for another value."""
-    import json
-
     try:
         kept = json.loads(path.read_text())
         if float(kept[key]) != float(value):
@@ -985,8 +983,6 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
     micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read or none
     gives the networks anything to see, or when the estimate would take the diameter past what the first micrograph
     allows (:func:`relion_pixer.preprocess.check_particle_width`) while the diameter given is within it."""
-    import json
-
     from relion_pixer import size
 
     if models_device is None:
@@ -1111,8 +1107,6 @@ def _note_picking(job_dir: Path, given_A: float, picking_A: float, model: str | 
 def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, log: _Log, job_dir: Path) -> float:
     """The diameter to pick at after the pick-spacing check (:func:`relion_pixer.size.check_spacing`) on the job's
     first micrographs at ``diameter_A``, kept in :data:`SPACING_FILE` for Continue."""
-    import json
-
     from relion_pixer import size
 
     if models_device is None:
