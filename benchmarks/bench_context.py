@@ -37,11 +37,10 @@ import json
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import job_diameter, real_sets, score, segment_all
+from common import job_diameter, real_sets, score, segment_all, sets_mean
 from relion_pixer import classify
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -104,7 +103,7 @@ def main() -> None:
     def mean_f1(mode):
         real = [v[mode]["f1"] for k, v in res.items() if k.startswith("real_")]
         sim = [v[mode]["f1"] for k, v in res.items() if k.startswith("sim_")]
-        return (sum(real) + float(np.mean(sim))) / (len(real) + 1)
+        return sets_mean(real, sim)
 
     drops = {k: v["boxes"]["f1"] - v["whole_image"]["f1"] for k, v in res.items()}
     ap_drops = {k: v["boxes"]["ap_fom"] - v["whole_image"]["ap_fom"] for k, v in res.items() if k.startswith("real_")}

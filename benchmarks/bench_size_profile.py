@@ -45,7 +45,8 @@ import numpy as np
 from scipy import ndimage
 
 from bench_crowd import SETS as CROWD_SETS, packed
-from common import leave_one_out_setup, picks_from_maps, real_cases, score, segment_all, size_estimate, size_sims
+from common import (leave_one_out_setup, picks_from_maps, real_cases, score, segment_all, sets_mean, size_estimate,
+                    size_sims)
 from relion_pixer import size
 from relion_pixer.evaluate import json_safe
 
@@ -156,7 +157,7 @@ def main() -> None:
         per = {case: set_mean(rows, key) for case, rows in out["cases"].items()}
         loso = [v for c, v in per.items() if c.startswith("loso/")]
         sims = [v for c, v in per.items() if c.startswith("sim/")]
-        decided[key] = {"mean": (sum(loso) + float(np.mean(sims))) / (len(loso) + 1), "per_set": per}
+        decided[key] = {"mean": sets_mean(loso, sims), "per_set": per}
     base = decided["blend"]
     qualified = []
     for key in ("median", "blend3"):

@@ -270,6 +270,12 @@ def mask_iou(models, mics: list[Micrograph], sims, diameter_A: float) -> float:
     return float(np.mean(ious)) if len(ious) else float("nan")
 
 
+def sets_mean(real, sim, sim_weight: float = 1.0) -> float:
+    """The tuning scripts' mean over sets: each real set's figure counts once, the simulated sets' mean counts
+    ``sim_weight`` times."""
+    return float((sum(real) + sim_weight * float(np.mean(sim))) / (len(real) + sim_weight))
+
+
 def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | None = None) -> dict:
     """Pooled one-to-one precision, recall and F1 (Hungarian matching within ``radius_px``)."""
     preds = []

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all, tuning_splits
+from common import (add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all, sets_mean,
+                    tuning_splits)
 from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
@@ -132,7 +133,7 @@ def main() -> None:
               for name, (mics, _, radius) in sets.items()}
         real = [v for k, v in f1.items() if k.startswith("real_")]
         sim = [v for k, v in f1.items() if k.startswith("sim_")]
-        mean = (sum(real) + SIM_WEIGHT * float(np.mean(sim))) / (len(real) + SIM_WEIGHT)
+        mean = sets_mean(real, sim, SIM_WEIGHT)
         rows.append({**knobs, **f1, "mean": float(mean)})
         print("  ".join(f"{k} {v:<5g}" for k, v in knobs.items()) + "  "
               + "  ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k not in KNOBS), flush=True)

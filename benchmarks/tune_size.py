@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from common import (add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all,
-                    size_estimate, size_sims, tuning_splits)
+                    sets_mean, size_estimate, size_sims, tuning_splits)
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.size import picking_diameter
@@ -89,7 +89,7 @@ def main() -> None:
         real = [np.mean(list(v.values())) for k, v in per.items() if k.startswith("real_")]
         sim = [np.mean(list(v.values())) for k, v in per.items() if k.startswith("sim_")]
         spread = [max(v.values()) - min(v.values()) for v in per.values()]
-        mean = (sum(real) + float(np.mean(sim))) / (len(real) + 1)
+        mean = sets_mean(real, sim)
         rows.append({"weight": w, "mean_f1": float(mean), "mean_spread": float(np.mean(spread)), "f1": per})
         print(f"w {w:g}: mean F1 {mean:.4f}, mean spread {np.mean(spread):.3f}, per set spread "
               + ", ".join(f"{k} {s:.3f}" for k, s in zip(per, spread)))
