@@ -22,13 +22,21 @@ REEXEC = "RELION_PIXER_REEXEC"
 
 
 def _job_dir(argv):
-    """The value of ``--o`` in ``argv`` (None without one)."""
+    """Where RELION looks for the exit markers: ``--pipeline_control``, else ``--o`` (None without either), read as
+    the job reads options (two or more dashes, any case, ``-`` for ``_``; ``relion_pixer.cli._job_dir``, which this
+    file cannot import: it must work when the package does not)."""
+    found = {}
     for i, arg in enumerate(argv):
-        if arg.startswith("--o="):
-            return arg[4:]
-        if arg.lstrip("-") == "o" and arg.startswith("-") and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg.partition("=")
+        key = name.lstrip("-").strip().lower().replace("-", "_")
+        if key in ("o", "pipeline_control"):
+            if eq:
+                found[key] = value
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                found[key] = argv[i + 1]
+    return found.get("pipeline_control") or found.get("o")
 
 
 def _fail(why):

@@ -33,14 +33,21 @@ Run `relion_pixer SUBCOMMAND --help` for the options of one subcommand.
 
 
 def _job_dir(argv: list[str]) -> str | None:
-    """The directory RELION watches for the job's exit markers (``--pipeline_control``, else ``--o``), or None."""
+    """The directory RELION watches for the job's exit markers (``--pipeline_control``, else ``--o``), or None.
+
+    Options are read as the job reads them (:func:`relion_pixer.relion.parse_tolerant`: two or more leading dashes,
+    any case, ``-`` for ``_``, ``--o=DIR``); written out here, as a signal handler must not import."""
     found = {}
     for i, arg in enumerate(argv):
-        for key in ("o", "pipeline_control"):
-            if arg == f"--{key}" and i + 1 < len(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg.partition("=")
+        key = name.lstrip("-").strip().lower().replace("-", "_")
+        if key in ("o", "pipeline_control"):
+            if eq:
+                found[key] = value
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 found[key] = argv[i + 1]
-            elif arg.startswith(f"--{key}="):
-                found[key] = arg.split("=", 1)[1]
     return found.get("pipeline_control") or found.get("o")
 
 

@@ -104,16 +104,22 @@ class LabelError(Exception):
 
 
 def _read_star(path) -> dict:
-    import starfile
+    """The blocks of a STAR file as the picking job reads them (:func:`relion_pixer.io.read_star`: RELION's rules for
+    loops, quotes and ``#``; every value a string, read as a number by :func:`_numbers` where one is meant)."""
+    from relion_pixer import io
 
     path = Path(path)
     if not path.is_file():
         raise LabelError(path, "file not found")
     try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises a variety of parser errors
-        raise LabelError(path, f"cannot parse STAR file ({exc})") from exc
-    return {k: v for k, v in blocks.items()}
+        return io.read_star(path)
+    except io.StarError as exc:
+        raise LabelError(path, str(exc).removeprefix(f"{path}: ")) from exc
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """A STAR column as float64; a value that is not a number becomes NaN (each caller says which rows are bad)."""
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _loop_with(blocks: dict, prefer: str, column: str):
@@ -128,18 +134,18 @@ def _loop_with(blocks: dict, prefer: str, column: str):
 def _optics_column(df: pd.DataFrame, optics, column: str) -> np.ndarray | None:
     """Per-row value of an optics-group column (RELION 3.1+), or None when absent."""
     if column in df.columns:
-        return df[column].to_numpy(dtype=np.float64)
+        return _numbers(df[column])
     if optics is None or column not in optics.columns or "rlnOpticsGroup" not in optics.columns:
         return None
     if "rlnOpticsGroup" not in df.columns:
         if len(optics) == 1:
-            return np.full(len(df), float(optics[column].iloc[0]))
+            return np.full(len(df), _numbers(optics[column])[0])
         return None
-    table = dict(zip(optics["rlnOpticsGroup"].astype(int), optics[column].astype(float)))
-    groups = df["rlnOpticsGroup"].astype(int)
+    table = dict(zip(_numbers(optics["rlnOpticsGroup"]), _numbers(optics[column])))
+    groups = pd.Series(_numbers(df["rlnOpticsGroup"]))
     missing = sorted(set(groups) - set(table))
     if missing:
-        raise KeyError(f"optics group(s) {missing} missing from data_optics")
+        raise KeyError(f"optics group(s) {', '.join(f'{g:g}' for g in missing)} missing from data_optics")
     return groups.map(table).to_numpy(dtype=np.float64)
 
 
@@ -180,8 +186,8 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
 
     n = len(df)
     if "rlnOriginXAngst" in df.columns and "rlnOriginYAngst" in df.columns:
-        ox = df["rlnOriginXAngst"].to_numpy(dtype=np.float64)
-        oy = df["rlnOriginYAngst"].to_numpy(dtype=np.float64)
+        ox = _numbers(df["rlnOriginXAngst"])
+        oy = _numbers(df["rlnOriginYAngst"])
     elif "rlnOriginX" in df.columns and "rlnOriginY" in df.columns:
         # RELION <= 3.0: origins in pixels of the particle images
         try:
@@ -189,7 +195,7 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
         except KeyError as exc:
             raise LabelError(path, str(exc)) from exc
         if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
-            apix = df["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4 / df["rlnMagnification"].to_numpy(np.float64)
+            apix = _numbers(df["rlnDetectorPixelSize"]) * 1e4 / _numbers(df["rlnMagnification"])
         if particle_angpix:
             apix = np.full(n, float(particle_angpix))
         if apix is None:
@@ -200,8 +206,8 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
             )
         if not np.all(np.isfinite(apix) & (apix > 0)):
             raise LabelError(path, "non-positive particle pixel size")
-        ox = df["rlnOriginX"].to_numpy(dtype=np.float64) * apix
-        oy = df["rlnOriginY"].to_numpy(dtype=np.float64) * apix
+        ox = _numbers(df["rlnOriginX"]) * apix
+        oy = _numbers(df["rlnOriginY"]) * apix
     else:
         ox = np.zeros(n)
         oy = np.zeros(n)
@@ -212,11 +218,11 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "micrograph": df["rlnMicrographName"].astype(str).to_numpy(),
-            "x": df["rlnCoordinateX"].to_numpy(dtype=np.float64),
-            "y": df["rlnCoordinateY"].to_numpy(dtype=np.float64),
-            "rot": df["rlnAngleRot"].to_numpy(dtype=np.float64),
-            "tilt": df["rlnAngleTilt"].to_numpy(dtype=np.float64),
-            "psi": df["rlnAnglePsi"].to_numpy(dtype=np.float64),
+            "x": _numbers(df["rlnCoordinateX"]),
+            "y": _numbers(df["rlnCoordinateY"]),
+            "rot": _numbers(df["rlnAngleRot"]),
+            "tilt": _numbers(df["rlnAngleTilt"]),
+            "psi": _numbers(df["rlnAnglePsi"]),
             "origin_x_A": ox,
             "origin_y_A": oy,
             "mic_angpix_optics": mic_apix if mic_apix is not None else np.full(n, np.nan),
@@ -249,7 +255,7 @@ def read_micrograph_pixel_sizes(path) -> dict[str, float | None]:
     except KeyError as exc:
         raise LabelError(path, str(exc)) from exc
     if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
-        apix = df["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4 / df["rlnMagnification"].to_numpy(np.float64)
+        apix = _numbers(df["rlnDetectorPixelSize"]) * 1e4 / _numbers(df["rlnMagnification"])
     names = df["rlnMicrographName"].astype(str).tolist()
     if apix is None:
         return {name: None for name in names}
@@ -777,8 +783,9 @@ def read_label_set(
         raise LabelError(path, f"missing column(s) {', '.join('_' + c for c in missing)}")
     if diameter_angstrom is None:
         general = blocks.get("pixer_labels")
-        value = general.get("pixerParticleDiameterAngst") if isinstance(general, dict) else None
-        if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+        value = (_numbers(general["pixerParticleDiameterAngst"])[0] if isinstance(general, pd.DataFrame)
+                 and "pixerParticleDiameterAngst" in general.columns and len(general) else None)
+        if value is None or not np.isfinite(value) or value <= 0:
             raise LabelError(path, "no particle diameter (_pixerParticleDiameterAngst): give --particle_diameter")
         diameter_angstrom = float(value)
     bases = [Path(project_dir)] if project_dir else [Path.cwd()]

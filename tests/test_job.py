@@ -1439,3 +1439,17 @@ def test_sigterm_while_the_job_starts_leaves_the_aborted_marker(tmp_path, monkey
     assert cli.main(["pick", "--help"]) == 0
     assert _signal.getsignal(_signal.SIGTERM) is before
     assert cli._job_dir(["--o", "External/job001/", "--pipeline_control=External/job001/x/"]) == "External/job001/x/"
+    # read as the job reads its options (relion.parse_tolerant), so a SIGTERM while it starts finds the same directory
+    for argv in (["pick", "--O", "External/job002/"], ["---o=External/job002/"], ["--in_mics", "m.star", "--o",
+                                                                                  "External/job002/", "--j", "2"]):
+        assert cli._job_dir(argv) == relion.parse_tolerant(argv, {"o": "value", "in_mics": "value", "j": "value"}
+                                                           ).values["o"] == "External/job002/"
+    assert cli._job_dir(["--pipeline-control", "External/job004/", "--o", "x/"]) == "External/job004/"
+    assert cli._job_dir(["-o", "External/job005/"]) is None  # one dash is not an option to the job either
+    # the shim's own copy (it must work when the package cannot be imported) reads them the same
+    spec = importlib.util.spec_from_file_location("_external_job_shim", REPO / "external_job.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)  # its main runs only as __main__
+    for argv in (["--O", "a/"], ["---o=b/"], ["--o", "c/", "--pipeline_control", "d/"], ["-o", "e/"], ["--o"],
+                 ["--o", "--in_mics", "m.star"], ["pick", "--Pipeline-Control=f/"]):
+        assert shim._job_dir(argv) == cli._job_dir(argv), argv

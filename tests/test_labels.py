@@ -241,6 +241,27 @@ def test_read_particles_errors_name_the_file_and_columns(tmp_path):
         read_particles(tmp_path / "nope.star")
 
 
+def test_read_particles_reads_names_as_the_picking_job_does(tmp_path):
+    """Micrograph names RELION reads (a '#' inside, a quote inside, one named like a block) are read whole, as the
+    picking job reads them (io.read_star); a value that is not a number is named as such."""
+    p = tmp_path / "run_data.star"
+    p.write_text(
+        "\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 2.0\n\n"
+        "data_particles\n\nloop_\n_rlnMicrographName #1\n_rlnCoordinateX #2\n_rlnCoordinateY #3\n"
+        "_rlnAngleRot #4\n_rlnAngleTilt #5\n_rlnAnglePsi #6\n_rlnOpticsGroup #7\n"
+        "mics/grid#2_0001.mrc 100 150 10 20 30 1\n"
+        "mics/it's_bob's.mrc 200 50 10 20 30 1\n"
+        "data_0003.mrc 300 60 10 20 30 1\n\n"
+    )
+    df = read_particles(p)
+    assert df["micrograph"].tolist() == ["mics/grid#2_0001.mrc", "mics/it's_bob's.mrc", "data_0003.mrc"]
+    np.testing.assert_allclose(df["x"], [100, 200, 300])
+    bad = tmp_path / "bad.star"
+    bad.write_text(p.read_text().replace("200 50", "two 50"))
+    with pytest.raises(LabelError, match=r"bad\.star: 1 particle\(s\) with non-numeric"):
+        read_particles(bad)
+
+
 @pytest.mark.shared
 def test_read_real_relion_particle_files(shared_data):
     other = shared_data / "relion" / "other"
