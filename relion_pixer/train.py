@@ -118,6 +118,10 @@ class TrainConfig:
     # round a light centre, as apoferritin or a capsid looks) added to the simulated training set, as a share of
     # sim_train; drawn from their own seed (seed + 20000), so the sim_train micrographs stay the same; 0: none
     shell_fraction: float = 0.0
+    # simulated micrographs of crowded particles (density CROWDED_DENSITY, centres CROWDED_SEPARATION diameters apart
+    # or more: packed side by side, as on crowded grids) added likewise, as a share of sim_train, from seed + 40000;
+    # the default mix's density is log-uniform 0.02-0.5, so few of its micrographs are that crowded; 0: none
+    crowded_fraction: float = 0.0
     # simulated micrographs whose particles are built from atomic models (each file alone, or copies of it as a
     # dimer, ring, cylinder, cage or filament; simulate.load_atomic_model) added likewise, as a share of sim_train,
     # from seed + 30000; atomic_models: glob patterns of PDB / mmCIF files (relative to the working directory), models
@@ -230,6 +234,11 @@ class LabelledSet:
         return LabelledSet(self.images + other.images, self.labels + other.labels, self.coords + other.coords, inst, names)
 
 
+#: ``crowded`` simulated micrographs: their density (share of the free area the particles' discs cover) and least centre
+#: distance (in diameters) are drawn uniformly from these ranges (``bench_crowd.py``'s crowded sets: 0.5 and 0.7).
+CROWDED_DENSITY = (0.35, 0.6)
+CROWDED_SEPARATION = (0.7, 0.9)
+
 #: Particle families that ``thin_fraction`` draws more often: the thin ones (``bench_detectability.py``: at SNR 0.1
 #: the elongated family is found 0.32 of the time, cylinders 0.77, the others 0.98-1).
 THIN_FAMILIES = ("elongated", "cylinder")
@@ -248,6 +257,7 @@ def simulated_set(
     size_jitter: tuple = (0.85, 1.15),
     families: tuple | None = None,
     model_files: tuple | list = (),
+    crowded: bool = False,
 ) -> LabelledSet:
     """Simulate ``n`` micrographs and bring them to network scale exactly as the picker does.
 
@@ -262,7 +272,8 @@ def simulated_set(
     misses most), on top of their share among all families. ``families`` (e.g. ``("shell",)``) draws every
     micrograph's particles from those families instead of the default mix, and ``model_files`` (atomic models) builds
     them from those files instead (alone or as assemblies of copies). Each micrograph's particles are drawn ``j`` times the
-    diameter it is brought to network scale with, ``j`` uniform in ``size_jitter``.
+    diameter it is brought to network scale with, ``j`` uniform in ``size_jitter``. ``crowded`` packs them side by
+    side (density uniform in :data:`CROWDED_DENSITY`, centres at least :data:`CROWDED_SEPARATION` diameters apart).
     """
     from relion_pixer.simulate import random_config, simulate_micrograph
 
@@ -290,6 +301,9 @@ def simulated_set(
             source.update(families=(), model_files=list(model_files))
         # random_config gives the particle a physical size (from its family's range) and sets the pixel size to match
         cfg = random_config(rng, snr=value, particle_diameter_px=NET_DIAMETER_PX * k * jitter, **source)
+        if crowded:  # drawn after the config, so that sets made without it are reproduced exactly
+            cfg.update(density=float(rng.uniform(*CROWDED_DENSITY)), min_separation=float(rng.uniform(*CROWDED_SEPARATION)),
+                       empty=False)
         if phase_plate_fraction > 0 and rng.random() < phase_plate_fraction:
             cfg["phase_shift"] = float(rng.uniform(*phase_shift_range))
         native = int(round(size * k))
@@ -866,7 +880,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
     if not cfg.small_mask_weight_max >= 1.0:
         raise ValueError(f"small_mask_weight_max must be at least 1 (1: no extra weight), got {cfg.small_mask_weight_max}")
-    for name in ("shell_fraction", "atomic_fraction"):
+    for name in ("shell_fraction", "atomic_fraction", "crowded_fraction"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {getattr(cfg, name)}")
     atomic_files = atomic_model_files(cfg.atomic_models) if cfg.atomic_fraction > 0 else []
@@ -883,6 +897,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     if cfg.shell_fraction > 0:
         sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_shell.pt", cfg.shell_fraction, 20_000,
                                                 families=("shell",)))
+    if cfg.crowded_fraction > 0:
+        sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_crowded.pt", cfg.crowded_fraction, 40_000,
+                                                crowded=True))
     if cfg.atomic_fraction > 0:
         sim_train = sim_train.extend(_extra_set(cfg, run.path / "sim_atomic.pt", cfg.atomic_fraction, 30_000,
                                                 model_files=atomic_files))
