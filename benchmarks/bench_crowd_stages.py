@@ -12,8 +12,9 @@ picks at (size estimate and blend, as a job runs; spacing check off, the default
 
 Recall and precision after each stage (one-to-one within half a diameter). A particle no peak matches is **merged**
 when it lies inside the network's particle region (``P(particle) >= 0.5`` at its centre: the map sees it, but joined to
-a neighbour or with its peak displaced), **unseen** otherwise. The real sets' train + valid micrographs (shipped
-networks) are read the same way for contrast.
+a neighbour or with its peak displaced), **unseen** otherwise; and every particle the map does not see (``P(particle)
+< 0.5`` at its centre, peak or not) is counted by its number of neighbours within 1.2 diameters. The real sets' train
++ valid micrographs (shipped networks) are read the same way for contrast.
 
 Usage::
 
@@ -37,6 +38,9 @@ from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut, pick_from_map, segment_micrograph
 
 STAGES = ("peaks", "floor", "cuts", "picks")
+#: Neighbours are counted within this many true diameters, and grouped as below (counts, inclusive).
+NEIGHBOUR_RADIUS = 1.2
+NEIGHBOUR_GROUPS = {"0-2": (0, 2), "3-4": (3, 4), "5+": (5, 10**6)}
 
 
 def stage_picks(mic, diameter_A: float, models, params: PickParams, radius_px: float) -> tuple[dict, dict]:
@@ -53,12 +57,22 @@ def stage_picks(mic, diameter_A: float, models, params: PickParams, radius_px: f
     out = {"peaks": preprocess.to_original(peaks.xy, factors), "floor": preprocess.to_original(floor.xy, factors),
            "cuts": preprocess.to_original(cuts, factors), "picks": final.xy}
     m = match_picks(out["peaks"], mic.truth, radius_px)
-    missed = np.setdiff1d(np.arange(len(mic.truth)), np.asarray(m.true_index, dtype=int))
+    missed = np.zeros(len(mic.truth), bool)
+    missed[np.setdiff1d(np.arange(len(mic.truth)), np.asarray(m.true_index, dtype=int))] = True
     p = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob)
-    ij = np.rint(preprocess.to_network(mic.truth[missed], factors)[:, ::-1]).astype(int)
+    ij = np.rint(preprocess.to_network(mic.truth, factors)[:, ::-1]).astype(int).reshape(-1, 2)
     ij = np.clip(ij, 0, np.array(p.shape) - 1)
-    inside = p[ij[:, 0], ij[:, 1]] >= 0.5 if len(ij) else np.zeros(0, bool)
-    return out, {"merged": int(inside.sum()), "unseen": int((~inside).sum())}
+    seen = p[ij[:, 0], ij[:, 1]] >= 0.5
+    # neighbours of each particle within NEIGHBOUR_RADIUS true diameters: is a surrounded particle seen less often?
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(mic.truth).query_ball_point(mic.truth, NEIGHBOUR_RADIUS * 2.0 * radius_px) if len(mic.truth) else []
+    neighbours = np.array([len(n) - 1 for n in near], dtype=int)
+    groups = {}
+    for label, (lo, hi) in NEIGHBOUR_GROUPS.items():
+        inn = (neighbours >= lo) & (neighbours <= hi)
+        groups[label] = [int(inn.sum()), int((inn & ~seen).sum())]
+    return out, {"merged": int((missed & seen).sum()), "unseen": int((missed & ~seen).sum()), "by_neighbours": groups}
 
 
 def main() -> None:
@@ -89,6 +103,9 @@ def main() -> None:
             per = [stage_picks(m, d, models, params, radius) for m in mics]
             row = {"given": g, "picked_at": d / diameter,
                    "merged": sum(c["merged"] for _, c in per), "unseen": sum(c["unseen"] for _, c in per)}
+            # share of the particles the map does not see (P(particle) < 0.5 at the centre), by neighbours
+            row["not_seen_by_neighbours"] = {
+                label: [sum(c["by_neighbours"][label][k] for _, c in per) for k in (0, 1)] for label in NEIGHBOUR_GROUPS}
             for stage in STAGES:
                 s = score([(p[stage], np.ones(len(p[stage]))) for p, _ in per], mics, radius)
                 row[stage] = {k: s[k] for k in ("precision", "recall", "f1", "picks")}
@@ -96,8 +113,11 @@ def main() -> None:
             rows.append(row)
             lost = "; ".join(f"{stage} R {row[stage]['recall']:.3f} (P {row[stage]['precision']:.3f})"
                              for stage in STAGES)
+            shares = ", ".join(f"{label}: {k / n:.2f} of {n}" if n else f"{label}: none"
+                               for label, (n, k) in row["not_seen_by_neighbours"].items())
             print(f"{name} given {g:.2f}x (picked at {row['picked_at']:.3f}x): {lost}; no peak: "
-                  f"{row['merged']} merged, {row['unseen']} unseen of {row['truth']}", flush=True)
+                  f"{row['merged']} merged, {row['unseen']} unseen of {row['truth']}; not seen, by neighbours within "
+                  f"{NEIGHBOUR_RADIUS} diameters: {shares}", flush=True)
         out["sets"][name] = rows
     if args.json:
         with open(args.json, "w") as fh:

@@ -63,6 +63,7 @@ $PY bench_crowd.py --rounds 3 --seed_offset 1000 --sets crowded moderate noisy c
     --json results/crowd_rounds3.json
 $PY bench_crowd.py --rounds 1 --seed_offset 1000 --sets crowded_small crowded_small_noisy --json results/crowd_rounds1.json
 $PY bench_crowd.py --rounds 3 --real --sets --json results/crowd_rounds3_real_shipped.json
+$PY bench_crowd_stages.py --real --json results/crowd_stages.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
   $PY bench_real.py --split $sp --spacing No --no_sweep --json results/spacing_real_${sp}_off.json

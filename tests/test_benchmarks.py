@@ -252,3 +252,32 @@ def test_a_map_of_one_scale_is_the_jobs_and_three_scales_keep_its_grid(tmp_path,
                                                 segment=bench_scales.multiscale(scales))
         f1[scales] = common.score(picks, mics, 24.0)["f1"]
     assert min(f1.values()) > 0.6 and max(f1.values()) - min(f1.values()) < 0.15, f1
+
+
+def test_the_stage_breakdown_ends_at_the_jobs_picks_and_only_loses_along_the_way(tmp_path, monkeypatch, bench_modules):
+    """bench_crowd_stages.stage_picks: its last stage is exactly what pick_micrograph returns, each stage keeps a subset
+    of the candidates of the one before (recall never rises from the floor on), and the particles no peak matches are
+    counted once each, as merged or unseen."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams, pick_micrograph
+
+    common, _ = bench_modules
+    _write_set(tmp_path, name="empiar10146_apoferritin")
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    sys.modules.pop("bench_crowd_stages", None)
+    import bench_crowd_stages
+
+    models = load_pretrained()
+    mic = common.real_sets()[0].micrographs("test")[0]
+    stages, missed = bench_crowd_stages.stage_picks(mic, 96.0, models, PickParams(), 24.0)
+    job = pick_micrograph(mic.image, mic.angpix, 96.0, models, PickParams())
+    assert np.array_equal(stages["picks"], job.xy)
+    recall = [common.score([(stages[s], np.ones(len(stages[s])))], [mic], 24.0)["recall"]
+              for s in bench_crowd_stages.STAGES]
+    assert recall[0] > 0.5 and all(a >= b for a, b in zip(recall[1:], recall[2:])), recall
+    assert len(stages["floor"]) >= len(stages["cuts"]) >= len(stages["picks"])
+    matched = round(recall[0] * len(mic.truth))
+    assert missed["merged"] + missed["unseen"] == len(mic.truth) - matched
+    groups = missed["by_neighbours"].values()
+    assert sum(n for n, _ in groups) == len(mic.truth) and all(0 <= k <= n for n, k in groups)
+    assert sum(k for _, k in groups) >= missed["unseen"]  # every unseen particle is one the map does not see
