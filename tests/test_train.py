@@ -77,6 +77,9 @@ def test_shell_fraction_adds_hollow_shell_micrographs_and_keeps_the_others(tmp_p
     cfg.write_text(SMOKE.replace("threads = 1", "threads = 1\nshell_fraction = 2"))
     assert main(["--config", str(cfg), "--out", str(tmp_path / "bad")]) == 1
     assert "shell_fraction must be between 0 and 1" in capsys.readouterr().err
+    cfg.write_text(SMOKE.replace("threads = 1", "threads = 1\ncrowded_fraction = -0.1"))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "bad2")]) == 1
+    assert "crowded_fraction must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_atomic_fraction_builds_particles_from_the_atomic_models(tmp_path, simulated_options, capsys):
@@ -353,6 +356,23 @@ def test_thin_fraction_draws_thin_families_and_nothing_when_off(simulated_option
     assert len(drawn) == 4 and all(len(f) == 1 and f[0] in THIN_FAMILIES for f in drawn)
     with pytest.raises(ValueError, match="thin_fraction"):
         simulated_set(1, 96, seed=3, snr=0.3, progress=False, thin_fraction=-0.1)
+
+
+def test_crowded_packs_the_particles_and_draws_nothing_when_off(simulated_options):
+    """``crowded`` micrographs are simulated at the crowded density and separation, never empty; without it the set
+    is the same pixels as before the option existed."""
+    from relion_pixer.train import CROWDED_DENSITY, CROWDED_SEPARATION, simulated_set
+
+    before = [[2.17428, 0.04796, 1.49272, -0.94957], [0.44893, -1.33899, -1.03409, -0.73665]]
+    off = simulated_set(2, 96, seed=3, snr=0.3, progress=False)
+    assert np.allclose(off.images[0][:2, :4], before, atol=1e-3)
+    simulated_options.clear()
+    packed = simulated_set(3, 96, seed=3, snr=0.3, progress=False, crowded=True)
+    for o in simulated_options:
+        assert CROWDED_DENSITY[0] <= o["density"] <= CROWDED_DENSITY[1] and not o["empty"]
+        assert CROWDED_SEPARATION[0] <= o["min_separation"] <= CROWDED_SEPARATION[1]
+    assert sum(len(c) for c in packed.coords) > sum(len(c) for c in simulated_set(3, 96, seed=3, snr=0.3,
+                                                                                    progress=False).coords)
 
 
 def test_families_draws_every_micrograph_from_them(simulated_options):
