@@ -131,6 +131,19 @@ def packed(n: int, snr: float, density: float, min_separation: float, seed: int,
     return out
 
 
+def crowd_set(name: str, n: int, seed_offset: int = 0) -> tuple[dict, list[Micrograph], float]:
+    """Set ``name`` of :data:`SETS` with ``n`` micrographs, its seed moved by ``seed_offset``: its settings (seed
+    included), its micrographs (``noisy``: ``bench_sim.py``'s mix, the others :func:`packed`) and the particles' true
+    diameter in A."""
+    cfg = dict(SETS[name])
+    cfg["seed"] += seed_offset
+    if name == "noisy":
+        mics, _ = simulate(n, cfg["snr"], cfg["seed"], SIDE, ANGPIX, DIAMETER_A)
+    else:
+        mics = packed(n, **cfg)
+    return cfg, mics, cfg.get("diameter_px", DIAMETER_A / ANGPIX) * cfg.get("angpix", ANGPIX)
+
+
 def nearest_neighbour_share(mics: list[Micrograph], diameter_A: float = DIAMETER_A) -> float:
     """Median distance between a true particle and its nearest neighbour, in diameters."""
     from relion_pixer.size import pick_spacing
@@ -154,15 +167,7 @@ def main() -> None:
     models = load_pretrained(args.model)
     set_files = read_set_models(ap, args.set_model)
     set_models = {f"real_{name}": load_pretrained(path) for name, path in set_files.items()}
-    sets = {}  # name: (settings, micrographs, diameter in A)
-    for name in args.sets:
-        cfg = dict(SETS[name])
-        cfg["seed"] += args.seed_offset
-        if name == "noisy":
-            mics, _ = simulate(args.n, cfg["snr"], cfg["seed"], SIDE, ANGPIX, DIAMETER_A)
-        else:
-            mics = packed(args.n, **cfg)
-        sets[name] = (cfg, mics, cfg.get("diameter_px", DIAMETER_A / ANGPIX) * cfg.get("angpix", ANGPIX))
+    sets = {name: crowd_set(name, args.n, args.seed_offset) for name in args.sets}  # (settings, mics, diameter A)
     if args.real:
         for rs in real_sets():
             sets[f"real_{rs.name}"] = ({"splits": ["train", "valid"]}, rs.micrographs("train", "valid"), rs.diameter_A)

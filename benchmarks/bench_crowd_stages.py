@@ -30,7 +30,7 @@ import json
 import numpy as np
 import torch
 
-from bench_crowd import GIVEN, SETS, packed
+from bench_crowd import GIVEN, SETS, crowd_set
 from common import job_diameter, real_sets, score
 from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.evaluate import match_picks
@@ -87,19 +87,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     params = PickParams()
-    sets = {}
-    for name in args.sets:
-        cfg = dict(SETS[name])
-        sets[name] = (packed(args.n, **cfg), cfg.get("diameter_px") * cfg.get("angpix"))
+    sets = {name: crowd_set(name, args.n)[1:] for name in args.sets}  # (micrographs, diameter in A)
     if args.real:
         for rs in real_sets():
             sets[f"real_{rs.name}"] = (rs.micrographs("train", "valid"), rs.diameter_A)
     out = {"model": args.model, "given": GIVEN, "sets": {}}
     for name, (mics, diameter) in sets.items():
         rows = []
+        radius = 0.5 * diameter / mics[0].angpix
         for g in GIVEN:
             d = job_diameter(mics, g * diameter, models)
-            radius = 0.5 * diameter / mics[0].angpix
             per = [stage_picks(m, d, models, params, radius) for m in mics]
             row = {"given": g, "picked_at": d / diameter,
                    "merged": sum(c["merged"] for _, c in per), "unseen": sum(c["unseen"] for _, c in per)}

@@ -44,7 +44,7 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from bench_crowd import SETS as CROWD_SETS, packed
+from bench_crowd import crowd_set
 from common import (leave_one_out_setup, picks_from_maps, real_cases, score, segment_all, sets_mean, size_estimate,
                     size_sims)
 from relion_pixer import size
@@ -105,8 +105,8 @@ def main() -> None:
     cases = [(f"{group}/{name}", mics, d, net) for group, name, mics, d, net in real_cases(set_files, shipped)]
     cases += [(f"sim/{name}", mics, 150.0, shipped) for name, mics in size_sims().items()]
     for name in ("crowded_small", "crowded_small_noisy"):
-        cfg = CROWD_SETS[name]
-        cases.append((f"crowd/{name}", packed(4, **cfg), cfg["diameter_px"] * cfg["angpix"], shipped))
+        _, mics, diameter = crowd_set(name, 4)
+        cases.append((f"crowd/{name}", mics, diameter, shipped))
     out = {"set_models": set_files, "given": GIVEN, "cases": {}}
     for case, mics, d, net in cases:
         radius_px = 0.5 * d / mics[0].angpix

@@ -47,9 +47,8 @@ import json
 
 import numpy as np
 
-from bench_crowd import SETS as CROWD_SETS, packed
+from bench_crowd import crowd_set
 from bench_real import average_precisions, pixer_picks
-from bench_sim import simulate
 from common import job_diameter, leave_one_out_setup, real_cases, score, segment_all, size_sims
 from relion_pixer.pipeline import PickParams
 
@@ -65,14 +64,11 @@ def cases(set_files: dict, shipped):
     out = real_cases(set_files, shipped)
     for group, names in (("crowded", ("crowded_small", "crowded_small_noisy")), ("guard", ("crowded", "moderate"))):
         for name in names:
-            cfg = dict(CROWD_SETS[name])
-            cfg["seed"] += SEED_OFFSET
-            out.append((group, name, packed(N_SIM, **cfg), cfg.get("diameter_px", 150.0) * cfg.get("angpix", 1.0),
-                        shipped))
+            _, mics, diameter = crowd_set(name, N_SIM, SEED_OFFSET)
+            out.append((group, name, mics, diameter, shipped))
     out += [("guard", name, mics, 150.0, shipped) for name, mics in size_sims().items()]
-    noisy = CROWD_SETS["noisy"]
-    mics, _ = simulate(N_SIM, noisy["snr"], noisy["seed"] + SEED_OFFSET, 2048, 1.0, 150.0)
-    out.append(("guard", "noisy", mics, 150.0, shipped))
+    _, mics, diameter = crowd_set("noisy", N_SIM, SEED_OFFSET)
+    out.append(("guard", "noisy", mics, diameter, shipped))
     return out
 
 

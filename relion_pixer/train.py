@@ -396,7 +396,7 @@ def _same_inputs_or_fresh(run: "RunDir", cfg: "TrainConfig") -> bool:
 def _training_set(cfg: "TrainConfig", n: int, seed: int, **source) -> LabelledSet:
     """``n`` simulated training micrographs from ``seed``, drawn as the config says (SNR, oversampling, phase plate,
     size jitter), with ``source``'s extra settings of :func:`simulated_set` (``thin_fraction``, ``families``,
-    ``model_files``)."""
+    ``model_files``, ``crowded``)."""
     return simulated_set(
         n, cfg.sim_size, seed, (cfg.snr_min, cfg.snr_max), (cfg.oversample_min, cfg.oversample_max),
         phase_plate_fraction=cfg.phase_plate_fraction, phase_shift_range=tuple(cfg.phase_shift_range),
@@ -406,7 +406,8 @@ def _training_set(cfg: "TrainConfig", n: int, seed: int, **source) -> LabelledSe
 
 def _extra_set(cfg: "TrainConfig", cache: Path, share: float, seed_offset: int, **source) -> LabelledSet:
     """Simulated micrographs added to the training set, ``share`` of ``cfg.sim_train`` of them, from
-    ``cfg.seed + seed_offset`` and with the particles of ``source`` (``families`` or ``model_files``); cached."""
+    ``cfg.seed + seed_offset`` and with the particles of ``source`` (``families``, ``model_files`` or ``crowded``);
+    cached."""
     return _cached_set(cache, lambda: _training_set(cfg, max(1, round(share * cfg.sim_train)), cfg.seed + seed_offset,
                                                     **source))
 
