@@ -157,7 +157,8 @@ def test_set_model_items_name_a_real_set_and_a_file(tmp_path, monkeypatch, bench
 def test_leave_one_set_out_scores_a_set_with_incomplete_labels_against_completed_ones(tmp_path, monkeypatch,
                                                                                       bench_modules):
     """loso.py on two small sets under the real sets' names: the one with a third of its labels dropped also gets
-    each model's F1 against the labels completed with the models' particle-like picks, which reads higher."""
+    each model's F1 against the labels completed with the models' particle-like picks, which reads higher; the same
+    networks given as a variant change nothing, on these micrographs or drawn again."""
     import json
 
     from relion_pixer.models import shipped_weights
@@ -172,13 +173,33 @@ def test_leave_one_set_out_scores_a_set_with_incomplete_labels_against_completed
     out = tmp_path / "loso.json"
     weights = str(shipped_weights())
     monkeypatch.setattr(sys, "argv", ["loso.py", "--ribosome_only", weights, "--apoferritin_only", weights,
-                                      "--threads", "1", "--json", str(out)])
+                                      "--variant", f"same={weights},{weights}", "--threads", "1", "--json", str(out)])
     loso.main()
     sets = json.loads(out.read_text())["sets"]
+    for row in sets.values():  # the same networks as a variant: no change, and none over micrographs drawn again
+        assert row["same_change"] == 0 and row["same_change_interval"] == [0.0, 0.0]
     incomplete, complete = sets["empiar10028_ribosome80S"], sets["empiar10146_apoferritin"]
     for key in ("v4", "apoferritin_only", "v12"):
         assert incomplete[key]["completed_f1"] > incomplete[key]["f1"] + 0.05, incomplete[key]
     assert all("completed_f1" not in complete[key] for key in ("v4", "ribosome_only", "v12"))
+
+
+def test_the_f1_change_interval_is_zero_for_the_same_picks_and_follows_a_gain_that_every_micrograph_shows(
+        bench_modules):
+    """The paired bootstrap over micrographs: the same picks twice change nothing; picks that find one more true
+    particle on every micrograph gain on every draw; a gain on one micrograph only spans zero."""
+    common, _ = bench_modules
+    rng = np.random.default_rng(3)
+    mics = [common.Micrograph(f"m{i}", np.zeros((8, 8)), 1.0, rng.uniform(0, 500, size=(10, 2))) for i in range(6)]
+    half = [(m.truth[:5], np.ones(5)) for m in mics]
+    more = [(m.truth[:6], np.ones(6)) for m in mics]
+    one = [(m.truth[:9] if i == 0 else m.truth[:5], np.ones(9 if i == 0 else 5)) for i, m in enumerate(mics)]
+    assert common.f1_change_interval(half, half, mics, 2.0) == (0.0, 0.0)
+    lo, hi = common.f1_change_interval(half, more, mics, 2.0)
+    assert 0 < lo <= hi  # every draw gains: F1 2 x 6 / 16 against 2 x 5 / 15
+    assert lo == pytest.approx(12 / 16 - 10 / 15) and hi == pytest.approx(lo)
+    lo, hi = common.f1_change_interval(half, one, mics, 2.0)
+    assert lo == pytest.approx(0.0) and hi > 0.02  # a draw without micrograph 0 gains nothing
 
 
 def test_an_ensemble_of_one_network_twice_picks_as_the_network_and_missing_members_are_named(tmp_path, monkeypatch,
