@@ -57,8 +57,8 @@ def stage_picks(mic, diameter_A: float, models, params: PickParams, radius_px: f
     out = {"peaks": preprocess.to_original(peaks.xy, factors), "floor": preprocess.to_original(floor.xy, factors),
            "cuts": preprocess.to_original(cuts, factors), "picks": final.xy}
     m = match_picks(out["peaks"], mic.truth, radius_px)
-    missed = np.zeros(len(mic.truth), bool)
-    missed[np.setdiff1d(np.arange(len(mic.truth)), np.asarray(m.true_index, dtype=int))] = True
+    missed = np.ones(len(mic.truth), bool)
+    missed[m.true_index] = False
     p = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob)
     ij = np.rint(preprocess.to_network(mic.truth, factors)[:, ::-1]).astype(int).reshape(-1, 2)
     ij = np.clip(ij, 0, np.array(p.shape) - 1)

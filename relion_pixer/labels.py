@@ -122,6 +122,14 @@ def _numbers(column: pd.Series) -> np.ndarray:
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
 
 
+def _detector_angpix(df: pd.DataFrame) -> np.ndarray | None:
+    """RELION <= 3.0's pixel size per row, ``1e4 * _rlnDetectorPixelSize / _rlnMagnification`` (A), or None when the
+    table lacks either column."""
+    if not {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
+        return None
+    return _numbers(df["rlnDetectorPixelSize"]) * 1e4 / _numbers(df["rlnMagnification"])
+
+
 def _loop_with(blocks: dict, prefer: str, column: str):
     if isinstance(blocks.get(prefer), pd.DataFrame):
         return blocks[prefer]
@@ -194,8 +202,8 @@ def read_particles(path, particle_angpix: float | None = None) -> pd.DataFrame:
             apix = _optics_column(df, optics, "rlnImagePixelSize")
         except KeyError as exc:
             raise LabelError(path, str(exc)) from exc
-        if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
-            apix = _numbers(df["rlnDetectorPixelSize"]) * 1e4 / _numbers(df["rlnMagnification"])
+        if apix is None:
+            apix = _detector_angpix(df)
         if particle_angpix:
             apix = np.full(n, float(particle_angpix))
         if apix is None:
@@ -254,8 +262,8 @@ def read_micrograph_pixel_sizes(path) -> dict[str, float | None]:
                 break
     except KeyError as exc:
         raise LabelError(path, str(exc)) from exc
-    if apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
-        apix = _numbers(df["rlnDetectorPixelSize"]) * 1e4 / _numbers(df["rlnMagnification"])
+    if apix is None:
+        apix = _detector_angpix(df)
     names = df["rlnMicrographName"].astype(str).tolist()
     if apix is None:
         return {name: None for name in names}
