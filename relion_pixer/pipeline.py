@@ -4,12 +4,13 @@
 ``segment.predict_probability`` (per-pixel particle probability) -> ``picking.pick_centres`` (grid local maxima) ->
 ``classify.classify_candidates`` (3-way classifier) -> ``decide.decide`` (figure of merit from the map's and the
 classifier's evidence, the classifier weighed by how far it agrees with the map on this micrograph; the cut) ->
-``preprocess.to_original`` (back to micrograph pixels).
+``preprocess.to_original`` (back to micrograph pixels). With ``PickParams.repick`` (crowded micrographs) a second pass
+follows: the picks are masked out and the masked micrograph is picked again (:func:`repick`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,12 +18,23 @@ from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
-           "MARGIN_PER_DIAMETER"]
+           "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
 #: the edge are dropped. 0.4 since session 15 (``benchmarks/tune_defaults.py --set_model``, leave one set out; 0.5
 #: before, which keeps only particles lying wholly inside).
 MARGIN_PER_DIAMETER = 0.4
+#: With ``repick``, each first-pass pick is masked out by a disc of this many particle diameters (radius) filled with
+#: noise like the micrograph's background, feathered over :data:`REPICK_FEATHER_PX` network pixels.
+REPICK_RADIUS = 0.5
+REPICK_FEATHER_PX = 4.0
+#: With ``repick``, a second-pass pick is added only this many diameters or more from every first-pass pick (what lies
+#: nearer is the edge of a masked disc, or the same particle found again).
+REPICK_APART = 0.6
+#: The fill's mean and spread are those of the pixels where P(particle) is below this (the whole image when fewer
+#: than :data:`_MIN_BACKGROUND_PX` are).
+_BACKGROUND_P = 0.2
+_MIN_BACKGROUND_PX = 100
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,11 @@ class PickParams:
         diameter (None: :data:`relion_pixer.picking.SIGMA_PER_DIAMETER`, 1/6).
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (already resolved; ``"auto"`` is resolved by the caller).
+    repick : bool
+        Crowded micrographs: after picking, mask every pick out and pick the masked micrograph again, adding what
+        that finds at least :data:`REPICK_APART` diameters from every first pick (:func:`repick`): particles the
+        networks do not see among their neighbours. Off by default (on uncrowded micrographs the second pass adds
+        false picks; ``benchmarks/bench_repick.py``).
     batch_size : int
         Boxes per classifier batch (64 was the fastest on the CPU, from 32 to 644 boxes: ``bench_speed.py``).
     """
@@ -73,6 +90,7 @@ class PickParams:
     sigma_per_diameter: float | None = None
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
+    repick: bool = False
 
 
 @dataclass
@@ -100,6 +118,12 @@ class PickResult:
     vetoed : int
         Candidates whose map score reached ``threshold`` but whose figure of merit the classifier's vetoes took below
         it: what the map alone would have kept and the decision dropped.
+    map_cut : float
+        The lowest map score a candidate needed on this micrograph (:func:`map_cut_value`).
+    contamination_trust : float
+        The contamination veto's say on this micrograph (:func:`relion_pixer.decide.contamination_trust`).
+    repicked : int
+        Picks the second pass added (``PickParams.repick``; 0 without it).
     """
 
     xy: np.ndarray
@@ -111,6 +135,9 @@ class PickResult:
     trust: float = 1.0
     map_score: np.ndarray | None = None
     vetoed: int = 0
+    map_cut: float = 0.0
+    contamination_trust: float = 0.0
+    repicked: int = 0
 
 
 def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, params: PickParams) -> PickResult:
@@ -133,7 +160,10 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
     PickResult
     """
     net_image, prob, factors = segment_micrograph(image, angpix, diameter_A, models, params.device)
-    return pick_from_map(net_image, prob, factors, diameter_A, models, params)
+    if not params.repick:
+        return pick_from_map(net_image, prob, factors, diameter_A, models, params)
+    first = pick_from_map(net_image, prob, factors, diameter_A, models, replace(params, max_particles=0))
+    return repick(first, diameter_A, models, params)
 
 
 def segment_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models, device: str = "cpu"):
@@ -152,20 +182,12 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     ``net_image``, ``prob`` and ``factors`` are what :func:`segment_micrograph` returns; only ``params`` may differ
     between calls, so settings can be compared without segmenting again.
     """
-    from relion_pixer import classify, decide, picking
+    from relion_pixer import classify, decide
 
-    min_distance_px = None
-    if params.min_distance_A:
-        min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
-    margin_A = MARGIN_PER_DIAMETER * float(diameter_A) if params.margin_A is None else float(params.margin_A)
-    margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
-    sigma = None if params.sigma_per_diameter is None else float(params.sigma_per_diameter) * NET_DIAMETER_PX
-    cand_xy, cand_score = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px,
-                                               margin_px=margin_px, threshold=params.map_threshold, sigma=sigma)
-    cand_xy = np.asarray(cand_xy, dtype=np.float64).reshape(-1, 2)
-    cand_score = np.asarray(cand_score, dtype=np.float64).reshape(-1)
+    cand_xy, cand_score = _candidates(prob, diameter_A, params, params.map_threshold)
     # suppression keeps the higher score of a close pair, so cutting afterwards equals picking with the higher cut
-    passed = map_cut(cand_score, params)
+    cut_value = map_cut_value(cand_score, params)
+    passed = cand_score >= cut_value
     cand_xy, cand_score = cand_xy[passed], cand_score[passed]
     probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
                                          batch_size=params.batch_size)
@@ -173,19 +195,128 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (decision.fom < params.threshold)))
     fom = decision.fom[decision.keep]
     xy = preprocess.to_original(cand_xy[decision.keep], factors)
-    prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
-    return PickResult(xy=xy, fom=fom, prob_map=prob_np.astype(np.float32, copy=False), factors=factors,
+    return PickResult(xy=xy, fom=fom, prob_map=_numpy_map(prob), factors=factors,
                       net_image=net_image, capped=decision.capped, trust=decision.trust,
-                      map_score=cand_score[decision.keep], vetoed=vetoed)
+                      map_score=cand_score[decision.keep], vetoed=vetoed, map_cut=cut_value,
+                      contamination_trust=decision.contamination_trust)
+
+
+def _numpy_map(prob) -> np.ndarray:
+    """A probability map (torch tensor on any device, or array) as a float32 NumPy array."""
+    prob_np = prob.detach().float().cpu().numpy() if hasattr(prob, "detach") else np.asarray(prob, np.float32)
+    return prob_np.astype(np.float32, copy=False)
+
+
+def _candidates(prob, diameter_A: float, params: PickParams, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres (network pixels) and their map scores: the local maxima of the smoothed map at or above
+    ``threshold``, with ``params``' spacing, edge margin and smoothing."""
+    from relion_pixer import picking
+
+    min_distance_px = None
+    if params.min_distance_A:
+        min_distance_px = float(params.min_distance_A) * NET_DIAMETER_PX / float(diameter_A)
+    margin_A = MARGIN_PER_DIAMETER * float(diameter_A) if params.margin_A is None else float(params.margin_A)
+    margin_px = margin_A * NET_DIAMETER_PX / float(diameter_A)
+    sigma = None if params.sigma_per_diameter is None else float(params.sigma_per_diameter) * NET_DIAMETER_PX
+    xy, score = picking.pick_centres(prob, NET_DIAMETER_PX, min_distance_px=min_distance_px, margin_px=margin_px,
+                                     threshold=threshold, sigma=sigma)
+    return (np.asarray(xy, dtype=np.float64).reshape(-1, 2), np.asarray(score, dtype=np.float64).reshape(-1))
+
+
+def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> PickResult:
+    """The second pass of ``PickParams.repick``: pick ``first``'s micrograph again with ``first``'s picks masked out.
+
+    On crowded micrographs the segmentation network misses many particles that neighbours surround: it learned
+    particles with background around them. With the picks found replaced by background-like noise
+    (:func:`mask_picks`), the hidden ones stand alone and the network sees them. The masked image is segmented again,
+    its candidates must reach the map score ``first`` needed (``first.map_cut``: the second pass's own typical score
+    would be lower and let faint specks through), lie at least :data:`REPICK_APART` diameters from every first pick,
+    and pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph. The picks of both
+    passes are then cut together (``threshold``, ``max_particles``).
+
+    Parameters
+    ----------
+    first : PickResult
+        The first pass, made with ``params`` but no ``max_particles`` cap (it needs ``net_image`` and ``prob_map``).
+    diameter_A : float
+    models : relion_pixer.models.PixerModels
+    params : PickParams
+
+    Returns
+    -------
+    PickResult
+        Both passes' picks, best figure of merit first; ``prob_map`` is the larger of the two passes' maps at each
+        pixel (the masked discs keep the first's); ``repicked`` counts the picks the second pass added.
+    """
+    from relion_pixer import CONTAMINATION, PARTICLE, classify, decide, segment
+
+    xy1 = preprocess.to_network(first.xy, first.factors)
+    masked = mask_picks(first.net_image, first.prob_map, xy1)
+    prob2 = segment.predict_probability(models.segmenter, masked, params.device)
+    cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(first.map_cut, params.map_threshold))
+    if len(xy1) and len(cand_xy):
+        from scipy.spatial import cKDTree
+
+        apart = cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX
+        cand_xy, cand_score = cand_xy[apart], cand_score[apart]
+    fom2 = np.zeros(0)
+    if len(cand_xy):
+        probs = classify.classify_candidates(models.classifier, masked, cand_xy, device=params.device,
+                                             batch_size=params.batch_size)
+        fom2 = decide.figure_of_merit(cand_score, probs[:, PARTICLE], first.trust,
+                                      p_contamination=probs[:, CONTAMINATION], ctrust=first.contamination_trust)
+    vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (fom2 < params.threshold)))
+    new = fom2 >= params.threshold
+    xy = np.concatenate([first.xy, preprocess.to_original(cand_xy[new], first.factors)])
+    fom = np.concatenate([first.fom, fom2[new]])
+    map_score = np.concatenate([first.map_score, cand_score[new]])
+    keep, capped = decide.cut(fom, params.threshold, int(params.max_particles))
+    added = int(np.count_nonzero(keep >= len(first.xy)))
+    return replace(first, xy=xy[keep], fom=fom[keep], map_score=map_score[keep], capped=first.capped + capped,
+                   vetoed=first.vetoed + vetoed, prob_map=np.maximum(first.prob_map, _numpy_map(prob2)),
+                   repicked=added)
+
+
+def mask_picks(net_image: np.ndarray, prob_map: np.ndarray, xy: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``net_image`` with a disc of :data:`REPICK_RADIUS` diameters around each of ``xy`` (network pixels) replaced
+    by Gaussian noise of the mean and spread of the image's background (where ``prob_map`` is below 0.2), feathered
+    over :data:`REPICK_FEATHER_PX` pixels. The noise comes from ``seed``, so a micrograph is masked the same way every
+    time."""
+    img = np.asarray(net_image, dtype=np.float32)
+    background = img[np.asarray(prob_map) < _BACKGROUND_P]
+    if background.size < _MIN_BACKGROUND_PX:
+        background = img.ravel()
+    mean, sd = float(background.mean()), float(background.std())
+    r = REPICK_RADIUS * NET_DIAMETER_PX
+    half = int(np.ceil(r + 0.5 * REPICK_FEATHER_PX))
+    weight = np.zeros(img.shape, np.float32)
+    ny, nx = img.shape
+    for x, y in np.asarray(xy, dtype=np.float64).reshape(-1, 2):
+        ix, iy = int(round(x)), int(round(y))
+        y0, y1, x0, x1 = max(0, iy - half), min(ny, iy + half + 1), max(0, ix - half), min(nx, ix + half + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        d = np.hypot(*np.meshgrid(np.arange(y0, y1) - y, np.arange(x0, x1) - x, indexing="ij"))
+        disc = np.clip((r + 0.5 * REPICK_FEATHER_PX - d) / REPICK_FEATHER_PX, 0.0, 1.0)
+        np.maximum(weight[y0:y1, x0:x1], disc, out=weight[y0:y1, x0:x1])
+    noise = np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32) * np.float32(sd) + np.float32(mean)
+    return img + weight * (noise - img)
 
 
 def map_cut(score: np.ndarray, params: PickParams) -> np.ndarray:
     """Which candidates (by map score) pass the map's cuts: ``map_threshold`` and the micrograph's own cut
     (:func:`relion_pixer.picking.adaptive_threshold` of those above ``map_threshold``, with ``map_relative`` and
     ``map_odds``). Boolean mask in the order of ``score``."""
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    return (score >= params.map_threshold) & (score >= map_cut_value(score, params))
+
+
+def map_cut_value(score: np.ndarray, params: PickParams) -> float:
+    """The lowest map score a candidate needs on a micrograph whose candidates score ``score``: ``map_threshold``,
+    raised by the micrograph's own cut (:func:`relion_pixer.picking.adaptive_threshold` with ``map_relative`` and
+    ``map_odds``)."""
     from relion_pixer import picking
 
     score = np.asarray(score, dtype=np.float64).reshape(-1)
-    floor = score >= params.map_threshold
-    cut = picking.adaptive_threshold(score[floor], params.map_threshold, params.map_relative, odds=params.map_odds)
-    return floor & (score >= cut)
+    return picking.adaptive_threshold(score[score >= params.map_threshold], params.map_threshold,
+                                      params.map_relative, odds=params.map_odds)
