@@ -146,11 +146,13 @@ def compare_tiling(segmenter, net_image: np.ndarray, device: str, rounds: int = 
 
 
 def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float = 1.0,
-        diameter: float = 150.0, estimate: bool = False, model: str | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of one `relion_pixer pick` process."""
+        diameter: float = 150.0, estimate: bool = False, model: str | None = None,
+        extra: tuple = ()) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one `relion_pixer pick` process (``extra``: more of its options)."""
     cmd = [sys.executable, "-m", "relion_pixer", "pick", *map(str, paths), "--angpix", f"{angpix:g}",
            "--particle_diameter", f"{diameter:g}", "--o", str(out), "--j", str(threads), "--device", device,
            "--estimate_size", "Yes" if estimate else "No"] + (["--model", str(Path(model).resolve())] if model else [])
+    cmd += list(extra)
     code = (
         "import resource, subprocess, sys, time, json; t = time.time(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
@@ -173,8 +175,10 @@ def main() -> None:
     ap.add_argument("--k3", action="store_true", help="K3 micrographs: 5760 x 4092 px, 0.83 A/px, 120 A particles")
     ap.add_argument("--profile", action="store_true", help="also time each stage in this process")
     ap.add_argument("--model", help="model file (default: the shipped weights)")
+    ap.add_argument("--crowded", action="store_true", help="every run with `crowded Yes` (the second pass)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    extra = ("--crowded", "Yes") if args.crowded else ()
     size, angpix, diameter, density = args.size, 1.0, 150.0, None
     if args.k3:
         size, angpix, diameter, density = K3["shape"], K3["angpix"], K3["diameter"], 0.5
@@ -184,10 +188,12 @@ def main() -> None:
         paths, particles = write_micrographs(tmp, args.n, size, angpix, diameter, density)
         print(f"wrote {args.n} simulated {size} px float32 micrographs ({particles} particles) in "
               f"{time.time() - t0:.1f} s")
-        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model)
-        many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter, model=args.model)
+        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model,
+                        extra=extra)
+        many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter, model=args.model,
+                        extra=extra)
         with_estimate, rss_est = run(paths, tmp / "oute", args.threads, args.device, angpix, diameter, estimate=True,
-                                     model=args.model)
+                                     model=args.model, extra=extra)
         stages = (profile(paths, angpix, diameter, args.threads, args.device, args.model) if args.profile
                   else None)
     per = (many - one) / max(1, args.n - 1)
@@ -200,6 +206,7 @@ def main() -> None:
         "threads": args.threads,
         "device": args.device,
         "model": args.model,
+        "crowded": bool(args.crowded),
         "seconds_one_job_one_micrograph": round(one, 2),
         "seconds_one_job_all": round(many, 2),
         "seconds_per_micrograph": round(per, 3),

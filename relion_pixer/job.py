@@ -65,6 +65,7 @@ SPEC = {
     "write_maps": "flag",
     "estimate_size": "flag",
     "check_spacing": "flag",
+    "crowded": "flag",
     "adapt": "flag",
     "invert": "flag",
     "relion_version": "value",
@@ -111,6 +112,9 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         neighbour closer than one diameter, pick at that spacing (never below 0.8x); for
                         touching particles given as their longest dimension (default No: measured in
                         benchmarks/bench_crowd.py); Continue reuses it
+  crowded [Yes/No]      crowded micrographs: after picking each micrograph, mask its picks out and pick it again,
+                        adding the particles their neighbours hid from the networks (a second segmentation
+                        of each; default No: on uncrowded micrographs it adds false picks; benchmarks/bench_repick.py)
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).
@@ -177,6 +181,7 @@ class JobOptions:
     write_maps: bool = False
     estimate_size: bool = True
     check_spacing: bool = False
+    crowded: bool = False
     adapt: bool = False
     invert: bool = False
     relion_version: int | None = None
@@ -383,6 +388,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
         check_spacing=bool(values.get("check_spacing", False)),
+        crowded=bool(values.get("crowded", False)),
         adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
         relion_version=version,
@@ -606,6 +612,7 @@ class _Outcome:
     processes: int = 0
     vetoed: int = 0
     capped: int = 0
+    repicked: int = 0
 
 
 @dataclass
@@ -630,6 +637,7 @@ class _Done:
     warnings: tuple = ()
     capped: int = 0
     vetoed: int = 0
+    repicked: int = 0
 
 
 @dataclass
@@ -926,7 +934,7 @@ def _pick_params(opts: JobOptions, device: str = "cpu") -> PickParams:
     """The picking settings of the job's options."""
     return PickParams(threshold=opts.threshold, max_particles=opts.max_particles, min_distance_A=opts.min_distance,
                       margin_A=opts.margin, map_threshold=opts.map_threshold, map_relative=opts.map_relative,
-                      map_odds=opts.map_odds, device=device, batch_size=opts.batch_size)
+                      map_odds=opts.map_odds, device=device, batch_size=opts.batch_size, repick=opts.crowded)
 
 
 def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: PickFunction | None, log: _Log,
@@ -1146,6 +1154,7 @@ def _merge(outcomes: list[_Outcome]) -> _Outcome:
         processes=sum(o.processes for o in outcomes),
         vetoed=sum(o.vetoed for o in outcomes),
         capped=sum(o.capped for o in outcomes),
+        repicked=sum(o.repicked for o in outcomes),
     )
 
 
@@ -1241,6 +1250,7 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
             outcome.particles += result.particles
             outcome.vetoed += result.vetoed
             outcome.capped += result.capped
+            outcome.repicked += result.repicked
             outcome.seconds += result.seconds
             log.info(f"{label} [{count:>{width}}/{len(share)}] {result.name}: {result.particles} particles, "
                      f"{result.seconds:.1f} s" + (f" (max_particles {opts.max_particles} cut {result.capped} more "
@@ -1312,7 +1322,7 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
             warnings.append(f"could not write the maps of {entry.name}: {type(exc).__name__}: {exc}")
     io.write_coordinates_star(coord, xy, fom, version=star_version)
     return _Done(entry.name, len(xy), time.perf_counter() - t0, tuple(warnings), int(getattr(result, "capped", 0)),
-                 int(getattr(result, "vetoed", 0)))
+                 int(getattr(result, "vetoed", 0)), int(getattr(result, "repicked", 0)))
 
 
 #: State of a worker process, set once by :func:`_worker_init`.
@@ -1362,6 +1372,9 @@ def _summary(log: _Log, outcome: _Outcome, n_entries: int, listed, total_particl
         if outcome.processes > 1 and outcome.wall > 0:
             log.info(f" {outcome.processes} processes picked in parallel: {outcome.wall:.1f} s wall-clock, "
                      f"{60.0 * outcome.picked / outcome.wall:.1f} micrographs per minute in all")
+        if outcome.repicked:
+            log.info(f" The second pass (crowded Yes) found {outcome.repicked} of the {outcome.particles} particles with "
+                     "the first picks masked out")
         if outcome.vetoed:
             share = outcome.vetoed / (outcome.particles + outcome.capped + outcome.vetoed)  # of what the map kept
             log.info(f" The classifier dropped {outcome.vetoed} candidate{'s' if outcome.vetoed != 1 else ''} the map "

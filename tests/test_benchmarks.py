@@ -302,3 +302,31 @@ def test_the_stage_breakdown_ends_at_the_jobs_picks_and_only_loses_along_the_way
     groups = missed["by_neighbours"].values()
     assert sum(n for n, _ in groups) == len(mic.truth) and all(0 <= k <= n for n, k in groups)
     assert sum(k for _, k in groups) >= missed["unseen"]  # every unseen particle is one the map does not see
+
+
+def test_the_second_pass_benchmark_scores_exactly_the_jobs_picks_with_and_without_crowded(tmp_path, monkeypatch,
+                                                                                           bench_modules):
+    """bench_repick.compare: at each diameter it picks at, its "off" and "on" are the F1 of pick_micrograph without
+    and with ``repick`` (the job's ``crowded No`` / ``Yes``), and its mean and spread follow from the rows."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams, pick_micrograph
+
+    common, _ = bench_modules
+    _write_set(tmp_path, name="empiar10146_apoferritin")
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    sys.modules.pop("bench_repick", None)
+    import bench_repick
+
+    models = load_pretrained()
+    mics = common.real_sets()[0].micrographs("test")[:1]
+    r = bench_repick.compare(mics, 96.0, models, PickParams())
+    assert [row["given"] for row in r["rows"]] == list(bench_repick.GIVEN)
+    row = r["rows"][1]
+    d = row["picked_at"] * 96.0
+    for key, repick in (("off", False), ("on", True)):
+        res = pick_micrograph(mics[0].image, mics[0].angpix, d, models, PickParams(repick=repick))
+        assert row[key]["f1"] == common.score([(res.xy, res.fom)], mics, 24.0)["f1"]
+        assert row[key]["picks"] == len(res.xy)
+    assert row["added"] == row["on"]["picks"] - row["off"]["picks"]
+    f1 = [x["on"]["f1"] for x in r["rows"]]
+    assert r["mean_f1_on"] == pytest.approx(np.mean(f1)) and r["spread_on"] == pytest.approx(max(f1) - min(f1))
