@@ -18,7 +18,8 @@ from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
-           "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART"]
+           "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
+           "REPICK_DENSITY_PERCENTILE", "REPICK_MIN_FIRST"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
 #: the edge are dropped. 0.4 since session 15 (``benchmarks/tune_defaults.py --set_model``, leave one set out; 0.5
@@ -31,6 +32,13 @@ REPICK_FEATHER_PX = 4.0
 #: With ``repick``, a second-pass pick is added only this many diameters or more from every first-pass pick (what lies
 #: nearer is the edge of a masked disc, or the same particle found again).
 REPICK_APART = 0.6
+#: With ``repick``, a second-pass pick is added only where the image is at least as dark at particle scale
+#: (:func:`relion_pixer.preprocess.density_map`) as this percentile of the first picks are: on uncrowded micrographs
+#: the second pass otherwise finds faint "particles" on the empty ice around the masked ones (``bench_repick.py``,
+#: round 2).
+REPICK_DENSITY_PERCENTILE = 5.0
+#: With fewer first picks than this, the second pass adds nothing (no reference darkness, and no crowd).
+REPICK_MIN_FIRST = 10
 #: The fill's mean and spread are those of the pixels where P(particle) is below this (the whole image when fewer
 #: than :data:`_MIN_BACKGROUND_PX` are).
 _BACKGROUND_P = 0.2
@@ -231,8 +239,10 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> 
     (:func:`mask_picks`), the hidden ones stand alone and the network sees them. The masked image is segmented again,
     its candidates must reach the map score ``first`` needed (``first.map_cut``: the second pass's own typical score
     would be lower and let faint specks through), lie at least :data:`REPICK_APART` diameters from every first pick,
-    and pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph. The picks of both
-    passes are then cut together (``threshold``, ``max_particles``).
+    pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph, and lie where the image
+    is at least as dark at particle scale (:func:`relion_pixer.preprocess.density_map`) as the first picks'
+    :data:`REPICK_DENSITY_PERCENTILE` th percentile; with fewer than :data:`REPICK_MIN_FIRST` first picks nothing is
+    added. The picks of both passes are then cut together (``threshold``, ``max_particles``).
 
     Parameters
     ----------
@@ -251,14 +261,18 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> 
     from relion_pixer import CONTAMINATION, PARTICLE, classify, decide, segment
 
     xy1 = preprocess.to_network(first.xy, first.factors)
-    masked = mask_picks(first.net_image, first.prob_map, xy1)
-    prob2 = segment.predict_probability(models.segmenter, masked, params.device)
-    cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(first.map_cut, params.map_threshold))
-    if len(xy1) and len(cand_xy):
+    cand_xy, cand_score, prob2 = np.zeros((0, 2)), np.zeros(0), first.prob_map
+    if len(xy1) >= REPICK_MIN_FIRST:
         from scipy.spatial import cKDTree
 
-        apart = cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX
-        cand_xy, cand_score = cand_xy[apart], cand_score[apart]
+        masked = mask_picks(first.net_image, first.prob_map, xy1)
+        prob2 = segment.predict_probability(models.segmenter, masked, params.device)
+        cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(first.map_cut, params.map_threshold))
+        dens = preprocess.density_map(first.net_image, NET_DIAMETER_PX)
+        dark = np.percentile(preprocess.values_at(dens, xy1), REPICK_DENSITY_PERCENTILE)
+        ok = ((cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
+              & (preprocess.values_at(dens, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
+        cand_xy, cand_score = cand_xy[ok], cand_score[ok]
     fom2 = np.zeros(0)
     if len(cand_xy):
         probs = classify.classify_candidates(models.classifier, masked, cand_xy, device=params.device,
