@@ -56,6 +56,13 @@ simulated seeds (``--seed_offset 6000``). With the check (``REPICK_DENSITY_PERCE
    never saw the protein) loses more than 0.003 mean F1 over the four diameters, and none of ``crowded``,
    ``moderate``, ``noisy`` more than 0.01 (round 1's rule 2, on held-out micrographs);
 
+**Result of round 2 (session 22, ``results/repick_round2.json``):** rule 1 met (crowded sets +0.059 and +0.090,
+spreads 0.074 -> 0.032 and 0.096 -> 0.053), so the darkness check is the job's second pass now; rule 2 not met, by
+apoferritin's test split with the shipped networks (-0.0048 against -0.003 allowed: 4 and 9 added picks, none a
+particle, at 1.12x and 1.25x on its 2 micrographs), so ``crowded`` stays an option, default No. The ribosome's test
+split gains (+0.006; +0.001 with networks that never saw it), apoferritin's with networks that never saw it too
+(+0.0045); the guards: ``crowded`` +0.014, ``moderate`` -0.007, ``noisy`` +0.034.
+
 Round 2's command (test splits: 5 ribosome micrographs, 2 apoferritin)::
 
     python benchmarks/bench_repick.py --seed_offset 6000 --real --split test \\

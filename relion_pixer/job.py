@@ -114,7 +114,7 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         benchmarks/bench_crowd.py); Continue reuses it
   crowded [Yes/No]      crowded micrographs: after picking each micrograph, mask its picks out and pick it again,
                         adding the particles their neighbours hid from the networks (a second segmentation
-                        of each; default No: on uncrowded micrographs it adds false picks; benchmarks/bench_repick.py)
+                        of each; default No: measured in benchmarks/bench_repick.py)
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).

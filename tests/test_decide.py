@@ -245,14 +245,18 @@ def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(
     assert np.array_equal(mask_picks(img, prob, np.zeros((0, 2))), img)
 
 
-def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(models):
+def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(models, monkeypatch):
     """Compact particles packed at a median 0.9 diameters, the diameter given 1.25x the true one (where the first
     pass misses many): the second pass keeps every first pick and adds true particles, each at least
-    REPICK_APART diameters from the first picks; recall rises and run with max_particles the cap holds."""
+    REPICK_APART diameters from the first picks and where the image is as dark as the first picks; recall rises, and
+    with max_particles the cap holds. With fewer first picks than REPICK_MIN_FIRST, nothing is added and the
+    micrograph is not segmented again."""
     from scipy.spatial import cKDTree
 
+    from relion_pixer import NET_DIAMETER_PX
     from relion_pixer.evaluate import match_picks
-    from relion_pixer.pipeline import REPICK_APART
+    from relion_pixer.pipeline import REPICK_APART, REPICK_DENSITY_PERCENTILE
+    from relion_pixer.preprocess import density_map, to_network, values_at
 
     rng = np.random.default_rng(818181)
     found = {False: 0, True: 0}
@@ -273,9 +277,22 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
         near = first.query(two.xy)[0]
         assert np.count_nonzero(near < 1e-6) == len(one.xy)
         assert np.all(near[near >= 1e-6] >= REPICK_APART * d / 2.0 * 0.999)
+        # an added pick is as dark at particle scale as the first picks' REPICK_DENSITY_PERCENTILE th percentile
+        dens = density_map(two.net_image, NET_DIAMETER_PX)
+        dark = np.percentile(values_at(dens, to_network(one.xy, one.factors)), REPICK_DENSITY_PERCENTILE)
+        assert np.all(values_at(dens, to_network(two.xy[near >= 1e-6], two.factors)) >= dark)
         for key, res in ((False, one), (True, two)):
             found[key] += len(match_picks(res.xy, truth, 24.0).pred_index)
         added += two.repicked
         capped = pick_micrograph(sim.image, 2.0, d, models, PickParams(repick=True, max_particles=len(one.xy)))
         assert len(capped.xy) == len(one.xy) and capped.capped == two.repicked
     assert found[True] >= found[False] + added // 2, (found, added)
+    import relion_pixer.pipeline as pipeline
+    from relion_pixer import segment
+
+    calls = []
+    real_predict = segment.predict_probability
+    monkeypatch.setattr(segment, "predict_probability", lambda *a, **k: calls.append(1) or real_predict(*a, **k))
+    monkeypatch.setattr(pipeline, "REPICK_MIN_FIRST", len(one.xy) + 1)
+    few = pick_micrograph(sim.image, 2.0, d, models, PickParams(repick=True))
+    assert few.repicked == 0 and np.array_equal(few.xy, one.xy) and len(calls) == 1
