@@ -136,8 +136,10 @@ def _matched(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
 
 
 @pytest.mark.gpu
-def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks():
-    """Segmentation, the climb (CuPy when installed) and the classifier on CUDA against the same chain on the CPU.
+@pytest.mark.parametrize("repick", [False, True], ids=["one_pass", "crowded_second_pass"])
+def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks(repick):
+    """Segmentation, the climb (CuPy when installed) and the classifier on CUDA against the same chain on the CPU,
+    with and without the second pass of ``crowded Yes``.
 
     The GPU's convolutions may use TF32 and other kernels, so the maps differ slightly: picks must agree to within
     2 px (95 % of them both ways) and their figures of merit to 0.05.
@@ -150,8 +152,8 @@ def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks():
     gpu_models = models.load_pretrained(None, device="cuda")
     total = 0
     for image in _simulated(3):
-        cpu = pipeline.pick_micrograph(image, 1.0, 100.0, cpu_models, PickParams(device="cpu"))
-        gpu = pipeline.pick_micrograph(image, 1.0, 100.0, gpu_models, PickParams(device="cuda"))
+        cpu = pipeline.pick_micrograph(image, 1.0, 100.0, cpu_models, PickParams(device="cpu", repick=repick))
+        gpu = pipeline.pick_micrograph(image, 1.0, 100.0, gpu_models, PickParams(device="cuda", repick=repick))
         total += len(cpu.xy)
         assert abs(len(gpu.xy) - len(cpu.xy)) <= max(1, 0.05 * len(cpu.xy))
         assert _matched(cpu.xy, gpu.xy, 2.0).mean() >= 0.95 if len(cpu.xy) else len(gpu.xy) <= 1
