@@ -84,14 +84,13 @@ If 3 rounds fail, the check stays an option (default No), and the option itself 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
 from bench_sim import simulate
 from common import (Micrograph, add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all,
-                    size_estimate, spacing_check)
+                    size_estimate, spacing_check, write_json)
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
 from relion_pixer.simulate import random_config, simulate_micrograph
@@ -151,21 +150,32 @@ def nearest_neighbour_share(mics: list[Micrograph], diameter_A: float = DIAMETER
     return pick_spacing([m.truth * m.angpix for m in mics])[0] / diameter_A
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def crowd_arguments(description: str, sets: tuple) -> argparse.ArgumentParser:
+    """The command line this script and ``bench_repick.py`` share: ``--model``, ``--n``, ``--sets`` (default
+    ``sets``), ``--real``, ``--set_model``, ``--seed_offset``, ``--threads``, ``--json``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model")
-    ap.add_argument("--n", type=int, default=8, help="micrographs per set")
-    ap.add_argument("--sets", nargs="*", default=list(DEFAULT_SETS), choices=list(SETS))
+    ap.add_argument("--n", type=int, default=8, help="micrographs per simulated set")
+    ap.add_argument("--sets", nargs="*", default=list(sets), choices=list(SETS))
     ap.add_argument("--real", action="store_true", help="also every real set's train + valid micrographs")
     add_set_model_argument(ap, help="read real set SET with the model FILE, e.g. one that never saw its protein")
-    ap.add_argument("--rounds", type=int, default=None, help="the spacing check's rounds (default: the job's)")
     ap.add_argument("--seed_offset", type=int, default=0, help="added to every simulated set's seed (fresh sets)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    return ap
+
+
+def parse_crowd_arguments(ap: argparse.ArgumentParser):
+    """``ap``'s arguments, with torch's threads set: ``(args, the --model networks, the --set_model files)``."""
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    models = load_pretrained(args.model)
-    set_files = read_set_models(ap, args.set_model)
+    return args, load_pretrained(args.model), read_set_models(ap, args.set_model)
+
+
+def main() -> None:
+    ap = crowd_arguments(__doc__.split("\n\n")[0], DEFAULT_SETS)
+    ap.add_argument("--rounds", type=int, default=None, help="the spacing check's rounds (default: the job's)")
+    args, models, set_files = parse_crowd_arguments(ap)
     set_models = {f"real_{name}": load_pretrained(path) for name, path in set_files.items()}
     sets = {name: crowd_set(name, args.n, args.seed_offset) for name in args.sets}  # (settings, mics, diameter A)
     if args.real:
@@ -227,9 +237,7 @@ def main() -> None:
                   f"{'met' if v else 'NOT met'}")
     for k, v in checks.items():
         print(f"rule: {k}: {'met' if v else 'NOT met'}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

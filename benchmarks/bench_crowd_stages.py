@@ -25,13 +25,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
 from bench_crowd import GIVEN, SETS, crowd_set
-from common import job_diameter, real_sets, score
+from common import job_diameter, real_sets, score, write_json
 from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -116,9 +115,7 @@ def main() -> None:
                   f"{row['merged']} merged, {row['unseen']} unseen of {row['truth']}; not seen, by neighbours within "
                   f"{NEIGHBOUR_RADIUS} diameters: {shares}", flush=True)
         out["sets"][name] = rows
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ no particle within half a diameter) the former veto dropped, and the share of th
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-import common  # noqa: F401  (puts the repository on the path)
+from common import write_json  # (also puts the repository on the path)
 from relion_pixer import NET_DIAMETER_PX, PARTICLE, classify, picking
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -133,9 +132,7 @@ def main() -> None:
     out["contamination_dropped_share"] = also / vet if vet else float("nan")
     print(f"all families: of {vet} contamination candidates the former veto dropped, the decision drops {also} "
           f"({out['contamination_dropped_share']:.3f})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

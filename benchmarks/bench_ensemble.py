@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ import torch
 from torch import nn
 
 from bench_real import add_completed_f1, average_precisions, pixer_picks
-from common import real_sets, score
+from common import real_sets, score, write_json
 from relion_pixer.models import PixerModels, load_pretrained
 from relion_pixer.pipeline import PickParams
 
@@ -142,9 +141,7 @@ def main() -> None:
               + f" (mean {np.mean(change):+.4f}); figure of merit ranks: {ranks}; "
               + ("carries over" if ok else "does not carry over"), flush=True)
     out["verdicts"] = verdicts
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

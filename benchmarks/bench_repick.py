@@ -81,15 +81,12 @@ Round 1's usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 
 import numpy as np
-import torch
 
-from bench_crowd import GIVEN, SETS, crowd_set
-from common import add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all
+from bench_crowd import GIVEN, crowd_arguments, crowd_set, parse_crowd_arguments
+from common import job_diameter, real_sets, score, segment_all, write_json
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, pick_from_map, repick
 
@@ -124,20 +121,9 @@ def compare(mics, diameter_A: float, models, params: PickParams) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model")
-    ap.add_argument("--n", type=int, default=8, help="micrographs per simulated set")
-    ap.add_argument("--sets", nargs="*", default=list(CROWDED_SETS + GUARD_SETS), choices=list(SETS))
-    ap.add_argument("--real", action="store_true", help="also every real set's micrographs of --split")
-    ap.add_argument("--split", nargs="+", default=["train", "valid"], help="the real sets' splits read")
-    add_set_model_argument(ap, help="also read real set SET with the model FILE, e.g. one that never saw its protein")
-    ap.add_argument("--seed_offset", type=int, default=0, help="added to every simulated set's seed (fresh sets)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    models = load_pretrained(args.model)
-    set_files = read_set_models(ap, args.set_model)
+    ap = crowd_arguments(__doc__.split("\n\n")[0], CROWDED_SETS + GUARD_SETS)
+    ap.add_argument("--split", nargs="+", default=["train", "valid"], help="the real sets' splits --real reads")
+    args, models, set_files = parse_crowd_arguments(ap)
     cases = [(name, *crowd_set(name, args.n, args.seed_offset)[1:], models) for name in args.sets]
     if args.real:
         for rs in real_sets():
@@ -170,9 +156,7 @@ def main() -> None:
     out["checks"] = checks
     for k, v in checks.items():
         print(f"rule {k}: {'met' if v else 'NOT met'}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

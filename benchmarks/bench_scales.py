@@ -40,14 +40,13 @@ figures go to ``docs/benchmarks.md``. Usage::
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import scipy.ndimage
 import torch
 
 from bench_real import average_precisions, pixer_picks
-from common import leave_one_out_setup, real_cases, score, size_estimate, size_sims
+from common import leave_one_out_setup, real_cases, score, size_estimate, size_sims, write_json
 from relion_pixer.pipeline import PickParams, segment_micrograph
 from relion_pixer.size import picking_diameter
 
@@ -139,9 +138,7 @@ def main() -> None:
     out["verdicts"], out["candidate"] = verdicts, chosen
     print(f"candidate: {chosen}" + (" (one scale: the job keeps its map)" if chosen == "1" else
                                     " (next: bench_speed.py and bench_real.py --split test, as the rule says)"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

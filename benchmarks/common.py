@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,13 @@ class RealSet:
                 truth = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
                 out.append(Micrograph(name, np.asarray(image, np.float32), self.angpix, truth))
         return out
+
+
+def write_json(path: str | None, out: dict) -> None:
+    """Write a benchmark's results ``out`` to ``path`` (its ``--json``; nothing when None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(out, fh, indent=1)
 
 
 def tuning_splits(text: str) -> list[str]:

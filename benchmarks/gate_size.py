@@ -105,13 +105,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
 from bench_sim import simulate
-from common import picks_from_maps, real_sets, score, segment_all, size_estimate, size_sims
+from common import picks_from_maps, real_sets, score, segment_all, size_estimate, size_sims, write_json
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
 
@@ -231,9 +230,7 @@ def main() -> None:
     for k, v in checks.items():
         print(f"rule: {k}: {'met' if v else 'NOT met'}")
     print("the gate " + ("ships on" if out["ship"] else "stays off"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

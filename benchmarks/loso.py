@@ -26,14 +26,13 @@ completed with the particle-like unlabelled picks of all models run (``bench_rea
 from __future__ import annotations
 
 import argparse
-import json
 from importlib import resources
 
 import numpy as np
 import torch
 
 from bench_real import add_completed_f1, pixer_picks
-from common import f1_change_interval, real_sets, score
+from common import f1_change_interval, real_sets, score, write_json
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 
@@ -104,9 +103,7 @@ def main() -> None:
     print(f"mean F1 change of the leave-one-out models against v4 on the protein they never saw: {change:+.4f}; "
           + ("v12's recipe carries over (>= -0.01)" if out["carries_over"]
              else "real fine-tuning did not carry over (< -0.01): v4 becomes a candidate to re-decide"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,12 @@ well as the map score there. Otherwise the default stays diameter / 6. Usage::
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
 from bench_crowd import crowd_set
 from bench_real import average_precisions, pixer_picks
-from common import job_diameter, leave_one_out_setup, real_cases, score, segment_all, size_sims
+from common import job_diameter, leave_one_out_setup, real_cases, score, segment_all, size_sims, write_json
 from relion_pixer.pipeline import PickParams
 
 SIGMAS = (1 / 6, 1 / 8, 1 / 10, 1 / 12)
@@ -132,9 +131,7 @@ def main() -> None:
     out["verdicts"], out["chosen"] = verdicts, chosen
     print(f"chosen by the rule: sigma = diameter / {1 / float(chosen):.0f}"
           + (" (the default stays)" if chosen == base else " (next: bench_real.py --split test, as the rule says)"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":
