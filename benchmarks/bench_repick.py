@@ -35,7 +35,7 @@ set):
 
 **Result (session 22, ``results/repick.json``):** rule 1 met (crowded sets +0.032 and +0.072, spreads 0.081 -> 0.017
 and 0.094 -> 0.025), rule 2 not (the ribosome -0.028, -0.044 with networks that never saw it; apoferritin -0.005
-with the shipped ones): ``crowded`` ships as an option, default No.
+with the shipped ones): ``crowded`` ships as an option, default No. (That was the pass before round 2's darkness check; the job's pass has it now, so round 1's command reads round 2's pass.)
 
 **Round 2: a darkness check on what the second pass adds, rule written before its run.** The ribosome's added
 picks lie on empty ice: 36 of its 40 are not particle-like by the density criterion of ``bench_real.py``'s completed
