@@ -31,7 +31,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import best_threshold, fmt, real_sets, run_log, score, segment_all, size_estimate, spacing_check
+from common import (best_threshold, fmt, lowpass, real_sets, run_log, score, segment_all, size_estimate,
+                    spacing_check)
 from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -205,17 +206,6 @@ def pooled(scores: list[dict]) -> dict:
     p, r = tp / picks if picks else float("nan"), tp / truth if truth else float("nan")
     return {"precision": p, "recall": r, "f1": 2 * tp / (picks + truth) if picks + truth else float("nan"),
             "picks": int(picks), "truth": int(truth)}
-
-
-def lowpass(mics, sigma: float):
-    """The micrographs blurred by a Gaussian of sd ``sigma`` pixels (unchanged when 0): a stand-in for denoised or
-    low-passed micrographs."""
-    import scipy.ndimage
-
-    if sigma > 0:
-        for m in mics:
-            m.image = scipy.ndimage.gaussian_filter(m.image, sigma).astype(np.float32)
-    return mics
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,

@@ -86,7 +86,7 @@ import dataclasses
 import numpy as np
 
 from bench_crowd import GIVEN, crowd_arguments, crowd_set, parse_crowd_arguments
-from common import job_diameter, real_sets, score, segment_all, write_json
+from common import job_diameter, lowpass, real_sets, score, segment_all, write_json
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams, pick_from_map, repick
 
@@ -123,8 +123,13 @@ def compare(mics, diameter_A: float, models, params: PickParams) -> dict:
 def main() -> None:
     ap = crowd_arguments(__doc__.split("\n\n")[0], CROWDED_SETS + GUARD_SETS)
     ap.add_argument("--split", nargs="+", default=["train", "valid"], help="the real sets' splits --real reads")
+    ap.add_argument("--lowpass", type=float, default=0.0,
+                    help="Gaussian sd (micrograph px) applied to every simulated micrograph: denoised-looking data")
     args, models, set_files = parse_crowd_arguments(ap)
-    cases = [(name, *crowd_set(name, args.n, args.seed_offset)[1:], models) for name in args.sets]
+    cases = []
+    for name in args.sets:
+        _, mics, diameter = crowd_set(name, args.n, args.seed_offset)
+        cases.append((name, lowpass(mics, args.lowpass), diameter, models))
     if args.real:
         for rs in real_sets():
             mics = rs.micrographs(*args.split)
@@ -132,7 +137,7 @@ def main() -> None:
             if rs.name in set_files:
                 cases.append((f"real_{rs.name}_unseen", mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
     out = {"model": args.model, "set_models": set_files, "seed_offset": args.seed_offset, "given": GIVEN,
-           "real_splits": args.split if args.real else None, "sets": {}}
+           "real_splits": args.split if args.real else None, "lowpass_sigma_px": args.lowpass, "sets": {}}
     params = PickParams()
     for name, mics, diameter, net in cases:
         print(f"== {name}: {len(mics)} micrographs", flush=True)

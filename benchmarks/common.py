@@ -77,6 +77,17 @@ def write_json(path: str | None, out: dict) -> None:
             json.dump(out, fh, indent=1)
 
 
+def lowpass(mics, sigma: float):
+    """The micrographs blurred by a Gaussian of sd ``sigma`` pixels (unchanged when 0): a stand-in for denoised or
+    low-passed micrographs."""
+    import scipy.ndimage
+
+    if sigma > 0:
+        for m in mics:
+            m.image = scipy.ndimage.gaussian_filter(m.image, sigma).astype(np.float32)
+    return mics
+
+
 def tuning_splits(text: str) -> list[str]:
     """``--splits`` of the tuning scripts: comma-separated real-set splits, train and/or valid only (the test splits
     are for reporting); an argparse type."""
