@@ -368,17 +368,34 @@ def density_map(image: np.ndarray, diameter_px: float, disk: float = DENSITY_DIS
     numpy.ndarray
         float64 map of the same shape.
     """
-    import scipy.ndimage
     import scipy.signal
 
     img = np.asarray(image, np.float64)
-    img = img - scipy.ndimage.gaussian_filter(img, 2 * diameter_px)
+    img = img - gaussian_blur(img, 2 * diameter_px)
     med = np.median(img)
     img = (img - med) / (1.4826 * np.median(np.abs(img - med)) or 1.0)
     r = disk * diameter_px
     yy, xx = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
     kernel = (xx**2 + yy**2 <= r * r).astype(np.float64)
     return -scipy.signal.fftconvolve(img, kernel / kernel.sum(), mode="same")
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(image, sigma)`` (mode ``reflect``, truncated at 4 sigma) of a float64 2D image,
+    computed by FFT along each axis: the same to rounding, and several times faster for the wide blurs of
+    :func:`density_map` (sigma two particle diameters)."""
+    import scipy.signal
+
+    from relion_pixer.picking import gaussian_kernel1d
+
+    k = gaussian_kernel1d(float(sigma))
+    r = len(k) // 2
+    out = np.asarray(image, np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        out = scipy.signal.fftconvolve(np.pad(out, pad, mode="symmetric"), np.expand_dims(k, 1 - axis), mode="valid")
+    return out
 
 
 def nearest_pixels(xy: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:

@@ -144,3 +144,15 @@ def test_an_upsampling_beyond_the_network_size_limit_is_refused():
     with pytest.raises(ValueError, match=r"upsampled to 13107 x 13107 px .*whatever the binning"):
         check_particle_width(40.0, 4.0, (4096, 4096))
     assert MAX_NETWORK_SIDE == 8192
+
+
+@pytest.mark.parametrize("shape, sigma", [((96, 130), 64.0), ((40, 300), 5.0), ((257, 256), 12.5)])
+def test_gaussian_blur_is_scipys_gaussian_filter_to_rounding(shape, sigma):
+    """The FFT blur behind density_map equals scipy.ndimage.gaussian_filter (reflect, 4 sigma), also when the kernel
+    is wider than the image."""
+    import scipy.ndimage
+
+    from relion_pixer.preprocess import gaussian_blur
+
+    img = np.random.default_rng(3).standard_normal(shape)
+    np.testing.assert_allclose(gaussian_blur(img, sigma), scipy.ndimage.gaussian_filter(img, sigma), atol=1e-12)
