@@ -63,6 +63,23 @@ particle, at 1.12x and 1.25x on its 2 micrographs), so ``crowded`` stays an opti
 split gains (+0.006; +0.001 with networks that never saw it), apoferritin's with networks that never saw it too
 (+0.0045); the guards: ``crowded`` +0.014, ``moderate`` -0.007, ``noisy`` +0.034.
 
+**Round 3: the pass made twice, rule written before its run.** In the ``/tmp`` prototype (round 1's design data:
+seed offset 3000, real train + valid) a third pass, with the picks of both earlier passes masked out, added more:
+``crowded_small_noisy`` 0.798 -> 0.823 (1x) and 0.751 -> 0.779 (1.25x), ``crowded_small`` 0.952 -> 0.958 and 0.925
+-> 0.936, the ribosome 0.826 -> 0.825 and 0.836 -> 0.836. ``--rounds 1 2`` compares the job's pass made once
+("off") with it made twice ("on", :func:`relion_pixer.pipeline.repick` with ``rounds=2``). On fresh seeds
+(``--seed_offset 7000``) and the real test splits, the job makes the pass twice (``REPICK_ROUNDS`` 2) only if
+
+1. the two crowded sets gain at least 0.01 on average against once, and neither spread grows by more than 0.005;
+2. no real test split (shipped networks and networks that never saw the protein) loses more than 0.003 against
+   once, and none of ``crowded``, ``moderate``, ``noisy`` more than 0.01.
+
+Round 3's command::
+
+    python benchmarks/bench_repick.py --rounds 1 2 --seed_offset 7000 --real --split test \\
+        --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \\
+        --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/repick_round3.json
+
 Round 2's command (test splits: 5 ribosome micrographs, 2 apoferritin)::
 
     python benchmarks/bench_repick.py --seed_offset 6000 --real --split test \\
@@ -94,19 +111,21 @@ CROWDED_SETS = ("crowded_small", "crowded_small_noisy")
 GUARD_SETS = ("crowded", "moderate", "noisy")
 
 
-def compare(mics, diameter_A: float, models, params: PickParams) -> dict:
-    """Mean F1 over :data:`GIVEN` without and with the second pass, each diameter's row, and the spreads."""
+def compare(mics, diameter_A: float, models, params: PickParams, rounds: tuple = (0, None)) -> dict:
+    """Mean F1 over :data:`GIVEN` with the second pass made ``rounds[0]`` times ("off"; 0: without it) and
+    ``rounds[1]`` times ("on"; None: the job's), each diameter's row, and the spreads."""
     radius = 0.5 * diameter_A / mics[0].angpix
     on_params = dataclasses.replace(params, repick=True)
     rows = []
     for g in GIVEN:
         d = job_diameter(mics, g * diameter_A, models)
-        first = [pick_from_map(*seg, d, models, params) for seg in segment_all(mics, d, models)]
-        second = [repick(r, d, models, on_params) for r in first]
+        once = [pick_from_map(*seg, d, models, params) for seg in segment_all(mics, d, models)]
+        first = [repick(r, d, models, on_params, rounds=rounds[0]) for r in once] if rounds[0] else once
+        second = [repick(r, d, models, on_params, rounds=rounds[1]) for r in once]
         row = {"given": g, "picked_at": d / diameter_A,
                "off": score([(r.xy, r.fom) for r in first], mics, radius),
                "on": score([(r.xy, r.fom) for r in second], mics, radius),
-               "added": int(sum(r.repicked for r in second))}
+               "added": int(sum(r.repicked for r in second) - sum(r.repicked for r in first))}
         rows.append(row)
         print(f"  given {g:4.2f}x (picked at {row['picked_at']:.3f}x): F1 {row['off']['f1']:.4f} -> "
               f"{row['on']['f1']:.4f} (P {row['off']['precision']:.3f} -> {row['on']['precision']:.3f}, R "
@@ -123,6 +142,8 @@ def compare(mics, diameter_A: float, models, params: PickParams) -> dict:
 def main() -> None:
     ap = crowd_arguments(__doc__.split("\n\n")[0], CROWDED_SETS + GUARD_SETS)
     ap.add_argument("--split", nargs="+", default=["train", "valid"], help="the real sets' splits --real reads")
+    ap.add_argument("--rounds", type=int, nargs=2, default=[0, None], metavar=("OFF", "ON"),
+                    help="passes compared: OFF times against ON times (default: none against the job's)")
     ap.add_argument("--lowpass", type=float, default=0.0,
                     help="Gaussian sd (micrograph px) applied to every simulated micrograph: denoised-looking data")
     args, models, set_files = parse_crowd_arguments(ap)
@@ -137,11 +158,12 @@ def main() -> None:
             if rs.name in set_files:
                 cases.append((f"real_{rs.name}_unseen", mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
     out = {"model": args.model, "set_models": set_files, "seed_offset": args.seed_offset, "given": GIVEN,
-           "real_splits": args.split if args.real else None, "lowpass_sigma_px": args.lowpass, "sets": {}}
+           "real_splits": args.split if args.real else None, "lowpass_sigma_px": args.lowpass,
+           "rounds": args.rounds, "sets": {}}
     params = PickParams()
     for name, mics, diameter, net in cases:
         print(f"== {name}: {len(mics)} micrographs", flush=True)
-        r = compare(mics, diameter, net, params)
+        r = compare(mics, diameter, net, params, tuple(args.rounds))
         out["sets"][name] = r
         print(f"{name}: mean F1 {r['mean_f1_off']:.4f} -> {r['mean_f1_on']:.4f} ({r['change']:+.4f}), spread "
               f"{r['spread_off']:.3f} -> {r['spread_on']:.3f}", flush=True)
@@ -150,12 +172,15 @@ def main() -> None:
     if all(name in sets for name in CROWDED_SETS):
         gain = float(np.mean([sets[name]["change"] for name in CROWDED_SETS]))
         out["crowded_gain"] = gain
-        checks["1: crowded sets gain >= 0.02, no spread grows"] = bool(
-            gain >= 0.02 and all(sets[n]["spread_on"] <= sets[n]["spread_off"] + 1e-9 for n in CROWDED_SETS))
+        # rounds 1 and 2 compare the pass with none; round 3 (--rounds 1 2) the pass made twice with once
+        bar, slack = (0.01, 0.005) if args.rounds[0] else (0.02, 1e-9)
+        first = f"1: crowded sets gain >= {bar:g}, no spread grows" + (f" by > {slack:g}" if args.rounds[0] else "")
+        checks[first] = bool(gain >= bar and all(sets[n]["spread_on"] <= sets[n]["spread_off"] + slack
+                                                 for n in CROWDED_SETS))
         real = [n for n in sets if n.startswith("real_")]
         if real and all(name in sets for name in GUARD_SETS):
             checks["2: no real set loses > 0.003, no guard > 0.01"] = bool(
-                checks["1: crowded sets gain >= 0.02, no spread grows"]
+                checks[first]
                 and all(sets[n]["change"] >= -0.003 for n in real)
                 and all(sets[n]["change"] >= -0.01 for n in GUARD_SETS))
     out["checks"] = checks

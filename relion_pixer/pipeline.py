@@ -19,7 +19,7 @@ from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
            "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
-           "REPICK_DENSITY_PERCENTILE", "REPICK_MIN_FIRST"]
+           "REPICK_DENSITY_PERCENTILE", "REPICK_MIN_FIRST", "REPICK_ROUNDS"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
 #: the edge are dropped. 0.4 since session 15 (``benchmarks/tune_defaults.py --set_model``, leave one set out; 0.5
@@ -39,6 +39,9 @@ REPICK_APART = 0.6
 REPICK_DENSITY_PERCENTILE = 5.0
 #: With fewer first picks than this, the second pass adds nothing (no reference darkness, and no crowd).
 REPICK_MIN_FIRST = 10
+#: With ``repick``, the pass is made this many times at most, each with every pick so far masked out (it stops early
+#: when a pass adds nothing).
+REPICK_ROUNDS = 1
 #: The fill's mean and spread are those of the pixels where P(particle) is below this (the whole image when fewer
 #: than :data:`_MIN_BACKGROUND_PX` are).
 _BACKGROUND_P = 0.2
@@ -231,7 +234,7 @@ def _candidates(prob, diameter_A: float, params: PickParams, threshold: float) -
     return (np.asarray(xy, dtype=np.float64).reshape(-1, 2), np.asarray(score, dtype=np.float64).reshape(-1))
 
 
-def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> PickResult:
+def repick(first: PickResult, diameter_A: float, models, params: PickParams, rounds: int | None = None) -> PickResult:
     """The second pass of ``PickParams.repick``: pick ``first``'s micrograph again with ``first``'s picks masked out.
 
     On crowded micrographs the segmentation network misses many particles that neighbours surround: it learned
@@ -242,7 +245,8 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> 
     pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph, and lie where the image
     is at least as dark at particle scale (:func:`relion_pixer.preprocess.density_map`) as the first picks'
     :data:`REPICK_DENSITY_PERCENTILE` th percentile; with fewer than :data:`REPICK_MIN_FIRST` first picks nothing is
-    added. The picks of both passes are then cut together (``threshold``, ``max_particles``).
+    added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
+    The picks of all passes are then cut together (``threshold``, ``max_particles``).
 
     Parameters
     ----------
@@ -251,24 +255,41 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> 
     diameter_A : float
     models : relion_pixer.models.PixerModels
     params : PickParams
+    rounds : int or None
+        Most passes (None: :data:`REPICK_ROUNDS`; 0: none, only the cut).
 
     Returns
     -------
     PickResult
-        Both passes' picks, best figure of merit first; ``prob_map`` is the larger of the two passes' maps at each
-        pixel (the masked discs keep the first's); ``repicked`` counts the picks the second pass added.
+        All passes' picks, best figure of merit first; ``prob_map`` is the largest of the passes' maps at each pixel
+        (the masked discs keep the first's); ``repicked`` counts the kept picks the later passes added.
     """
+    from relion_pixer import decide
+
+    result = first
+    for _ in range(REPICK_ROUNDS if rounds is None else int(rounds)):
+        result = _repick_once(result, diameter_A, models, params)
+        if not result.repicked:
+            break
+    keep, capped = decide.cut(result.fom, params.threshold, int(params.max_particles))
+    return replace(result, xy=result.xy[keep], fom=result.fom[keep], map_score=result.map_score[keep],
+                   capped=first.capped + capped, repicked=int(np.count_nonzero(keep >= len(first.xy))))
+
+
+def _repick_once(prev: PickResult, diameter_A: float, models, params: PickParams) -> PickResult:
+    """One pass of :func:`repick` over ``prev``'s picks: ``prev``'s picks followed by those the pass adds (not cut
+    nor sorted), ``repicked`` the number added."""
     from relion_pixer import CONTAMINATION, PARTICLE, classify, decide, segment
 
-    xy1 = preprocess.to_network(first.xy, first.factors)
-    cand_xy, cand_score, prob2 = np.zeros((0, 2)), np.zeros(0), first.prob_map
+    xy1 = preprocess.to_network(prev.xy, prev.factors)
+    cand_xy, cand_score, prob2 = np.zeros((0, 2)), np.zeros(0), prev.prob_map
     if len(xy1) >= REPICK_MIN_FIRST:
         from scipy.spatial import cKDTree
 
-        masked = mask_picks(first.net_image, first.prob_map, xy1)
+        masked = mask_picks(prev.net_image, prev.prob_map, xy1)
         prob2 = segment.predict_probability(models.segmenter, masked, params.device)
-        cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(first.map_cut, params.map_threshold))
-        dens = preprocess.density_map(first.net_image, NET_DIAMETER_PX)
+        cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(prev.map_cut, params.map_threshold))
+        dens = preprocess.density_map(prev.net_image, NET_DIAMETER_PX)
         dark = np.percentile(preprocess.values_at(dens, xy1), REPICK_DENSITY_PERCENTILE)
         ok = ((cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
               & (preprocess.values_at(dens, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
@@ -277,18 +298,14 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams) -> 
     if len(cand_xy):
         probs = classify.classify_candidates(models.classifier, masked, cand_xy, device=params.device,
                                              batch_size=params.batch_size)
-        fom2 = decide.figure_of_merit(cand_score, probs[:, PARTICLE], first.trust,
-                                      p_contamination=probs[:, CONTAMINATION], ctrust=first.contamination_trust)
+        fom2 = decide.figure_of_merit(cand_score, probs[:, PARTICLE], prev.trust,
+                                      p_contamination=probs[:, CONTAMINATION], ctrust=prev.contamination_trust)
     vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (fom2 < params.threshold)))
     new = fom2 >= params.threshold
-    xy = np.concatenate([first.xy, preprocess.to_original(cand_xy[new], first.factors)])
-    fom = np.concatenate([first.fom, fom2[new]])
-    map_score = np.concatenate([first.map_score, cand_score[new]])
-    keep, capped = decide.cut(fom, params.threshold, int(params.max_particles))
-    added = int(np.count_nonzero(keep >= len(first.xy)))
-    return replace(first, xy=xy[keep], fom=fom[keep], map_score=map_score[keep], capped=first.capped + capped,
-                   vetoed=first.vetoed + vetoed, prob_map=np.maximum(first.prob_map, _numpy_map(prob2)),
-                   repicked=added)
+    return replace(prev, xy=np.concatenate([prev.xy, preprocess.to_original(cand_xy[new], prev.factors)]),
+                   fom=np.concatenate([prev.fom, fom2[new]]),
+                   map_score=np.concatenate([prev.map_score, cand_score[new]]), vetoed=prev.vetoed + vetoed,
+                   prob_map=np.maximum(prev.prob_map, _numpy_map(prob2)), repicked=int(np.count_nonzero(new)))
 
 
 def mask_picks(net_image: np.ndarray, prob_map: np.ndarray, xy: np.ndarray, seed: int = 0) -> np.ndarray:
