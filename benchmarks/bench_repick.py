@@ -74,6 +74,11 @@ seed offset 3000, real train + valid) a third pass, with the picks of both earli
 2. no real test split (shipped networks and networks that never saw the protein) loses more than 0.003 against
    once, and none of ``crowded``, ``moderate``, ``noisy`` more than 0.01.
 
+**Result of round 3 (session 22, ``results/repick_round3.json``): not met**, so the job makes the pass once
+(``REPICK_ROUNDS`` 1). Twice against once: ``crowded_small`` +0.0013, ``crowded_small_noisy`` +0.0084 (mean +0.0049
+< 0.01); real test splits +0.0003, +0.0003, +0.0000 and, apoferritin with networks that never saw it, -0.0048; guards
+-0.001 to +0.002. The prototype's gain (about +0.018 on its seeds) did not hold on fresh ones.
+
 Round 3's command::
 
     python benchmarks/bench_repick.py --rounds 1 2 --seed_offset 7000 --real --split test \\

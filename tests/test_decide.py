@@ -258,6 +258,9 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
     from relion_pixer.pipeline import REPICK_APART, REPICK_DENSITY_PERCENTILE
     from relion_pixer.preprocess import density_map, to_network, values_at
 
+    import relion_pixer.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "REPICK_ROUNDS", 1)  # one pass: its picks are checked against the first's
     rng = np.random.default_rng(818181)
     found = {False: 0, True: 0}
     added = 0
@@ -287,7 +290,15 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
         capped = pick_micrograph(sim.image, 2.0, d, models, PickParams(repick=True, max_particles=len(one.xy)))
         assert len(capped.xy) == len(one.xy) and capped.capped == two.repicked
     assert found[True] >= found[False] + added // 2, (found, added)
-    import relion_pixer.pipeline as pipeline
+    # a second round keeps every pick of the first and adds only picks apart from all of them
+    first = pipeline.pick_from_map(*segment_micrograph(sim.image, 2.0, d, models), d, models, PickParams())
+    once = pipeline.repick(first, d, models, PickParams(repick=True), rounds=1)
+    twice = pipeline.repick(first, d, models, PickParams(repick=True), rounds=2)
+    assert np.array_equal(once.xy, two.xy) and twice.repicked >= once.repicked
+    near2 = cKDTree(once.xy).query(twice.xy)[0]
+    assert np.count_nonzero(near2 < 1e-6) == len(once.xy)
+    assert np.all(near2[near2 >= 1e-6] >= REPICK_APART * d / 2.0 * 0.999)
+    assert np.array_equal(pipeline.repick(first, d, models, PickParams(repick=True), rounds=0).xy, one.xy)
     from relion_pixer import segment
 
     calls = []
