@@ -150,6 +150,16 @@ def nearest_neighbour_share(mics: list[Micrograph], diameter_A: float = DIAMETER
     return pick_spacing([m.truth * m.angpix for m in mics])[0] / diameter_A
 
 
+def off_on_summary(rows: list[dict]) -> dict:
+    """``mean_f1_off``, ``spread_off``, ``mean_f1_on``, ``spread_on``: the mean and spread over ``rows`` (one per
+    diameter given) of each row's ``off`` and ``on`` F1."""
+    out = {}
+    for key in ("off", "on"):
+        f1 = [row[key]["f1"] for row in rows]
+        out[f"mean_f1_{key}"], out[f"spread_{key}"] = float(np.mean(f1)), float(max(f1) - min(f1))
+    return out
+
+
 def crowd_arguments(description: str, sets: tuple) -> argparse.ArgumentParser:
     """The command line this script and ``bench_repick.py`` share: ``--model``, ``--n``, ``--sets`` (default
     ``sets``), ``--real``, ``--set_model``, ``--seed_offset``, ``--threads``, ``--json``."""
@@ -206,9 +216,7 @@ def main() -> None:
                   f"{row['pick_spacing']:.2f} diameters -> {row['checked']:.3f}x; F1 without the check "
                   f"{row['off']['f1']:.3f} (R {row['off']['recall']:.3f}), with it {row['on']['f1']:.3f} "
                   f"(R {row['on']['recall']:.3f})", flush=True)
-        for key in ("off", "on"):
-            f1 = [row[key]["f1"] for row in r["rows"]]
-            r[f"mean_f1_{key}"], r[f"spread_{key}"] = float(np.mean(f1)), float(max(f1) - min(f1))
+        r.update(off_on_summary(r["rows"]))
         print(f"{name}: mean F1 {r['mean_f1_off']:.4f} -> {r['mean_f1_on']:.4f}, spread {r['spread_off']:.3f} -> "
               f"{r['spread_on']:.3f}", flush=True)
         out["sets"][name] = r

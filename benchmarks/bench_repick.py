@@ -107,10 +107,10 @@ import dataclasses
 
 import numpy as np
 
-from bench_crowd import GIVEN, crowd_arguments, crowd_set, parse_crowd_arguments
+from bench_crowd import GIVEN, crowd_arguments, crowd_set, off_on_summary, parse_crowd_arguments
 from common import job_diameter, lowpass, real_sets, score, segment_all, write_json
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map, repick
+from relion_pixer.pipeline import REPICK_ROUNDS, PickParams, pick_from_map, repick
 
 CROWDED_SETS = ("crowded_small", "crowded_small_noisy")
 GUARD_SETS = ("crowded", "moderate", "noisy")
@@ -121,25 +121,26 @@ def compare(mics, diameter_A: float, models, params: PickParams, rounds: tuple =
     ``rounds[1]`` times ("on"; None: the job's), each diameter's row, and the spreads."""
     radius = 0.5 * diameter_A / mics[0].angpix
     on_params = dataclasses.replace(params, repick=True)
+    # "on" goes on from "off" (the passes "off" made are not made again): every pick of "off" passed the threshold
+    # and there is no cap, so the cut between passes keeps them all
+    more = (REPICK_ROUNDS if rounds[1] is None else int(rounds[1])) - int(rounds[0])
     rows = []
     for g in GIVEN:
         d = job_diameter(mics, g * diameter_A, models)
-        once = [pick_from_map(*seg, d, models, params) for seg in segment_all(mics, d, models)]
-        first = [repick(r, d, models, on_params, rounds=rounds[0]) for r in once] if rounds[0] else once
-        second = [repick(r, d, models, on_params, rounds=rounds[1]) for r in once]
+        first = [pick_from_map(*seg, d, models, params) for seg in segment_all(mics, d, models)]
+        if rounds[0]:
+            first = [repick(r, d, models, on_params, rounds=rounds[0]) for r in first]
+        second = [repick(r, d, models, on_params, rounds=more) for r in first]
         row = {"given": g, "picked_at": d / diameter_A,
                "off": score([(r.xy, r.fom) for r in first], mics, radius),
                "on": score([(r.xy, r.fom) for r in second], mics, radius),
-               "added": int(sum(r.repicked for r in second) - sum(r.repicked for r in first))}
+               "added": int(sum(r.repicked for r in second))}
         rows.append(row)
         print(f"  given {g:4.2f}x (picked at {row['picked_at']:.3f}x): F1 {row['off']['f1']:.4f} -> "
               f"{row['on']['f1']:.4f} (P {row['off']['precision']:.3f} -> {row['on']['precision']:.3f}, R "
               f"{row['off']['recall']:.3f} -> {row['on']['recall']:.3f}; {row['added']} picks added to "
               f"{row['off']['picks']})", flush=True)
-    out = {"rows": rows}
-    for key in ("off", "on"):
-        f1 = [row[key]["f1"] for row in rows]
-        out[f"mean_f1_{key}"], out[f"spread_{key}"] = float(np.mean(f1)), float(max(f1) - min(f1))
+    out = {"rows": rows, **off_on_summary(rows)}
     out["change"] = out["mean_f1_on"] - out["mean_f1_off"]
     return out
 

@@ -267,33 +267,34 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     from relion_pixer import decide
 
     result = first
-    for _ in range(REPICK_ROUNDS if rounds is None else int(rounds)):
-        result = _repick_once(result, diameter_A, models, params)
-        if not result.repicked:
-            break
+    rounds = REPICK_ROUNDS if rounds is None else int(rounds)
+    if rounds > 0 and len(first.xy) >= REPICK_MIN_FIRST:  # picks only grow from pass to pass
+        dens = preprocess.density_map(first.net_image, NET_DIAMETER_PX)  # the same image every pass
+        for _ in range(rounds):
+            result = _repick_once(result, dens, diameter_A, models, params)
+            if not result.repicked:
+                break
     keep, capped = decide.cut(result.fom, params.threshold, int(params.max_particles))
     return replace(result, xy=result.xy[keep], fom=result.fom[keep], map_score=result.map_score[keep],
                    capped=first.capped + capped, repicked=int(np.count_nonzero(keep >= len(first.xy))))
 
 
-def _repick_once(prev: PickResult, diameter_A: float, models, params: PickParams) -> PickResult:
-    """One pass of :func:`repick` over ``prev``'s picks: ``prev``'s picks followed by those the pass adds (not cut
-    nor sorted), ``repicked`` the number added."""
+def _repick_once(prev: PickResult, dens: np.ndarray, diameter_A: float, models, params: PickParams) -> PickResult:
+    """One pass of :func:`repick` over ``prev``'s picks (``dens``: :func:`relion_pixer.preprocess.density_map` of its
+    network-scale image): ``prev``'s picks followed by those the pass adds (not cut nor sorted), ``repicked`` the
+    number added."""
+    from scipy.spatial import cKDTree
+
     from relion_pixer import CONTAMINATION, PARTICLE, classify, decide, segment
 
     xy1 = preprocess.to_network(prev.xy, prev.factors)
-    cand_xy, cand_score, prob2 = np.zeros((0, 2)), np.zeros(0), prev.prob_map
-    if len(xy1) >= REPICK_MIN_FIRST:
-        from scipy.spatial import cKDTree
-
-        masked = mask_picks(prev.net_image, prev.prob_map, xy1)
-        prob2 = segment.predict_probability(models.segmenter, masked, params.device)
-        cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(prev.map_cut, params.map_threshold))
-        dens = preprocess.density_map(prev.net_image, NET_DIAMETER_PX)
-        dark = np.percentile(preprocess.values_at(dens, xy1), REPICK_DENSITY_PERCENTILE)
-        ok = ((cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
-              & (preprocess.values_at(dens, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
-        cand_xy, cand_score = cand_xy[ok], cand_score[ok]
+    masked = mask_picks(prev.net_image, prev.prob_map, xy1)
+    prob2 = segment.predict_probability(models.segmenter, masked, params.device)
+    cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(prev.map_cut, params.map_threshold))
+    dark = np.percentile(preprocess.values_at(dens, xy1), REPICK_DENSITY_PERCENTILE)
+    ok = ((cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
+          & (preprocess.values_at(dens, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
+    cand_xy, cand_score = cand_xy[ok], cand_score[ok]
     fom2 = np.zeros(0)
     if len(cand_xy):
         probs = classify.classify_candidates(models.classifier, masked, cand_xy, device=params.device,
