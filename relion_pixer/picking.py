@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "SIGMA_PER_DIAMETER",
     "MIN_DISTANCE_PER_DIAMETER",
+    "EDGE",
+    "EDGES",
     "PickResult",
     "pick_centres",
     "adaptive_threshold",
@@ -63,6 +65,13 @@ SIGMA_PER_DIAMETER = 1.0 / 6.0
 #: "minimum inter-particle distance" of half a diameter): touching particles, whose centres are about one
 #: diameter apart, are both kept.
 MIN_DISTANCE_PER_DIAMETER = 0.5
+
+#: How the map is extended beyond its edges when it is smoothed: ``"reflect"`` (mirrored, ``scipy.ndimage``
+#: ``mode="reflect"``) or ``"constant"`` (zeros: nothing outside the micrograph is particle).
+EDGES = ("reflect", "constant")
+
+#: The default of :data:`EDGES`.
+EDGE = "reflect"
 
 #: The Gaussian is truncated at this many sigmas.
 TRUNCATE = 4.0
@@ -121,7 +130,8 @@ def gaussian_kernel1d(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
     return k / k.sum()
 
 
-def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, backend: str = "auto") -> Any:
+def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, backend: str = "auto",
+              edge: str | None = None) -> Any:
     """The picking score: ``prob_map`` correlated with a normalised Gaussian (edges reflected).
 
     Parameters
@@ -134,6 +144,8 @@ def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, bac
         Gaussian sigma in pixels; default ``diameter_px / 6``; 0 means no smoothing.
     backend : {"auto", "numpy", "cupy"}
         As in :func:`pick_centres`.
+    edge : {"reflect", "constant"}
+        As in :func:`pick_centres`.
 
     Returns
     -------
@@ -142,9 +154,10 @@ def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, bac
     """
     xp, arr = _as_backend_array(prob_map, backend)
     diameter_px, sigma = _check_diameter_sigma(diameter_px, sigma)
+    edge = _check_edge(edge)
     with _on_device(arr, xp):
         _check_map(arr, xp)
-        return _smooth(arr, sigma, xp)
+        return _smooth(arr, sigma, xp, edge)
 
 
 def pick_centres(
@@ -158,6 +171,7 @@ def pick_centres(
     *,
     max_iter: int = 1000,
     subpixel: bool = True,
+    edge: str | None = None,
 ) -> PickResult:
     """Particle centres from a particle-probability map by grid-based local maximum (PIXER).
 
@@ -187,6 +201,10 @@ def pick_centres(
         Bound on the climbing moves of one candidate; a candidate still moving after it is dropped.
     subpixel : bool
         Refine each peak by a parabola through its 4-neighbours (by at most half a pixel).
+    edge : {"reflect", "constant"} or None
+        How the map is extended beyond its edges for the smoothing (:data:`EDGES`; None: :data:`EDGE`).
+        Reflected, a particle cut by the border scores as high as a whole one but its peak is pulled toward its
+        mirror image, outward; with zeros its peak stays near the centre of what is visible of it.
 
     Returns
     -------
@@ -230,6 +248,7 @@ def pick_centres(
         threshold = float(threshold)
         if math.isnan(threshold):
             raise ValueError("threshold must not be NaN")
+    edge = _check_edge(edge)
     max_iter = int(max_iter)
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -239,17 +258,17 @@ def pick_centres(
     if backend == "auto" and _cupy_wanted(prob_map):
         try:
             return _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
-                         min_distance_px)
+                         min_distance_px, edge)
         except (ValueError, TypeError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - CuPy imports but cannot compile or launch: climb on the CPU
             _cupy_broken(exc)
     return _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
-                 min_distance_px)
+                 min_distance_px, edge)
 
 
 def _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold, subpixel, margin_px,
-          min_distance_px) -> PickResult:
+          min_distance_px, edge) -> PickResult:
     """:func:`pick_centres` after its arguments are checked."""
     xp, arr = _as_backend_array(prob_map, backend)
     height, width = arr.shape if arr.ndim == 2 else (0, 0)
@@ -257,7 +276,7 @@ def _pick(prob_map, backend, diameter_px, sigma, cell, half, max_iter, threshold
         _check_map(arr, xp)
         if arr.size == 0:
             return _empty_result()
-        score = _smooth(arr, sigma, xp)
+        score = _smooth(arr, sigma, xp, edge)
         if xp is np:
             rows, cols, peak_score, raised, offset = _peaks_numpy(score, cell, half, max_iter)
         else:
@@ -482,8 +501,17 @@ def _fft_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _smooth(arr, sigma: float, xp):
-    """Correlate with the normalised Gaussian, reflecting at the edges (``scipy.ndimage`` ``mode='reflect'``)."""
+def _check_edge(edge: str | None) -> str:
+    """``edge``, or :data:`EDGE` (read at each call) for None; a ValueError for anything not in :data:`EDGES`."""
+    edge = EDGE if edge is None else edge
+    if edge not in EDGES:
+        raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
+    return edge
+
+
+def _smooth(arr, sigma: float, xp, edge: str):
+    """Correlate with the normalised Gaussian, the map extended beyond its edges as ``edge`` says (``"reflect"``:
+    ``scipy.ndimage`` ``mode='reflect'``; ``"constant"``: zeros)."""
     if sigma == 0 or arr.size == 0:
         return arr.copy()
     k = gaussian_kernel1d(sigma)
@@ -494,17 +522,18 @@ def _smooth(arr, sigma: float, xp):
         else:
             import cupyx.scipy.ndimage as ndi
         kk = xp.asarray(k, dtype=xp.float64)
-        out = ndi.correlate1d(arr, kk, axis=0, mode="reflect", output=xp.float32)
-        return ndi.correlate1d(out, kk, axis=1, mode="reflect", output=xp.float32)
-    return _fft_smooth(arr, k, xp)
+        out = ndi.correlate1d(arr, kk, axis=0, mode=edge, output=xp.float32)
+        return ndi.correlate1d(out, kk, axis=1, mode=edge, output=xp.float32)
+    return _fft_smooth(arr, k, xp, edge)
 
 
-def _fft_smooth(arr, k: np.ndarray, xp):
+def _fft_smooth(arr, k: np.ndarray, xp, edge: str):
     import scipy.fft
 
     radius = len(k) // 2
     height, width = arr.shape
-    padded = xp.pad(arr, radius, mode="symmetric")  # numpy "symmetric" == scipy.ndimage "reflect"
+    # numpy "symmetric" == scipy.ndimage "reflect"; numpy "constant" pads zeros, as scipy.ndimage "constant"
+    padded = xp.pad(arr, radius, mode="symmetric" if edge == "reflect" else "constant")
     n0 = scipy.fft.next_fast_len(height + 2 * radius, real=True)
     n1 = scipy.fft.next_fast_len(width + 2 * radius, real=True)
 
