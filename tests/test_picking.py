@@ -341,13 +341,33 @@ def test_vectorised_climb_matches_the_gpu_kernel_logic(max_iter):
     assert len(ref) > 3
 
 
-def test_score_map_is_the_normalised_gaussian_smoothing():
+@pytest.mark.parametrize("edge", picking.EDGES)
+def test_score_map_is_the_normalised_gaussian_smoothing(edge):
     rng = np.random.default_rng(2)
     m = rng.random((90, 130)).astype(np.float32)
     for sigma in (1.5, 5.0, 10.0):  # direct and FFT paths
-        ref = scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=picking.TRUNCATE)
-        np.testing.assert_allclose(score_map(m, D, sigma=sigma), ref, atol=2e-6)
-    np.testing.assert_array_equal(score_map(m, D, sigma=0), m)
+        ref = scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma, mode=edge, truncate=picking.TRUNCATE)
+        np.testing.assert_allclose(score_map(m, D, sigma=sigma, edge=edge), ref, atol=2e-6)
+    np.testing.assert_array_equal(score_map(m, D, sigma=0, edge=edge), m)
+
+
+def test_edge_constant_keeps_a_cut_particle_near_its_centre(monkeypatch):
+    # reflected, a particle the edge cuts merges with its mirror image and is picked nearer the edge; with zeros
+    # beyond the edge it is picked near the centre of its visible part (session 23, tune_defaults.py --edge)
+    for e, pull in ((0.3 * D, 0.09 * D), (0.4 * D, 0.04 * D)):
+        m = discs((100, 120), [(60, e)])
+        (x_r, y_r), = pick_centres(m, D, threshold=0.1).xy
+        (x_c, y_c), = pick_centres(m, D, threshold=0.1, edge="constant").xy
+        assert abs(x_r - 60) < 1e-3 and abs(x_c - 60) < 1e-3
+        assert y_r < e - pull  # pulled outward
+        assert e <= y_c <= (e + D / 2) / 2 + 0.5  # inward, at most to the visible part's centre
+    # None reads picking.EDGE at each call
+    monkeypatch.setattr(picking, "EDGE", "constant")
+    np.testing.assert_array_equal(pick_centres(m, D, threshold=0.1).xy, [[x_c, y_c]])
+    with pytest.raises(ValueError, match="edge must be one of"):
+        pick_centres(m, D, edge="wrap")
+    with pytest.raises(ValueError, match="edge must be one of"):
+        score_map(m, D, edge="nearest")
 
 
 # ---------------------------------------------------------------------------------------------- GPU
@@ -396,6 +416,9 @@ def test_cupy_backend_gives_the_same_picks(shape):
     np.testing.assert_allclose(pick_centres(m, D, backend="cupy").xy, gpu.xy, atol=1e-4)
     assert len(pick_centres(t.half(), D).xy) == len(cpu.xy)
     np.testing.assert_allclose(cupy.asnumpy(score_map(t, D)), score_map(m, D), atol=1e-5)
+    for sigma in (1.5, None):  # zeros beyond the edge, direct and FFT paths
+        np.testing.assert_allclose(cupy.asnumpy(score_map(t, D, sigma=sigma, edge="constant")),
+                                   score_map(m, D, sigma=sigma, edge="constant"), atol=1e-5)
     # a CUDA tensor on the NumPy backend is copied to the host
     np.testing.assert_allclose(pick_centres(t, D, backend="numpy").xy, cpu.xy)
 
