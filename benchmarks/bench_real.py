@@ -261,6 +261,10 @@ def report(name: str, r: dict) -> None:
               "diameter (what a margin of half a diameter, the default before session 15, keeps):")
         print(fmt("    PIXER (defaults)", r["pixer_labels_inside"]))
         print(fmt("    LoG", r["log_labels_inside"]))
+    dpx = 2 * r["radius_px"]
+    print("  centring, median distance from a matched pick to its label: PIXER {:.1f} px ({:.3f} diameter), LoG "
+          "{:.1f} px ({:.3f})".format(r["pixer"]["median_distance_px"], r["pixer"]["median_distance_px"] / dpx,
+                                      r["log"]["median_distance_px"], r["log"]["median_distance_px"] / dpx))
     ap = r["average_precision"]
     print(f"  average precision over the candidates: figure of merit {ap['fom']:.3f}, map score alone "
           f"{ap['map_score']:.3f}")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
 from relion_pixer.evaluate import (  # noqa: E402
-    best_mask_at_stride, match_picks, particle_ious, pooled_precision_recall_f1)
+    Scores, best_mask_at_stride, match_picks, particle_ious)
 from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
@@ -297,12 +297,18 @@ def sets_mean(real, sim, sim_weight: float = 1.0) -> float:
 
 
 def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | None = None) -> dict:
-    """Pooled one-to-one precision, recall and F1 (Hungarian matching within ``radius_px``)."""
+    """Pooled one-to-one precision, recall and F1 (Hungarian matching within ``radius_px``), and the median distance
+    from a matched pick to its label in pixels (``median_distance_px``, NaN with no match): how well picks are
+    centred."""
     preds = []
     for xy, s in picks:
         preds.append(xy if min_score is None else xy[s >= min_score])
-    res = pooled_precision_recall_f1(preds, [m.truth for m in mics], radius_px)
-    return {"precision": res.precision, "recall": res.recall, "f1": res.f1, "picks": int(sum(len(p) for p in preds)), "truth": int(sum(len(m.truth) for m in mics))}
+    matches = [match_picks(xy, m.truth, radius_px) for xy, m in zip(preds, mics)]
+    res = Scores.from_counts(sum(m.tp for m in matches), sum(m.n_pred for m in matches),
+                             sum(m.n_true for m in matches))
+    dist = np.concatenate([np.zeros(0)] + [m.distance for m in matches])
+    return {"precision": res.precision, "recall": res.recall, "f1": res.f1, "picks": res.n_pred, "truth": res.n_true,
+            "median_distance_px": float(np.median(dist)) if len(dist) else float("nan")}
 
 
 def f1_change_interval(picks_a, picks_b, mics: list[Micrograph], radius_px: float, n_boot: int = 2000,

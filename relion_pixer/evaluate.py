@@ -637,7 +637,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="relion_pixer evaluate",
         description="Score particle picks against ground-truth coordinates: one-to-one (Hungarian) matching within "
-        "a radius, precision, recall, F1 per micrograph and pooled, and average precision over the figure of merit.",
+        "a radius, precision, recall, F1 per micrograph and pooled, average precision over the figure of merit, and "
+        "the median distance from a matched pick to its true centre (how well picks are centred).",
     )
     p.add_argument("--picks", required=True, help="autopick.star of a picking job, or a directory of coordinate STARs")
     p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star), or "
@@ -654,6 +655,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", default=None, help="write the per-micrograph and pooled figures to this JSON file")
     return p
+
+
+def _median(distance: np.ndarray) -> float:
+    """The median of matched distances (NaN with no match): how well the picks are centred."""
+    return float(np.median(distance)) if len(distance) else math.nan
 
 
 def _fmt(v) -> str:
@@ -699,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         print("relion_pixer evaluate: error: no micrograph has both picks and truth", file=sys.stderr)
         return 1
 
-    rows, preds, scores, trues = [], [], [], []
+    rows, preds, scores, trues, distances = [], [], [], [], []
     have_fom = True
     try:
         for k in keys:
@@ -717,25 +723,30 @@ def main(argv: list[str] | None = None) -> int:
                 keep = fom >= args.min_fom
                 xy, fom = xy[keep], fom[keep]
             t_xy, _ = read_coordinates(truth[k])
-            s = Scores.from_counts(match_picks(xy, t_xy, radius).tp, len(xy), len(t_xy))
+            m = match_picks(xy, t_xy, radius)
+            s = Scores.from_counts(m.tp, len(xy), len(t_xy))
             ap = average_precision(xy, fom, t_xy, radius) if fom is not None else math.nan
             have_fom &= fom is not None
             preds.append(xy)
             scores.append(fom)
             trues.append(t_xy)
-            rows.append({"micrograph": k, **asdict(s), "average_precision": ap})
+            distances.append(m.distance)
+            rows.append({"micrograph": k, **asdict(s), "average_precision": ap,
+                         "median_distance": _median(m.distance)})
     except (ValueError, FileNotFoundError) as exc:
         print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
         return 2
 
     pooled = asdict(pooled_precision_recall_f1(preds, trues, radius))
     pooled["average_precision"] = pooled_average_precision(preds, scores, trues, radius) if have_fom else math.nan
+    pooled["median_distance"] = _median(np.concatenate(distances))
     pooled["n_micrographs"] = len(keys)
 
-    cols = ["n_true", "n_pred", "tp", "precision", "recall", "f1", "average_precision"]
-    heads = ["n_true", "n_pred", "tp", "prec", "recall", "f1", "AP"]
+    cols = ["n_true", "n_pred", "tp", "precision", "recall", "f1", "average_precision", "median_distance"]
+    heads = ["n_true", "n_pred", "tp", "prec", "recall", "f1", "AP", "dist"]
     width = max(10, max(len(r["micrograph"]) for r in rows))
-    print(f"matching radius {radius:g} px; {len(keys)} micrograph(s)")
+    print(f"matching radius {radius:g} px; {len(keys)} micrograph(s); dist: median distance from a matched pick to "
+          "its true centre, px")
     print(f"{'micrograph':<{width}} " + " ".join(f"{h:>6}" for h in heads))
     for r in rows + [{"micrograph": "pooled", **pooled}]:
         print(f"{r['micrograph']:<{width}} " + " ".join(f"{_fmt(r[c]):>6}" for c in cols))

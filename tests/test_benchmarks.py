@@ -202,6 +202,18 @@ def test_the_f1_change_interval_is_zero_for_the_same_picks_and_follows_a_gain_th
     assert lo == pytest.approx(0.0) and hi > 0.02  # a draw without micrograph 0 gains nothing
 
 
+def test_score_pools_the_counts_and_the_centring_of_the_matched_picks(bench_modules):
+    common, _ = bench_modules
+    truth = np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]])
+    mics = [common.Micrograph("a", np.zeros((8, 8)), 1.0, truth), common.Micrograph("b", np.zeros((8, 8)), 1.0, truth[:1])]
+    picks = [(truth + [[1.0, 0.0], [0.0, 3.0], [40.0, 0.0]], np.ones(3)), (truth[:1] + [[0.0, 2.0]], np.ones(1))]
+    s = common.score(picks, mics, 5.0)
+    assert (s["picks"], s["truth"]) == (4, 4)
+    assert s["precision"] == s["recall"] == s["f1"] == pytest.approx(0.75)
+    assert s["median_distance_px"] == pytest.approx(2.0)  # of 1, 3 and 2 px
+    assert np.isnan(common.score([(np.zeros((0, 2)), np.zeros(0))], mics[:1], 5.0)["median_distance_px"])
+
+
 def test_an_ensemble_of_one_network_twice_picks_as_the_network_and_missing_members_are_named(tmp_path, monkeypatch,
                                                                                             bench_modules):
     """bench_ensemble.py on two small sets under the real sets' names: the mean of a network's logits with its own

@@ -273,6 +273,10 @@ def test_cli_autopick_star(tmp_path, monkeypatch, capsys):
     assert p["precision"] == pytest.approx(0.6) and p["recall"] == pytest.approx(0.75)
     # pooled ranking: 0.95 FP, 0.9 TP, 0.8 TP, 0.7 TP, 0.3 FP; 4 truths
     assert p["average_precision"] == pytest.approx(0.75 * 0.75)
+    # centring: matched picks lie 1 and 2 px (mic_a) and 0 px (mic_b) from their true centres
+    assert per["mic_a"]["median_distance"] == pytest.approx(1.5) and per["mic_b"]["median_distance"] == 0.0
+    assert p["median_distance"] == pytest.approx(1.0)
+    assert "dist" in text.out
 
     # run from elsewhere: paths resolve through --project_dir or, failing that, the job's project
     monkeypatch.chdir(tmp_path / "truth")
