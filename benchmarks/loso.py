@@ -11,9 +11,16 @@ counts as carrying over. Usage::
     python benchmarks/loso.py --ribosome_only runs/loso_ribosome_only/model.pt \\
         --apoferritin_only runs/loso_apoferritin_only/model.pt [--json benchmarks/results/experiments/loso.json]
 
+Any number of sets (session 23): ``--set_model SET=FILE`` names the networks that never saw SET, for every real set
+with a metadata file (``benchmarks/loso_train.py`` trains them, from v12's recipe or another, and prints these
+items); ``--ribosome_only`` and ``--apoferritin_only`` are the same for the two shared sets. Usage::
+
+    python benchmarks/loso.py --set_model SET=runs/loso/SET/model.pt ... [--variant LABEL=DIR] [--json OUT]
+
 ``--variant LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY`` (session 15) also scores another pair of leave-one-out models, a
 variant of the recipe (e.g. ``configs/experiments/loso_*_only_jitter.toml``), and reports its change against the
-pair above on each unseen set; the rule that judges a variant is written in its configs. Beside each change, reported
+pair above on each unseen set; ``--variant LABEL=DIR`` takes each set's from ``DIR/<set>/model.pt`` (as
+``loso_train.py --out DIR`` writes them); the rule that judges a variant is written in its configs. Beside each change, reported
 and never deciding, the 95 % interval of that change over the set's micrographs drawn again (paired bootstrap,
 ``common.f1_change_interval``): the noise of a few micrographs, before that of training again.
 
@@ -27,42 +34,60 @@ from __future__ import annotations
 
 import argparse
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench_real import add_completed_f1, pixer_picks
-from common import f1_change_interval, real_sets, score, write_json
+from common import add_set_model_argument, f1_change_interval, read_set_models, real_sets, score, write_json
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 
 RIBOSOME, APOFERRITIN = "empiar10028_ribosome80S", "empiar10146_apoferritin"
 
 
+def _variant_models(ap, item: str, names) -> tuple[str, dict]:
+    """``LABEL`` and ``{set: model file}`` of one ``--variant``: ``LABEL=DIR`` (``DIR/<set>/model.pt``) or
+    ``LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY``."""
+    label, _, paths = item.partition("=")
+    if label and paths and Path(paths).is_dir():
+        return label, {name: str(Path(paths) / name / "model.pt") for name in names}
+    ribo, _, apo = paths.partition(",")
+    if not (label and ribo and apo):
+        ap.error(f"--variant takes LABEL=DIR or LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY, got {item!r}")
+    return label, {APOFERRITIN: ribo, RIBOSOME: apo}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ribosome_only", required=True, help="model fine-tuned with EMPIAR-10028 only")
-    ap.add_argument("--apoferritin_only", required=True, help="model fine-tuned with EMPIAR-10146 only")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY",
-                    help="another pair of leave-one-out models, compared with the pair above")
+    add_set_model_argument(ap, help="the networks that never saw real set SET (loso_train.py makes them)")
+    ap.add_argument("--ribosome_only", help="model fine-tuned with EMPIAR-10028 only (never saw EMPIAR-10146)")
+    ap.add_argument("--apoferritin_only", help="model fine-tuned with EMPIAR-10146 only (never saw EMPIAR-10028)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR|RIBOSOME_ONLY,APOFERRITIN_ONLY",
+                    help="other leave-one-out models, compared with those above")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     weights = resources.files("relion_pixer") / "weights"
     models = {"v4": str(weights / "pixer_v4.pt"), "v12": None}
-    # the model that never saw each set
-    unseen_by = {APOFERRITIN: ("ribosome_only", args.ribosome_only), RIBOSOME: ("apoferritin_only",
-                                                                                args.apoferritin_only)}
+    # the model that never saw each set, and its label in the output
+    unseen_by = {name: ("loso", path) for name, path in read_set_models(ap, args.set_model).items()}
+    if args.ribosome_only:
+        unseen_by[APOFERRITIN] = ("ribosome_only", args.ribosome_only)
+    if args.apoferritin_only:
+        unseen_by[RIBOSOME] = ("apoferritin_only", args.apoferritin_only)
+    if not unseen_by:
+        ap.error("name the networks that never saw a set: --set_model SET=FILE (or --ribosome_only, --apoferritin_only)")
     variants = {}
     for item in args.variant:
-        label, _, paths = item.partition("=")
-        ribo, _, apo = paths.partition(",")
-        if not (label and ribo and apo):
-            ap.error(f"--variant takes LABEL=RIBOSOME_ONLY,APOFERRITIN_ONLY, got {item!r}")
-        variants[label] = {APOFERRITIN: ribo, RIBOSOME: apo}
+        label, files = _variant_models(ap, item, unseen_by)
+        if set(unseen_by) - set(files):
+            ap.error(f"--variant {label}: no model for {sorted(set(unseen_by) - set(files))} (use LABEL=DIR)")
+        variants[label] = files
     out = {"sets": {}}
-    for rs in real_sets([RIBOSOME, APOFERRITIN]):
+    for rs in real_sets(sorted(unseen_by)):
         mics = rs.micrographs("train", "valid")
         name, path = unseen_by[rs.name]
         row = {}

@@ -7,8 +7,9 @@ The PIXER picking step (Zhang et al., BMC Bioinformatics 2019), done on a map at
    the Gaussian-weighted fraction of its particle-sized neighbourhood that the network calls "particle": about
    0.99 at the centre of a fully covered disc, near 0 on background, about 0.5 at the rim of a particle.
    Edges are handled by reflecting the map (``scipy.ndimage`` ``mode="reflect"``), so a particle cut by the
-   border still scores as high as a whole one. Large kernels go through a real FFT, small ones through a
-   direct separable correlation.
+   border still scores as high as a whole one, its peak pulled toward the border (``edge="constant"`` smooths
+   with zeros beyond the edge instead; measured and not made the default: ``benchmarks/tune_defaults.py``).
+   Large kernels go through a real FFT, small ones through a direct separable correlation.
 2. **Grid.** The score map is split into cells of ``s/2 x s/2`` pixels (``s`` = particle diameter); each cell
    gives one candidate at its maximum.
 3. **Climb.** Every candidate moves, in parallel, to the highest score in its search window
@@ -132,7 +133,7 @@ def gaussian_kernel1d(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
 
 def score_map(prob_map: Any, diameter_px: float, sigma: float | None = None, backend: str = "auto",
               edge: str | None = None) -> Any:
-    """The picking score: ``prob_map`` correlated with a normalised Gaussian (edges reflected).
+    """The picking score: ``prob_map`` correlated with a normalised Gaussian (edges reflected by default).
 
     Parameters
     ----------

@@ -76,7 +76,7 @@ class TrainConfig:
     size_jitter_max: float = 1.15
     valid_snrs: tuple = (0.01, 0.1)
     valid_oversample: float = 2.5
-    # real data: list of {micrographs = glob, coords = dir, diameter = A, angpix = A/px}
+    # real data: list of {micrographs = glob or list of files / globs, coords = dir, diameter = A, angpix = A/px}
     real: tuple = ()
     # classifier
     cls_steps: int = 1500
@@ -487,14 +487,28 @@ def far_background(image: np.ndarray, xy: np.ndarray, percentile: float, distanc
     return clear & (distance_transform_edt(centres) > distance * NET_DIAMETER_PX)
 
 
-def _real_from_config(entries, far_percentile: float = 0.0, far_distance: float = 1.0) -> LabelledSet:
+def _real_files(micrographs) -> list[str]:
+    """The micrograph files a ``[[real]]`` entry's ``micrographs`` names: one glob pattern (its matches, sorted), or a
+    list of files and patterns (in the list's order, each pattern's matches sorted); a FileNotFoundError naming
+    the first that matches nothing."""
     import glob
 
+    patterns = [micrographs] if isinstance(micrographs, str) else list(micrographs)
+    if not patterns:
+        raise FileNotFoundError("a [[real]] entry lists no micrographs")
+    files = []
+    for pattern in patterns:
+        found = sorted(glob.glob(os.path.expanduser(str(pattern))))
+        if not found:
+            raise FileNotFoundError(f"no micrographs match {pattern!r}")
+        files += found
+    return files
+
+
+def _real_from_config(entries, far_percentile: float = 0.0, far_distance: float = 1.0) -> LabelledSet:
     out = LabelledSet([], [], [], None, [])
     for entry in entries:
-        files = sorted(glob.glob(os.path.expanduser(entry["micrographs"])))
-        if not files:
-            raise FileNotFoundError(f"no micrographs match {entry['micrographs']!r}")
+        files = _real_files(entry["micrographs"])
         out = out.extend(real_set(files, entry["coords"], float(entry["diameter"]), entry.get("angpix"),
                                   far_percentile, far_distance))
     return out

@@ -184,6 +184,46 @@ def test_leave_one_set_out_scores_a_set_with_incomplete_labels_against_completed
     assert all("completed_f1" not in complete[key] for key in ("v4", "ribosome_only", "v12"))
 
 
+def test_networks_that_never_saw_a_set_are_trained_on_every_other_sets_train_split_and_loso_scores_any_set(
+        tmp_path, monkeypatch, bench_modules):
+    """loso_train.py writes, for each set, the recipe's real data as the other sets' train splits (a third set needs
+    no code); loso.py scores a set named by --set_model, with a variant read from a folder of such runs."""
+    import json
+
+    from relion_pixer.models import shipped_weights
+
+    common, _ = bench_modules
+    for name in ("set_a", "set_b", "set_c"):
+        _write_set(tmp_path, name=name)
+    monkeypatch.setattr(common, "REAL_ROOT", tmp_path)
+    for mod in ("loso_train", "loso"):
+        sys.modules.pop(mod, None)
+    import loso
+    import loso_train
+
+    runs = tmp_path / "runs"
+    loso_train.main(["--out", str(runs), "--dry_run"])
+    for left_out in ("set_a", "set_b", "set_c"):
+        rec = json.loads((runs / left_out / "loso.json").read_text())
+        assert rec["left_out"] == left_out and rec["recipe"].endswith("two_real_sets_v12.toml")
+        others = sorted({"set_a", "set_b", "set_c"} - {left_out})
+        assert [Path(e["coords"]).parent.name for e in rec["real"]] == others
+        assert all([Path(m).name for m in e["micrographs"]] == ["mic0.mrc"] for e in rec["real"])  # train only
+        assert not (runs / left_out / "model.pt").exists()
+    with pytest.raises(SystemExit):
+        loso_train.main(["--out", str(runs), "--sets", "nope", "--dry_run"])
+
+    weights = str(shipped_weights())
+    (runs / "set_c" / "model.pt").symlink_to(weights)
+    out = tmp_path / "loso.json"
+    monkeypatch.setattr(sys, "argv", ["loso.py", "--set_model", f"set_c={weights}", "--variant", f"same={runs}",
+                                      "--threads", "1", "--json", str(out)])
+    loso.main()
+    row = json.loads(out.read_text())["sets"]["set_c"]
+    assert set(json.loads(out.read_text())["sets"]) == {"set_c"}
+    assert row["unseen_model"] == "loso" and row["same_change"] == 0 and row["loso"]["f1"] > 0.5
+
+
 def test_the_f1_change_interval_is_zero_for_the_same_picks_and_follows_a_gain_that_every_micrograph_shows(
         bench_modules):
     """The paired bootstrap over micrographs: the same picks twice change nothing; picks that find one more true

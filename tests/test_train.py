@@ -128,6 +128,24 @@ def test_config_errors(tmp_path):
     assert load_config(None, seg_steps=7).seg_steps == 7
 
 
+def test_real_micrographs_are_a_glob_or_a_list_of_files_and_globs(tmp_path):
+    from relion_pixer.train import _real_files
+
+    for name in ("b.mrc", "a.mrc", "c.mrc"):
+        (tmp_path / name).write_bytes(b"")
+    assert _real_files(str(tmp_path / "*.mrc")) == [str(tmp_path / n) for n in ("a.mrc", "b.mrc", "c.mrc")]
+    # a list keeps its order (a split's), each pattern's matches sorted
+    assert _real_files([str(tmp_path / "c.mrc"), str(tmp_path / "[ab].mrc")]) == [
+        str(tmp_path / n) for n in ("c.mrc", "a.mrc", "b.mrc")]
+    with pytest.raises(FileNotFoundError, match="d.mrc"):
+        _real_files([str(tmp_path / "a.mrc"), str(tmp_path / "d.mrc")])
+    with pytest.raises(FileNotFoundError, match="lists no micrographs"):
+        _real_files([])
+    cfg = tmp_path / "real.toml"
+    cfg.write_text(f'[[real]]\nmicrographs = ["{tmp_path / "a.mrc"}"]\ncoords = "{tmp_path}"\ndiameter = 100.0\n')
+    assert load_config(cfg).real[0]["micrographs"] == [str(tmp_path / "a.mrc")]
+
+
 def test_disc_labels_trust_only_near_labelled_particles():
     lab = _disc_labels((64, 64), np.array([[20.0, 30.0]]), diameter=20)
     assert lab[30, 20] == PARTICLE
