@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    pooled = asdict(pooled_precision_recall_f1(preds, trues, radius))
+    pooled = asdict(Scores.from_counts(*(sum(r[k] for r in rows) for k in ("tp", "n_pred", "n_true"))))
     pooled["average_precision"] = pooled_average_precision(preds, scores, trues, radius) if have_fom else math.nan
     pooled["median_distance"] = _median(np.concatenate(distances))
     pooled["n_micrographs"] = len(keys)
