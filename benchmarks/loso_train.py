@@ -18,8 +18,8 @@ Usage (about 8 min of training per set on the project's 2-core CPU, plus 10 min 
 Each set's networks go to ``OUT/<set>/model.pt``; ``OUT/<set>`` is a ``relion_pixer train`` run folder (checkpoints,
 so a run stopped is resumed by the same command) with ``loso.json`` beside: the recipe and the real entries it was
 trained on. A set whose ``model.pt`` exists is skipped. ``--sim_cache DIR`` links (or copies) ``DIR``'s simulated
-caches (``sim_*.pt``) into each run folder that has none, so that runs of one recipe share one simulated replay
-(otherwise each simulates it again from the recipe's seed: the same micrographs, 10 min each).
+caches (``sim_*.pt``) into each run folder that has none, so that runs of one recipe share one simulated replay;
+without it the first run simulates the replay (10 min, from the recipe's seed) and the others share that one.
 
 Checked in session 23: ``python benchmarks/loso_train.py --sets empiar10146_apoferritin --sim_cache
 runs/loso_ribosome_only`` (10 min) gave networks equal bit for bit to ``runs/loso_ribosome_only/model.pt``, trained in
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.sim_cache and not Path(args.sim_cache).is_dir():
         ap.error(f"--sim_cache {args.sim_cache}: no such folder")
     out = Path(args.out)
+    # the runs share one simulated replay: --sim_cache's, else the first run's once it has made it
+    cache_from = Path(args.sim_cache) if args.sim_cache else None
     for name in chosen:
         run = out / name
         entries = real_entries(sets, name)
@@ -94,17 +96,20 @@ def main(argv: list[str] | None = None) -> None:
         write_json(str(run / "loso.json"), {"recipe": str(args.recipe), "left_out": name, "real": entries})
         if (run / "model.pt").is_file():
             print(f"{name}: {run / 'model.pt'} exists, kept", flush=True)
+            if cache_from is None and any(run.glob("sim_*.pt")):
+                cache_from = run
             continue
-        if args.sim_cache:
-            linked = share_sim_cache(Path(args.sim_cache), run)
+        if cache_from is not None and cache_from != run:
+            linked = share_sim_cache(cache_from, run)
             if linked:
-                print(f"{name}: simulated replay from {args.sim_cache} ({', '.join(p.name for p in linked)})", flush=True)
+                print(f"{name}: simulated replay from {cache_from} ({', '.join(p.name for p in linked)})", flush=True)
         trained_on = ", ".join(Path(e["coords"]).parent.name for e in entries)
         if args.dry_run:
             print(f"{name}: would train on {trained_on} ({run / 'loso.json'})", flush=True)
             continue
         print(f"{name}: training without it, on {trained_on}, into {run}", flush=True)
         train(cfg, run, run / "model.pt", resume=True)
+        cache_from = cache_from or run
     print(" ".join(f"--set_model {name}={out / name / 'model.pt'}" for name in chosen))
 
 

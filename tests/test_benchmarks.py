@@ -212,6 +212,13 @@ def test_networks_that_never_saw_a_set_are_trained_on_every_other_sets_train_spl
         assert not (runs / left_out / "model.pt").exists()
     with pytest.raises(SystemExit):
         loso_train.main(["--out", str(runs), "--sets", "nope", "--dry_run"])
+    # one simulated replay shared by the runs of a recipe, never over a run's own
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "sim_train.pt").write_bytes(b"replay")
+    (runs / "set_b" / "sim_train.pt").write_bytes(b"own")
+    loso_train.main(["--out", str(runs), "--sim_cache", str(cache), "--dry_run"])
+    assert [(runs / s / "sim_train.pt").read_bytes() for s in ("set_a", "set_b", "set_c")] == [b"replay", b"own", b"replay"]
 
     weights = str(shipped_weights())
     (runs / "set_c" / "model.pt").symlink_to(weights)
