@@ -27,6 +27,7 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,6 +166,54 @@ def picture(path: str, mic, picks, cut: float, radius: float, diameter_px: float
     plt.close(fig)
 
 
+def gallery(path: str, mics, picks, radius: float, title: str, matched_shown: int = 6) -> None:
+    """Every pick without a label (yellow ring), then ``matched_shown`` picks on a label (cyan ring) to compare: a
+    crop of two diameters around each, low-passed, with the labels (green) and the other picks (red) in it, titled
+    with the figure of merit and the distance to the micrograph's edge in diameters. For judging by eye whether the
+    unmatched picks are particles the labellers left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scipy.ndimage
+
+    diameter = 2 * radius
+    half = int(round(diameter))
+    crops, shown = [], 0
+    for (xy, fom), m in zip(picks, mics):
+        img = scipy.ndimage.gaussian_filter(m.image.astype(np.float64), 2.0)
+        height, width = img.shape
+        pairs = match_picks(xy, m.truth, radius)
+        unmatched = np.setdiff1d(np.arange(len(xy)), pairs.pred_index)
+        matched = pairs.pred_index[: max(0, matched_shown - shown)]
+        shown += len(matched)
+        for kind, idx in (("no label", unmatched), ("on a label", matched)):
+            for i in idx:
+                x, y = np.round(xy[i]).astype(int)
+                x0, y0 = max(0, x - half), max(0, y - half)
+                crop = img[y0:min(height, y + half), x0:min(width, x + half)]
+                near = lambda pts: pts[(np.abs(pts[:, 0] - x) < half) & (np.abs(pts[:, 1] - y) < half)] - [x0, y0]
+                edge = min(x, y, width - 1 - x, height - 1 - y) / diameter
+                crops.append((kind, fom[i], crop, near(m.truth), near(xy), (x - x0, y - y0), edge))
+    crops.sort(key=lambda c: c[0] != "no label")
+    cols = 6
+    rows = max(1, -(-len(crops) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.15), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (kind, f, crop, labels, others, centre, edge) in zip(axes.ravel(), crops):
+        lo, hi = np.percentile(crop, [1, 99])
+        ax.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
+        ax.scatter(labels[:, 0], labels[:, 1], s=30, facecolors="none", edgecolors="lime", linewidths=1)
+        ax.scatter(others[:, 0], others[:, 1], s=6, c="red")
+        ax.scatter([centre[0]], [centre[1]], s=110, facecolors="none", linewidths=1.5,
+                   edgecolors="yellow" if kind == "no label" else "cyan")
+        ax.set_title(f"FOM {f:.2f}, edge {edge:.1f} d", fontsize=7)
+    fig.suptitle(f"{title}: PIXER's picks without a label (yellow), then some on a label (cyan); labels green",
+                 fontsize=9)
+    fig.savefig(path, dpi=72, bbox_inches="tight")
+    plt.close(fig)
+
 
 #: Diameters the sweep gives PIXER, as multiples of the set's diameter.
 SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
@@ -209,7 +258,7 @@ def pooled(scores: list[dict]) -> dict:
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,
-              lowpass_sigma: float = 0.0, spacing: bool = False) -> dict:
+              lowpass_sigma: float = 0.0, spacing: bool = False, gallery_dir=None) -> dict:
     radius = rs.radius_px
     tune = lowpass(rs.micrographs("train", "valid"), lowpass_sigma)
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
@@ -217,6 +266,9 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
     t0 = time.time()
     picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate, spacing)
     seconds = (time.time() - t0) / len(mics)
+    if gallery_dir:
+        Path(gallery_dir).mkdir(parents=True, exist_ok=True)
+        gallery(str(Path(gallery_dir) / f"{rs.name}_{split}_unmatched.png"), mics, picks, radius, rs.title)
     log = run_log(mics, rs.diameter_A, threshold=log_t)
     # the labels of particles lying wholly inside at the picking diameter (what a margin of half a diameter keeps)
     inside = [replace(m, truth=m.truth[np.all((m.truth >= 0.5 * d_used / m.angpix)
@@ -299,6 +351,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--picture", help="draw the first incompletely labelled set's first micrograph into this PNG")
+    ap.add_argument("--gallery", metavar="DIR", help="draw each set's picks without a label into DIR/<set>_<split>_"
+                    "unmatched.png, beside some on a label")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
@@ -312,7 +366,7 @@ def main() -> None:
         r = bench_set(rs, models, params, args.split, estimate, not args.no_sweep,
                       args.picture if args.picture and not any("completed_labels" in v for v in
                                                                figures["sets"].values()) else None, args.lowpass,
-                      spacing)
+                      spacing, args.gallery)
         figures["sets"][rs.name] = r
         report(rs.name, r)
     sets = figures["sets"].values()

@@ -63,8 +63,11 @@ def test_the_multi_set_benchmark_runs_on_a_set_given_by_its_metadata_file(tmp_pa
     from relion_pixer.models import load_pretrained
     from relion_pixer.pipeline import PickParams
 
-    r = bench_real.bench_set(sets[0], load_pretrained(), PickParams(), "test", estimate=True, sweep=True)
+    r = bench_real.bench_set(sets[0], load_pretrained(), PickParams(), "test", estimate=True, sweep=True,
+                             gallery_dir=tmp_path / "gallery")
     assert r["pixer"]["truth"] > 5 and r["pixer"]["f1"] > 0.5, r["pixer"]
+    assert (tmp_path / "gallery" / "sim_globular_test_unmatched.png").stat().st_size > 1000
+    assert r["pixer"]["median_distance_px"] < 0.25 * r["radius_px"]  # simulated centres: picks well centred
     assert 0.0 <= r["average_precision"]["fom"] <= 1.0 and 0.0 <= r["average_precision"]["map_score"] <= 1.0
     assert set(r["sweep"]) == {"1", "1.25"} and r["sweep_f1_spread"] >= 0.0
     assert 0.5 * 96 < r["diameter_picked_at_A"] < 1.8 * 96
