@@ -12,6 +12,8 @@ $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_size_blobs.py --json results/size_blobs.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
+# what apoferritin's picks without a label look like (docs/empiar10146_apoferritin_test_unmatched.png)
+$PY bench_real.py --split test --sets empiar10146_apoferritin --no_sweep --gallery ../docs
 $PY bench_decision.py --json results/decision.json
 $PY bench_decision.py --n 4 --json results/decision_n4.json
 $PY bench_decision.py --families shell --json results/decision_shell.json  # thin-walled shells, a family no network saw
@@ -20,7 +22,8 @@ $PY bench_adapt.py --sim 4 --json results/adapt.json
 $PY bench_adapt.py --cost --json results/adapt_cost.json
 # leave one set out: each real set read by the model of v12's recipe that never saw its protein. The models come
 # from `relion_pixer train --config ../configs/experiments/loso_{ribosome,apoferritin}_only.toml ...` (8 min each,
-# commands in the configs); skipped when they are absent
+# commands in the configs; `python benchmarks/loso_train.py` makes the same networks, bit for bit, for every real
+# set, and `sh benchmarks/new_set.sh` runs the pending decisions with them); skipped when they are absent
 LOSO=(--set_model empiar10028_ribosome80S=../runs/loso_apoferritin_only/model.pt
       --set_model empiar10146_apoferritin=../runs/loso_ribosome_only/model.pt)
 if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only/model.pt ]]; then
@@ -35,6 +38,9 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
       "${VARIANTS[@]}" --json results/experiments/loso_variants.json
   $PY tune_size.py "${LOSO[@]}" --json results/tune_size_loso.json
   $PY tune_defaults.py "${LOSO[@]}" --json results/tune_defaults_loso.json
+  # the map's edge (session 23): reflected (the job's) against zeros beyond the edge
+  $PY tune_defaults.py "${LOSO[@]}" --edge reflect --json results/tune_defaults_loso_edge_reflect.json
+  $PY tune_defaults.py "${LOSO[@]}" --edge constant --json results/tune_defaults_loso_edge_constant.json
   $PY tune_veto.py "${LOSO[@]}" --json results/tune_veto.json
   $PY tune_decision.py "${LOSO[@]}" --json results/tune_decision_loso.json
   $PY tune_decision.py "${LOSO[@]}" --n_sim 16 --json results/tune_decision_loso_spare.json
