@@ -392,3 +392,18 @@ def test_the_second_pass_benchmark_scores_exactly_the_jobs_picks_with_and_withou
     assert row["added"] == row["on"]["picks"] - row["off"]["picks"]
     f1 = [x["on"]["f1"] for x in r["rows"]]
     assert r["mean_f1_on"] == pytest.approx(np.mean(f1)) and r["spread_on"] == pytest.approx(max(f1) - min(f1))
+
+
+@pytest.mark.parametrize("script, shell", [("new_set.sh", "sh"), ("run_all.sh", "bash")])
+def test_the_benchmark_scripts_parse_and_name_only_scripts_that_exist(script, shell):
+    """The one-command scripts (a third real set's decisions; every figure) parse, and every benchmark they call is
+    in benchmarks/."""
+    import re
+    import shutil
+    import subprocess
+
+    path = BENCH / script
+    if shutil.which(shell):
+        subprocess.run([shell, "-n", str(path)], check=True)
+    called = set(re.findall(r"(?:benchmarks/)?(\w+\.py)\b", path.read_text()))
+    assert called and all((BENCH / name).is_file() for name in called), sorted(called)
