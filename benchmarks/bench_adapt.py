@@ -50,7 +50,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import Micrograph, add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all
+from common import (Micrograph, add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all,
+                    write_json)
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -227,9 +228,7 @@ def main() -> None:
                        "mean_gain": float(np.mean(gains)) if gains else float("nan"), "adapt_default": default}
         print(f"rule: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {out['rule']['mean_gain']:+.3f}: adapt "
               + ("becomes the default" if default else "ships as an option (default No)"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1, default=float)
+    write_json(args.json, out, default=float)
 
 
 if __name__ == "__main__":

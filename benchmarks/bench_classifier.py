@@ -13,12 +13,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import REAL, real_sets
+from common import REAL, real_sets, write_json
 from relion_pixer import NET_DIAMETER_PX, PARTICLE
 from relion_pixer.models import load_pretrained
 from relion_pixer.preprocess import prepare, to_network
@@ -77,9 +76,7 @@ def main() -> None:
     r = figures["real_test"]
     print(f"EMPIAR-10028 test: particle-vs-rest accuracy {r['accuracy_particle_vs_rest']:.3f} "
           f"(particles found {r['particle_recall']:.3f}, background rejected {r['background_rejected']:.3f}; {r['boxes']} boxes)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,13 @@ Otherwise boxes stay. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 
 import torch
 
 from bench_sim import simulate
-from common import job_diameter, real_sets, score, segment_all, sets_mean
+from common import job_diameter, real_sets, score, segment_all, sets_mean, write_json
 from relion_pixer import classify
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -114,12 +113,10 @@ def main() -> None:
           f"{max(drops.values()):+.4f}, largest AP drop {max(ap_drops.values()):+.4f}; rules 1-3 "
           + ("hold" if all(checks.values()) else "fail: " + ", ".join(k for k, v in checks.items() if not v))
           + " (rule 4: bench_decision.py)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"n": args.n, "params": {k: getattr(params, k) for k in ("threshold", "map_threshold",
-                                                                             "map_relative", "map_odds")},
-                       "sets": res, "mean_f1": {m: mean_f1(m) for m in MODES}, "f1_drop": drops, "ap_drop": ap_drops,
-                       "rules_1_to_3": checks}, fh, indent=1)
+    write_json(args.json, {"n": args.n, "params": {k: getattr(params, k)
+                                                   for k in ("threshold", "map_threshold", "map_relative", "map_odds")},
+                           "sets": res, "mean_f1": {m: mean_f1(m) for m in MODES}, "f1_drop": drops,
+                           "ap_drop": ap_drops, "rules_1_to_3": checks})
 
 
 if __name__ == "__main__":

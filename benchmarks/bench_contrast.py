@@ -14,12 +14,11 @@ imaged as micrographs are (the simulator's ``smooth`` family, through the CTF an
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import Micrograph, fmt, run_log, run_pixer, score
+from common import Micrograph, fmt, run_log, run_pixer, score, write_json
 from relion_pixer.models import load_pretrained
 
 ANGPIX = 2.0
@@ -67,9 +66,7 @@ def main() -> None:
             rows.append({"kind": kind, "amplitude": amp, "pixer": pixer, "log": log})
             print(fmt(f"{kind} amplitude {amp:g}: PIXER", pixer))
             print(fmt(f"{kind} amplitude {amp:g}: LoG", log), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"seed": args.seed, "n": args.n, "rows": rows}, fh, indent=1)
+    write_json(args.json, {"seed": args.seed, "n": args.n, "rows": rows})
 
 
 if __name__ == "__main__":

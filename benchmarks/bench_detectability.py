@@ -41,15 +41,13 @@ scale) that lies beyond the first zero is the most that knowing the CTF could ad
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import scipy.fft
 import scipy.ndimage
 import torch
 
 from bench_sim import sim_arguments, simulate, tuned_log_threshold
-from common import picks_from_maps, run_log, segment_all
+from common import picks_from_maps, run_log, segment_all, write_json
 from relion_pixer.evaluate import match_picks, matched_filter_dprime
 from relion_pixer.models import load_pretrained
 from relion_pixer.preprocess import nearest_resample, resample, scale_factor
@@ -262,9 +260,7 @@ def main() -> None:
     print("missed particles, median highest probability in the true mask (how many reach 0.5 or more): " + ", ".join(
         f"{f} {r['median_peak_probability_missed']:.2f} ({r['missed_with_peak_above_half']} of "
         f"{round(r['particles'] * (1.0 - r['recall']))})" for f, r in missed.items()))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

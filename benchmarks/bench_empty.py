@@ -10,12 +10,11 @@ the former fixed cut 0.5 / 0 / 0). Every pick is false. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import Micrograph, picks_from_maps, segment_all
+from common import Micrograph, picks_from_maps, segment_all, write_json
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.simulate import random_config, simulate_micrograph
@@ -56,9 +55,7 @@ def main() -> None:
     s = [r["stricter"] for r in rows]
     print(f"false picks per {args.size} px empty micrograph: defaults {min(d)}-{max(d)} (mean {np.mean(d):.1f}), "
           f"stricter {min(s)}-{max(s)} (mean {np.mean(s):.1f})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"size": args.size, "diameter_px": args.diameter / args.angpix, "rows": rows}, fh, indent=1)
+    write_json(args.json, {"size": args.size, "diameter_px": args.diameter / args.angpix, "rows": rows})
 
 
 if __name__ == "__main__":

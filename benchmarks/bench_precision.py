@@ -48,7 +48,7 @@ import torch
 
 from bench_real import average_precisions, pixer_picks
 from bench_sim import simulate
-from common import picks_from_maps, real_sets, score, segment_all
+from common import picks_from_maps, real_sets, score, segment_all, write_json
 from relion_pixer import models as models_mod
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -182,9 +182,7 @@ def main() -> None:
         for precision, t in times.items():
             print(f"{precision} (oneDNN ISA: {isa}): classifier {t['classifier_s']:.3f} s for 624 boxes, segmenter "
                   f"{t['segmenter_s']:.3f} s for 906 x 1275")
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"onednn_max_cpu_isa": isa, "seconds": times}, fh, indent=1)
+        write_json(args.json, {"onednn_max_cpu_isa": isa, "seconds": times})
         return
     params = PickParams()
     decide_sets = run_real(models, params, ("train", "valid"))
@@ -208,9 +206,7 @@ def main() -> None:
         print(f"  {'met' if v else 'NOT met'}: {k}")
     print("rule: " + ("bfloat16 on AMX CPUs becomes the default" if rule["bfloat16_on_amx_default"]
                       else "the default stays float32"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ blob, which is what the LoG looks for, so the completed figures favour the LoG. 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (best_threshold, fmt, lowpass, real_sets, run_log, score, segment_all, size_estimate,
-                    spacing_check)
+from common import (best_threshold, fmt, lowpass, real_sets, run_log, score, segment_all, size_estimate, spacing_check,
+                    write_json)
 from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
@@ -373,9 +372,7 @@ def main() -> None:
     figures["pooled"] = {"pixer": pooled([r["pixer"] for r in sets]), "log": pooled([r["log"] for r in sets])}
     print(fmt("pooled PIXER", figures["pooled"]["pixer"]))
     print(fmt("pooled LoG", figures["pooled"]["log"]))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ figures go to ``docs/benchmarks.md``. Usage::
 
 from __future__ import annotations
 
-
 import numpy as np
 import scipy.ndimage
 import torch

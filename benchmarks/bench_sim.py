@@ -25,24 +25,13 @@ scale. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from common import (
-    Micrograph,
-    best_head_ious,
-    best_threshold,
-    fmt,
-    job_diameter,
-    particle_mask_ious,
-    picks_from_maps,
-    run_log,
-    score,
-    segment_all,
-)
+from common import (Micrograph, best_head_ious, best_threshold, fmt, job_diameter, particle_mask_ious, picks_from_maps,
+                    run_log, score, segment_all, write_json)
 from relion_pixer import NET_DIAMETER_PX
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -188,9 +177,7 @@ def main() -> None:
     print(f"the best masks an output head of stride {models.segmenter.trunk.stride} can draw (a perfect network "
           f"reaches at least this) read {figures['mask_iou_best_head']:.3f} (by quartile "
           f"{' / '.join(f'{v:.2f}' for v in figures['best_head_iou_by_area_quartile'])})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ the same at the three given diameters and be close to the true one. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import scipy.ndimage as ndi
 import torch
 
 from bench_sim import simulate
-from common import real_sets
+from common import real_sets, write_json
 from relion_pixer import NET_DIAMETER_PX, picking
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import segment_micrograph
@@ -72,9 +71,7 @@ def main() -> None:
             rows[name][f"{f:g}"] = {"blobs": int(len(d)), "estimate_A": est, "error": est / true - 1.0}
             print(f"{name}: given {f:g}x the true {true:g} A: {len(d)} isolated blobs -> {est:.0f} A "
                   f"({est / true - 1.0:+.2f})", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"n": args.n, "level": args.level, "sets": rows}, fh, indent=1)
+    write_json(args.json, {"n": args.n, "level": args.level, "sets": rows})
 
 
 if __name__ == "__main__":

@@ -39,14 +39,12 @@ Usage (about 15 min on the project's 2-core CPU)::
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from scipy import ndimage
 
 from bench_crowd import crowd_set
 from common import (leave_one_out_setup, picks_from_maps, real_cases, score, segment_all, sets_mean, size_estimate,
-                    size_sims)
+                    size_sims, write_json)
 from relion_pixer import size
 from relion_pixer.evaluate import json_safe
 
@@ -172,9 +170,7 @@ def main() -> None:
     out.update(rule2=decided, rule2_chosen=chosen)
     print(f"rule 1 (the profile as the reported estimate): {'ships' if ok1 else 'does not ship'}; "
           f"rule 2 (the picking diameter): {chosen}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(json_safe(out), fh, indent=1)
+    write_json(args.json, json_safe(out))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ in float32 there, so at most 2 views fit in float32). Otherwise the job keeps on
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import add_set_model_argument, job_diameter, read_set_models, real_sets, run_pixer, score
+from common import add_set_model_argument, job_diameter, read_set_models, real_sets, run_pixer, score, write_json
 from relion_pixer import segment
 from relion_pixer.models import load_pretrained
 
@@ -93,9 +92,7 @@ def main() -> None:
             chosen = views
         print(f"{views} views: mean F1 {r['mean_f1']:.4f} ({r['gain']:+.4f}), worst pair {r['worst']:+.4f}")
     print(f"chosen: {chosen} view(s)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"set_models": set_models, "rows": rows, "chosen_views": chosen}, fh, indent=1)
+    write_json(args.json, {"set_models": set_models, "rows": rows, "chosen_views": chosen})
 
 
 if __name__ == "__main__":

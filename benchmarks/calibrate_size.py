@@ -25,12 +25,11 @@ otherwise ``CALIBRATION`` stays 1. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import real_sets, size_sims
+from common import real_sets, size_sims, write_json
 from relion_pixer import size
 from relion_pixer.models import load_pretrained
 from tune_size import GIVEN  # the diameters given of tune_size.py
@@ -86,9 +85,7 @@ def main() -> None:
     for k, v in checks.items():
         print(f"  {'met' if v else 'NOT met'}: {k}")
     print(f"rule: calibration {c:g} " + ("ships" if ships else "does not ship (CALIBRATION stays 1)"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1)
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

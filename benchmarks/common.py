@@ -70,11 +70,12 @@ class RealSet:
         return out
 
 
-def write_json(path: str | None, out: dict) -> None:
-    """Write a benchmark's results ``out`` to ``path`` (its ``--json``; nothing when None)."""
+def write_json(path: str | None, out: dict, default=None) -> None:
+    """Write a benchmark's results ``out`` to ``path`` (its ``--json``; nothing when None); ``default`` as
+    :func:`json.dump`'s, for values JSON has no type for (e.g. ``float`` for NumPy scalars)."""
     if path:
         with open(path, "w") as fh:
-            json.dump(out, fh, indent=1)
+            json.dump(out, fh, indent=1, default=default)
 
 
 def lowpass(mics, sigma: float):

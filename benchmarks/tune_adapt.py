@@ -75,14 +75,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from bench_adapt import run_adapt
-from common import add_set_model_argument, read_set_models, real_sets
+from common import add_set_model_argument, read_set_models, real_sets, write_json
 from relion_pixer import adapt
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -151,9 +150,7 @@ def main() -> None:
         print(f"{name}: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {np.mean(gains):+.3f}", flush=True)
     chosen = choose(rows)
     print(f"chosen: {chosen} {grid[chosen]}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"set_models": set_models, "rows": rows, "chosen": chosen}, fh, indent=1, default=float)
+    write_json(args.json, {"set_models": set_models, "rows": rows, "chosen": chosen}, default=float)
 
 
 if __name__ == "__main__":

@@ -77,13 +77,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import numpy as np
 import torch
 
 from bench_decision import DPX, FAMILIES, SEED, contamination, dropped, former_veto, found, simulate_family
-from common import add_set_model_argument, job_diameter, read_set_models, real_sets, segment_all, tuning_splits
+from common import (add_set_model_argument, job_diameter, read_set_models, real_sets, segment_all, tuning_splits,
+                    write_json)
 from relion_pixer import PARTICLE, decide
 from relion_pixer.classify import classify_candidates
 from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
@@ -194,10 +194,8 @@ def main() -> None:
     best = max(ok, key=lambda r: (round(r["mean_real_f1"], 9), tuple(r["setting"].values()) == shipped)) if ok else None
     print("chosen: " + (", ".join(f"{k} {v}" for k, v in best["setting"].items()) if best else "none qualifies")
           + "; shipped: " + ", ".join(f"{v}" for v in shipped))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "set_models": set_models, "splits": splits, "threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]}, fh,
-                      indent=1)
+    write_json(args.json, {"model": args.model, "set_models": set_models, "splits": splits,
+                           "threshold": PickParams.threshold, "rows": rows, "chosen": best and best["setting"]})
 
 
 if __name__ == "__main__":

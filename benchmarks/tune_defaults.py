@@ -68,14 +68,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import numpy as np
 import torch
 
 from bench_sim import simulate
 from common import (add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all, sets_mean,
-                    tuning_splits)
+                    tuning_splits, write_json)
 from relion_pixer import NET_DIAMETER_PX, classify, decide, picking
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import MARGIN_PER_DIAMETER, PickParams, map_cut
@@ -175,11 +174,8 @@ def main() -> None:
           + ", ".join(f"{k} {best[k]:g}" for k in KNOBS)
           + "; the defaults (" + ", ".join(f"{v:g}" for v in defaults) + ") give "
           + (f"{default['mean']:.4f}" if default else "(not in the grid)"))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "set_models": args.set_model, "splits": splits, "seed": args.seed, "n": args.n,
-                       "edge": args.edge, "picked_at_A": used,
-                       "best": best, "rows": rows}, fh, indent=1)
+    write_json(args.json, {"model": args.model, "set_models": args.set_model, "splits": splits, "seed": args.seed,
+                           "n": args.n, "edge": args.edge, "picked_at_A": used, "best": best, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ well as the map score there. Otherwise the default stays diameter / 6. Usage::
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from bench_crowd import crowd_set

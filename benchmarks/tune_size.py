@@ -36,13 +36,12 @@ those defaults by the same rule (written above, before this rerun; the weight fo
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from common import (add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all,
-                    sets_mean, size_estimate, size_sims, tuning_splits)
+from common import (add_set_model_argument, picks_from_maps, read_set_models, real_sets, score, segment_all, sets_mean,
+                    size_estimate, size_sims, tuning_splits, write_json)
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.size import picking_diameter
@@ -96,12 +95,10 @@ def main() -> None:
     top = max(r["mean_f1"] for r in rows)
     best = min((r for r in rows if r["mean_f1"] >= top - TIE), key=lambda r: r["mean_spread"])
     print(f"chosen by the rule: weight {best['weight']:g} (mean F1 {best['mean_f1']:.4f}, best {top:.4f})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "set_models": read_set_models(ap, args.set_model),
-                       "splits": splits, "params": {k: getattr(params, k) for k in ("threshold", "map_threshold", "map_relative",
-                                                                    "map_odds")},
-                       "estimates_A": estimates, "rows": rows, "chosen": best["weight"]}, fh, indent=1)
+    write_json(args.json, {"model": args.model, "set_models": read_set_models(ap, args.set_model), "splits": splits,
+                           "params": {k: getattr(params, k)
+                                      for k in ("threshold", "map_threshold", "map_relative", "map_odds")},
+                           "estimates_A": estimates, "rows": rows, "chosen": best["weight"]})
 
 
 if __name__ == "__main__":

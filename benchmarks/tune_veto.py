@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import numpy as np
 import torch
 
 from bench_decision import dropped, found
-from common import add_set_model_argument, read_set_models
+from common import add_set_model_argument, read_set_models, write_json
 from relion_pixer import CONTAMINATION, PARTICLE, decide
 from relion_pixer.evaluate import pooled_average_precision, pooled_precision_recall_f1
 from relion_pixer.models import load_pretrained
@@ -153,10 +152,8 @@ def main() -> None:
               f"worst family kept {min(r['families'].values()):.3f}", flush=True)
     best = choose(rows)
     print(f"chosen: {best['setting']}" + (" (the shipped setting)" if best is rows[0] else ""))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "set_models": set_models, "threshold": PickParams.threshold,
-                       "tune_seed": TUNE_SEED, "rows": rows, "chosen": best["setting"]}, fh, indent=1)
+    write_json(args.json, {"model": args.model, "set_models": set_models, "threshold": PickParams.threshold,
+                           "tune_seed": TUNE_SEED, "rows": rows, "chosen": best["setting"]})
 
 
 if __name__ == "__main__":
