@@ -305,8 +305,7 @@ def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | No
     for xy, s in picks:
         preds.append(xy if min_score is None else xy[s >= min_score])
     matches = [match_picks(xy, m.truth, radius_px) for xy, m in zip(preds, mics)]
-    res = Scores.from_counts(sum(m.tp for m in matches), sum(m.n_pred for m in matches),
-                             sum(m.n_true for m in matches))
+    res = Scores.pooled(matches)
     dist = np.concatenate([np.zeros(0)] + [m.distance for m in matches])
     return {"precision": res.precision, "recall": res.recall, "f1": res.f1, "picks": res.n_pred, "truth": res.n_true,
             "median_distance_px": float(np.median(dist)) if len(dist) else float("nan")}

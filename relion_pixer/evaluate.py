@@ -56,7 +56,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -137,6 +137,13 @@ class Scores:
         recall = tp / n_true if n_true else math.nan
         f1 = 2.0 * tp / (n_pred + n_true) if (n_pred + n_true) else math.nan
         return cls(tp, n_pred, n_true, precision, recall, f1)
+
+    @classmethod
+    def pooled(cls, matches: Iterable["Match"]) -> "Scores":
+        """The figures of several micrographs' matches (:func:`match_picks`): counts summed, then divided."""
+        matches = list(matches)
+        return cls.from_counts(sum(m.tp for m in matches), sum(m.n_pred for m in matches),
+                               sum(m.n_true for m in matches))
 
 
 def _as_xy(xy, name: str) -> np.ndarray:
@@ -220,11 +227,7 @@ def pooled_precision_recall_f1(preds: Sequence, trues: Sequence, radius: float) 
     """
     if len(preds) != len(trues):
         raise ValueError(f"{len(preds)} pick sets but {len(trues)} truth sets")
-    tp = n_pred = n_true = 0
-    for p, t in zip(preds, trues):
-        m = match_picks(p, t, radius)
-        tp, n_pred, n_true = tp + m.tp, n_pred + m.n_pred, n_true + m.n_true
-    return Scores.from_counts(tp, n_pred, n_true)
+    return Scores.pooled(match_picks(p, t, radius) for p, t in zip(preds, trues))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -705,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         print("relion_pixer evaluate: error: no micrograph has both picks and truth", file=sys.stderr)
         return 1
 
-    rows, preds, scores, trues, distances = [], [], [], [], []
+    rows, preds, scores, trues, matches = [], [], [], [], []
     have_fom = True
     try:
         for k in keys:
@@ -730,16 +733,16 @@ def main(argv: list[str] | None = None) -> int:
             preds.append(xy)
             scores.append(fom)
             trues.append(t_xy)
-            distances.append(m.distance)
+            matches.append(m)
             rows.append({"micrograph": k, **asdict(s), "average_precision": ap,
                          "median_distance": _median(m.distance)})
     except (ValueError, FileNotFoundError) as exc:
         print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    pooled = asdict(Scores.from_counts(*(sum(r[k] for r in rows) for k in ("tp", "n_pred", "n_true"))))
+    pooled = asdict(Scores.pooled(matches))
     pooled["average_precision"] = pooled_average_precision(preds, scores, trues, radius) if have_fom else math.nan
-    pooled["median_distance"] = _median(np.concatenate(distances))
+    pooled["median_distance"] = _median(np.concatenate([m.distance for m in matches]))
     pooled["n_micrographs"] = len(keys)
 
     cols = ["n_true", "n_pred", "tp", "precision", "recall", "f1", "average_precision", "median_distance"]
