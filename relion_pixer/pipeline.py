@@ -340,15 +340,13 @@ def map_cut(score: np.ndarray, params: PickParams) -> np.ndarray:
     (:func:`relion_pixer.picking.adaptive_threshold` of those above ``map_threshold``, with ``map_relative`` and
     ``map_odds``). Boolean mask in the order of ``score``."""
     score = np.asarray(score, dtype=np.float64).reshape(-1)
-    return (score >= params.map_threshold) & (score >= map_cut_value(score, params))
+    return score >= map_cut_value(score, params)
 
 
 def map_cut_value(score: np.ndarray, params: PickParams) -> float:
     """The lowest map score a candidate needs on a micrograph whose candidates score ``score``: ``map_threshold``,
     raised by the micrograph's own cut (:func:`relion_pixer.picking.adaptive_threshold` with ``map_relative`` and
-    ``map_odds``)."""
+    ``map_odds``, over the scores at or above ``map_threshold``; never below it)."""
     from relion_pixer import picking
 
-    score = np.asarray(score, dtype=np.float64).reshape(-1)
-    return picking.adaptive_threshold(score[score >= params.map_threshold], params.map_threshold,
-                                      params.map_relative, odds=params.map_odds)
+    return picking.adaptive_threshold(score, params.map_threshold, params.map_relative, odds=params.map_odds)
