@@ -19,7 +19,7 @@ from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
            "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
-           "REPICK_DENSITY_PERCENTILE", "REPICK_MIN_FIRST", "REPICK_ROUNDS"]
+           "REPICK_DENSITY_PERCENTILE", "REPICK_FOM_PERCENTILE", "REPICK_MIN_FIRST", "REPICK_ROUNDS"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
 #: the edge are dropped. 0.4 since session 15 (``benchmarks/tune_defaults.py --set_model``, leave one set out; 0.5
@@ -37,6 +37,10 @@ REPICK_APART = 0.6
 #: the second pass otherwise finds faint "particles" on the empty ice around the masked ones (``bench_repick.py``,
 #: round 2).
 REPICK_DENSITY_PERCENTILE = 5.0
+#: With ``repick``, a second-pass pick is added only if its figure of merit reaches this percentile of the first
+#: picks' (0: no such check): a particle the neighbours hid scores like the micrograph's particles once it stands
+#: alone, a gap between hollow shells much lower (``bench_repick.py``, round 4).
+REPICK_FOM_PERCENTILE = 0.0
 #: With fewer first picks than this, the second pass adds nothing (no reference darkness, and no crowd).
 REPICK_MIN_FIRST = 10
 #: With ``repick``, the pass is made this many times at most, each with every pick so far masked out (it stops early
@@ -244,7 +248,8 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     would be lower and let faint specks through), lie at least :data:`REPICK_APART` diameters from every first pick,
     pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph, and lie where the image
     is at least as dark at particle scale (:func:`relion_pixer.preprocess.density_map`) as the first picks'
-    :data:`REPICK_DENSITY_PERCENTILE` th percentile; with fewer than :data:`REPICK_MIN_FIRST` first picks nothing is
+    :data:`REPICK_DENSITY_PERCENTILE` th percentile, with a figure of merit reaching the first picks'
+    :data:`REPICK_FOM_PERCENTILE` th percentile (when above 0); with fewer than :data:`REPICK_MIN_FIRST` first picks nothing is
     added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
     The picks of all passes are then cut together (``threshold``, ``max_particles``).
 
@@ -303,6 +308,8 @@ def _repick_once(prev: PickResult, dens: np.ndarray, diameter_A: float, models, 
                                       p_contamination=probs[:, CONTAMINATION], ctrust=prev.contamination_trust)
     vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (fom2 < params.threshold)))
     new = fom2 >= params.threshold
+    if REPICK_FOM_PERCENTILE > 0:
+        new &= fom2 >= np.percentile(prev.fom, REPICK_FOM_PERCENTILE)
     return replace(prev, xy=np.concatenate([prev.xy, preprocess.to_original(cand_xy[new], prev.factors)]),
                    fom=np.concatenate([prev.fom, fom2[new]]),
                    map_score=np.concatenate([prev.map_score, cand_score[new]]), vetoed=prev.vetoed + vetoed,
