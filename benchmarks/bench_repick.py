@@ -110,6 +110,20 @@ Round 4's commands::
         --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt --json benchmarks/results/repick_round4.json
     python benchmarks/bench_repick.py --fom_percentile 0 (the rest the same) --json benchmarks/results/repick_round4_base.json
 
+**Result of round 4 (session 24, ``results/repick_round4.json`` and ``repick_round4_base.json``): both rules met**,
+so the check is in the job's second pass (``REPICK_FOM_PERCENTILE`` 5) and ``crowded`` is the default (Yes). Against
+``crowded No``, mean F1 over the four diameters, with the check / without it (round 2's pass):
+
+- ``crowded_small`` +0.0394 / +0.0428 (spread 0.049 -> 0.018 / 0.011), ``crowded_small_noisy`` +0.1089 / +0.1174
+  (spread 0.113 -> 0.093 / 0.094): mean +0.0742, against round 2's pass +0.0801 (rule 1: at least +0.0701);
+- real test splits: ribosome +0.0036 / +0.0064 (shipped networks), +0.0004 / +0.0008 (never saw it); apoferritin
+  **+0.0000 / -0.0048** (shipped: the check drops all 15 of round 2's additions, 14 of them false), +0.0065 / +0.0045 (never saw
+  it);
+- guards ``crowded`` +0.0066, ``moderate`` -0.0010, ``noisy`` +0.0286;
+- ``python benchmarks/bench_speed.py --n 10 --threads 2 --crowded --json benchmarks/results/speed_crowded.json``:
+  0.32 s per 4096 x 4096 micrograph (0.16 s without, the same hour), peak RSS 0.60 GB (0.73 GB with the size
+  estimate); K3 (``--k3 --n 4 --crowded``, ``speed_k3_crowded_session24.json``) 0.68 s, 0.67 GB.
+
 Round 3's command::
 
     python benchmarks/bench_repick.py --rounds 1 2 --seed_offset 7000 --real --split test \\

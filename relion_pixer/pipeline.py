@@ -40,7 +40,7 @@ REPICK_DENSITY_PERCENTILE = 5.0
 #: With ``repick``, a second-pass pick is added only if its figure of merit reaches this percentile of the first
 #: picks' (0: no such check): a particle the neighbours hid scores like the micrograph's particles once it stands
 #: alone, a gap between hollow shells much lower (``bench_repick.py``, round 4).
-REPICK_FOM_PERCENTILE = 0.0
+REPICK_FOM_PERCENTILE = 5.0
 #: With fewer first picks than this, the second pass adds nothing (no reference darkness, and no crowd).
 REPICK_MIN_FIRST = 10
 #: With ``repick``, the pass is made this many times at most, each with every pick so far masked out (it stops early

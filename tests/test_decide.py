@@ -307,3 +307,28 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
     monkeypatch.setattr(pipeline, "REPICK_MIN_FIRST", len(one.xy) + 1)
     few = pick_micrograph(sim.image, 2.0, d, models, PickParams(repick=True))
     assert few.repicked == 0 and np.array_equal(few.xy, one.xy) and len(calls) == 1
+
+
+def test_repick_figure_of_merit_check_keeps_only_additions_that_score_like_the_first_picks(models, monkeypatch):
+    """With REPICK_FOM_PERCENTILE above 0 an added pick's figure of merit reaches that percentile of the first picks';
+    the additions are those of the pass without the check that do, and the first picks are all kept."""
+    import relion_pixer.pipeline as pipeline
+
+    rng = np.random.default_rng(818181)
+    cfg = random_config(rng, snr=0.3, particle_diameter_px=48.0, families="globular", empty=False, n_ice=0,
+                        carbon_edge=False, angpix=2.0)
+    cfg.update(density=0.5, min_separation=0.7)
+    sim = simulate_micrograph(rng, shape=(640, 640), **cfg)
+    d = 1.25 * 96.0
+    first = pipeline.pick_from_map(*segment_micrograph(sim.image, 2.0, d, models), d, models, PickParams())
+    params = PickParams(repick=True)
+    added = {}
+    for p in (0.0, 50.0, 100.0):
+        monkeypatch.setattr(pipeline, "REPICK_FOM_PERCENTILE", p)
+        res = pipeline.repick(first, d, models, params, rounds=1)
+        new = ~np.isin(res.fom, first.fom)
+        assert np.count_nonzero(~new) == len(first.xy) and np.count_nonzero(new) == res.repicked
+        assert np.all(res.fom[new] >= np.percentile(first.fom, p))
+        added[p] = set(res.fom[new].tolist())
+    assert added[100.0] <= added[50.0] < added[0.0]  # the check acts here: 13 additions without it, 9 at 50
+    assert added[50.0] == {f for f in added[0.0] if f >= np.percentile(first.fom, 50.0)}
