@@ -55,7 +55,7 @@ from common import (Micrograph, add_set_model_argument, job_diameter, read_set_m
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map
+from relion_pixer.pipeline import PickParams, pick_from_map, pick_segmented
 
 #: The rule above, as numbers.
 MAX_LOSS = 0.005
@@ -68,10 +68,11 @@ def peak_rss_mb() -> float:
 
 
 def figures(models, mics: list[Micrograph], d: float, radius: float, params: PickParams) -> dict:
-    """F1 at ``params`` and the figure of merit's average precision at threshold 0, one segmentation."""
+    """F1 at ``params`` (the job's picks, its second pass included) and the figure of merit's average precision at
+    threshold 0 (the first pass's candidates), one segmentation."""
     picks, every = [], []
     for seg in segment_all(mics, d, models):
-        r = pick_from_map(*seg, d, models, params)
+        r = pick_segmented(*seg, d, models, params)
         picks.append((r.xy, r.fom))
         r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0))
         every.append((r0.xy, r0.fom))

@@ -36,7 +36,7 @@ from common import (best_threshold, fmt, lowpass, real_sets, run_log, score, seg
 from relion_pixer.decide import cut
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map
+from relion_pixer.pipeline import PickParams, pick_from_map, repick
 from relion_pixer.preprocess import density_map, values_at
 
 
@@ -222,8 +222,8 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
                 segment=segment_all):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
-    threshold-0 candidates the decision's cut keeps); the diameter it picked at; and its size estimate (A; None
-    without one). ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a
+    threshold-0 candidates the decision's cut keeps, then with ``params.repick`` the job's second pass, whose
+    additions join the candidates); the diameter it picked at; and its size estimate (A; None without one). ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a
     benchmark can try another way of making them."""
     from relion_pixer import size
 
@@ -234,8 +234,15 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
     picks, every = [], []
     for seg in segment(mics, d, models):
         r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
-        keep, _ = cut(r0.fom, params.threshold, params.max_particles)
-        picks.append((r0.xy[keep], r0.fom[keep]))
+        keep, _ = cut(r0.fom, params.threshold, 0 if params.repick else params.max_particles)
+        job = replace(r0, xy=r0.xy[keep], fom=r0.fom[keep], map_score=r0.map_score[keep])
+        if params.repick:  # the job's second pass (crowded Yes) on its first picks; its additions join the candidates
+            job = repick(job, d, models, params)
+            first = {tuple(p) for p in r0.xy.tolist()}
+            new = np.array([tuple(p) not in first for p in job.xy.tolist()], bool)
+            r0 = replace(r0, xy=np.concatenate([r0.xy, job.xy[new]]), fom=np.concatenate([r0.fom, job.fom[new]]),
+                         map_score=np.concatenate([r0.map_score, job.map_score[new]]))
+        picks.append((job.xy, job.fom))
         every.append((r0.xy, r0.fom, r0.map_score))
     return picks, every, d, (est.diameter_A if est is not None else None)
 
@@ -345,6 +352,8 @@ def main() -> None:
     ap.add_argument("--estimate_size", default="Yes", help="Yes (the job's default) or No: pick at the diameter given")
     ap.add_argument("--spacing", default="No", help="No (the job's default) or Yes: the pick-spacing check after the "
                     "size estimate (check_spacing Yes)")
+    ap.add_argument("--crowded", default="Yes", help="Yes (the job's default) or No: the second pass with the picks "
+                    "masked out (crowded)")
     ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied to every micrograph")
     ap.add_argument("--threads", type=int, default=2)
@@ -355,10 +364,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
-    params = PickParams(threshold=args.threshold)
+    params = PickParams(threshold=args.threshold, repick=parse_bool(args.crowded, "--crowded"))
     estimate = parse_bool(args.estimate_size, "--estimate_size")
     spacing = parse_bool(args.spacing, "--spacing")
     figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "spacing": spacing,
+               "crowded": params.repick,
                "lowpass_sigma_px": args.lowpass,
                "sets": {}}
     for rs in real_sets(args.sets):

@@ -175,10 +175,13 @@ def main() -> None:
     ap.add_argument("--k3", action="store_true", help="K3 micrographs: 5760 x 4092 px, 0.83 A/px, 120 A particles")
     ap.add_argument("--profile", action="store_true", help="also time each stage in this process")
     ap.add_argument("--model", help="model file (default: the shipped weights)")
-    ap.add_argument("--crowded", action="store_true", help="every run with `crowded Yes` (the second pass)")
+    ap.add_argument("--crowded", nargs="?", const="Yes", choices=["Yes", "No"],
+                    help="every run with `crowded Yes` (the second pass; the job's default) or `crowded No` (one pass)")
+    ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"], help="the job's `precision` (default auto)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    extra = ("--crowded", "Yes") if args.crowded else ()
+    extra = (("--crowded", args.crowded) if args.crowded else ()) + (("--precision", args.precision)
+                                                                       if args.precision else ())
     size, angpix, diameter, density = args.size, 1.0, 150.0, None
     if args.k3:
         size, angpix, diameter, density = K3["shape"], K3["angpix"], K3["diameter"], 0.5
@@ -206,7 +209,8 @@ def main() -> None:
         "threads": args.threads,
         "device": args.device,
         "model": args.model,
-        "crowded": bool(args.crowded),
+        "crowded": args.crowded != "No",
+        "precision": args.precision or "auto",
         "seconds_one_job_one_micrograph": round(one, 2),
         "seconds_one_job_all": round(many, 2),
         "seconds_per_micrograph": round(per, 3),

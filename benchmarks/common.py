@@ -15,7 +15,7 @@ from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
 from relion_pixer.evaluate import (  # noqa: E402
     Scores, best_mask_at_stride, match_picks, particle_ious)
-from relion_pixer.pipeline import PickParams, pick_from_map, segment_micrograph  # noqa: E402
+from relion_pixer.pipeline import PickParams, pick_segmented, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
 from relion_pixer.preprocess import nearest_resample  # noqa: E402
@@ -208,7 +208,7 @@ def segment_all(mics: list[Micrograph], diameter_A: float, models, device: str =
 def picks_from_maps(maps: list, diameter_A: float, models, params: PickParams | None = None):
     """PIXER picks (xy, fom) per micrograph from :func:`segment_all`'s output."""
     params = params or PickParams()
-    return [(r.xy, r.fom) for r in (pick_from_map(*seg, diameter_A, models, params) for seg in maps)]
+    return [(r.xy, r.fom) for r in (pick_segmented(*seg, diameter_A, models, params) for seg in maps)]
 
 
 def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickParams | None = None):

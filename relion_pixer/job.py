@@ -114,7 +114,7 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         benchmarks/bench_crowd.py); Continue reuses it
   crowded [Yes/No]      crowded micrographs: after picking each micrograph, mask its picks out and pick it again,
                         adding the particles their neighbours hid from the networks (a second segmentation
-                        of each; default No: measured in benchmarks/bench_repick.py)
+                        of each; default Yes: benchmarks/bench_repick.py; No picks once, twice as fast)
   adapt [Yes/No]        self-training: fine-tune the networks briefly on their own confident picks, empty ice and
                         contamination in a sample of the job's micrographs (no labels needed), check them on a
                         held-out part, then pick every micrograph with them (default No; docs/adapt.md).
@@ -181,7 +181,7 @@ class JobOptions:
     write_maps: bool = False
     estimate_size: bool = True
     check_spacing: bool = False
-    crowded: bool = False
+    crowded: bool = True
     adapt: bool = False
     invert: bool = False
     relion_version: int | None = None
@@ -388,7 +388,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
         check_spacing=bool(values.get("check_spacing", False)),
-        crowded=bool(values.get("crowded", False)),
+        crowded=bool(values.get("crowded", True)),
         adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
         relion_version=version,

@@ -17,7 +17,8 @@ import numpy as np
 from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.classify import BATCH_SIZE
 
-__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_from_map", "map_cut",
+__all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_segmented", "pick_from_map",
+           "map_cut",
            "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
            "REPICK_DENSITY_PERCENTILE", "REPICK_FOM_PERCENTILE", "REPICK_MIN_FIRST", "REPICK_ROUNDS"]
 
@@ -89,8 +90,9 @@ class PickParams:
     repick : bool
         Crowded micrographs: after picking, mask every pick out and pick the masked micrograph again, adding what
         that finds at least :data:`REPICK_APART` diameters from every first pick (:func:`repick`): particles the
-        networks do not see among their neighbours. Off by default (``benchmarks/bench_repick.py``: on crowded
-        simulated micrographs F1 +0.06 / +0.09, on the real sets' test splits -0.005 to +0.006).
+        networks do not see among their neighbours. On by default since session 24 (``benchmarks/bench_repick.py``,
+        round 4: on crowded simulated micrographs F1 +0.04 / +0.11, on the real sets' test splits +0.000 to
+        +0.007); False picks once, as before.
     batch_size : int
         Boxes per classifier batch (64 was the fastest on the CPU, from 32 to 644 boxes: ``bench_speed.py``).
     """
@@ -105,7 +107,7 @@ class PickParams:
     sigma_per_diameter: float | None = None
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
-    repick: bool = False
+    repick: bool = True
 
 
 @dataclass
@@ -174,7 +176,14 @@ def pick_micrograph(image: np.ndarray, angpix: float, diameter_A: float, models,
     -------
     PickResult
     """
-    net_image, prob, factors = segment_micrograph(image, angpix, diameter_A, models, params.device)
+    return pick_segmented(*segment_micrograph(image, angpix, diameter_A, models, params.device), diameter_A, models,
+                          params)
+
+
+def pick_segmented(net_image: np.ndarray, prob, factors: tuple[float, float], diameter_A: float, models,
+                   params: PickParams) -> PickResult:
+    """What :func:`pick_micrograph` does once :func:`segment_micrograph` has made ``net_image``, ``prob`` and
+    ``factors``: :func:`pick_from_map`, then with ``params.repick`` the second pass (:func:`repick`)."""
     if not params.repick:
         return pick_from_map(net_image, prob, factors, diameter_A, models, params)
     first = pick_from_map(net_image, prob, factors, diameter_A, models, replace(params, max_particles=0))

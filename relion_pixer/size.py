@@ -311,7 +311,7 @@ def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", f
     else:
         kept = micrographs if rounds == 1 else list(micrographs)
         sample = lambda: kept  # noqa: E731
-    params = PickParams(device=str(device))
+    params = PickParams(device=str(device), repick=False)  # one pass, as measured (bench_crowd.py)
     lowest = float(floor) * float(diameter_A)
     d = float(diameter_A)
     for _ in range(rounds):

@@ -1456,8 +1456,8 @@ def test_sigterm_while_the_job_starts_leaves_the_aborted_marker(tmp_path, monkey
 
 
 def test_crowded_yes_asks_for_the_second_pass_and_run_out_counts_what_it_added(tmp_path, monkeypatch):
-    """``crowded Yes`` reaches the picker as ``PickParams.repick`` (off without it), and run.out's summary says how
-    many of the particles the second pass found; without it, no such line."""
+    """``crowded`` (the default, Yes) reaches the picker as ``PickParams.repick``, and run.out's summary says how
+    many of the particles the second pass found; with ``crowded No``, one pass and no such line."""
     root = made_project(tmp_path / "p", n=3)
     monkeypatch.chdir(root)
     asked = []
@@ -1467,13 +1467,14 @@ def test_crowded_yes_asks_for_the_second_pass_and_run_out_counts_what_it_added(t
         result = FakePicker()(image, angpix, diameter_A, params)
         return dataclasses.replace(result, repicked=1 if params.repick else 0)
 
-    rc, out, err = run(RELION_CMD + " --crowded Yes --estimate_size No", pick_fn=picker)
-    assert rc == 0, err
-    assert asked == [True] * 3
-    assert "The second pass (crowded Yes) found 3 of the 12 particles with the first picks masked out" in out
-    shutil.rmtree(root / "External")
-    asked.clear()
-    rc, out, err = run(RELION_CMD + " --estimate_size No", pick_fn=picker)
+    for extra in (" --crowded Yes", ""):
+        rc, out, err = run(RELION_CMD + extra + " --estimate_size No", pick_fn=picker)
+        assert rc == 0, err
+        assert asked == [True] * 3
+        assert "The second pass (crowded Yes) found 3 of the 12 particles with the first picks masked out" in out
+        shutil.rmtree(root / "External")
+        asked.clear()
+    rc, out, err = run(RELION_CMD + " --crowded No --estimate_size No", pick_fn=picker)
     assert rc == 0, err
     assert asked == [False] * 3 and "second pass" not in out
     assert "  crowded [Yes/No]" in job.HELP
