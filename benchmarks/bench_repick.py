@@ -124,6 +124,9 @@ so the check is in the job's second pass (``REPICK_FOM_PERCENTILE`` 5) and ``cro
   0.32 s per 4096 x 4096 micrograph (0.16 s without, the same hour), peak RSS 0.60 GB (0.73 GB with the size
   estimate); K3 (``--k3 --n 4 --crowded``, ``speed_k3_crowded_session24.json``) 0.68 s, 0.67 GB.
 
+Since round 4 the job's pass has the figure-of-merit check: add ``--fom_percentile 0`` to the commands of rounds 1-3
+below to measure the pass they measured.
+
 Round 3's command::
 
     python benchmarks/bench_repick.py --rounds 1 2 --seed_offset 7000 --real --split test \\

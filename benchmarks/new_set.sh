@@ -34,7 +34,7 @@ $PY benchmarks/bench_real.py --split test --json "$OUT/real_test.json"
     $PY benchmarks/tune_size.py $SM --json "$OUT/tune_size_loso.json"
     $PY benchmarks/bench_crowd.py --real $SM --json "$OUT/crowd_loso.json"
     $PY benchmarks/bench_crowd.py --real --sets --json "$OUT/crowd_real_shipped.json"
-    $PY benchmarks/bench_repick.py --seed_offset 8000 --real --split test $SM --json "$OUT/repick.json"
+    $PY benchmarks/bench_repick.py --seed_offset 10000 --real --split test $SM --json "$OUT/repick.json"
     $PY benchmarks/bench_adapt.py --sim 0 --score_split test $SM --json "$OUT/adapt_loso_test.json"
     $PY benchmarks/bench_adapt.py --sim 0 --score_split test --json "$OUT/adapt_shipped_test.json"
 }

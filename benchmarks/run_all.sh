@@ -60,7 +60,10 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY bench_crowd.py --rounds 3 --real --sets "${LOSO[@]}" --json results/crowd_rounds3_real_loso.json
   # crowded Yes, the second pass (round 2 decides on the real test splits; round 1 was the pass without its darkness
   # check, so rerunning its command now measures round 2's pass on round 1's data)
-  $PY bench_repick.py --seed_offset 6000 --real --split test "${LOSO[@]}" --json results/repick_round2.json
+  $PY bench_repick.py --fom_percentile 0 --seed_offset 6000 --real --split test "${LOSO[@]}" --json results/repick_round2.json
+  # round 4: the figure-of-merit check (the job's pass since session 24, and crowded Yes the default), and without it
+  $PY bench_repick.py --fom_percentile 5 --seed_offset 9000 --real --split test "${LOSO[@]}" --json results/repick_round4.json
+  $PY bench_repick.py --fom_percentile 0 --seed_offset 9000 --real --split test "${LOSO[@]}" --json results/repick_round4_base.json
   $PY tune_sigma.py "${LOSO[@]}" --json results/tune_sigma.json
   $PY bench_size_profile.py "${LOSO[@]}" --json results/size_profile.json
 fi
