@@ -223,8 +223,9 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
     threshold-0 candidates the decision's cut keeps, then with ``params.repick`` the job's second pass, whose
-    additions join the candidates); the diameter it picked at; and its size estimate (A; None without one). ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a
-    benchmark can try another way of making them."""
+    additions join the candidates); the diameter it picked at; and its size estimate (A; None without one).
+    ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a benchmark can try
+    another way of making them."""
     from relion_pixer import size
 
     est = size_estimate(mics, diameter_A, models) if estimate else None

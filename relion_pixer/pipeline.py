@@ -18,8 +18,7 @@ from relion_pixer import NET_DIAMETER_PX, preprocess
 from relion_pixer.classify import BATCH_SIZE
 
 __all__ = ["PickParams", "PickResult", "pick_micrograph", "segment_micrograph", "pick_segmented", "pick_from_map",
-           "map_cut",
-           "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
+           "map_cut", "map_cut_value", "repick", "mask_picks", "MARGIN_PER_DIAMETER", "REPICK_RADIUS", "REPICK_APART",
            "REPICK_DENSITY_PERCENTILE", "REPICK_FOM_PERCENTILE", "REPICK_MIN_FIRST", "REPICK_ROUNDS"]
 
 #: The default edge margin (``PickParams.margin_A`` None), in particle diameters: picks whose centre lies closer to
@@ -258,8 +257,8 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph, and lie where the image
     is at least as dark at particle scale (:func:`relion_pixer.preprocess.density_map`) as the first picks'
     :data:`REPICK_DENSITY_PERCENTILE` th percentile, with a figure of merit reaching the first picks'
-    :data:`REPICK_FOM_PERCENTILE` th percentile (when above 0); with fewer than :data:`REPICK_MIN_FIRST` first picks nothing is
-    added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
+    :data:`REPICK_FOM_PERCENTILE` th percentile (when above 0); with fewer than :data:`REPICK_MIN_FIRST` first picks
+    nothing is added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
     The picks of all passes are then cut together (``threshold``, ``max_particles``).
 
     Parameters
