@@ -124,6 +124,19 @@ so the check is in the job's second pass (``REPICK_FOM_PERCENTILE`` 5) and ``cro
   0.32 s per 4096 x 4096 micrograph (0.16 s without, the same hour), peak RSS 0.60 GB (0.73 GB with the size
   estimate); K3 (``--k3 --n 4 --crowded``, ``speed_k3_crowded_session24.json``) 0.68 s, 0.67 GB.
 
+**A faster pass (session 24), rule written before its run.** With ``crowded`` the default, a K3 micrograph takes
+0.67 s here against 0.31 s with one pass, past issue 19's 0.5 s. Profiled in process (3 K3 micrographs), the pass's
+0.32 s was :func:`relion_pixer.preprocess.density_map` 0.19 s (a float64 FFT blur of sd two diameters 0.08 s, median
+and MAD 0.03 s, the disk average by FFT 0.04 s), ``mask_picks`` 0.07 s (a Python loop over the picks), the second
+segmentation about 0.08 s. The pass only compares the darkness at its candidates with the first picks' percentile,
+so (1) the standardisation, an increasing affine map, changes no comparison and is dropped; (2) the disk average is
+taken at those points only; (3) the blur is taken on a 4x-binned copy, as :func:`relion_pixer.preprocess.normalise`
+already does for the same sigma (this one is not exact: the values move slightly); ``mask_picks`` computes every disc
+at once (exact). The faster pass replaces the exact one only if round 4's decisive command, rerun with it
+(``results/repick_round4_fast.json``), gives every set's mean F1 within 0.002 of ``repick_round4.json`` with rules 1
+and 2 still met, ``bench_real.py --split test`` moves no set's F1 by more than 0.002, and ``bench_speed.py --k3``
+reads at most 0.5 s per micrograph.
+
 Since round 4 the job's pass has the figure-of-merit check: add ``--fom_percentile 0`` to the commands of rounds 1-3
 below to measure the pass they measured.
 
