@@ -33,7 +33,7 @@ REPICK_FEATHER_PX = 4.0
 #: nearer is the edge of a masked disc, or the same particle found again).
 REPICK_APART = 0.6
 #: With ``repick``, a second-pass pick is added only where the image is at least as dark at particle scale
-#: (:func:`relion_pixer.preprocess.density_map`) as this percentile of the first picks are: on uncrowded micrographs
+#: (:func:`relion_pixer.preprocess.darkness_at`) as this percentile of the first picks are: on uncrowded micrographs
 #: the second pass otherwise finds faint "particles" on the empty ice around the masked ones (``bench_repick.py``,
 #: round 2).
 REPICK_DENSITY_PERCENTILE = 5.0
@@ -255,7 +255,7 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     its candidates must reach the map score ``first`` needed (``first.map_cut``: the second pass's own typical score
     would be lower and let faint specks through), lie at least :data:`REPICK_APART` diameters from every first pick,
     pass the same decision, the classifier weighed by ``first``'s trusts on this micrograph, and lie where the image
-    is at least as dark at particle scale (:func:`relion_pixer.preprocess.density_map`) as the first picks'
+    is at least as dark at particle scale (:func:`relion_pixer.preprocess.darkness_at`) as the first picks'
     :data:`REPICK_DENSITY_PERCENTILE` th percentile, with a figure of merit reaching the first picks'
     :data:`REPICK_FOM_PERCENTILE` th percentile (when above 0); with fewer than :data:`REPICK_MIN_FIRST` first picks
     nothing is added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
@@ -282,9 +282,9 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     result = first
     rounds = REPICK_ROUNDS if rounds is None else int(rounds)
     if rounds > 0 and len(first.xy) >= REPICK_MIN_FIRST:  # picks only grow from pass to pass
-        dens = preprocess.density_map(first.net_image, NET_DIAMETER_PX)  # the same image every pass
+        hp = preprocess.highpass(first.net_image, 2 * NET_DIAMETER_PX)  # the same image every pass
         for _ in range(rounds):
-            result = _repick_once(result, dens, diameter_A, models, params)
+            result = _repick_once(result, hp, diameter_A, models, params)
             if not result.repicked:
                 break
     keep, capped = decide.cut(result.fom, params.threshold, int(params.max_particles))
@@ -292,10 +292,10 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
                    capped=first.capped + capped, repicked=int(np.count_nonzero(keep >= len(first.xy))))
 
 
-def _repick_once(prev: PickResult, dens: np.ndarray, diameter_A: float, models, params: PickParams) -> PickResult:
-    """One pass of :func:`repick` over ``prev``'s picks (``dens``: :func:`relion_pixer.preprocess.density_map` of its
-    network-scale image): ``prev``'s picks followed by those the pass adds (not cut nor sorted), ``repicked`` the
-    number added."""
+def _repick_once(prev: PickResult, hp: np.ndarray, diameter_A: float, models, params: PickParams) -> PickResult:
+    """One pass of :func:`repick` over ``prev``'s picks (``hp``: :func:`relion_pixer.preprocess.highpass` of its
+    network-scale image, for :func:`relion_pixer.preprocess.darkness_at`): ``prev``'s picks followed by those the pass
+    adds (not cut nor sorted), ``repicked`` the number added."""
     from scipy.spatial import cKDTree
 
     from relion_pixer import CONTAMINATION, PARTICLE, classify, decide, segment
@@ -304,9 +304,11 @@ def _repick_once(prev: PickResult, dens: np.ndarray, diameter_A: float, models, 
     masked = mask_picks(prev.net_image, prev.prob_map, xy1)
     prob2 = segment.predict_probability(models.segmenter, masked, params.device)
     cand_xy, cand_score = _candidates(prob2, diameter_A, params, max(prev.map_cut, params.map_threshold))
-    dark = np.percentile(preprocess.values_at(dens, xy1), REPICK_DENSITY_PERCENTILE)
-    ok = ((cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
-          & (preprocess.values_at(dens, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
+    dark = np.percentile(preprocess.darkness_at(hp, NET_DIAMETER_PX, xy1), REPICK_DENSITY_PERCENTILE)
+    # the figure of merit never exceeds the map score, so what scores below the check's floor is not classified
+    floor = np.percentile(prev.fom, REPICK_FOM_PERCENTILE) if REPICK_FOM_PERCENTILE > 0 else 0.0
+    ok = ((cand_score >= floor) & (cKDTree(xy1).query(cand_xy)[0] >= REPICK_APART * NET_DIAMETER_PX)
+          & (preprocess.darkness_at(hp, NET_DIAMETER_PX, cand_xy) >= dark)) if len(cand_xy) else np.zeros(0, bool)
     cand_xy, cand_score = cand_xy[ok], cand_score[ok]
     fom2 = np.zeros(0)
     if len(cand_xy):
@@ -315,9 +317,7 @@ def _repick_once(prev: PickResult, dens: np.ndarray, diameter_A: float, models, 
         fom2 = decide.figure_of_merit(cand_score, probs[:, PARTICLE], prev.trust,
                                       p_contamination=probs[:, CONTAMINATION], ctrust=prev.contamination_trust)
     vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (fom2 < params.threshold)))
-    new = fom2 >= params.threshold
-    if REPICK_FOM_PERCENTILE > 0:
-        new &= fom2 >= np.percentile(prev.fom, REPICK_FOM_PERCENTILE)
+    new = (fom2 >= params.threshold) & (fom2 >= floor)
     return replace(prev, xy=np.concatenate([prev.xy, preprocess.to_original(cand_xy[new], prev.factors)]),
                    fom=np.concatenate([prev.fom, fom2[new]]),
                    map_score=np.concatenate([prev.map_score, cand_score[new]]), vetoed=prev.vetoed + vetoed,
@@ -338,14 +338,29 @@ def mask_picks(net_image: np.ndarray, prob_map: np.ndarray, xy: np.ndarray, seed
     half = int(np.ceil(r + 0.5 * REPICK_FEATHER_PX))
     weight = np.zeros(img.shape, np.float32)
     ny, nx = img.shape
-    for x, y in np.asarray(xy, dtype=np.float64).reshape(-1, 2):
-        ix, iy = int(round(x)), int(round(y))
-        y0, y1, x0, x1 = max(0, iy - half), min(ny, iy + half + 1), max(0, ix - half), min(nx, ix + half + 1)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        d = np.hypot(*np.meshgrid(np.arange(y0, y1) - y, np.arange(x0, x1) - x, indexing="ij"))
-        disc = np.clip((r + 0.5 * REPICK_FEATHER_PX - d) / REPICK_FEATHER_PX, 0.0, 1.0)
-        np.maximum(weight[y0:y1, x0:x1], disc, out=weight[y0:y1, x0:x1])
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    ix, iy = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
+    offsets = np.arange(-half, half + 1)
+    flat = weight.reshape(-1)
+    # picks in batches whose boxes cannot overlap (in cells of one box side with the same parity, one pick per cell):
+    # within a batch every pixel is written once, so taking the maximum needs no scatter
+    side = 2 * half + 1
+    cell_x, cell_y = np.floor_divide(ix, side), np.floor_divide(iy, side)
+    order = np.lexsort((cell_y, cell_x))
+    same = np.r_[False, (np.diff(cell_x[order]) == 0) & (np.diff(cell_y[order]) == 0)]
+    start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
+    rank = np.empty(len(order), int)
+    rank[order] = np.arange(len(order)) - start
+    batch = (rank * 4 + (cell_x % 2) * 2 + cell_y % 2) if len(order) else rank
+    for b in np.unique(batch):
+        part = np.flatnonzero(batch == b)
+        rows, cols = iy[part, None] + offsets, ix[part, None] + offsets
+        discs = np.clip((r + 0.5 * REPICK_FEATHER_PX - np.hypot((rows - xy[part, 1:2])[:, :, None],
+                                                               (cols - xy[part, 0:1])[:, None, :])) / REPICK_FEATHER_PX,
+                        0.0, 1.0).astype(np.float32)
+        inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :] & (discs > 0)
+        index = (rows[:, :, None] * nx + cols[:, None, :])[inside]
+        flat[index] = np.maximum(flat[index], discs[inside])
     noise = np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32) * np.float32(sd) + np.float32(mean)
     return img + weight * (noise - img)
 

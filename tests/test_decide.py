@@ -243,6 +243,17 @@ def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(
     assert np.all(out[inner] != img[inner])
     assert abs(out[inner].mean() - 3.0) < 0.2 and abs(out[inner].std() - 2.0) < 0.2
     assert np.array_equal(mask_picks(img, prob, np.zeros((0, 2))), img)
+    # the weight of each pixel is its nearest pick's feathered disc, also where discs overlap, by the edges and
+    # off the image, for more picks than one chunk of discs
+    many = np.vstack([rng.uniform(-20, 260, (700, 2)), [[100.3, 100.6], [110.1, 104.9]]])
+    d = np.full(img.shape, np.inf)
+    for x, y in many:
+        d = np.minimum(d, np.hypot(xx - x, yy - y))
+    weight = np.clip((r + REPICK_FEATHER_PX / 2 - d) / REPICK_FEATHER_PX, 0, 1).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal(img.shape, dtype=np.float32)
+    background = img[prob < 0.2]
+    noise = noise * np.float32(background.std()) + np.float32(background.mean())
+    np.testing.assert_allclose(mask_picks(img, prob, many), img + weight * (noise - img), atol=1e-5)
 
 
 def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(models, monkeypatch):
@@ -256,7 +267,7 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
     from relion_pixer import NET_DIAMETER_PX
     from relion_pixer.evaluate import match_picks
     from relion_pixer.pipeline import REPICK_APART, REPICK_DENSITY_PERCENTILE
-    from relion_pixer.preprocess import density_map, to_network, values_at
+    from relion_pixer.preprocess import darkness_at, highpass, to_network
 
     import relion_pixer.pipeline as pipeline
 
@@ -281,9 +292,10 @@ def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(mode
         assert np.count_nonzero(near < 1e-6) == len(one.xy)
         assert np.all(near[near >= 1e-6] >= REPICK_APART * d / 2.0 * 0.999)
         # an added pick is as dark at particle scale as the first picks' REPICK_DENSITY_PERCENTILE th percentile
-        dens = density_map(two.net_image, NET_DIAMETER_PX)
-        dark = np.percentile(values_at(dens, to_network(one.xy, one.factors)), REPICK_DENSITY_PERCENTILE)
-        assert np.all(values_at(dens, to_network(two.xy[near >= 1e-6], two.factors)) >= dark)
+        hp = highpass(two.net_image, 2 * NET_DIAMETER_PX)
+        dark = np.percentile(darkness_at(hp, NET_DIAMETER_PX, to_network(one.xy, one.factors)),
+                             REPICK_DENSITY_PERCENTILE)
+        assert np.all(darkness_at(hp, NET_DIAMETER_PX, to_network(two.xy[near >= 1e-6], two.factors)) >= dark)
         for key, res in ((False, one), (True, two)):
             found[key] += len(match_picks(res.xy, truth, 24.0).pred_index)
         added += two.repicked

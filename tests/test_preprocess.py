@@ -156,3 +156,26 @@ def test_gaussian_blur_is_scipys_gaussian_filter_to_rounding(shape, sigma):
 
     img = np.random.default_rng(3).standard_normal(shape)
     np.testing.assert_allclose(gaussian_blur(img, sigma), scipy.ndimage.gaussian_filter(img, sigma), atol=1e-12)
+
+
+def test_darkness_at_reads_density_maps_measure_at_points():
+    """disk_means is density_map's disk average read at points (to rounding, zeros beyond the edge); darkness_at on
+    the binned high-pass orders points as density_map does (an affine map of it up to the binned blur)."""
+    import scipy.signal
+    import scipy.stats
+
+    from relion_pixer.preprocess import darkness_at, density_map, disk_means, highpass, normalise, values_at
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(3)
+    cfg = random_config(rng, snr=0.3, particle_diameter_px=32.0, families="globular", empty=False, n_ice=2,
+                        carbon_edge=True, angpix=2.0)
+    img = normalise(simulate_micrograph(rng, shape=(300, 420), **cfg).image)
+    xy = np.vstack([rng.uniform(0, [419, 299], (400, 2)), [[0, 0], [419, 299]]])
+    r = 11.2
+    yy, xx = np.mgrid[-11:12, -11:12]
+    kernel = (xx**2 + yy**2 <= r * r).astype(np.float64)
+    full = scipy.signal.fftconvolve(img.astype(np.float64), kernel / kernel.sum(), mode="same")
+    np.testing.assert_allclose(disk_means(img, r, xy), values_at(full, xy), atol=1e-9)
+    dark = darkness_at(highpass(img, 64.0), 32.0, xy)
+    assert scipy.stats.spearmanr(dark, values_at(density_map(img, 32.0), xy)).correlation > 0.98
