@@ -10,6 +10,8 @@ follows: the picks are masked out and the masked micrograph is picked again (:fu
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -361,8 +363,22 @@ def mask_picks(net_image: np.ndarray, prob_map: np.ndarray, xy: np.ndarray, seed
         inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :] & (discs > 0)
         index = (rows[:, :, None] * nx + cols[:, None, :])[inside]
         flat[index] = np.maximum(flat[index], discs[inside])
-    noise = np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32) * np.float32(sd) + np.float32(mean)
+    unit = (_unit_noise(img.shape, seed) if img.size <= _CACHED_NOISE_PX
+            else np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32))
+    noise = unit * np.float32(sd) + np.float32(mean)
     return img + weight * (noise - img)
+
+
+#: :func:`mask_picks` keeps its unit noise for network images up to this many pixels (16 MB), drawing it once per job.
+_CACHED_NOISE_PX = 1 << 22
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_noise(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Standard normal float32 noise of ``shape`` from ``seed`` (read-only): the same for every micrograph of a shape."""
+    noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    noise.flags.writeable = False
+    return noise
 
 
 def map_cut(score: np.ndarray, params: PickParams) -> np.ndarray:

@@ -223,7 +223,7 @@ def test_the_spacing_check_shrinks_the_diameter_on_crowded_micrographs_only(mode
         check_spacing(sample, true_A, models, rounds=0)
 
 
-def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise():
+def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(monkeypatch):
     """Inside the disc (less the feather) every pixel is replaced, beyond it none; the noise has the background's
     mean and spread; the same seed masks the same way; a pick by the edge is masked where its disc lies inside."""
     from relion_pixer import NET_DIAMETER_PX
@@ -254,6 +254,12 @@ def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(
     background = img[prob < 0.2]
     noise = noise * np.float32(background.std()) + np.float32(background.mean())
     np.testing.assert_allclose(mask_picks(img, prob, many), img + weight * (noise - img), atol=1e-5)
+    # the noise kept for a job's images of one shape is the noise drawn afresh for larger ones
+    import relion_pixer.pipeline as pipeline
+
+    cached = mask_picks(img, prob, many)
+    monkeypatch.setattr(pipeline, "_CACHED_NOISE_PX", 0)
+    assert np.array_equal(mask_picks(img, prob, many), cached)
 
 
 def test_repick_finds_particles_their_neighbours_hid_on_crowded_micrographs(models, monkeypatch):
