@@ -31,6 +31,9 @@ measures the estimate as a job meets a new protein.
 Session 15 moved the edge margin to 0.4 and added the contamination veto, so the leave-one-set-out run is repeated at
 those defaults by the same rule (written above, before this rerun; the weight follows it), into
 ``benchmarks/results/tune_size_loso_s15.json``: weight 0.5 again (mean F1 0.8864; 0.8772 at 0.25, 0.8742 at 0.75).
+
+Session 24 made the second pass (``crowded Yes``) the default, so the leave-one-set-out run is repeated at it by the
+same rule (written above, before this rerun; the weight follows it), into ``benchmarks/results/tune_size_loso_s24.json``.
 """
 
 from __future__ import annotations
