@@ -63,8 +63,14 @@ def write_micrographs(folder: Path, n: int, size: int | tuple[int, int], angpix:
 
 
 def profile(paths: list[Path], angpix: float, diameter: float, threads: int, device: str,
-            model: str | None = None) -> dict:
-    """Seconds per stage (median over the micrographs, after one warm-up) and what the stages handled."""
+            model: str | None = None, repick: bool = True) -> dict:
+    """Seconds per stage (median over the micrographs, after one warm-up) and what the stages handled; with
+    ``repick`` (the job's default, ``crowded Yes``) the second pass as one more stage."""
+    from dataclasses import replace
+
+    from relion_pixer.pipeline import pick_from_map
+    from relion_pixer.pipeline import repick as pipeline_repick
+
     import torch
 
     from relion_pixer import classify, decide, io, models, picking, preprocess, segment
@@ -100,6 +106,9 @@ def profile(paths: list[Path], angpix: float, diameter: float, threads: int, dev
                       device=device, batch_size=params.batch_size)
         keep = timed("decide", decide.decide, scores, probs, params.threshold, params.max_particles).keep
         timed("to_original", preprocess.to_original, cand_xy[keep], factors)
+        if repick:  # the job's second pass (crowded Yes) on the first pass's picks, made outside the timing
+            first = pick_from_map(net_image, prob, factors, diameter, loaded, replace(params, max_particles=0))
+            timed("second_pass", pipeline_repick, first, diameter, loaded, params)
         if k == 0:
             for name in times:
                 times[name].clear()
@@ -197,8 +206,8 @@ def main() -> None:
                         extra=extra)
         with_estimate, rss_est = run(paths, tmp / "oute", args.threads, args.device, angpix, diameter, estimate=True,
                                      model=args.model, extra=extra)
-        stages = (profile(paths, angpix, diameter, args.threads, args.device, args.model) if args.profile
-                  else None)
+        stages = (profile(paths, angpix, diameter, args.threads, args.device, args.model,
+                          repick=args.crowded != "No") if args.profile else None)
     per = (many - one) / max(1, args.n - 1)
     figures = {
         "size": size if isinstance(size, int) else list(size),
