@@ -11,7 +11,6 @@ follows: the picks are masked out and the masked micrograph is picked again (:fu
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -260,8 +259,8 @@ def repick(first: PickResult, diameter_A: float, models, params: PickParams, rou
     is at least as dark at particle scale (:func:`relion_pixer.preprocess.darkness_at`) as the first picks'
     :data:`REPICK_DENSITY_PERCENTILE` th percentile, with a figure of merit reaching the first picks'
     :data:`REPICK_FOM_PERCENTILE` th percentile (when above 0); with fewer than :data:`REPICK_MIN_FIRST` first picks
-    nothing is added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one adds nothing.
-    The picks of all passes are then cut together (``threshold``, ``max_particles``).
+    nothing is added. With ``rounds`` above 1 the pass is made again with every pick so far masked out, until one
+    adds nothing. The picks of all passes are then cut together (``threshold``, ``max_particles``).
 
     Parameters
     ----------
@@ -343,33 +342,24 @@ def mask_picks(net_image: np.ndarray, prob_map: np.ndarray, xy: np.ndarray, seed
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     ix, iy = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
     offsets = np.arange(-half, half + 1)
-    flat = weight.reshape(-1)
-    # picks in batches whose boxes cannot overlap (in cells of one box side with the same parity, one pick per cell):
-    # within a batch every pixel is written once, so taking the maximum needs no scatter
-    side = 2 * half + 1
-    cell_x, cell_y = np.floor_divide(ix, side), np.floor_divide(iy, side)
-    order = np.lexsort((cell_y, cell_x))
-    same = np.r_[False, (np.diff(cell_x[order]) == 0) & (np.diff(cell_y[order]) == 0)]
-    start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
-    rank = np.empty(len(order), int)
-    rank[order] = np.arange(len(order)) - start
-    batch = (rank * 4 + (cell_x % 2) * 2 + cell_y % 2) if len(order) else rank
-    for b in np.unique(batch):
-        part = np.flatnonzero(batch == b)
-        rows, cols = iy[part, None] + offsets, ix[part, None] + offsets
-        discs = np.clip((r + 0.5 * REPICK_FEATHER_PX - np.hypot((rows - xy[part, 1:2])[:, :, None],
-                                                               (cols - xy[part, 0:1])[:, None, :])) / REPICK_FEATHER_PX,
-                        0.0, 1.0).astype(np.float32)
-        inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :] & (discs > 0)
-        index = (rows[:, :, None] * nx + cols[:, None, :])[inside]
-        flat[index] = np.maximum(flat[index], discs[inside])
+    for start in range(0, len(xy), 512):  # the discs of 512 picks at once (512 x 37 x 37 float64: 5.6 MB)
+        part = slice(start, start + 512)
+        dy = (iy[part, None] + offsets) - xy[part, 1:2]
+        dx = (ix[part, None] + offsets) - xy[part, 0:1]
+        discs = np.clip((r + 0.5 * REPICK_FEATHER_PX - np.hypot(dy[:, :, None], dx[:, None, :])) / REPICK_FEATHER_PX,
+                        0.0, 1.0)
+        for disc, cx, cy in zip(discs, ix[part], iy[part]):
+            y0, y1, x0, x1 = max(0, cy - half), min(ny, cy + half + 1), max(0, cx - half), min(nx, cx + half + 1)
+            if y0 < y1 and x0 < x1:
+                np.maximum(weight[y0:y1, x0:x1], disc[y0 - cy + half:y1 - cy + half, x0 - cx + half:x1 - cx + half],
+                           out=weight[y0:y1, x0:x1])
     unit = (_unit_noise(img.shape, seed) if img.size <= _CACHED_NOISE_PX
             else np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32))
     noise = unit * np.float32(sd) + np.float32(mean)
     return img + weight * (noise - img)
 
 
-#: :func:`mask_picks` keeps its unit noise for network images up to this many pixels (16 MB), drawing it once per job.
+#: :func:`mask_picks` keeps its unit noise for network images up to this many pixels (16 MB): drawn once per job.
 _CACHED_NOISE_PX = 1 << 22
 
 
