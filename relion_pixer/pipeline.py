@@ -365,7 +365,7 @@ _CACHED_NOISE_PX = 1 << 22
 
 @functools.lru_cache(maxsize=1)
 def _unit_noise(shape: tuple[int, int], seed: int) -> np.ndarray:
-    """Standard normal float32 noise of ``shape`` from ``seed`` (read-only): the same for every micrograph of a shape."""
+    """Standard normal float32 noise of ``shape`` from ``seed`` (read-only), the same for every image of a shape."""
     noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     noise.flags.writeable = False
     return noise
