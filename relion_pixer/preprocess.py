@@ -384,10 +384,15 @@ def density_map(image: np.ndarray, diameter_px: float, disk: float = DENSITY_DIS
     img = img - gaussian_blur(img, 2 * diameter_px)
     med = np.median(img)
     img = (img - med) / (1.4826 * np.median(np.abs(img - med)) or 1.0)
-    r = disk * diameter_px
-    yy, xx = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
-    kernel = (xx**2 + yy**2 <= r * r).astype(np.float64)
+    kernel = _disk(disk * diameter_px).astype(np.float64)
     return -scipy.signal.fftconvolve(img, kernel / kernel.sum(), mode="same")
+
+
+def _disk(radius: float) -> np.ndarray:
+    """The pixels within ``radius`` of the centre of a square of side ``2 int(radius) + 1``: a boolean kernel."""
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return yy**2 + xx**2 <= radius * radius
 
 
 def darkness_at(highpassed: np.ndarray, diameter_px: float, xy: np.ndarray, disk: float = DENSITY_DISK) -> np.ndarray:
@@ -402,10 +407,8 @@ def disk_means(image: np.ndarray, radius: float, xy: np.ndarray) -> np.ndarray:
     """The mean of ``image`` over the disk of ``radius`` pixels around the pixel nearest each ``(x, y)`` row of ``xy``
     (pixels outside the image count as 0): what :func:`density_map` convolves with, read at those points only."""
     rows, cols = nearest_pixels(xy, image.shape)
-    r = int(radius)
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    inside = dy**2 + dx**2 <= radius * radius
-    dy, dx = dy[inside], dx[inside]
+    inside = _disk(radius)
+    dy, dx = (np.nonzero(inside)[k] - inside.shape[k] // 2 for k in (0, 1))
     yy, xx = rows[:, None] + dy[None, :], cols[:, None] + dx[None, :]
     ok = (yy >= 0) & (yy < image.shape[0]) & (xx >= 0) & (xx < image.shape[1])
     vals = np.where(ok, np.asarray(image)[np.clip(yy, 0, image.shape[0] - 1), np.clip(xx, 0, image.shape[1] - 1)], 0)
