@@ -158,6 +158,16 @@ operations per pixel, so the same values bit for bit); (2) the discs are drawn i
 K3 goal counts as met again only if ``bench_speed.py --k3 --n 10`` reads at most 0.5 s per micrograph in each of
 two runs, made in the same hour as two runs of the code before the change (which are reported beside them).
 
+**Outcome (session 25): not made; the deciding runs were not needed.** The two runs of the code before the change
+read 0.497 and 0.523 s per micrograph (0.58-0.59 GB). Built and timed in process on the same K3 micrograph before
+any deciding run: the lazy high-pass gave the same bits but took 34 ms against 18 + 3-5 ms for the whole image and
+the disks (the 659 disks overlap and read about half the image's pixels again, each through a gather and an
+interpolation); the float32 discs saved 7 ms (25 -> 18 ms). 7 ms is 1.4 % of a micrograph, less than the spread
+between two runs in the same hour (0.026 s), so neither change went in. Of the whole high-pass's 18 ms, 4 ms are the
+4x binning, 5 ms the blur and 8 ms the interpolation back: even all of it is under 4 %. What the pass costs is the
+second segmentation (about 0.08 s). Issue 19's K3 goal stays where session 24 left it: at the line with ``crowded
+Yes`` (0.50-0.52 s here), met with ``crowded No``.
+
 Since round 4 the job's pass has the figure-of-merit check: add ``--fom_percentile 0`` to the commands of rounds 1-3
 below to measure the pass they measured.
 
