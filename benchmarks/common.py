@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relion_pixer import NET_DIAMETER_PX  # noqa: E402
 from relion_pixer.baseline import log_pick  # noqa: E402
 from relion_pixer.evaluate import (  # noqa: E402
-    Scores, best_mask_at_stride, match_picks, particle_ious)
+    Scores, best_mask_at_stride, match_picks, median_distance, particle_ious)
 from relion_pixer.pipeline import PickParams, pick_segmented, segment_micrograph  # noqa: E402
 from relion_pixer.preprocess import prepare, to_original  # noqa: E402
 from relion_pixer.segment import predict_probability  # noqa: E402
@@ -306,9 +306,8 @@ def score(picks, mics: list[Micrograph], radius_px: float, min_score: float | No
         preds.append(xy if min_score is None else xy[s >= min_score])
     matches = [match_picks(xy, m.truth, radius_px) for xy, m in zip(preds, mics)]
     res = Scores.pooled(matches)
-    dist = np.concatenate([np.zeros(0)] + [m.distance for m in matches])
     return {"precision": res.precision, "recall": res.recall, "f1": res.f1, "picks": res.n_pred, "truth": res.n_true,
-            "median_distance_px": float(np.median(dist)) if len(dist) else float("nan")}
+            "median_distance_px": median_distance(matches)}
 
 
 def f1_change_interval(picks_a, picks_b, mics: list[Micrograph], radius_px: float, n_boot: int = 2000,

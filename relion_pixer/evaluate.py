@@ -69,6 +69,7 @@ __all__ = [
     "greedy_match_by_score",
     "average_precision",
     "pooled_average_precision",
+    "median_distance",
     "mask_iou",
     "particle_ious",
     "matched_filter_dprime",
@@ -660,8 +661,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _median(distance: np.ndarray) -> float:
-    """The median of matched distances (NaN with no match): how well the picks are centred."""
+def median_distance(matches: Sequence[Match]) -> float:
+    """The median distance from a matched pick to its true centre over ``matches`` (pixels; NaN with no match):
+    how well the picks are centred."""
+    distance = np.concatenate([np.zeros(0)] + [np.asarray(m.distance, np.float64) for m in matches])
     return float(np.median(distance)) if len(distance) else math.nan
 
 
@@ -735,14 +738,14 @@ def main(argv: list[str] | None = None) -> int:
             trues.append(t_xy)
             matches.append(m)
             rows.append({"micrograph": k, **asdict(s), "average_precision": ap,
-                         "median_distance": _median(m.distance)})
+                         "median_distance": median_distance([m])})
     except (ValueError, FileNotFoundError) as exc:
         print(f"relion_pixer evaluate: error: {exc}", file=sys.stderr)
         return 2
 
     pooled = asdict(Scores.pooled(matches))
     pooled["average_precision"] = pooled_average_precision(preds, scores, trues, radius) if have_fom else math.nan
-    pooled["median_distance"] = _median(np.concatenate([m.distance for m in matches]))
+    pooled["median_distance"] = median_distance(matches)
     pooled["n_micrographs"] = len(keys)
 
     cols = ["n_true", "n_pred", "tp", "precision", "recall", "f1", "average_precision", "median_distance"]

@@ -399,3 +399,16 @@ def test_matched_filter_dprime_white_noise_matches_theory():
         ev.matched_filter_dprime(signal, noise[:10], xy, box)
     with pytest.raises(ValueError, match="box"):
         ev.matched_filter_dprime(signal, noise, xy, 1000)
+
+
+def test_median_distance_pools_matches_and_is_nan_without_one():
+    from relion_pixer.evaluate import match_picks, median_distance
+
+    truth = np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]])
+    a = match_picks(np.array([[11.0, 10.0], [50.0, 53.0]]), truth, 5.0)  # distances 1 and 3
+    b = match_picks(np.array([[90.0, 92.0]]), truth, 5.0)  # distance 2
+    none = match_picks(np.zeros((0, 2)), truth, 5.0)
+    assert median_distance([a]) == pytest.approx(2.0)
+    assert median_distance([a, b, none]) == pytest.approx(2.0)
+    assert median_distance([b, none]) == pytest.approx(2.0)
+    assert np.isnan(median_distance([none])) and np.isnan(median_distance([]))
