@@ -50,12 +50,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import (Micrograph, add_set_model_argument, job_diameter, read_set_models, real_sets, score, segment_all,
-                    write_json)
+from common import (Micrograph, add_set_model_argument, job_and_candidates, job_diameter, read_set_models, real_sets,
+                    score, segment_all, write_json)
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map, pick_segmented
+from relion_pixer.pipeline import PickParams
 
 #: The rule above, as numbers.
 MAX_LOSS = 0.005
@@ -69,12 +69,12 @@ def peak_rss_mb() -> float:
 
 def figures(models, mics: list[Micrograph], d: float, radius: float, params: PickParams) -> dict:
     """F1 at ``params`` (the job's picks, its second pass included) and the figure of merit's average precision at
-    threshold 0 (the first pass's candidates), one segmentation."""
+    threshold 0 (every candidate, the second pass's additions among them, as in ``bench_real.py``), one segmentation
+    and one pass of the classifier (:func:`common.job_and_candidates`)."""
     picks, every = [], []
     for seg in segment_all(mics, d, models):
-        r = pick_segmented(*seg, d, models, params)
+        r, r0 = job_and_candidates(seg, d, models, params)
         picks.append((r.xy, r.fom))
-        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0))
         every.append((r0.xy, r0.fom))
     out = score(picks, mics, radius)
     out["ap_fom"] = pooled_average_precision([e[0] for e in every], [e[1] for e in every], [m.truth for m in mics],

@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (best_threshold, fmt, lowpass, real_sets, run_log, score, segment_all, size_estimate, spacing_check,
-                    write_json)
-from relion_pixer.decide import cut
+from common import (best_threshold, fmt, job_and_candidates, lowpass, real_sets, run_log, score, segment_all,
+                    size_estimate, spacing_check, write_json)
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
-from relion_pixer.pipeline import PickParams, pick_from_map, repick
+from relion_pixer.pipeline import PickParams
 from relion_pixer.preprocess import density_map, values_at
 
 
@@ -234,15 +233,7 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
         d = spacing_check(mics, d, models).diameter_A
     picks, every = [], []
     for seg in segment(mics, d, models):
-        r0 = pick_from_map(*seg, d, models, replace(params, threshold=0.0, max_particles=0))
-        keep, _ = cut(r0.fom, params.threshold, 0 if params.repick else params.max_particles)
-        job = replace(r0, xy=r0.xy[keep], fom=r0.fom[keep], map_score=r0.map_score[keep])
-        if params.repick:  # the job's second pass (crowded Yes) on its first picks; its additions join the candidates
-            job = repick(job, d, models, params)
-            first = {tuple(p) for p in r0.xy.tolist()}
-            new = np.array([tuple(p) not in first for p in job.xy.tolist()], bool)
-            r0 = replace(r0, xy=np.concatenate([r0.xy, job.xy[new]]), fom=np.concatenate([r0.fom, job.fom[new]]),
-                         map_score=np.concatenate([r0.map_score, job.map_score[new]]))
+        job, r0 = job_and_candidates(seg, d, models, params)
         picks.append((job.xy, job.fom))
         every.append((r0.xy, r0.fom, r0.map_score))
     return picks, every, d, (est.diameter_A if est is not None else None)

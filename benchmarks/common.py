@@ -211,6 +211,29 @@ def picks_from_maps(maps: list, diameter_A: float, models, params: PickParams | 
     return [(r.xy, r.fom) for r in (pick_segmented(*seg, diameter_A, models, params) for seg in maps)]
 
 
+def job_and_candidates(seg, diameter_A: float, models, params: PickParams):
+    """A job's picks at ``params`` and every candidate at threshold 0 (for average precisions), both as
+    :class:`relion_pixer.pipeline.PickResult`, from :func:`segment_all`'s output for one micrograph and one pass of
+    the classifier: the job's picks are the threshold-0 candidates the decision's cut keeps, then with
+    ``params.repick`` the job's second pass, whose additions join the candidates."""
+    from dataclasses import replace
+
+    from relion_pixer.decide import cut
+    from relion_pixer.pipeline import pick_from_map, repick
+
+    every = pick_from_map(*seg, diameter_A, models, replace(params, threshold=0.0, max_particles=0))
+    keep, _ = cut(every.fom, params.threshold, 0 if params.repick else params.max_particles)
+    job = replace(every, xy=every.xy[keep], fom=every.fom[keep], map_score=every.map_score[keep])
+    if params.repick:
+        job = repick(job, diameter_A, models, params)
+        first = {tuple(p) for p in every.xy.tolist()}
+        new = np.array([tuple(p) not in first for p in job.xy.tolist()], bool).reshape(-1)
+        every = replace(every, xy=np.concatenate([every.xy, job.xy[new]]),
+                        fom=np.concatenate([every.fom, job.fom[new]]),
+                        map_score=np.concatenate([every.map_score, job.map_score[new]]))
+    return job, every
+
+
 def run_pixer(mics: list[Micrograph], diameter_A: float, models, params: PickParams | None = None):
     """PIXER picks (xy, fom) per micrograph."""
     params = params or PickParams()
