@@ -418,7 +418,9 @@ def disk_means(image: np.ndarray, radius: float, xy: np.ndarray) -> np.ndarray:
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter(image, sigma)`` (mode ``reflect``, truncated at 4 sigma) of a float64 2D image,
     computed by FFT along each axis: the same to rounding, and several times faster for the wide blurs of
-    :func:`density_map` (sigma two particle diameters)."""
+    :func:`density_map` (sigma two particle diameters). It stays apart from the picking stage's float32 FFT smoothing
+    (:mod:`relion_pixer.picking`): through :func:`density_map` its float64 values decide the real-data training
+    labels (:func:`relion_pixer.train.far_background`), so the shipped weights retrain bit for bit only with it."""
     import scipy.signal
 
     from relion_pixer.picking import gaussian_kernel1d
