@@ -97,6 +97,12 @@ Otherwise it stays an option (default No). Commands::
         --json benchmarks/results/crowd_s25_real_loso.json
     python benchmarks/bench_crowd.py --real --sets --json benchmarks/results/crowd_s25_real_shipped.json
 
+**Result (session 25): rule 1 not met, so the check stays an option (default No).** Mean F1 over the four diameters,
+check off -> on: ``crowded_small`` 0.8848 -> 0.8848 (the check never acts: the picks sit 1.01-1.12 picking
+diameters apart, against the particles' 0.86 true diameters), ``crowded_small_noisy`` 0.8656 -> 0.8764 (spread 0.058
+-> 0.029), so the pair gains +0.005 against the +0.02 asked. Rule 2 met: ``crowded`` 0.9607 -> 0.9589, ``moderate``
+and ``noisy`` unchanged. Rule 3 met: on the real sets the check never acts, with either kind of networks.
+
 For the second rule, the JSON's ``checks_loso`` holds 1 and 2 for the run it is written by (3 is read from the other
 run's JSON)::
 
