@@ -246,11 +246,20 @@ def main() -> None:
     ap.add_argument("--fom_percentile", type=float, default=None,
                     help="the second pass's figure-of-merit check (pipeline.REPICK_FOM_PERCENTILE; 0: none; "
                          "default: the job's)")
+    ap.add_argument("--apart", type=float, default=None,
+                    help="the least distance of an addition from every first pick, in diameters "
+                         "(pipeline.REPICK_APART; default: the job's)")
+    ap.add_argument("--radius", type=float, default=None,
+                    help="the masking discs' radius, in diameters (pipeline.REPICK_RADIUS; default: the job's)")
     ap.add_argument("--lowpass", type=float, default=0.0,
                     help="Gaussian sd (micrograph px) applied to every simulated micrograph: denoised-looking data")
     args, models, set_files = parse_crowd_arguments(ap)
     if args.fom_percentile is not None:
         pipeline.REPICK_FOM_PERCENTILE = float(args.fom_percentile)
+    if args.apart is not None:
+        pipeline.REPICK_APART = float(args.apart)
+    if args.radius is not None:
+        pipeline.REPICK_RADIUS = float(args.radius)
     cases = []
     for name in args.sets:
         _, mics, diameter = crowd_set(name, args.n, args.seed_offset)
@@ -263,7 +272,8 @@ def main() -> None:
                 cases.append((f"real_{rs.name}_unseen", mics, rs.diameter_A, load_pretrained(set_files[rs.name])))
     out = {"model": args.model, "set_models": set_files, "seed_offset": args.seed_offset, "given": GIVEN,
            "real_splits": args.split if args.real else None, "lowpass_sigma_px": args.lowpass,
-           "rounds": args.rounds, "fom_percentile": pipeline.REPICK_FOM_PERCENTILE, "sets": {}}
+           "rounds": args.rounds, "fom_percentile": pipeline.REPICK_FOM_PERCENTILE, "apart": pipeline.REPICK_APART,
+           "radius": pipeline.REPICK_RADIUS, "sets": {}}
     params = PickParams()
     for name, mics, diameter, net in cases:
         print(f"== {name}: {len(mics)} micrographs", flush=True)

@@ -216,6 +216,13 @@ def precision_recall_f1(pred_xy, true_xy, radius: float) -> Scores:
     return Scores.from_counts(m.tp, m.n_pred, m.n_true)
 
 
+def median_distance(matches: Sequence[Match]) -> float:
+    """The median distance from a matched pick to its true centre over ``matches`` (pixels; NaN with no match):
+    how well the picks are centred."""
+    distance = np.concatenate([np.zeros(0)] + [np.asarray(m.distance, np.float64) for m in matches])
+    return float(np.median(distance)) if len(distance) else math.nan
+
+
 def pooled_precision_recall_f1(preds: Sequence, trues: Sequence, radius: float) -> Scores:
     """Precision, recall and F1 pooled over micrographs: TP, picks and truths summed, then divided.
 
@@ -659,13 +666,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", default=None, help="write the per-micrograph and pooled figures to this JSON file")
     return p
-
-
-def median_distance(matches: Sequence[Match]) -> float:
-    """The median distance from a matched pick to its true centre over ``matches`` (pixels; NaN with no match):
-    how well the picks are centred."""
-    distance = np.concatenate([np.zeros(0)] + [np.asarray(m.distance, np.float64) for m in matches])
-    return float(np.median(distance)) if len(distance) else math.nan
 
 
 def _fmt(v) -> str:
