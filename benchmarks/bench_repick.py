@@ -168,6 +168,34 @@ between two runs in the same hour (0.026 s), so neither change went in. Of the w
 second segmentation (about 0.08 s). Issue 19's K3 goal stays where session 24 left it: at the line with ``crowded
 Yes`` (0.50-0.52 s here), met with ``crowded No``.
 
+**The pass's distance and disc (session 25): a design run, not taken further.** At the kept-apart scale most
+particles the pass misses lie right beside a pick (a ``/tmp`` diagnostic on the design seeds, picked at 1.175x: 838
+of 1344 missed particles have a pick that matched a neighbour within 0.8 diameters). An addition must lie
+``REPICK_APART`` (0.6) picking diameters from every first pick, behind a masking disc of ``REPICK_RADIUS`` (0.5). On
+round 1's design data (seeds 3000, the real train + valid splits with both kinds of networks;
+``results/repick_design_<apart>_<radius>_s25.json``), the job's pass against three smaller settings, change of mean
+F1 over the four diameters:
+
+======================  ==============  ==============  ==============
+set                     0.5 / 0.5       0.5 / 0.4       0.45 / 0.4
+======================  ==============  ==============  ==============
+crowded_small           +0.0017         +0.0038         +0.0040
+crowded_small_noisy     +0.0066         +0.0038         +0.0066
+crowded / moderate      +0.000 / -0.003 -0.000 / -0.005 -0.001 / -0.007
+noisy                   -0.0019         +0.0066         +0.0052
+real sets, shipped      +0.000, +0.000  +0.000, -0.000  +0.000, -0.001
+real sets, never saw    +0.000, -0.004  -0.002, -0.002  -0.002, -0.003
+======================  ==============  ==============  ==============
+
+The best gains on the pair, about +0.005, are half of what a rule for a default could fairly ask (+0.01, as for
+round 3). They come with losses on ``moderate`` and on the apoferritin the networks never saw. So no rule was written
+and no deciding run made; the job's constants stay. Command (for each pair)::
+
+    python benchmarks/bench_repick.py --apart 0.45 --radius 0.4 --seed_offset 3000 --real --split train valid \
+        --set_model empiar10028_ribosome80S=runs/loso_apoferritin_only/model.pt \
+        --set_model empiar10146_apoferritin=runs/loso_ribosome_only/model.pt \
+        --json benchmarks/results/repick_design_0.45_0.4_s25.json
+
 Since round 4 the job's pass has the figure-of-merit check: add ``--fom_percentile 0`` to the commands of rounds 1-3
 below to measure the pass they measured.
 
