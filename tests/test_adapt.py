@@ -180,6 +180,28 @@ def test_adaptation_is_deterministic_for_a_seed():
     assert runs[0].figures["agreement_adapted"] == runs[1].figures["agreement_adapted"]
 
 
+def test_the_guard_bounds_a_fall_in_picks_apart_from_a_rise():
+    """The adapted networks are reverted when their picks on the held-out tiles fall by more than
+    ``max_count_fall``, whatever ``max_count_change`` (the bound on a rise) allows; the reason gives the signed
+    change. Same seed, so the same networks each time: only the guard's bounds differ."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+
+    sample, general = _small_sample(), load_pretrained(None)
+
+    def run(**bounds):
+        return adapt.adapt_models(sample, 48.0, general, None, PickParams(), dataclasses.replace(QUICK, **bounds),
+                                  info=lambda line: None)
+
+    loose = run(max_count_fall=0.9, max_count_change=0.9)
+    change = loose.figures["held_out_count_change"]
+    assert loose.kept and change < 0  # this sample's adapted networks pick fewer there
+    assert f"({change:+.0%};" in loose.reason
+    assert run(max_count_fall=0.9, max_count_change=0.0).kept  # a bound on rises leaves a fall alone
+    tight = run(max_count_fall=-change / 2, max_count_change=0.9)
+    assert not tight.kept and tight.models is not None and "fewer)" in tight.reason
+
+
 def test_a_second_round_learns_from_the_first_and_a_drifting_one_leaves_it(monkeypatch):
     """``AdaptConfig.rounds``: round 2 relabels with round 1's networks and replaces them when it passes the guard
     against them; when round 2 drifts, round 1's networks stand, exactly as one round gives them."""
