@@ -78,6 +78,14 @@ differs)::
         --json benchmarks/results/adapt_fall_loso_test.json
     python benchmarks/bench_adapt.py --sim 4 --config '{"max_count_fall": 0.07}' \
         --json benchmarks/results/adapt_fall_shipped.json
+
+**Result (session 25): both met, so ``max_count_fall`` is 0.07.** With the current bound every fresh case was kept:
+changes by adapting +0.001, -0.008, **-0.022** (``crowded_small`` given 1x, 1.12x, 1.25x) and +0.002, -0.010,
+**-0.036** (``crowded_small_noisy``). With 0.07 the two 1.25x cases revert (picks on the held-out tiles -9 % and
+-8 %), so their F1 after is the general networks' (0.932 and 0.795 instead of 0.910 and 0.759): mean over the six
++0.0095, no case lower. The real sets and ``smooth`` kept their adapted networks, every F1 unchanged. The 1.12x
+cases still lose 0.008 and 0.010 (picks -6 % and -3 %): adapting does not help crowded micrographs picked larger
+than the particles, and the guard does not catch all of it.
 """
 
 from __future__ import annotations
@@ -283,8 +291,9 @@ def main() -> None:
         default = bool(gains) and min(gains) >= -MAX_LOSS and float(np.mean(gains)) >= MIN_MEAN_GAIN
         out["rule"] = {"max_loss": MAX_LOSS, "min_mean_gain": MIN_MEAN_GAIN, "gains": gains,
                        "mean_gain": float(np.mean(gains)) if gains else float("nan"), "adapt_default": default}
-        print(f"rule: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {out['rule']['mean_gain']:+.3f}: adapt "
-              + ("becomes the default" if default else "ships as an option (default No)"))
+        if gains:
+            print(f"rule: gains {', '.join(f'{g:+.3f}' for g in gains)}, mean {out['rule']['mean_gain']:+.3f}: adapt "
+                  + ("becomes the default" if default else "ships as an option (default No)"))
     write_json(args.json, out, default=float)
 
 

@@ -90,8 +90,11 @@ class AdaptConfig:
         Largest relative rise of the number of picks on the held-out tiles that keeps them.
     max_count_fall : float
         Largest relative fall of that number that keeps them: networks that self-train on the confident picks can
-        learn to drop the fainter particles the general networks found (``benchmarks/bench_adapt.py
-        --crowd_sets``).
+        learn to drop the fainter particles the general networks found. On crowded simulated micrographs picked at
+        1.25x the particles' diameter, adapting lost 0.02-0.045 F1 while the agreement stayed high and the picks
+        there fell by 8-12 %. The 7 % bound was chosen by the rule in ``benchmarks/bench_adapt.py`` (session 25,
+        ``--crowd_sets``), before the run that decided it: on fresh seeds it reverted those cases and changed
+        nothing on the real sets.
     cls_steps, cls_batch, cls_lr : int, int, float
         Classifier fine-tuning.
     seg_steps, seg_batch, seg_crop, seg_lr : int, int, int, float
@@ -125,7 +128,7 @@ class AdaptConfig:
     holdout: float = 0.25
     min_agreement: float = 0.9
     max_count_change: float = 0.3
-    max_count_fall: float = 0.3
+    max_count_fall: float = 0.07
     cls_steps: int = 100
     cls_batch: int = 32
     cls_lr: float = 3e-4
