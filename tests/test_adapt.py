@@ -204,6 +204,33 @@ def test_the_guard_bounds_a_fall_in_picks_apart_from_a_rise():
     assert not tight.kept and tight.models is not None and "fewer)" in tight.reason
 
 
+def test_second_pass_puts_the_jobs_second_pass_picks_among_the_candidates():
+    """With ``second_pass`` the teacher's picks are the job's, second pass included (``pick_segmented``); each is
+    a candidate marked picked, with the job's figure of merit, so the pseudo-labels never teach it as background.
+    Without it, one pass as before."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams, pick_from_map, pick_segmented
+    from relion_pixer.preprocess import prepare, to_network
+    from relion_pixer.segment import predict_probability
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    rng = np.random.default_rng(11)
+    cfg = random_config(rng, snr=1.0, particle_diameter_px=27.0, families="globular", empty=False, n_ice=0,
+                        n_aggregates=0, carbon_edge=False, carbon_hole=False, angpix=7.0, density=0.5)
+    cfg.update(min_separation=0.7)
+    net, f = prepare(simulate_micrograph(rng, shape=(384, 384), **cfg).image, 7.0, 190.0)
+    models, params = load_pretrained(None), PickParams()
+    prob = predict_probability(models.segmenter, net, "cpu")
+    job = pick_segmented(net, prob, f, 190.0, models, params)
+    assert job.repicked > 0  # the second pass adds picks here
+    for second_pass, picks in ((True, job), (False, pick_from_map(net, prob, f, 190.0, models, params))):
+        xy, fom, _, picked, job_xy = adapt._candidates(net, models, f, 190.0, params, "cpu", second_pass)
+        assert np.allclose(job_xy, to_network(picks.xy, f))
+        near = np.linalg.norm(xy[:, None] - job_xy[None], axis=2)
+        assert np.all(near.min(axis=0) < 0.5) and np.all(picked == (near.min(axis=1) < 0.5))
+        assert np.allclose(np.sort(fom[picked]), np.sort(picks.fom))
+
+
 def test_a_second_round_learns_from_the_first_and_a_drifting_one_leaves_it(monkeypatch):
     """``AdaptConfig.rounds``: round 2 relabels with round 1's networks and replaces them when it passes the guard
     against them; when round 2 drifts, round 1's networks stand, exactly as one round gives them."""
