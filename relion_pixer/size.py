@@ -54,6 +54,9 @@ MAX_NET_SIDE = 1280
 SPACING_FLOOR = 0.8
 #: Most picks of the sample the spacing check makes (:func:`check_spacing`): 1 picks once at the diameter checked.
 SPACING_ROUNDS = 1
+#: The spacing check measures the picks of the job's second pass too where the job makes it (``crowded Yes``):
+#: the particles it adds beside the first picks are those whose spacing the check needs (``bench_crowd.py``, rule 5).
+SPACING_SECOND_PASS = False
 #: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
 MIN_SPACING_PICKS = 30
 #: Edge margin of the candidates the confidence is taken over, in particle diameters (the picking default was 0.5
@@ -265,7 +268,7 @@ def spacing_diameter(diameter_A: float, spacing_A: float, picks: int, floor: flo
 
 
 def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", floor: float = SPACING_FLOOR,
-                  rounds: int = SPACING_ROUNDS) -> Spacing:
+                  rounds: int = SPACING_ROUNDS, repick: bool = False) -> Spacing:
     """Pick a few micrographs at ``diameter_A`` (the default settings) and shrink the diameter where the picks sit
     closer than one diameter to each other (:func:`spacing_diameter`).
 
@@ -295,6 +298,8 @@ def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", f
         Smallest result, as a fraction of ``diameter_A``.
     rounds : int
         Most picks of the sample (1: pick once at ``diameter_A``).
+    repick : bool
+        Pick with the job's second pass (``PickParams.repick``; False: one pass, as the check was first measured).
 
     Returns
     -------
@@ -311,7 +316,7 @@ def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", f
     else:
         kept = micrographs if rounds == 1 else list(micrographs)
         sample = lambda: kept  # noqa: E731
-    params = PickParams(device=str(device), repick=False)  # one pass, as measured (bench_crowd.py)
+    params = PickParams(device=str(device), repick=bool(repick))
     lowest = float(floor) * float(diameter_A)
     d = float(diameter_A)
     for _ in range(rounds):
