@@ -221,6 +221,9 @@ def test_the_spacing_check_shrinks_the_diameter_on_crowded_micrographs_only(mode
     assert check_spacing(sample, true_A, models, rounds=3, floor=1.0).diameter_A == true_A and len(calls) == 1
     with pytest.raises(ValueError, match="rounds"):
         check_spacing(sample, true_A, models, rounds=0)
+    # with the job's second pass the check measures the picks it adds beside the first ones: more picks, closer
+    both = check_spacing([(s.image, 2.0) for s in crowded], 1.25 * true_A, models, repick=True)
+    assert both.picks > once.picks and both.spacing_A <= once.spacing_A and both.diameter_A <= once.diameter_A
 
 
 def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(monkeypatch):
