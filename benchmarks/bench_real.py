@@ -18,7 +18,7 @@ the cut complete the labels, and both pickers are scored again against the compl
 blob, which is what the LoG looks for, so the completed figures favour the LoG. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--sets NAME ...] [--no_sweep]
-        [--estimate_size No] [--spacing Yes] [--lowpass SIGMA] [--json OUT] [--picture PNG]
+        [--estimate_size No] [--spacing No] [--lowpass SIGMA] [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 from common import (best_threshold, fmt, job_and_candidates, lowpass, real_sets, run_log, score, segment_all,
                     size_estimate, spacing_check, write_json)
 from relion_pixer.evaluate import match_picks, pooled_average_precision
+from relion_pixer.job import JobOptions
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.preprocess import density_map, values_at
@@ -217,19 +218,20 @@ def gallery(path: str, mics, picks, radius: float, title: str, matched_shown: in
 SWEEP = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 
-def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool = False,
+def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: bool, spacing: bool | None = None,
                 segment=segment_all):
     """PIXER as a job runs it: per micrograph (xy, fom) at ``params``, and at threshold 0 (xy, fom, map score) for
     the average precisions, from one segmentation and one pass of the classifier (the picks at ``params`` are the
     threshold-0 candidates the decision's cut keeps, then with ``params.repick`` the job's second pass, whose
-    additions join the candidates); the diameter it picked at; and its size estimate (A; None without one).
+    additions join the candidates); the diameter it picked at (the size estimate's blend where ``estimate``, then the
+    pick-spacing check where ``spacing``, None: the job's default); and its size estimate (A; None without one).
     ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a benchmark can try
     another way of making them."""
     from relion_pixer import size
 
     est = size_estimate(mics, diameter_A, models) if estimate else None
     d = size.picking_diameter(est) if est is not None else float(diameter_A)
-    if est is not None and spacing:
+    if JobOptions.check_spacing if spacing is None else spacing:  # as the job: after the size estimate, if any
         d = spacing_check(mics, d, models).diameter_A
     picks, every = [], []
     for seg in segment(mics, d, models):
@@ -256,7 +258,7 @@ def pooled(scores: list[dict]) -> dict:
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,
-              lowpass_sigma: float = 0.0, spacing: bool = False, gallery_dir=None) -> dict:
+              lowpass_sigma: float = 0.0, spacing: bool | None = None, gallery_dir=None) -> dict:
     radius = rs.radius_px
     tune = lowpass(rs.micrographs("train", "valid"), lowpass_sigma)
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
@@ -342,8 +344,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", help="only these sets (folder names under shared/data/real)")
     ap.add_argument("--threshold", type=float, default=PickParams.threshold)
     ap.add_argument("--estimate_size", default="Yes", help="Yes (the job's default) or No: pick at the diameter given")
-    ap.add_argument("--spacing", default="No", help="No (the job's default) or Yes: the pick-spacing check after the "
-                    "size estimate (check_spacing Yes)")
+    ap.add_argument("--spacing", default="Yes", help="Yes (the job's default since session 25) or No: the pick-spacing "
+                    "check after the size estimate (check_spacing)")
     ap.add_argument("--crowded", default="Yes", help="Yes (the job's default) or No: the second pass with the picks "
                     "masked out (crowded)")
     ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")

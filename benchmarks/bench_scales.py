@@ -106,7 +106,8 @@ def main() -> None:
         for g in GIVEN:
             d = picking_diameter(size_estimate(mics, g * diameter, models))
             for label, scales in VARIANTS.items():
-                picks, every, _, _ = pixer_picks(mics, d, models, params, estimate=False, segment=multiscale(scales))
+                picks, every, _, _ = pixer_picks(mics, d, models, params, estimate=False, spacing=False,
+                                                 segment=multiscale(scales))
                 r = {"picked_at": d / diameter, **score(picks, mics, radius), "ap": average_precisions(every, mics, radius)}
                 rows.setdefault(label, {})[f"{g:g}"] = r
                 print(f"{group} {name} given {g:g}x (picked at {d / diameter:.3f}x), {label:5s}: P {r['precision']:.3f} "

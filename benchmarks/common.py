@@ -260,17 +260,20 @@ def spacing_check(mics: list[Micrograph], diameter_A: float, models, rounds: int
 
 
 def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
-                 weight: float | None = None, spacing: bool = False) -> float:
+                 weight: float | None = None, spacing: bool | None = None) -> float:
     """The diameter a picking job on ``mics`` picks at: :func:`relion_pixer.size.picking_diameter` of its size
-    estimate (with ``weight`` or the job's default), then the pick-spacing check where ``spacing`` (the job's
-    ``check_spacing``, default off); ``diameter_A`` when ``estimate`` is False."""
+    estimate (with ``weight`` or the job's default; ``diameter_A`` when ``estimate`` is False), then the pick-spacing
+    check where ``spacing`` (the job's ``check_spacing``; None: the job's default, on since session 25)."""
     from relion_pixer import size
+    from relion_pixer.job import JobOptions
 
-    if not estimate:
-        return float(diameter_A)
-    est = size_estimate(mics, diameter_A, models)
-    d = size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
-    return spacing_check(mics, d, models).diameter_A if spacing else d
+    d = float(diameter_A)
+    if estimate:
+        est = size_estimate(mics, diameter_A, models)
+        d = size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
+    if JobOptions.check_spacing if spacing is None else spacing:
+        d = spacing_check(mics, d, models).diameter_A
+    return d
 
 
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):

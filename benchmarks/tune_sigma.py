@@ -81,7 +81,7 @@ def main() -> None:
             maps = segment_all(mics, d, models)
             for s in SIGMAS:
                 params = PickParams(sigma_per_diameter=s)
-                picks, every, _, _ = pixer_picks(mics, d, models, params, estimate=False,
+                picks, every, _, _ = pixer_picks(mics, d, models, params, estimate=False, spacing=False,
                                                  segment=lambda *_: maps)
                 r = {"picked_at": d / diameter, **score(picks, mics, radius)}
                 if group in ("loso", "shipped") and g == 1.0:

@@ -108,10 +108,10 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         0.55x-1.8x the diameter given; default Yes); run.out reports it, run.err warns beyond
                         30 %; the job picks halfway (in log scale) from the diameter given to the
                         estimate (benchmarks/tune_size.py); No: at the diameter given
-  check_spacing [Yes/No] crowded micrographs: pick the first micrographs and, where the median pick has a
-                        neighbour closer than one diameter, pick at that spacing (never below 0.8x); for
-                        touching particles given as their longest dimension (default No: measured in
-                        benchmarks/bench_crowd.py); Continue reuses it
+  check_spacing [Yes/No] crowded micrographs: pick the first micrographs (both passes) and, where the median pick
+                        has a neighbour closer than one diameter, pick at that spacing (never below 0.8x); for
+                        touching particles given as their longest dimension (default Yes since session 25:
+                        benchmarks/bench_crowd.py, rule 5); Continue reuses it
   crowded [Yes/No]      crowded micrographs: after picking each micrograph, mask its picks out and pick it again,
                         adding the particles their neighbours hid from the networks (a second segmentation
                         of each; default Yes: benchmarks/bench_repick.py; No picks once, twice as fast)
@@ -180,7 +180,7 @@ class JobOptions:
     model: str | None = None
     write_maps: bool = False
     estimate_size: bool = True
-    check_spacing: bool = False
+    check_spacing: bool = True
     crowded: bool = True
     adapt: bool = False
     invert: bool = False
@@ -387,7 +387,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         model=model or None,
         write_maps=bool(values.get("write_maps", False)),
         estimate_size=bool(values.get("estimate_size", True)),
-        check_spacing=bool(values.get("check_spacing", False)),
+        check_spacing=bool(values.get("check_spacing", True)),
         crowded=bool(values.get("crowded", True)),
         adapt=bool(values.get("adapt", False)),
         invert=bool(values.get("invert", False)),
@@ -807,10 +807,12 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                         if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:
                 diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
+            spaced = False
             if plan.todo and opts.check_spacing:
-                diameter = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
+                checked = _pick_spacing(plan.entries, opts, diameter, networks, log, job_dir)
+                spaced, diameter = checked < diameter, checked
             if plan.todo and opts.adapt:
-                pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir)
+                pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir, spaced)
             if plan.todo:
                 _note_picking(job_dir, opts.particle_diameter, diameter, model, earlier, picked_before, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
@@ -938,18 +940,19 @@ def _pick_params(opts: JobOptions, device: str = "cpu") -> PickParams:
 
 
 def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: PickFunction | None, log: _Log,
-             job_dir: Path):
+             job_dir: Path, spaced: bool = False):
     """``adapt Yes`` on rank 0 (:func:`relion_pixer.adapt.for_job`), at the diameter the job picks at: the pick
     function, the model file every rank and worker then picks with (the adapted networks' file, or the job's own
     model when the guard reverted) and the diameter to pick at (measured again by kept adapted networks when the job
-    estimates the size and :attr:`relion_pixer.adapt.AdaptConfig.reestimate` is on; not with ``check_spacing``)."""
+    estimates the size and :attr:`relion_pixer.adapt.AdaptConfig.reestimate` is on; not when the pick-spacing check
+    shrank it, ``spaced``)."""
     from relion_pixer import adapt
 
     if networks is None:
         log.warn("adapt Yes needs the networks, and this run picks without them: not adapting")
         return pick_fn, opts.model, diameter
     general, device = networks
-    given = opts.particle_diameter if opts.estimate_size and not opts.check_spacing else None
+    given = opts.particle_diameter if opts.estimate_size and not spaced else None
     chosen, diameter = adapt.for_job(plan.entries, diameter, opts.invert, opts.model, general,
                                      _pick_params(opts, device), job_dir, log.info, log.warn, given_A=given,
                                      stop=lambda: relion.abort_requested(job_dir))

@@ -331,7 +331,7 @@ def test_a_map_of_one_scale_is_the_jobs_and_three_scales_keep_its_grid(tmp_path,
     assert not np.array_equal(prob, np.asarray(job[1]))
     f1 = {}
     for scales in ((1.0,), (1 / 1.1, 1.0, 1.1)):
-        picks, _, _, _ = bench_real.pixer_picks(mics, 96.0, shipped, PickParams(), estimate=False,
+        picks, _, _, _ = bench_real.pixer_picks(mics, 96.0, shipped, PickParams(), estimate=False, spacing=False,
                                                 segment=bench_scales.multiscale(scales))
         f1[scales] = common.score(picks, mics, 24.0)["f1"]
     assert min(f1.values()) > 0.6 and max(f1.values()) - min(f1.values()) < 0.15, f1

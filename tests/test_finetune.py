@@ -182,7 +182,8 @@ def test_finetune_from_reprojection_labels_end_to_end(tmp_path, monkeypatch, cap
 
     # and the picking job takes it
     rc = cli(["--in_mics", "micrographs.star", "--o", "External/job003/", "--particle_diameter", "240",
-              "--model", "run/finetuned.pt", "--threshold", "0", "--j", "1", "--estimate_size", "No"])
+              "--model", "run/finetuned.pt", "--threshold", "0", "--j", "1", "--estimate_size", "No",
+              "--check_spacing", "No"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert (project / "External/job003/RELION_JOB_EXIT_SUCCESS").exists()

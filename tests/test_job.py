@@ -1181,14 +1181,23 @@ def _continue_without_the_last_coordinates(root: Path, cmd: list, capsys) -> str
 
 
 def test_check_spacing_reports_the_spacing_and_continue_keeps_it(tmp_path, monkeypatch, capsys):
-    """``check_spacing Yes``: run.out gives the picks' spacing once, pixer_spacing.json keeps it, and Continue picks at
-    the same size without measuring it again (the minimum count of picks is lowered: these micrographs are small)."""
+    """``check_spacing`` (the default, Yes): run.out gives the picks' spacing once, measured with the job's second
+    pass, pixer_spacing.json keeps it, and Continue picks at the same size without measuring it again (the minimum
+    count of picks is lowered: these micrographs are small). ``check_spacing No`` makes no check."""
     root = made_project(tmp_path / "p", n=3, size=384)
     monkeypatch.chdir(root)
     monkeypatch.setattr(size_module, "MIN_SPACING_PICKS", 2)
-    cmd = RELION_CMD.split() + _model_args(tmp_path) + ["--check_spacing", "Yes"]
+    passes, real_check = [], size_module.check_spacing
+
+    def check(*args, **kwargs):
+        passes.append(kwargs.get("repick"))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(size_module, "check_spacing", check)
+    cmd = RELION_CMD.split() + _model_args(tmp_path)
     assert job.main(cmd) == 0
     first = capsys.readouterr().out
+    assert passes == [True]
     assert len(re.findall(r"^ \+ pick spacing: the median pick at \d+ A has its nearest neighbour \d+ A away "
                           r"\([\d.]+ diameters, \d+ picks", first, re.M)) == 1, first
     kept = json.loads((root / "External/job012/pixer_spacing.json").read_text())
@@ -1197,6 +1206,10 @@ def test_check_spacing_reports_the_spacing_and_continue_keeps_it(tmp_path, monke
     assert size_module.SPACING_FLOOR * kept["checked_A"] <= kept["picking_A"] <= kept["checked_A"]
     again = _continue_without_the_last_coordinates(root, cmd, capsys)
     assert "kept from the first run in pixer_spacing.json" in again and "the median pick" not in again
+    off = [a.replace("job012", "job013") for a in cmd] + ["--check_spacing", "No"]
+    assert job.main(off) == 0
+    assert "pick spacing" not in capsys.readouterr().out and not (root / "External/job013/pixer_spacing.json").exists()
+    assert passes == [True]
 
 
 def test_an_output_directory_that_takes_no_files_is_one_clear_error(tmp_path, monkeypatch):
