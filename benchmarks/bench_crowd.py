@@ -130,6 +130,12 @@ Otherwise neither changes. Commands::
     python benchmarks/bench_crowd.py --spacing_second_pass Yes --real --sets \
         --json benchmarks/results/crowd_pass2_real_shipped.json
 
+**Result (session 25): all three met, so the check measures the second pass and is on by default.** Mean F1 over the
+four diameters, check off -> on (``results/crowd_pass2.json``): ``crowded_small`` 0.9502 -> 0.9628 (spread 0.034 ->
+0.002), ``crowded_small_noisy`` 0.8424 -> 0.8897 (0.098 -> 0.016): +0.030 on the pair. ``crowded`` 0.9446 -> 0.9517,
+``moderate`` and ``noisy`` unchanged. On the real sets the check never acts, with either kind of networks
+(``crowd_pass2_real_loso.json``, ``crowd_pass2_real_shipped.json``).
+
 For the second rule, the JSON's ``checks_loso`` holds 1 and 2 for the run it is written by (3 is read from the other
 run's JSON)::
 
