@@ -100,9 +100,10 @@ import numpy as np
 import torch
 
 from common import (Micrograph, add_set_model_argument, job_and_candidates, job_diameter, read_set_models, real_sets,
-                    score, segment_all, write_json)
+                    score, segment_all, spacing_check, write_json)
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
+from relion_pixer.job import JobOptions
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 
@@ -134,7 +135,8 @@ def figures(models, mics: list[Micrograph], d: float, radius: float, params: Pic
 def run_adapt(job_mics: list[Micrograph], scored: list[Micrograph], diameter_A: float, radius: float, general,
               params: PickParams, cfg: adapt.AdaptConfig) -> dict:
     """Before and after on ``scored`` for a job on ``job_mics`` given ``diameter_A``."""
-    d = job_diameter(job_mics, diameter_A, general)
+    blend = job_diameter(job_mics, diameter_A, general, spacing=False)
+    d = spacing_check(job_mics, blend, general).diameter_A if JobOptions.check_spacing else blend
     before = figures(general, scored, d, radius, params)
     idx = adapt._sample_indices(len(job_mics), cfg.sample)
     t0 = time.perf_counter()
@@ -146,8 +148,8 @@ def run_adapt(job_mics: list[Micrograph], scored: list[Micrograph], diameter_A: 
     if res.models is not None:
         adapted = load_fused(res.models)
         d_after = d
-        if cfg.reestimate:  # as adapt.for_job: the adapted networks measure the size again on the job's first micrographs
-            d_after = job_diameter(job_mics, diameter_A, adapted)
+        if cfg.reestimate and d == blend:  # as the job: unless the spacing check shrank the diameter, the adapted
+            d_after = job_diameter(job_mics, diameter_A, adapted, spacing=False)  # networks measure the size again
             out["picked_after_at_A"] = d_after
             print(f"  the adapted networks measure the size again: picking at {d_after:.0f} A (was {d:.0f} A)")
         out["adapted_networks"] = figures(adapted, scored, d_after, radius, params)
