@@ -1,11 +1,12 @@
 """Whole-job speed and peak memory: `relion_pixer pick` on 4096 x 4096 float32 micrographs.
 
-Writes simulated 4096 px float32 MRC micrographs (150 A particles at 1 A/px), then runs the real command line
-(reading the MRC, resampling, segmentation, picking, classification, writing the STAR files) in a fresh process,
-once on one micrograph and once on all of them, both with ``--estimate_size No``; the difference gives the time per
-micrograph without the one-off start-up (imports, loading weights). A third run on all of them with the size estimate
-(the job's default) gives the estimate's one-off cost per job. Peak memory is the child process's maximum resident
-set size.
+Writes simulated 4096 px float32 MRC micrographs (150 A particles at 1 A/px), then runs the real command line (reading
+the MRC, resampling, segmentation, picking, classification, writing the STAR files) in a fresh process, once on the
+first three micrographs and once on all of them, both with ``--estimate_size No``; the difference gives the time per
+micrograph without the one-off start-up (imports, loading weights) and the per-job work on the first three micrographs
+(the pick-spacing check, ``check_spacing``, on by default since session 25; the first job was one micrograph before
+it, which the check's work on three would have biased). A third run on all of them with the size estimate (the job's
+default) gives the estimate's one-off cost per job. Peak memory is the child process's maximum resident set size.
 
 ``--profile`` also times the stages in this process (median of ``--n`` micrographs): reading the MRC, preparation
 (Fourier crop, normalisation), segmentation (with the number of tiles and the network pixels they cover), the
@@ -31,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from relion_pixer.size import SAMPLE_MICROGRAPHS  # noqa: E402
 
 
 #: A K3 micrograph (super-resolution binned by 2): 5760 x 4092 px, 0.83 A/px, 120 A particles.
@@ -177,7 +180,7 @@ def run(paths: list[Path], out: Path, threads: int, device: str, angpix: float =
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=5)
+    ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -187,10 +190,12 @@ def main() -> None:
     ap.add_argument("--crowded", nargs="?", const="Yes", choices=["Yes", "No"],
                     help="every run with `crowded Yes` (the second pass; the job's default) or `crowded No` (one pass)")
     ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"], help="the job's `precision` (default auto)")
+    ap.add_argument("--check_spacing", choices=["Yes", "No"], help="the job's `check_spacing` (default Yes)")
     ap.add_argument("--json")
     args = ap.parse_args()
     extra = (("--crowded", args.crowded) if args.crowded else ()) + (("--precision", args.precision)
                                                                        if args.precision else ())
+    extra += ("--check_spacing", args.check_spacing) if args.check_spacing else ()
     size, angpix, diameter, density = args.size, 1.0, 150.0, None
     if args.k3:
         size, angpix, diameter, density = K3["shape"], K3["angpix"], K3["diameter"], 0.5
@@ -200,7 +205,8 @@ def main() -> None:
         paths, particles = write_micrographs(tmp, args.n, size, angpix, diameter, density)
         print(f"wrote {args.n} simulated {size} px float32 micrographs ({particles} particles) in "
               f"{time.time() - t0:.1f} s")
-        one, rss1 = run(paths[:1], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model,
+        first = min(SAMPLE_MICROGRAPHS, args.n - 1)  # the micrographs the job's per-job checks read
+        one, rss1 = run(paths[:first], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model,
                         extra=extra)
         many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter, model=args.model,
                         extra=extra)
@@ -208,7 +214,7 @@ def main() -> None:
                                      model=args.model, extra=extra)
         stages = (profile(paths, angpix, diameter, args.threads, args.device, args.model,
                           repick=args.crowded != "No") if args.profile else None)
-    per = (many - one) / max(1, args.n - 1)
+    per = (many - one) / max(1, args.n - first)
     figures = {
         "size": size if isinstance(size, int) else list(size),
         "angpix": angpix,
@@ -219,8 +225,10 @@ def main() -> None:
         "device": args.device,
         "model": args.model,
         "crowded": args.crowded != "No",
+        "check_spacing": args.check_spacing != "No",
         "precision": args.precision or "auto",
-        "seconds_one_job_one_micrograph": round(one, 2),
+        "first_job_micrographs": first,
+        "seconds_first_job": round(one, 2),
         "seconds_one_job_all": round(many, 2),
         "seconds_per_micrograph": round(per, 3),
         "micrographs_per_second": round(1 / per, 2) if per > 0 else None,
