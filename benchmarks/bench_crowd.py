@@ -103,6 +103,9 @@ diameters apart, against the particles' 0.86 true diameters), ``crowded_small_no
 -> 0.029), so the pair gains +0.005 against the +0.02 asked. Rule 2 met: ``crowded`` 0.9607 -> 0.9589, ``moderate``
 and ``noisy`` unchanged. Rule 3 met: on the real sets the check never acts, with either kind of networks.
 
+Rules 1-4 measured the check with one pass; since rule 5 the check measures both, so their commands reproduce their
+figures with ``--spacing_second_pass No`` added.
+
 **The check measured with the second pass (session 25), a fifth rule, written before the run that decides it.**
 Rule 4 found the check idle on ``crowded_small``: it measures one pass, whose picks sit 1.01-1.12 picking diameters
 apart because the first pass merges touching particles. The second pass adds them, so its picks' spacing is the one

@@ -56,8 +56,13 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY tune_adapt.py --round 2 "${LOSO[@]}" --json results/tune_adapt_round2.json
   $PY tune_adapt.py --round 3 "${LOSO[@]}" --json results/tune_adapt_round3.json
   $PY tune_adapt.py --round 4 "${LOSO[@]}" --json results/tune_adapt_round4.json
-  $PY bench_crowd.py --real "${LOSO[@]}" --json results/crowd_loso.json
-  $PY bench_crowd.py --rounds 3 --real --sets "${LOSO[@]}" --json results/crowd_rounds3_real_loso.json
+  # the spacing check's rules 2-4 measured it with one pass (--spacing_second_pass No); rule 5 with both, the default
+  $PY bench_crowd.py --spacing_second_pass No --real "${LOSO[@]}" --json results/crowd_loso.json
+  $PY bench_crowd.py --spacing_second_pass No --rounds 3 --real --sets "${LOSO[@]}" --json results/crowd_rounds3_real_loso.json
+  $PY bench_crowd.py --spacing_second_pass No --real --sets "${LOSO[@]}" --json results/crowd_s25_real_loso.json
+  $PY bench_crowd.py --spacing_second_pass Yes --real --sets "${LOSO[@]}" --json results/crowd_pass2_real_loso.json
+  # adapt's bound on a fall of held-out picks (session 25), on the real test splits
+  $PY bench_adapt.py --sim 0 --score_split test --config '{"max_count_fall": 0.07}' "${LOSO[@]}" --json results/adapt_fall_loso_test.json
   # crowded Yes, the second pass (round 2 decides on the real test splits; round 1 was the pass without its darkness
   # check, so rerunning its command now measures round 2's pass on round 1's data)
   $PY bench_repick.py --fom_percentile 0 --seed_offset 6000 --real --split test "${LOSO[@]}" --json results/repick_round2.json
@@ -68,13 +73,31 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY bench_size_profile.py "${LOSO[@]}" --json results/size_profile.json
 fi
 # crowded micrographs and the pick-spacing check; the size estimate's gates at low SNR
-$PY bench_crowd.py --json results/crowd.json
-$PY bench_crowd.py --real --sets --json results/crowd_real_shipped.json
-$PY bench_crowd.py --sets crowded_small crowded_small_noisy --json results/crowd_small.json
-$PY bench_crowd.py --rounds 3 --seed_offset 1000 --sets crowded moderate noisy crowded_small crowded_small_noisy \
-    --json results/crowd_rounds3.json
-$PY bench_crowd.py --rounds 1 --seed_offset 1000 --sets crowded_small crowded_small_noisy --json results/crowd_rounds1.json
-$PY bench_crowd.py --rounds 3 --real --sets --json results/crowd_rounds3_real_shipped.json
+# (rules 1-4 of bench_crowd.py measured the check with one pass: --spacing_second_pass No reproduces them)
+CROWD1=(--spacing_second_pass No)
+$PY bench_crowd.py "${CROWD1[@]}" --json results/crowd.json
+$PY bench_crowd.py "${CROWD1[@]}" --real --sets --json results/crowd_real_shipped.json
+$PY bench_crowd.py "${CROWD1[@]}" --sets crowded_small crowded_small_noisy --json results/crowd_small.json
+$PY bench_crowd.py "${CROWD1[@]}" --rounds 3 --seed_offset 1000 --sets crowded moderate noisy crowded_small \
+    crowded_small_noisy --json results/crowd_rounds3.json
+$PY bench_crowd.py "${CROWD1[@]}" --rounds 1 --seed_offset 1000 --sets crowded_small crowded_small_noisy \
+    --json results/crowd_rounds1.json
+$PY bench_crowd.py "${CROWD1[@]}" --rounds 3 --real --sets --json results/crowd_rounds3_real_shipped.json
+$PY bench_crowd.py "${CROWD1[@]}" --seed_offset 11000 --sets crowded moderate noisy crowded_small crowded_small_noisy \
+    --json results/crowd_s25.json
+$PY bench_crowd.py "${CROWD1[@]}" --real --sets --json results/crowd_s25_real_shipped.json
+# rule 5 (session 25): the check measured with both passes, the job's default since
+$PY bench_crowd.py --spacing_second_pass Yes --seed_offset 15000 --sets crowded moderate noisy crowded_small \
+    crowded_small_noisy --json results/crowd_pass2.json
+$PY bench_crowd.py --spacing_second_pass Yes --real --sets --json results/crowd_pass2_real_shipped.json
+# adapt on crowded micrographs and its bound on a fall of held-out picks (session 25)
+CROWDED_ADAPT=(--sets --sim 0 --crowd_sets crowded_small crowded_small_noisy --crowd_given 1 1.12 1.25)
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --config '{"max_count_fall": 0.3}' \
+    --json results/adapt_fall_crowded_base.json
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --config '{"max_count_fall": 0.07}' \
+    --json results/adapt_fall_crowded.json
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --json results/adapt_crowded_s25_check.json
+$PY bench_adapt.py --sim 4 --config '{"max_count_fall": 0.07}' --json results/adapt_fall_shipped.json
 $PY bench_crowd_stages.py --real --json results/crowd_stages.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json
