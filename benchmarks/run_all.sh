@@ -92,10 +92,10 @@ $PY bench_crowd.py --spacing_second_pass Yes --seed_offset 15000 --sets crowded 
 $PY bench_crowd.py --spacing_second_pass Yes --real --sets --json results/crowd_pass2_real_shipped.json
 # adapt on crowded micrographs and its bound on a fall of held-out picks (session 25)
 CROWDED_ADAPT=(--sets --sim 0 --crowd_sets crowded_small crowded_small_noisy --crowd_given 1 1.12 1.25)
-$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --config '{"max_count_fall": 0.3}' \
-    --json results/adapt_fall_crowded_base.json
-$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --config '{"max_count_fall": 0.07}' \
-    --json results/adapt_fall_crowded.json
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --check_spacing No --crowd_seed_offset 14000 \
+    --config '{"max_count_fall": 0.3}' --json results/adapt_fall_crowded_base.json
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --check_spacing No --crowd_seed_offset 14000 \
+    --config '{"max_count_fall": 0.07}' --json results/adapt_fall_crowded.json
 $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --json results/adapt_crowded_s25_check.json
 $PY bench_adapt.py --sim 4 --config '{"max_count_fall": 0.07}' --json results/adapt_fall_shipped.json
 $PY bench_crowd_stages.py --real --json results/crowd_stages.json
