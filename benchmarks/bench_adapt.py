@@ -106,8 +106,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import (Micrograph, add_set_model_argument, job_and_candidates, job_diameter, read_set_models, real_sets,
-                    score, segment_all, spacing_check, write_json)
+from common import (Micrograph, add_set_model_argument, job_and_candidates, job_diameter, job_sizes, read_set_models,
+                    real_sets, score, segment_all, write_json)
 from relion_pixer import adapt
 from relion_pixer.evaluate import pooled_average_precision
 from relion_pixer.job import JobOptions
@@ -145,8 +145,7 @@ def figures(models, mics: list[Micrograph], d: float, radius: float, params: Pic
 def run_adapt(job_mics: list[Micrograph], scored: list[Micrograph], diameter_A: float, radius: float, general,
               params: PickParams, cfg: adapt.AdaptConfig) -> dict:
     """Before and after on ``scored`` for a job on ``job_mics`` given ``diameter_A``."""
-    blend = job_diameter(job_mics, diameter_A, general, spacing=False)
-    d = spacing_check(job_mics, blend, general).diameter_A if CHECK_SPACING else blend
+    _, blend, d = job_sizes(job_mics, diameter_A, general, spacing=CHECK_SPACING)
     before = figures(general, scored, d, radius, params)
     idx = adapt._sample_indices(len(job_mics), cfg.sample)
     t0 = time.perf_counter()

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (best_threshold, fmt, job_and_candidates, lowpass, real_sets, run_log, score, segment_all,
-                    size_estimate, spacing_check, write_json)
+from common import (best_threshold, fmt, job_and_candidates, job_sizes, lowpass, real_sets, run_log, score,
+                    segment_all, write_json)
 from relion_pixer.evaluate import match_picks, pooled_average_precision
-from relion_pixer.job import JobOptions
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
 from relion_pixer.preprocess import density_map, values_at
@@ -227,12 +226,7 @@ def pixer_picks(mics, diameter_A: float, models, params: PickParams, estimate: b
     pick-spacing check where ``spacing``, None: the job's default); and its size estimate (A; None without one).
     ``segment`` makes the maps (:func:`common.segment_all`'s arguments and output), so that a benchmark can try
     another way of making them."""
-    from relion_pixer import size
-
-    est = size_estimate(mics, diameter_A, models) if estimate else None
-    d = size.picking_diameter(est) if est is not None else float(diameter_A)
-    if JobOptions.check_spacing if spacing is None else spacing:  # as the job: after the size estimate, if any
-        d = spacing_check(mics, d, models).diameter_A
+    est, _, d = job_sizes(mics, diameter_A, models, estimate, spacing=spacing)
     picks, every = [], []
     for seg in segment(mics, d, models):
         job, r0 = job_and_candidates(seg, d, models, params)

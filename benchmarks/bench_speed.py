@@ -205,7 +205,7 @@ def main() -> None:
         paths, particles = write_micrographs(tmp, args.n, size, angpix, diameter, density)
         print(f"wrote {args.n} simulated {size} px float32 micrographs ({particles} particles) in "
               f"{time.time() - t0:.1f} s")
-        first = min(SAMPLE_MICROGRAPHS, args.n - 1)  # the micrographs the job's per-job checks read
+        first = max(1, min(SAMPLE_MICROGRAPHS, args.n - 1))  # the micrographs the per-job checks read
         one, rss1 = run(paths[:first], tmp / "out1", args.threads, args.device, angpix, diameter, model=args.model,
                         extra=extra)
         many, rss = run(paths, tmp / "outn", args.threads, args.device, angpix, diameter, model=args.model,

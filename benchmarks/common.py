@@ -259,21 +259,27 @@ def spacing_check(mics: list[Micrograph], diameter_A: float, models, rounds: int
                               repick=size.SPACING_SECOND_PASS and PickParams().repick)
 
 
-def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
-                 weight: float | None = None, spacing: bool | None = None) -> float:
-    """The diameter a picking job on ``mics`` picks at: :func:`relion_pixer.size.picking_diameter` of its size
-    estimate (with ``weight`` or the job's default; ``diameter_A`` when ``estimate`` is False), then the pick-spacing
-    check where ``spacing`` (the job's ``check_spacing``; None: the job's default, on since session 25)."""
+def job_sizes(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True, weight: float | None = None,
+              spacing: bool | None = None):
+    """How a picking job on ``mics`` comes to its diameter: ``(estimate, blend, diameter)``, its size estimate (None
+    when ``estimate`` is False), :func:`relion_pixer.size.picking_diameter` of it (with ``weight`` or the job's
+    default; ``diameter_A`` without an estimate), and the diameter it picks at, after the pick-spacing check where
+    ``spacing`` (the job's ``check_spacing``; None: the job's default, on since session 25)."""
     from relion_pixer import size
     from relion_pixer.job import JobOptions
 
-    d = float(diameter_A)
-    if estimate:
-        est = size_estimate(mics, diameter_A, models)
-        d = size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight)
-    if JobOptions.check_spacing if spacing is None else spacing:
-        d = spacing_check(mics, d, models).diameter_A
-    return d
+    est = size_estimate(mics, diameter_A, models) if estimate else None
+    blend = (size.picking_diameter(est, size.ESTIMATE_WEIGHT if weight is None else weight) if est is not None
+             else float(diameter_A))
+    d = spacing_check(mics, blend, models).diameter_A if (JobOptions.check_spacing if spacing is None
+                                                          else spacing) else blend
+    return est, blend, d
+
+
+def job_diameter(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True,
+                 weight: float | None = None, spacing: bool | None = None) -> float:
+    """The diameter a picking job on ``mics`` picks at (:func:`job_sizes`)."""
+    return job_sizes(mics, diameter_A, models, estimate, weight, spacing)[2]
 
 
 def run_log(mics: list[Micrograph], diameter_A: float, threshold: float):
