@@ -251,12 +251,12 @@ def size_estimate(mics: list[Micrograph], diameter_A: float, models):
 def spacing_check(mics: list[Micrograph], diameter_A: float, models, rounds: int | None = None):
     """The pick-spacing check a picking job makes on its first micrographs at ``diameter_A``
     (:func:`relion_pixer.size.check_spacing`, with ``rounds`` or its default, the second pass as the job's defaults
-    and :data:`relion_pixer.size.SPACING_SECOND_PASS` say)."""
+    say: :func:`relion_pixer.size.spacing_repick`)."""
     from relion_pixer import size
 
     sample = [(m.image, m.angpix) for m in mics[: size.SAMPLE_MICROGRAPHS]]
     return size.check_spacing(sample, diameter_A, models, rounds=size.SPACING_ROUNDS if rounds is None else rounds,
-                              repick=size.SPACING_SECOND_PASS and PickParams().repick)
+                              repick=size.spacing_repick(PickParams().repick))
 
 
 def job_sizes(mics: list[Micrograph], diameter_A: float, models, estimate: bool = True, weight: float | None = None,

@@ -1130,7 +1130,7 @@ def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, l
         return kept["picking_A"]
     t0 = time.perf_counter()
     check = size.check_spacing(size.first_micrographs(entries, opts.invert), diameter_A, models, device,
-                               repick=size.SPACING_SECOND_PASS and opts.crowded)
+                               repick=size.spacing_repick(opts.crowded))
     if check.picks < size.MIN_SPACING_PICKS:
         log.info(f" + pick spacing: {check.picks} picks with a neighbour on the first micrographs, too few to "
                  f"measure it; picking at {diameter_A:.0f} A")

@@ -60,6 +60,13 @@ SPACING_ROUNDS = 1
 #: the kept-apart scale, mean F1 over the diameters given +0.013 and +0.047 with the spreads 0.034 -> 0.002 and
 #: 0.098 -> 0.016; on the real sets it never acts.
 SPACING_SECOND_PASS = True
+
+
+def spacing_repick(crowded: bool) -> bool:
+    """Whether the spacing check picks with the second pass (``check_spacing(repick=...)``) in a job whose ``crowded``
+    setting is given: where the job makes the pass and :data:`SPACING_SECOND_PASS` is on."""
+    return bool(SPACING_SECOND_PASS and crowded)
+
 #: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
 MIN_SPACING_PICKS = 30
 #: Edge margin of the candidates the confidence is taken over, in particle diameters (the picking default was 0.5
@@ -274,6 +281,10 @@ def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", f
                   rounds: int = SPACING_ROUNDS, repick: bool = False) -> Spacing:
     """Pick a few micrographs at ``diameter_A`` (the default settings) and shrink the diameter where the picks sit
     closer than one diameter to each other (:func:`spacing_diameter`).
+
+    The check picks with the default :class:`relion_pixer.pipeline.PickParams` whatever the job's own threshold, cap
+    and margin: it measures how far apart the particles sit, and a user's stricter or looser cut would measure the
+    cut instead (a threshold of 0 would count noise picks between particles as neighbours).
 
     Particles cannot overlap in the ice, so when most picks have a neighbour closer than the diameter, the particles
     are narrower than that across the direction they touch in: the diameter given was the longest dimension of a

@@ -204,6 +204,30 @@ def test_the_guard_bounds_a_fall_in_picks_apart_from_a_rise():
     assert not tight.kept and tight.models is not None and "fewer)" in tight.reason
 
 
+def test_the_guard_bounds_a_rise_in_picks_on_any_one_micrograph():
+    """With ``max_micrograph_rise`` the adapted networks are reverted when, on any micrograph of the sample, their
+    picks exceed the general networks' by more than the bound allows (``micrograph_rise_slack`` picks beyond the
+    relative rise), whatever the pooled count on the held-out tiles says; None turns the bound off."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.pipeline import PickParams
+
+    sample, general = _small_sample(), load_pretrained(None)
+
+    def run(**bounds):
+        return adapt.adapt_models(sample, 48.0, general, None, PickParams(),
+                                  dataclasses.replace(QUICK, max_count_fall=0.9, max_count_change=0.9, **bounds),
+                                  info=lambda line: None)
+
+    assert adapt.DEFAULTS.max_micrograph_rise == adapt.DEFAULTS.max_count_change  # the pooled bound, per micrograph
+    free = run(max_micrograph_rise=None)
+    counts = free.figures["micrograph_picks"]
+    assert free.kept and len(counts) == len(sample) and all(g > 0 for g, _ in counts)
+    most = max(a - g for g, a in counts)  # the largest rise, in picks (negative when every micrograph fell)
+    assert run(max_micrograph_rise=0.0, micrograph_rise_slack=most).kept
+    over = run(max_micrograph_rise=0.0, micrograph_rise_slack=most - 1)
+    assert not over.kept and over.models is not None and "rose beyond 1 times" in over.reason
+
+
 def test_second_pass_puts_the_jobs_second_pass_picks_among_the_candidates():
     """With ``second_pass`` the teacher's picks are the job's, second pass included (``pick_segmented``); each is
     a candidate marked picked, with the job's figure of merit, so the pseudo-labels never teach it as background.

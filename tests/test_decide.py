@@ -226,6 +226,16 @@ def test_the_spacing_check_shrinks_the_diameter_on_crowded_micrographs_only(mode
     assert both.picks > once.picks and both.spacing_A <= once.spacing_A and both.diameter_A <= once.diameter_A
 
 
+def test_spacing_check_takes_the_second_pass_only_where_the_job_makes_it(monkeypatch):
+    """The job's check (and the benchmarks') measure both passes with ``crowded Yes``, one pass with ``crowded No``
+    or where ``size.SPACING_SECOND_PASS`` is off (as ``bench_crowd.py --spacing_second_pass No`` sets it)."""
+    from relion_pixer import size
+
+    assert size.spacing_repick(True) is True and size.spacing_repick(False) is False
+    monkeypatch.setattr(size, "SPACING_SECOND_PASS", False)
+    assert size.spacing_repick(True) is False and size.spacing_repick(False) is False
+
+
 def test_mask_picks_replaces_a_disc_around_each_pick_with_background_like_noise(monkeypatch):
     """Inside the disc (less the feather) every pixel is replaced, beyond it none; the noise has the background's
     mean and spread; the same seed masks the same way; a pick by the edge is masked where its disc lies inside."""
