@@ -62,11 +62,17 @@ if [[ -f ../runs/loso_apoferritin_only/model.pt && -f ../runs/loso_ribosome_only
   $PY bench_crowd.py --spacing_second_pass No --real --sets "${LOSO[@]}" --json results/crowd_s25_real_loso.json
   $PY bench_crowd.py --spacing_second_pass Yes --real --sets "${LOSO[@]}" --json results/crowd_pass2_real_loso.json
   # adapt's bound on a fall of held-out picks (session 25), on the real test splits
-  $PY bench_adapt.py --sim 0 --score_split test --config '{"max_count_fall": 0.07, "max_micrograph_rise": null}' \
+  $PY bench_adapt.py --sim 0 --score_split test --config '{"max_count_fall": 0.07, "max_micrograph_rise": null, "reestimate_nearer": false}' \
       "${LOSO[@]}" --json results/adapt_fall_loso_test.json
   # adapt's bound per micrograph (session 26), on the real test splits (with it off: adapt_loso_test_session25.json)
-  $PY bench_adapt.py --sim 0 --score_split test --config '{"max_micrograph_rise": 0.3}' "${LOSO[@]}" \
-      --json results/adapt_micrograph_loso_test.json
+  $PY bench_adapt.py --sim 0 --score_split test --config '{"max_micrograph_rise": 0.3, "reestimate_nearer": false}' \
+      "${LOSO[@]}" --json results/adapt_micrograph_loso_test.json
+  $PY bench_adapt.py --sim 0 --score_split test --config '{"reestimate": false}' "${LOSO[@]}" \
+      --json results/adapt_reestimate_off_loso_test.json
+  for v in true false; do
+    $PY bench_adapt.py --sim 0 --score_split test --config "{\"reestimate_nearer\": $v}" "${LOSO[@]}" \
+        --json results/adapt_nearer_loso_test$([[ $v == false ]] && echo _off).json
+  done
   # crowded Yes, the second pass (round 2 decides on the real test splits; round 1 was the pass without its darkness
   # check, so rerunning its command now measures round 2's pass on round 1's data)
   $PY bench_repick.py --fom_percentile 0 --seed_offset 6000 --real --split test "${LOSO[@]}" --json results/repick_round2.json
@@ -97,27 +103,48 @@ $PY bench_crowd.py --spacing_second_pass Yes --real --sets --json results/crowd_
 # adapt on crowded micrographs and its bound on a fall of held-out picks (session 25)
 CROWDED_ADAPT=(--sets --sim 0 --crowd_sets crowded_small crowded_small_noisy --crowd_given 1 1.12 1.25)
 $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --check_spacing No --crowd_seed_offset 14000 \
-    --config '{"max_count_fall": 0.3, "max_micrograph_rise": null}' --json results/adapt_fall_crowded_base.json
+    --config '{"max_count_fall": 0.3, "max_micrograph_rise": null, "reestimate_nearer": false}' --json results/adapt_fall_crowded_base.json
 $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --check_spacing No --crowd_seed_offset 14000 \
-    --config '{"max_count_fall": 0.07, "max_micrograph_rise": null}' --json results/adapt_fall_crowded.json
-$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 --config '{"max_micrograph_rise": null}' \
+    --config '{"max_count_fall": 0.07, "max_micrograph_rise": null, "reestimate_nearer": false}' \
+    --json results/adapt_fall_crowded.json
+$PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 14000 \
+    --config '{"max_micrograph_rise": null, "reestimate_nearer": false}' \
     --json results/adapt_crowded_s25_check.json
-$PY bench_adapt.py --sim 4 --config '{"max_count_fall": 0.07, "max_micrograph_rise": null}' \
+$PY bench_adapt.py --sim 4 --config '{"max_count_fall": 0.07, "max_micrograph_rise": null, "reestimate_nearer": false}' \
     --json results/adapt_fall_shipped.json
 # adapt on families no network saw, and its bound on a rise of picks per micrograph (session 26; _off: the bound off)
-$PY bench_adapt.py --sets --sim 8 --sim_families smooth shell --config '{"max_micrograph_rise": null}' \
-    --json results/adapt_micrograph_design_sim.json
+$PY bench_adapt.py --sets --sim 8 --sim_families smooth shell \
+    --config '{"max_micrograph_rise": null, "reestimate_nearer": false}' --json results/adapt_micrograph_design_sim.json
 for off in 2000 4000; do
   for b in 0.3 null; do
     $PY bench_adapt.py --sets --sim 8 --sim_families smooth shell --sim_seed_offset $off \
-        --config "{\"max_micrograph_rise\": $b}" --json results/adapt_micrograph_sim$off$([[ $b == null ]] && echo _off).json
+        --config "{\"max_micrograph_rise\": $b, \"reestimate_nearer\": false}" \
+        --json results/adapt_micrograph_sim$off$([[ $b == null ]] && echo _off).json
   done
 done
 for b in 0.3 null; do
-  $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 16000 --config "{\"max_micrograph_rise\": $b}" \
+  $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 16000 \
+      --config "{\"max_micrograph_rise\": $b, \"reestimate_nearer\": false}" \
       --json results/adapt_micrograph_crowded$([[ $b == null ]] && echo _off).json
 done
-$PY bench_adapt.py --sim 0 --config '{"max_micrograph_rise": 0.3}' --json results/adapt_micrograph_shipped.json
+$PY bench_adapt.py --sim 0 --config '{"max_micrograph_rise": 0.3, "reestimate_nearer": false}' \
+    --json results/adapt_micrograph_shipped.json
+# the size measured again only toward the diameter given (session 26): design (reestimate off), rule (nearer on / off)
+for off in 0 2000 4000; do
+  $PY bench_adapt.py --sets --sim 8 --sim_families smooth shell --sim_seed_offset $off --config '{"reestimate": false}' \
+      --json results/adapt_reestimate_off_sim$off.json
+  $PY bench_adapt.py --sets --sim 8 --sim_families smooth shell --sim_seed_offset $off --json results/adapt_guards_sim$off.json
+done
+for v in true false; do
+  sfx=$([[ $v == false ]] && echo _off)
+  for off in 6000 8000 10000; do
+    $PY bench_adapt.py --sets --sim 8 --sim_families smooth shell --sim_seed_offset $off \
+        --config "{\"reestimate_nearer\": $v}" --json results/adapt_nearer_sim$off$sfx.json
+  done
+  $PY bench_adapt.py --sim 0 --config "{\"reestimate_nearer\": $v}" --json results/adapt_nearer_shipped$sfx.json
+  $PY bench_adapt.py "${CROWDED_ADAPT[@]}" --crowd_seed_offset 17000 --config "{\"reestimate_nearer\": $v}" \
+      --json results/adapt_nearer_crowded$sfx.json
+done
 $PY bench_crowd_stages.py --real --json results/crowd_stages.json
 for sp in train valid; do
   $PY bench_real.py --split $sp --spacing Yes --json results/spacing_real_${sp}_on.json

@@ -321,7 +321,10 @@ def test_kept_adapted_networks_measure_the_size_again_and_continue_reuses_it(tmp
     again = note["reestimate"]
     size = json.loads((jd / "pixer_size.json").read_text())
     assert again["given_A"] == size["given_A"] and 0.5 * size["given_A"] < again["estimate_A"] < 2.0 * size["given_A"]
-    assert again["picking_A"] == pytest.approx((again["given_A"] * again["estimate_A"]) ** 0.5)  # the blend, weight 0.5
+    measured = (again["given_A"] * again["estimate_A"]) ** 0.5  # the blend, weight 0.5
+    assert again["measured_picking_A"] == pytest.approx(measured)
+    # taken only where nearer to the diameter given than the first picking diameter (reestimate_nearer, the default)
+    assert again["picking_A"] == pytest.approx(adapt.nearer_to_given(measured, note["diameter_A"], again["given_A"]))
     assert f"picking at {again['picking_A']:.0f} A" in first
     kept = ((adapt.MODEL_FILE, relion.MODEL_NODE_LABEL),)
     coords = [root / c for c in check_relion_outputs(root, empty=None, extra_nodes=kept)["rlnMicrographCoordinates"]]
@@ -362,3 +365,34 @@ def test_relions_abort_stops_adapt_during_its_fine_tuning(tmp_path, monkeypatch,
     assert steps == [1, 2] and "stopped by RELION_JOB_ABORT_NOW" in err
     assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
     assert not (jd / adapt.MODEL_FILE).exists() and not (jd / adapt.NOTE_FILE).exists()
+
+
+def test_the_size_measured_again_is_taken_only_nearer_to_the_diameter_given(monkeypatch):
+    """``AdaptConfig.reestimate_nearer``: the adapted networks' diameter is taken where it lies nearer (log scale) to
+    the diameter given than the first picking diameter, else the first stands and run.out says why; the note keeps
+    the measured one beside it. Without ``first_A`` (the option off) the measure is always taken."""
+    from relion_pixer import size
+
+    assert adapt.nearer_to_given(175.0, 153.0, 128.0) == 153.0  # farther: the first stands
+    assert adapt.nearer_to_given(130.7, 134.6, 128.0) == 130.7  # nearer: taken
+    assert adapt.nearer_to_given(110.0, 142.0, 120.0) == 110.0  # past the diameter given, but nearer in log
+    estimate = {"A": 0.0}
+
+    def fake_estimate(micrographs, given_A, models, device="cpu"):
+        list(micrographs)
+        return size.SizeEstimate(estimate["A"], given_A, (1.0,), (0.0,), False)
+
+    def fake_first(entries, invert=False, read=None):
+        read.append("mic")
+        return iter([(np.zeros((8, 8), np.float32), 1.0)])
+
+    monkeypatch.setattr(size, "estimate_diameter", fake_estimate)
+    monkeypatch.setattr(size, "first_micrographs", fake_first)
+    lines = []
+    for measured_A, first_A, expected in ((160.0, 110.0, 110.0), (100.0, 110.0, None), (160.0, None, None)):
+        estimate["A"] = measured_A
+        out = adapt._measure_again([], False, 100.0, None, "cpu", lines.append, first_A)
+        blend = (100.0 * measured_A) ** 0.5
+        assert out["measured_picking_A"] == pytest.approx(blend)
+        assert out["picking_A"] == pytest.approx(blend if expected is None else expected)
+        assert ("so the first stands" in lines[-1]) == (expected is not None)
