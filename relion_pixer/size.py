@@ -60,13 +60,6 @@ SPACING_ROUNDS = 1
 #: the kept-apart scale, mean F1 over the diameters given +0.013 and +0.047 with the spreads 0.034 -> 0.002 and
 #: 0.098 -> 0.016; on the real sets it never acts.
 SPACING_SECOND_PASS = True
-
-
-def spacing_repick(crowded: bool) -> bool:
-    """Whether the spacing check picks with the second pass (``check_spacing(repick=...)``) in a job whose ``crowded``
-    setting is given: where the job makes the pass and :data:`SPACING_SECOND_PASS` is on."""
-    return bool(SPACING_SECOND_PASS and crowded)
-
 #: The spacing check needs at least this many picks with a neighbour on its micrographs (fewer: no check).
 MIN_SPACING_PICKS = 30
 #: Edge margin of the candidates the confidence is taken over, in particle diameters (the picking default was 0.5
@@ -275,6 +268,12 @@ def spacing_diameter(diameter_A: float, spacing_A: float, picks: int, floor: flo
     if picks < MIN_SPACING_PICKS or not np.isfinite(spacing_A):
         return diameter_A
     return float(np.clip(spacing_A, float(floor) * diameter_A, diameter_A))
+
+
+def spacing_repick(crowded: bool) -> bool:
+    """Whether the spacing check picks with the second pass (``check_spacing(repick=...)``) in a job whose ``crowded``
+    setting is given: where the job makes the pass and :data:`SPACING_SECOND_PASS` is on."""
+    return bool(SPACING_SECOND_PASS and crowded)
 
 
 def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", floor: float = SPACING_FLOOR,
