@@ -560,7 +560,8 @@ def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figu
     if risen:
         g, a = per_mic[risen[0]]
         reason += (f"; on {len(risen)} micrograph(s) of the sample the picks rose beyond {1 + cfg.max_micrograph_rise:g}"
-                   f" times the general networks' plus {cfg.micrograph_rise_slack} (the first: {a} against {g})")
+                   f" times the general networks' plus {cfg.micrograph_rise_slack} (the first, the sample's micrograph "
+                   f"{risen[0] + 1}: {a} picks against {g})")
     adapted.classifier.cpu()
     adapted.segmenter.cpu()
     return AdaptResult(adapted, bool(ok_agree and ok_count and not risen), reason, figures)

@@ -226,6 +226,8 @@ def test_the_guard_bounds_a_rise_in_picks_on_any_one_micrograph():
     assert run(max_micrograph_rise=0.0, micrograph_rise_slack=most).kept
     over = run(max_micrograph_rise=0.0, micrograph_rise_slack=most - 1)
     assert not over.kept and over.models is not None and "rose beyond 1 times" in over.reason
+    first = next(k for k, (g, a) in enumerate(counts) if a - g == most)  # named by its place in the sample
+    assert f"the sample's micrograph {first + 1}: {counts[first][1]} picks against {counts[first][0]}" in over.reason
 
 
 def test_second_pass_puts_the_jobs_second_pass_picks_among_the_candidates():
