@@ -324,6 +324,12 @@ def _picker(second_pass: bool):
     return pick_segmented if second_pass else pick_from_map
 
 
+def _second_pass(cfg: AdaptConfig, params) -> bool:
+    """Whether adaptation's pseudo-labels and guard see the job's second pass: :attr:`AdaptConfig.second_pass`, where
+    the job makes the pass (``params.repick``)."""
+    return bool(cfg.second_pass and params.repick)
+
+
 def _candidates(net_image, models, factors, diameter_A: float, params, device: str, second_pass: bool = False):
     """What the general networks make of one network-scale image: every candidate the map offers (score >= 0.05,
     no relative cut; network scale), their figures of merit (the job's for those it picks: the decision's trust
@@ -456,7 +462,7 @@ def _pseudo_labelled(net, teacher, factor, diameter_A: float, params, device: st
     """One network-scale micrograph's pseudo-labels from the ``teacher`` networks: (labels, confident particles,
     the teacher's job picks at network scale)."""
     cand_xy, cand_fom, probs, picked, picks = _candidates(net, teacher, factor, diameter_A, params, device,
-                                                          cfg.second_pass and params.repick)
+                                                          _second_pass(cfg, params))
     lab, conf = pseudo_labels(net, probs, cand_xy, cand_fom, picked, cfg)
     return lab, conf, picks
 
@@ -539,7 +545,7 @@ def _fine_tune(sample: _Sample, teacher: list, init_path, cfg: AdaptConfig, figu
     t0 = time.perf_counter()
     with torch.inference_mode():
         adapted_picks = _job_picks(adapted, images, sample.factors, sample.diameter_A, sample.params, device,
-                                   cfg.second_pass and sample.params.repick)
+                                   _second_pass(cfg, sample.params))
     after = agreement(adapted_picks, labels, particles, held)
     before = agreement(teacher_picks, labels, particles, held)
     general_count = agreement(sample.general_picks, labels, particles, held)["picks"]
