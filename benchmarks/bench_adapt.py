@@ -113,10 +113,13 @@ it leaves is ``crowded_small_noisy`` given 1.12x (364 -> 469 picks, a gain of +0
    0.003 of its F1 with the bound off.
 
 It asks no gain on fresh data: it is a guard against a failure seen once, and is shipped only if it costs nothing
-where that failure does not occur. Otherwise it stays off (None). Commands (the bound off is ``'{}'``)::
+where that failure does not occur. Otherwise it stays off (None). Commands (the bound off was then the default,
+``'{}'``; since ``reestimate_nearer`` became a default below, both settings are spelled out, as ``run_all.sh`` does:
+``'{"max_micrograph_rise": null, "reestimate_nearer": false}'`` for the bound off)::
 
     python benchmarks/bench_adapt.py --sets --sim 8 --sim_families smooth shell --sim_seed_offset 2000 \
-        --config '{"max_micrograph_rise": 0.3}' --json benchmarks/results/adapt_micrograph_sim2000.json
+        --config '{"max_micrograph_rise": 0.3, "reestimate_nearer": false}' \
+        --json benchmarks/results/adapt_micrograph_sim2000.json
     (the same with --sim_seed_offset 4000; --sets --sim 0 --crowd_sets crowded_small crowded_small_noisy
      --crowd_seed_offset 16000 --crowd_given 1 1.12 1.25; --sim 0 --score_split test --set_model ... ; --sim 0)
 
