@@ -245,8 +245,12 @@ _NUMBERS = {
     "batch_size": ("int", PickParams.batch_size, "a whole number", lambda v: v >= 1, "at least 1"),
     "angpix": (float, None, "a pixel size in Angstrom", lambda v: v > 0, "positive"),
     "j": ("int", None, "a number of threads", lambda v: v >= 1, "at least 1"),
-    "workers": ("int", 1, "a number of worker processes", lambda v: v >= 1, "at least 1"),
+    "workers": ("int", JobOptions.workers, "a number of worker processes", lambda v: v >= 1, "at least 1"),
 }
+
+
+#: Yes/No options that become :class:`JobOptions` fields of the same name; absent, each takes the field's default.
+_YES_NO = tuple(key for key, kind in SPEC.items() if kind == "flag" and key in JobOptions.__dataclass_fields__)
 
 
 def _bounded(values: dict, key: str, warnings: list):
@@ -385,18 +389,12 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         precision=precision,
         angpix=angpix,
         model=model or None,
-        write_maps=bool(values.get("write_maps", False)),
-        estimate_size=bool(values.get("estimate_size", True)),
-        check_spacing=bool(values.get("check_spacing", True)),
-        crowded=bool(values.get("crowded", True)),
-        adapt=bool(values.get("adapt", False)),
-        invert=bool(values.get("invert", False)),
         relion_version=version,
         threads=threads,
         workers=int(numbers["workers"]),
         gpu=gpu,
-        strict=bool(values.get("strict", False)),
         warnings=tuple(warnings),
+        **{key: bool(values.get(key, getattr(JobOptions, key))) for key in _YES_NO},
     )
 
 
