@@ -10,6 +10,7 @@ $PY tune_size.py --json results/tune_size.json
 $PY calibrate_size.py --json results/calibrate_size.json
 $PY tune_defaults.py --json results/tune_defaults.json
 $PY bench_size_blobs.py --json results/size_blobs.json
+$PY bench_size_confidence.py --json results/size_confidence.json
 # every shared real set (with its diameter sweep, 0.8x-1.25x): the main yardstick
 $PY bench_real.py --split test --json results/real_test.json --picture ../docs/real_test_picks.png
 # what apoferritin's picks without a label look like (docs/empiar10146_apoferritin_test_unmatched.png)

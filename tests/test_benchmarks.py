@@ -107,6 +107,34 @@ def test_the_blob_size_benchmark_measures_the_area_equivalent_diameter_of_isolat
     assert abs(d[0] - 20.0) < 0.5
 
 
+def test_on_crisp_masks_the_jobs_confidence_follows_their_size_and_the_peak_does_not(monkeypatch):
+    """Maps of sure, crisp discs (what the networks draw on clean particles) at three sizes: the job's confidence, a
+    Gaussian-smoothed score, rises with the discs' size, while the map's own peak reads them all equally sure; the
+    plateau's middle is the geometric middle of the scales within reach of the highest peak."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("bench_size_confidence", None)
+    import bench_size_confidence as bsc
+
+    from relion_pixer import NET_DIAMETER_PX
+
+    yy, xx = np.mgrid[:256, :256]
+    rows = []
+    for radius in (0.3 * NET_DIAMETER_PX, 0.4 * NET_DIAMETER_PX, 0.5 * NET_DIAMETER_PX):
+        prob = np.full((256, 256), 1e-3, np.float32)
+        for cx in (64, 128, 192):
+            for cy in (64, 128, 192):
+                prob[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2] = 0.99999
+        rows.append(bsc.measures(prob))
+    assert rows[0]["job"] < rows[1]["job"] < rows[2]["job"]
+    assert all(r["candidates"] == 9 for r in rows)
+    assert max(r["peak"] for r in rows) - min(r["peak"] for r in rows) < 1e-6
+    curve = {0.8: {"job": 1.0, "narrow": 1.0, "peak": 5.0}, 1.0: {"job": 2.0, "narrow": 3.0, "peak": 9.0},
+             1.25: {"job": 1.5, "narrow": 1.0, "peak": 8.95}, 1.5: {"job": 0.5, "narrow": 0.0, "peak": 8.0}}
+    s = bsc.summary(curve)
+    assert s["best_job"] == 1.0 and s["best_peak"] == 1.0 and s["peak_plateau"] == [1.0, 1.25]
+    assert s["peak_plateau_middle"] == pytest.approx(np.sqrt(1.25))
+
+
 def test_the_profile_size_is_the_halo_outside_a_solid_or_hollow_particle_whatever_the_diameter_given(monkeypatch):
     """Noisy dark particles of radius 20 px with a bright ring at 20-24 px: the halo (radius 22 px) is found from a
     solid disc's dark centre and from a hollow shell's dark rim, at diameters given 0.8x-1.25x."""
