@@ -13,14 +13,25 @@ is segmented at its true diameter, and on the same candidates three decisions ar
 Figures per family: particles found (one-to-one within half a diameter) by the map alone and by the decision, and
 their ratio (target >= 0.95 on the unseen family); contamination candidates (label "contamination" under the centre,
 no particle within half a diameter) the former veto dropped, and the share of those the decision drops too (target
->= 0.90). Usage::
+>= 0.90).
 
-    python benchmarks/bench_decision.py [--model FILE] [--n 16] [--json OUT]
+**By kind (session 27).** The simulator labels three things "contamination": the carbon film, ice blobs, and protein
+aggregates (touching clumps of 4-12 of the micrograph's own particles). Issue 17's target names "the ice and carbon
+candidates"; an aggregate's members are particles of the protein itself, packed as on a crowded grid, which the
+decision must keep there. So the share is also given per kind (:func:`kind_map`). A ``/tmp`` prototype read the
+standing set (seed 880000) first: ice and carbon 31 of 34 dropped (0.912), aggregates 38 of 49 (0.776), 69 of 83 in
+all. **Rule, written before the run that decides it:** issue 17's contamination target counts as met only if the ice
+and carbon share is at least 0.90 also on fresh seeds (``--seed 890000``, 16 micrographs per family, every family),
+and pooled over both seed sets. Otherwise the figure stays "not met" and both readings are reported. Usage::
+
+    python benchmarks/bench_decision.py [--model FILE] [--n 16] [--seed 880000] [--json OUT]
+    python benchmarks/bench_decision.py --seed 890000 --json benchmarks/results/decision_seed890000.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
@@ -42,16 +53,43 @@ DPX = 64.0
 FORMER = dict(map_threshold=0.05, map_relative=0.2, map_odds=0.05, classifier=0.6)
 #: The former edge margin, in diameters.
 FORMER_MARGIN = 0.5
+SHAPE = (1024, 1024)
+#: The kinds of contamination the simulator draws (all labelled 2): the carbon film, ice blobs, and protein aggregates
+#: (clumps of 4-12 of the micrograph's own particles, touching).
+KINDS = ("carbon", "ice", "aggregate")
 
 
-def simulate_family(family: str, n: int, seed: int):
+def simulate_family(family: str, n: int, seed: int, kinds: bool = False):
+    """``n`` micrographs of ``family``; with ``kinds``, each as ``(micrograph, kind map)`` (:func:`kind_map`)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         cfg = random_config(rng, snr=float(np.exp(rng.uniform(np.log(0.1), np.log(1.0)))), particle_diameter_px=DPX,
                             families=family, empty=False, n_ice=int(rng.integers(2, 5)),
                             n_aggregates=int(rng.integers(0, 3)), carbon_edge=bool(rng.random() < 0.5), angpix=2.0)
-        out.append(simulate_micrograph(rng, shape=(1024, 1024), **cfg))
+        state = copy.deepcopy(rng) if kinds else None
+        sim = simulate_micrograph(rng, shape=SHAPE, **cfg)
+        out.append((sim, kind_map(sim, state, cfg)) if kinds else sim)
+    return out
+
+
+def kind_map(sim, state, cfg: dict) -> np.ndarray:
+    """What each contamination pixel of ``sim`` is: 0 none, :data:`KINDS` index + 1 otherwise.
+
+    The simulator draws the carbon film, then the ice blobs, then the aggregates, then the particles, and labels all
+    three "contamination", so the same micrograph simulated again from the random state ``state`` it started from,
+    without aggregates and then without ice either, has the ice and carbon (the carbon alone) where ``sim`` has them.
+    """
+    contam = sim.labels == 2
+    no_aggregates = simulate_micrograph(copy.deepcopy(state), shape=SHAPE, **{**cfg, "n_aggregates": 0}).labels == 2
+    carbon = simulate_micrograph(copy.deepcopy(state), shape=SHAPE,
+                                 **{**cfg, "n_aggregates": 0, "n_ice": 0}).labels == 2
+    if (no_aggregates & ~contam).any() or (carbon & ~no_aggregates).any():
+        raise AssertionError("the simulator's draws changed order: the kinds of contamination cannot be told apart")
+    out = np.zeros(contam.shape, np.uint8)
+    out[contam] = KINDS.index("aggregate") + 1
+    out[no_aggregates] = KINDS.index("ice") + 1
+    out[carbon] = KINDS.index("carbon") + 1
     return out
 
 
@@ -96,16 +134,18 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--n", type=int, default=16, help="micrographs per family")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES))
+    ap.add_argument("--seed", type=int, default=SEED, help=f"first family's seed (default {SEED}; 1000 apart)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     params = PickParams()
-    out = {"threshold": params.threshold, "unseen": UNSEEN, "families": {}}
+    out = {"threshold": params.threshold, "unseen": UNSEEN, "seed": args.seed, "families": {}}
     for k, family in enumerate(args.families):
-        f = dict(map_alone=0, decision=0, truth=0, contamination_vetoed=0, also_dropped=0, trust=[])
-        for sim in simulate_family(family, args.n, SEED + 1000 * k):
+        f = dict(map_alone=0, decision=0, truth=0, contamination_vetoed=0, also_dropped=0, trust=[],
+                 by_kind={kind: {"vetoed": 0, "dropped": 0} for kind in KINDS})
+        for sim, kinds in simulate_family(family, args.n, args.seed + 1000 * k, kinds=True):
             d = DPX * 2.0
             net, prob, factors = segment_micrograph(sim.image, 2.0, d, models)
             every = pick_from_map(net, prob, factors, d, models, PickParams(threshold=0.0))
@@ -119,6 +159,11 @@ def main() -> None:
             vetoed = vetoed[contamination(sim, vetoed)]
             f["contamination_vetoed"] += len(vetoed)
             f["also_dropped"] += dropped(vetoed, picks)
+            ij = np.clip(np.round(vetoed).astype(int), 0, np.array(kinds.shape[::-1]) - 1).reshape(-1, 2)
+            of_kind = kinds[ij[:, 1], ij[:, 0]]
+            for i, kind in enumerate(KINDS):
+                f["by_kind"][kind]["vetoed"] += int(np.count_nonzero(of_kind == i + 1))
+                f["by_kind"][kind]["dropped"] += dropped(vetoed[of_kind == i + 1], picks)
         f["kept_share"] = f["decision"] / f["map_alone"] if f["map_alone"] else float("nan")
         f["dropped_share"] = f["also_dropped"] / f["contamination_vetoed"] if f["contamination_vetoed"] else float("nan")
         f["trust"] = float(np.mean(f["trust"]))
@@ -132,6 +177,13 @@ def main() -> None:
     out["contamination_dropped_share"] = also / vet if vet else float("nan")
     print(f"all families: of {vet} contamination candidates the former veto dropped, the decision drops {also} "
           f"({out['contamination_dropped_share']:.3f})")
+    out["by_kind"] = {}
+    for group in (("carbon",), ("ice",), ("aggregate",), ("ice", "carbon")):
+        v = sum(f["by_kind"][kind]["vetoed"] for f in fam for kind in group)
+        d = sum(f["by_kind"][kind]["dropped"] for f in fam for kind in group)
+        name = " and ".join(group)
+        out["by_kind"][name] = {"vetoed": v, "dropped": d, "share": d / v if v else float("nan")}
+        print(f"  {name}: {d} of {v} ({d / v if v else float('nan'):.3f})")
     write_json(args.json, out)
 
 
