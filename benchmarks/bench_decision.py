@@ -81,8 +81,9 @@ def kind_map(sim, state, cfg: dict) -> np.ndarray:
     without aggregates and then without ice either, has the ice and carbon (the carbon alone) where ``sim`` has them.
     """
     contam = sim.labels == 2
-    no_aggregates = simulate_micrograph(copy.deepcopy(state), shape=SHAPE, **{**cfg, "n_aggregates": 0}).labels == 2
-    carbon = simulate_micrograph(copy.deepcopy(state), shape=SHAPE,
+    shape = contam.shape
+    no_aggregates = simulate_micrograph(copy.deepcopy(state), shape=shape, **{**cfg, "n_aggregates": 0}).labels == 2
+    carbon = simulate_micrograph(copy.deepcopy(state), shape=shape,
                                  **{**cfg, "n_aggregates": 0, "n_ice": 0}).labels == 2
     if (no_aggregates & ~contam).any() or (carbon & ~no_aggregates).any():
         raise AssertionError("the simulator's draws changed order: the kinds of contamination cannot be told apart")

@@ -135,6 +135,28 @@ def test_on_crisp_masks_the_jobs_confidence_follows_their_size_and_the_peak_does
     assert s["peak_plateau_middle"] == pytest.approx(np.sqrt(1.25))
 
 
+def test_the_decision_benchmark_tells_carbon_ice_and_aggregates_apart(monkeypatch):
+    """The kind map covers exactly the simulator's contamination label and finds each kind the micrograph holds:
+    carbon on one side of the film's edge, ice blobs and aggregates elsewhere."""
+    import copy
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("bench_decision", None)
+    import bench_decision as bd
+
+    rng = np.random.default_rng(4)
+    cfg = random_config(rng, snr=0.5, particle_diameter_px=24.0, families="globular", empty=False, n_ice=3,
+                        n_aggregates=2, carbon_edge=True, angpix=2.0)
+    state = copy.deepcopy(rng)
+    sim = simulate_micrograph(rng, shape=(384, 384), **cfg)
+    kinds = bd.kind_map(sim, state, cfg)
+    assert np.array_equal(kinds > 0, sim.labels == 2)
+    present = {bd.KINDS[k - 1] for k in np.unique(kinds[kinds > 0])}
+    assert present == set(bd.KINDS), present
+    carbon = kinds == bd.KINDS.index("carbon") + 1
+    assert 0.05 < carbon.mean() < 0.6  # the film covers 10-40 % of the micrograph
+
+
 def test_the_profile_size_is_the_halo_outside_a_solid_or_hollow_particle_whatever_the_diameter_given(monkeypatch):
     """Noisy dark particles of radius 20 px with a bright ring at 20-24 px: the halo (radius 22 px) is found from a
     solid disc's dark centre and from a hollow shell's dark rim, at diameters given 0.8x-1.25x."""
