@@ -16,6 +16,7 @@ $PY bench_real.py --split test --json results/real_test.json --picture ../docs/r
 # what apoferritin's picks without a label look like (docs/empiar10146_apoferritin_test_unmatched.png)
 $PY bench_real.py --split test --sets empiar10146_apoferritin --no_sweep --gallery ../docs
 $PY bench_decision.py --json results/decision.json
+$PY bench_decision.py --seed 890000 --json results/decision_seed890000.json  # fresh seeds: the ice-and-carbon rule
 $PY bench_decision.py --n 4 --json results/decision_n4.json
 $PY bench_decision.py --families shell --json results/decision_shell.json  # thin-walled shells, a family no network saw
 # self-training in the job (adapt Yes): before / after on every real set and an unseen simulated family; its cost
