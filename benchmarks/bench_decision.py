@@ -151,7 +151,7 @@ def main() -> None:
     params = PickParams()
     out = {"threshold": params.threshold, "unseen": UNSEEN, "seed": args.seed, "families": {}}
     for k, family in enumerate(args.families):
-        f = dict(map_alone=0, decision=0, truth=0, contamination_vetoed=0, also_dropped=0, trust=[],
+        f = dict(map_alone=0, decision=0, truth=0, contamination_vetoed=0, also_dropped=0, trust=[], micrographs=[],
                  by_kind={kind: {"vetoed": 0, "dropped": 0} for kind in KINDS})
         for sim, kinds in simulate_family(family, args.n, args.seed + 1000 * k, kinds=True):
             d = DPX * 2.0
@@ -159,8 +159,11 @@ def main() -> None:
             every = pick_from_map(net, prob, factors, d, models, PickParams(threshold=0.0))
             picks = every.xy[every.fom >= params.threshold]
             truth = np.asarray(sim.coords).reshape(-1, 2)
-            f["map_alone"] += found(every.xy[every.map_score >= params.threshold], truth)
-            f["decision"] += found(picks, truth)
+            mic = {"map_alone": found(every.xy[every.map_score >= params.threshold], truth),
+                   "decision": found(picks, truth), "truth": len(truth), "trust": every.trust}
+            f["micrographs"].append(mic)
+            f["map_alone"] += mic["map_alone"]
+            f["decision"] += mic["decision"]
             f["truth"] += len(truth)
             f["trust"].append(every.trust)
             vetoed = former_veto(net, prob, factors, models)
