@@ -60,6 +60,7 @@ DPX = 64.0
 FORMER = dict(map_threshold=0.05, map_relative=0.2, map_odds=0.05, classifier=0.6)
 #: The former edge margin, in diameters.
 FORMER_MARGIN = 0.5
+#: The simulated micrographs' shape.
 SHAPE = (1024, 1024)
 #: The kinds of contamination the simulator draws (all labelled 2): the carbon film, ice blobs, and protein aggregates
 #: (clumps of 4-12 of the micrograph's own particles, touching).

@@ -41,14 +41,6 @@ PEAK_RADIUS = 0.25
 PLATEAU = 0.1
 
 
-def _log_odds_upper_half(values) -> float:
-    s = np.sort(np.clip(np.asarray(values, dtype=np.float64), size._EPS, 1.0 - size._EPS))
-    if not len(s):
-        return float("nan")
-    top = s[len(s) // 2:]
-    return float(np.mean(np.log(top / (1.0 - top))))
-
-
 def measures(prob) -> dict:
     """The three confidences of one probability map (see the module docstring), and the number of candidates."""
     p = np.asarray(prob.numpy() if hasattr(prob, "numpy") else prob, dtype=np.float32)
@@ -57,14 +49,14 @@ def measures(prob) -> dict:
     for name, frac in SIGMAS.items():
         sigma = None if frac is None else frac * NET_DIAMETER_PX
         cand = picking.pick_centres(p, NET_DIAMETER_PX, threshold=0.05, margin_px=margin, sigma=sigma)
-        out[name] = _log_odds_upper_half(cand.score)
+        out[name] = size.upper_half_log_odds(cand.score)
         if frac is None:
             r = PEAK_RADIUS * NET_DIAMETER_PX
             peaks = []
             for x, y in np.asarray(cand.xy).reshape(-1, 2):
                 y0, x0 = int(max(0, np.floor(y - r))), int(max(0, np.floor(x - r)))
                 peaks.append(float(p[y0:int(np.ceil(y + r)) + 1, x0:int(np.ceil(x + r)) + 1].max()))
-            out["peak"] = _log_odds_upper_half(peaks)
+            out["peak"] = size.upper_half_log_odds(peaks)
             out["candidates"] = int(len(cand.score))
     return out
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence", "upper_half_log_odds",
            "first_micrographs", "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter",
            "check_spacing"]
 
@@ -115,7 +115,13 @@ def confidence(prob_map) -> float:
     from relion_pixer import picking
 
     cand = picking.pick_centres(prob_map, NET_DIAMETER_PX, threshold=0.05, margin_px=ESTIMATE_MARGIN * NET_DIAMETER_PX)
-    s = np.sort(np.clip(np.asarray(cand.score, dtype=np.float64), _EPS, 1.0 - _EPS))
+    return upper_half_log_odds(cand.score)
+
+
+def upper_half_log_odds(scores) -> float:
+    """Mean log-odds of the upper half of ``scores`` (probabilities, clipped to ``_EPS`` from 0 and 1); NaN when
+    empty."""
+    s = np.sort(np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), _EPS, 1.0 - _EPS))
     if not len(s):
         return float("nan")
     top = s[len(s) // 2:]
