@@ -27,9 +27,9 @@ import numpy as np
 
 from relion_pixer import NET_DIAMETER_PX
 
-__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence", "upper_half_log_odds",
-           "first_micrographs", "estimate_diameter", "picking_diameter", "pick_spacing", "spacing_diameter",
-           "check_spacing"]
+__all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
+           "upper_half_log_odds", "first_micrographs", "estimate_diameter", "picking_diameter", "pick_spacing",
+           "spacing_diameter", "check_spacing"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
