@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
-from common import real_sets, size_sims, write_json
+from common import parse_with_models, real_sets, size_sims, write_json
 from relion_pixer import NET_DIAMETER_PX, picking, size
-from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import segment_micrograph
 
 #: Smoothing of each measure, as a fraction of the network diameter (None: the job's, diameter / 6).
@@ -94,12 +92,7 @@ def summary(curve: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=3, help="simulated micrographs per SNR")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    models = load_pretrained(args.model)
+    args, models = parse_with_models(ap)
     sets = {}
     for rs in real_sets():
         mics = rs.micrographs("train", "valid")[: size.SAMPLE_MICROGRAPHS]

@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
-from common import real_sets, size_sims, write_json
+from common import parse_with_models, real_sets, size_sims, write_json
 from relion_pixer import size
-from relion_pixer.models import load_pretrained
 from tune_size import GIVEN  # the diameters given of tune_size.py
 
 MAX_REAL_ERROR = 0.15
@@ -48,12 +46,7 @@ def raw_ratios(mics, diameter_A: float, models) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=3, help="simulated micrographs per SNR")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    models = load_pretrained(args.model)
+    args, models = parse_with_models(ap)
     fit, test, sims = {}, {}, {}
     for rs in real_sets():
         fit[rs.name] = raw_ratios(rs.micrographs("train", "valid"), rs.diameter_A, models)

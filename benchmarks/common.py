@@ -70,6 +70,21 @@ class RealSet:
         return out
 
 
+def parse_with_models(ap):
+    """Add ``--threads`` (default 2), ``--model`` (default the shipped weights) and ``--json`` to the argument parser
+    ``ap``, parse the command line, set torch's threads and load the networks: ``(args, models)``."""
+    import torch
+
+    from relion_pixer.models import load_pretrained
+
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, load_pretrained(args.model)
+
+
 def write_json(path: str | None, out: dict, default=None) -> None:
     """Write a benchmark's results ``out`` to ``path`` (its ``--json``; nothing when None); ``default`` as
     :func:`json.dump`'s, for values JSON has no type for (e.g. ``float`` for NumPy scalars)."""
