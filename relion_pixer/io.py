@@ -624,7 +624,15 @@ def read_micrographs_star(
     if angpix is not None and user is None:
         raise ValueError(f"pixel size must be a positive number, got {angpix!r}")
 
-    optics: dict[str, tuple[float | None, str]] = {}
+    def group_number(text, what: str) -> int:
+        """An _rlnOpticsGroup value as RELION reads it, an integer ("01" is group 1)."""
+        text = str(text).strip()
+        try:
+            return int(text)
+        except ValueError:
+            raise StarError(f"{path}: {what} has a non-integer _rlnOpticsGroup {text!r}") from None
+
+    optics: dict[int, tuple[float | None, str]] = {}
     opt = blocks.get("optics")
     if opt is not None and "rlnOpticsGroup" in opt.columns:
         for _, row in opt.iterrows():
@@ -635,7 +643,7 @@ def read_micrographs_star(
                     if value is not None:
                         source = label
                         break
-            optics[str(row["rlnOpticsGroup"]).strip()] = (value, source)
+            optics[group_number(row["rlnOpticsGroup"], "data_optics")] = (value, source)
 
     project = Path(project_dir) if project_dir is not None else Path.cwd()
     star_dir = path.parent
@@ -646,15 +654,11 @@ def read_micrographs_star(
         group: int | None = None
         value, source = None, "none"
         if has_group:
-            gtext = str(row["rlnOpticsGroup"]).strip()
-            try:
-                group = int(gtext)
-            except ValueError:
-                raise StarError(f"{path}: micrograph {name} has a non-integer _rlnOpticsGroup {gtext!r}") from None
+            group = group_number(row["rlnOpticsGroup"], f"micrograph {name}")
             if optics:
-                if gtext not in optics:
-                    raise StarError(f"{path}: micrograph {name} is in optics group {gtext}, which data_optics lacks")
-                value, source = optics[gtext]
+                if group not in optics:
+                    raise StarError(f"{path}: micrograph {name} is in optics group {group}, which data_optics lacks")
+                value, source = optics[group]
         if value is None and "rlnMicrographPixelSize" in mics.columns:
             value = _positive_float(row["rlnMicrographPixelSize"])
             source = "rlnMicrographPixelSize" if value is not None else "none"

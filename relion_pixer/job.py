@@ -1294,7 +1294,8 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
     try:
         image, angpix = io.read_entry(entry, opts.invert)
         if angpix is None:
-            raise io.MicrographError(entry.path, "no pixel size in the STAR file or the MRC header; give --angpix")
+            raise io.MicrographError(entry.path, "no pixel size in the STAR file (_rlnMicrographPixelSize) or the MRC "
+                                                 "header; give --angpix")
         preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
         diameter_px = opts.particle_diameter / angpix
         if min(image.shape) < diameter_px:

@@ -204,10 +204,24 @@ def test_bad_micrograph_stars(tmp_path):
     badgroup.write_text(STAR31.replace("MotionCorr/job002/Movies/b.mrc            2", "MotionCorr/job002/Movies/b.mrc            7"))
     with pytest.raises(StarError, match="badgroup.star.*optics group 7"):
         io.read_micrographs_star(badgroup)
+    named = tmp_path / "namedgroup.star"
+    named.write_text(STAR31.replace("opticsGroup2            2", "opticsGroup2            two"))
+    with pytest.raises(StarError, match="namedgroup.star: data_optics has a non-integer _rlnOpticsGroup 'two'"):
+        io.read_micrographs_star(named)
     short = tmp_path / "short.star"
     short.write_text("data_\nloop_\n_rlnMicrographName\n_rlnOpticsGroup\nx.mrc\n")
     with pytest.raises(StarError, match="short.star: line 5"):
         io.read_micrographs_star(short)
+
+
+def test_optics_groups_match_as_numbers_as_relion_reads_them(tmp_path):
+    """A group written "01" in data_optics and "1" among the micrographs (or the other way) is the same group."""
+    star = tmp_path / "padded.star"
+    star.write_text(STAR31.replace("opticsGroup1            1 ", "opticsGroup1           01 ")
+                    .replace("Movies/b.mrc            2", "Movies/b.mrc           02"))
+    entries = io.read_micrographs_star(star, project_dir=tmp_path)
+    assert [e.optics_group for e in entries] == [1, 2, 3, 1]
+    assert [e.angpix for e in entries] == [1.0, 1.6, 1.1, 1.0]
 
 
 def _shared_micrograph_stars(root: Path) -> list[Path]:

@@ -649,7 +649,7 @@ def test_missing_pixel_size_then_angpix_and_header(tmp_path, monkeypatch):
     write_mrc(tmp_path / "Micrographs/a.mrc", np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32), None)
     rc, _, err = run("--o out/ --in_mics mics.star --particle_diameter 100")
     assert rc == 1
-    assert "Micrographs/a.mrc: no pixel size in the STAR file or the MRC header; give --angpix" in err
+    assert "Micrographs/a.mrc: no pixel size in the STAR file (_rlnMicrographPixelSize) or the MRC header; give --angpix" in err
     picker = FakePicker()
     rc, _, err = run("--o out/ --in_mics mics.star --particle_diameter 100 --angpix 1.06", picker)
     assert rc == 0, err
