@@ -143,7 +143,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
                         0 uses device 0, rank 1 device 1); empty: spread over every visible device
 
 Rerunning on the same output directory picks only micrographs that have no coordinate file yet (RELION's
-Continue, or --continue, does the same).
+Continue, or --continue, does the same); run.err names the settings that differ from those of the run that picked
+the files it keeps.
 Across nodes: `mpirun -n N relion_pixer ...` (needs mpi4py: pip install 'relion-pixer[mpi]'): rank 0 reads the
 input, hands the micrographs out one at a time to whichever rank asks, and writes autopick.star, the output nodes
 and the exit marker once every rank has finished.
@@ -800,7 +801,8 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         try:
             plan = _start(opts, log, odir, job_dir)
             picked_before = len(plan.entries) - len(plan.todo)
-            earlier = _earlier_picking(job_dir) if plan.todo and picked_before else None
+            earlier = _earlier_picking(job_dir) if picked_before else None
+            _note_settings(earlier, opts, picked_before, len(plan.todo), log)
             networks = (_size_models(opts, pick_fn)
                         if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:
@@ -812,7 +814,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if plan.todo and opts.adapt:
                 pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir, spaced)
             if plan.todo:
-                _note_picking(job_dir, opts.particle_diameter, diameter, model, earlier, picked_before, log)
+                _note_picking(job_dir, opts, diameter, model, earlier, picked_before, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
@@ -1079,23 +1081,64 @@ def _networks_id(model: str | None) -> str:
         return path.name
 
 
+#: The options that decide a micrograph's picks, kept in :data:`PICKING_FILE`: a rerun that keeps the coordinate files
+#: of an earlier run says which of them differ.
+PICK_SETTINGS = ("particle_diameter", "threshold", "map_threshold", "map_relative", "map_odds", "max_particles",
+                 "min_distance", "margin", "angpix", "model", "estimate_size", "check_spacing", "crowded", "adapt",
+                 "invert")
+
+
+def _pick_settings(opts: JobOptions) -> dict:
+    return {key: getattr(opts, key) for key in PICK_SETTINGS}
+
+
 def _earlier_picking(job_dir: Path) -> dict | None:
-    """What an earlier run of the job picked with (:data:`PICKING_FILE`: the diameters picked at and given, and the
-    networks; for a job begun before that file, its :data:`SIZE_FILE`'s diameters), or None."""
+    """What an earlier run of the job picked with (:data:`PICKING_FILE`: the diameters picked at and given, the
+    networks and the settings; for a job begun before that file, its :data:`SIZE_FILE`'s diameters), or None."""
     for name in (PICKING_FILE, SIZE_FILE):
         try:
             kept = json.loads((job_dir / name).read_text())
+            settings = kept.get("settings")
             return {"given_A": float(kept["given_A"]), "picking_A": float(kept["picking_A"]),
-                    "networks": str(kept.get("networks") or "") or None}
+                    "networks": str(kept.get("networks") or "") or None,
+                    "settings": settings if isinstance(settings, dict) else None}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return None
 
 
-def _note_picking(job_dir: Path, given_A: float, picking_A: float, model: str | None, earlier: dict | None,
+def _note_settings(earlier: dict | None, opts: JobOptions, picked_before: int, left: int, log: _Log) -> None:
+    """Warn when the micrographs an earlier run of the job picked (their coordinate files are kept) were picked with
+    other settings than this run's (:data:`PICK_SETTINGS`; the diameter given only when nothing is left to pick:
+    otherwise :func:`_note_picking` compares the diameters picked at)."""
+    if earlier is None or not picked_before or not earlier.get("settings"):
+        return
+    now = _pick_settings(opts)
+    changed = [f"{key} {_shown(earlier['settings'][key])} -> {_shown(now[key])}" for key in PICK_SETTINGS
+               if key in earlier["settings"] and earlier["settings"][key] != now[key]
+               and not (key == "particle_diameter" and left)]
+    if not changed:
+        return
+    what = (f"an earlier run of this job picked {picked_before} micrograph(s) with other settings "
+            f"({', '.join(changed)}); their coordinate files are kept")
+    if left:
+        log.warn(f"{what}, and this run picks the other {left} with these. To pick them all with one, run a new job, "
+                 "or delete this job's coordinate files first")
+    else:
+        log.warn(f"{what}, and nothing is picked again. To pick them with these settings, run a new job, or delete "
+                 "this job's coordinate files first")
+
+
+def _shown(value) -> str:
+    return "Yes" if value is True else "No" if value is False else "default" if value is None else f"{value:g}" \
+        if isinstance(value, float) else str(value)
+
+
+def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str | None, earlier: dict | None,
                   picked_before: int, log: _Log) -> None:
     """Warn when an earlier run of the job picked its micrographs at another diameter, or with other networks, than
     this run will pick the rest with, and keep this run's in :data:`PICKING_FILE`."""
+    given_A = opts.particle_diameter
     networks = _networks_id(model)
     advice = "run a new job, or delete this job's coordinate files first"
     if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
@@ -1107,7 +1150,8 @@ def _note_picking(job_dir: Path, given_A: float, picking_A: float, model: str | 
                  f"({earlier['networks']}); this run picks the rest with {networks}. To pick them all with one, {advice}")
     try:
         with io.atomic_write(job_dir / PICKING_FILE) as fh:
-            json.dump({"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks}, fh, indent=1)
+            json.dump({"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks,
+                       "settings": _pick_settings(opts)}, fh, indent=1)
     except OSError as exc:
         log.warn(f"cannot write {job_dir / PICKING_FILE} ({exc.strerror or exc}): a later Continue cannot tell what "
                  "this run picked with")

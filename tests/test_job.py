@@ -441,6 +441,30 @@ def test_continue_after_kill_picks_only_unfinished(project):
     check_relion_outputs(project)
 
 
+def test_a_rerun_that_keeps_earlier_picks_says_which_settings_picked_them(tmp_path, monkeypatch):
+    """Rerunning into a finished job's directory with another threshold picks nothing again, and says so with the
+    settings that differ; the same settings say nothing; with micrographs left, it says it picks those with its own."""
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    assert run(RELION_CMD)[0] == 0
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD + " --threshold 0.5 --crowded No", picker)
+    assert rc == 0 and not picker.calls
+    assert ("an earlier run of this job picked 3 micrograph(s) with other settings (threshold 0.1 -> 0.5, crowded Yes "
+            "-> No); their coordinate files are kept, and nothing is picked again") in err
+    rc, out, err = run(RELION_CMD)
+    assert rc == 0 and "other settings" not in err
+    rc, out, err = run(RELION_CMD + " --particle_diameter 180")  # later on the line: RELION's last value wins
+    assert "particle_diameter 150 -> 180" in err
+    first = next((root / "External/job012").rglob("*_autopick.star"))
+    first.unlink()
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD + " --threshold 0.5", picker)
+    assert rc == 0 and len(picker.calls) == 1
+    assert ("an earlier run of this job picked 2 micrograph(s) with other settings (threshold 0.1 -> 0.5); their "
+            "coordinate files are kept, and this run picks the other 1 with these") in err
+
+
 def test_on_the_fly_new_micrographs_appended(tmp_path, monkeypatch):
     root = made_project(tmp_path / "p", n=3)
     monkeypatch.chdir(root)
