@@ -27,6 +27,8 @@ __all__ = [
     "normalise",
     "prepare",
     "clip_outliers",
+    "flat_pixels",
+    "fill_flat",
     "check_particle_width",
     "to_original",
     "to_network",
@@ -147,7 +149,8 @@ def _linear_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMETER_PX) -> np.ndarray:
+def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMETER_PX,
+              exclude: np.ndarray | None = None) -> np.ndarray:
     """High-pass and robustly standardise an image (median 0, robust sd 1, clipped).
 
     Parameters
@@ -156,12 +159,19 @@ def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMET
         2D image at network scale.
     highpass_sigma : float or None
         Sigma, in pixels, of the Gaussian whose blur is subtracted (None: no high-pass).
+    exclude : numpy.ndarray, optional
+        Boolean mask of the image's shape: pixels left out of the median and the spread (a flat region,
+        :func:`flat_pixels`), unless they are nearly all of it.
     """
     img = np.asarray(image, dtype=np.float32)
     if highpass_sigma:
         img = highpass(img, highpass_sigma)
     # median and MAD of at most _NORMALISE_SAMPLE pixels spread over the image (all of a smaller image)
     sample = _sample(img, _NORMALISE_SAMPLE)
+    if exclude is not None:
+        kept = ~_sample(np.asarray(exclude, dtype=bool), _NORMALISE_SAMPLE)
+        if kept.sum() >= 0.01 * len(sample):
+            sample = sample[kept]
     med = float(np.median(sample))
     mad = float(np.median(np.abs(sample - med)))
     scale = 1.4826 * mad
@@ -255,6 +265,69 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     return out
 
 
+#: A micrograph with at least this share of its pixels in flat regions (each equal to its four neighbours: a blank
+#: border, a masked or zero-padded area) has them filled with its typical value and left out of its normalisation
+#: (:func:`flat_pixels`): otherwise they make its spread look small, and the networks see the rest saturated.
+FLAT_SHARE = 0.01
+#: Pixels of a micrograph sampled to decide whether it has flat regions.
+_FLAT_SAMPLE = 1 << 14
+
+
+def flat_pixels(image: np.ndarray) -> np.ndarray | None:
+    """The pixels of ``image`` in flat regions, or None where they are under :data:`FLAT_SHARE` of it.
+
+    A pixel is flat when it equals the two pixels on each side of it, across and down. Noise does not do this, even
+    in an 8-bit export of hardly any contrast (with a spread of one grey level, about one pixel in 5000 does); a
+    constant area does everywhere. Flat regions are then the connected areas of flat pixels that are each at least
+    :data:`FLAT_SHARE` of the micrograph, grown by two pixels to their own edge: the iso-grey patches of a clean,
+    smooth 8-bit export are small pieces. About :data:`_FLAT_SAMPLE` pixels decide first, so an ordinary micrograph
+    costs a few gathers.
+    """
+    img = np.asarray(image)
+    h, w = img.shape
+    if h < 5 or w < 5:
+        return None
+    flat = img.reshape(-1) if img.flags.c_contiguous else np.ascontiguousarray(img).reshape(-1)
+    step = max(1, (h - 4) * w // _FLAT_SAMPLE)
+    idx = np.arange(2 * w + 2, (h - 2) * w - 2, step)
+    idx = idx[(idx % w >= 2) & (idx % w < w - 2)]
+    if not len(idx):
+        return None
+    v = flat[idx]
+    same = np.ones(len(idx), dtype=bool)
+    for offset in (1, 2, w, 2 * w):
+        same &= (v == flat[idx - offset]) & (v == flat[idx + offset])
+    if same.mean() < FLAT_SHARE:
+        return None
+    c = img[2:-2, 2:-2]
+    core = np.ones(c.shape, dtype=bool)
+    for dy, dx in ((0, 1), (0, 2), (1, 0), (2, 0)):
+        core &= (c == img[2 - dy:h - 2 - dy, 2 - dx:w - 2 - dx]) & (c == img[2 + dy:h - 2 + dy, 2 + dx:w - 2 + dx])
+    mask = np.zeros((h, w), dtype=bool)
+    mask[2:-2, 2:-2] = core
+    # large areas of one value (a value change leaves a gap of pixels that are not flat between two areas): a blank
+    # or padded region, not the small iso-grey patches of a clean 8-bit export
+    regions, n = scipy.ndimage.label(mask)
+    if n:
+        sizes = np.bincount(regions.reshape(-1))
+        sizes[0] = 0
+        mask = (sizes >= FLAT_SHARE * h * w)[regions]
+    mask = scipy.ndimage.binary_dilation(mask, structure=np.ones((5, 5), dtype=bool))
+    return mask if mask.mean() >= FLAT_SHARE else None
+
+
+def fill_flat(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(image, flat)``: the image with its flat regions (:func:`flat_pixels`) set to the median of the rest, and
+    their mask; the image itself and None where it has none (or nothing but them)."""
+    flat = flat_pixels(image)
+    if flat is None or flat.all():
+        return image, None
+    out = np.array(image, dtype=np.float32, copy=True)
+    rest = out[~flat]
+    out[flat] = np.median(rest[:: max(1, rest.size // _NORMALISE_SAMPLE)])
+    return out, flat
+
+
 #: Smallest particle, in micrograph pixels, that :func:`prepare` accepts: smaller ones have too few pixels to pick
 #: from, and usually mean the diameter was given in nm or the pixel size is wrong.
 MIN_PARTICLE_PX = 10.0
@@ -286,7 +359,8 @@ def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[i
 def prepare(
     image: np.ndarray, angpix: float, diameter_angstrom: float, target_px: float = NET_DIAMETER_PX
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Clip outlier pixels, resample a micrograph to network scale and normalise it.
+    """Clip outlier pixels, fill flat regions (:func:`fill_flat`), resample a micrograph to network scale and
+    normalise it (leaving the flat regions out of its statistics).
 
     Returns the network-scale image and the exact ``(fy, fx)`` factors for :func:`to_original`.
 
@@ -299,8 +373,9 @@ def prepare(
     """
     factor = scale_factor(diameter_angstrom, angpix, target_px)  # first: it rejects a diameter or pixel size <= 0
     check_particle_width(diameter_angstrom, angpix, np.shape(image), target_px)
-    small, factors = resample(clip_outliers(image), factor)
-    return normalise(small), factors
+    image, flat = fill_flat(clip_outliers(image))
+    small, factors = resample(image, factor)
+    return normalise(small, exclude=None if flat is None else nearest_resample(flat, small.shape)), factors
 
 
 def to_original(xy: np.ndarray, factors: tuple[float, float]) -> np.ndarray:

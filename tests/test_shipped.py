@@ -61,6 +61,36 @@ def test_picks_match_the_simulated_particles(simulated):
     assert scores.f1 >= 0.7, scores
 
 
+@pytest.fixture(scope="module")
+def wide():
+    rng = np.random.default_rng(4343)  # not a training seed
+    cfg = random_config(rng, snr=0.3, angpix=2.5, particle_diameter_px=64.0, families="globular", empty=False,
+                        n_ice=0, carbon_edge=False, density=0.2)
+    return simulate_micrograph(rng, shape=(640, 1280), **cfg), 2.5 * 64.0
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean"])
+def test_a_blank_band_over_part_of_a_micrograph_leaves_the_rest_picked_as_before(wide, fill):
+    """A flat band over 40 % of the micrograph (a blank border, a masked area) once made the rest look so contrasted
+    to the normalisation that the map went dark (no picks at all); the particles a diameter or more from the band
+    are found as without it, and nothing is picked inside it."""
+    sim, diameter = wide
+    models = load_pretrained()
+    band = 512  # columns
+    image = np.array(sim.image, dtype=np.float32)
+    image[:, :band] = 0.0 if fill == "zero" else float(image.mean())
+    away = band + 64
+
+    def found(xy):
+        return pooled_precision_recall_f1([xy[xy[:, 0] >= away]], [sim.coords[sim.coords[:, 0] >= away]], radius=32.0)
+
+    res = pick_micrograph(image, 2.5, diameter, models, PickParams())
+    with_band, without = found(res.xy), found(pick_micrograph(sim.image, 2.5, diameter, models, PickParams()).xy)
+    assert without.n_true >= 20 and with_band.recall >= without.recall - 0.05, (with_band, without)
+    assert with_band.precision >= without.precision - 0.05, (with_band, without)
+    assert not np.any(res.xy[:, 0] < band - 32)
+
+
 def test_map_threshold_decides_which_candidates_reach_the_classifier(simulated):
     sim, diameter = simulated
     models = load_pretrained()
