@@ -628,6 +628,7 @@ def make_labels(
         mic_table = read_micrograph_pixel_sizes(in_mics)
         search.append(Path(in_mics).resolve().parent)
     search.append(Path(in_parts).resolve().parent)
+    search = list(dict.fromkeys(search))
     by_base: dict[str, list[str]] = {}
     for name in mic_table:
         by_base.setdefault(Path(name).name, []).append(name)
@@ -649,8 +650,12 @@ def make_labels(
             if np.isfinite(opt).any():
                 apix = float(opt[np.isfinite(opt)][0])
         path = _resolve(name, search)
+        if path is None and in_mics and key != name:  # the particles' name differs from the micrographs STAR's
+            path = _resolve(key, search)
+            name = key if path is not None else name
         if path is None:
-            raise LabelError(name, f"micrograph not found (used by particles in {in_parts}; looked relative to "
+            also = f" or as {key!r} in {in_mics}" if in_mics and key != name else ""
+            raise LabelError(name, f"micrograph not found{also} (used by particles in {in_parts}; looked relative to "
                              f"{', '.join(str(s) for s in search)})")
         shape, header_apix = _mrc_header(path)
         if apix is None:
@@ -799,6 +804,13 @@ def read_label_set(
     bases = [Path(project_dir)] if project_dir else [Path.cwd()]
     bases += list(path.resolve().parent.parents)
     bases.insert(1, path.resolve().parent)
+    bases = list(dict.fromkeys(bases))
+    if len(table) and not Path(str(table[LABEL_COLUMN].iloc[0])).is_absolute():
+        # one project for every file: the one that holds this file's own label maps. Micrograph names such as
+        # MotionCorr/job002/Movies/x.mrc recur across projects, and another project's (the current directory's)
+        # must not be paired with these labels.
+        own = [b for b in bases if (b / str(table[LABEL_COLUMN].iloc[0])).is_file()]
+        bases = own[:1] or bases
 
     images, labels, coords, names = [], [], [], []
     for _, row in table.iterrows():
@@ -990,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(max(1, threads))
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
+        # an earlier run's output nodes (its model among them) are declared again only if this run succeeds
+        (out_dir / relion.OUTPUT_NODES).unlink(missing_ok=True)
         result = make_labels(
             values["in_parts"],
             values["in_3dref"],

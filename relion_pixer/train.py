@@ -163,6 +163,19 @@ class TrainConfig:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
         if isinstance(flat.get("atomic_models"), str):
             flat["atomic_models"] = (flat["atomic_models"],)
+        for key, value in flat.items():  # a value of the wrong type fails here, not steps into training
+            default = cls.__dataclass_fields__[key].default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                ok = isinstance(value, (int, float) if isinstance(default, float) else int) and not isinstance(value, bool)
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                ok = True
+            if not ok:
+                raise ValueError(f"training setting {key} must be {type(default).__name__} (like {default!r}), "
+                                 f"not {value!r}")
         for key in ("valid_snrs", "rates", "real", "widths", "phase_shift_range", "atomic_models"):
             if key in flat:
                 flat[key] = tuple(flat[key])
@@ -200,7 +213,10 @@ def load_config(path: str | Path | None, finetune: bool = False, **overrides) ->
             raise ValueError(f"{path}: not valid TOML ({exc})") from None
     if finetune and path is None:
         data = dict(FINETUNE_DEFAULTS)
-    cfg = TrainConfig.from_dict(data)
+    try:
+        cfg = TrainConfig.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}" if path is not None else str(exc)) from None
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)
@@ -776,7 +792,12 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ValueError(f"the run folder {self.path} is a file (or lies under one): give a folder") from None
+        except OSError as exc:
+            raise ValueError(f"cannot create the run folder {self.path} ({exc.strerror or exc})") from None
         self.log_path = self.path / "log.jsonl"
 
     def log(self, **record) -> None:
@@ -872,6 +893,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None = 
         return _train(cfg, out_dir, model_out, resume, stop)
 
 
+def _check_model_out(path: Path) -> None:
+    """ValueError, before any training, where the final model could not be written at ``path``."""
+    if path.is_dir():
+        raise ValueError(f"the model file {path} is a folder: give a file name (e.g. {path / 'model.pt'})")
+    if not path.parent.is_dir():
+        raise ValueError(f"the model file {path} cannot be written: the folder {path.parent} does not exist")
+
+
 def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, resume: bool, stop=None) -> dict:
     run = RunDir(out_dir)
     if cfg.threads:
@@ -886,11 +915,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
     if cfg.sim_train < 1:
         raise ValueError(f"sim_train must be at least 1, got {cfg.sim_train}: the simulated replay keeps the networks "
                          "general")
-    if not _same_inputs_or_fresh(run, cfg):
-        resume = False
-    (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=str))
+    if model_out is not None:
+        _check_model_out(Path(model_out))
 
-    # ---- the user's labels and the initial model first: their errors should not wait for the simulated data
+    # ---- the user's labels and the initial model first: their errors should not wait for the simulated data, nor
+    # cost an earlier run's checkpoint (a rerun with a mistyped --init must leave it to resume from)
     if not 0.0 < cfg.user_fraction < 1.0:
         raise ValueError(f"user_fraction must be between 0 and 1, got {cfg.user_fraction}")
     if not cfg.small_mask_weight_max >= 1.0:
@@ -905,6 +934,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path, model_out: str | Path | None, 
         if not len(user):
             raise ValueError(f"{cfg.from_labels}: no labelled micrographs")
     init = load_pretrained(cfg.init, fuse=False) if cfg.init else None
+    if not _same_inputs_or_fresh(run, cfg):
+        resume = False
+    (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=str))
 
     # ---- data
     sim_train = _cached_set(run.path / "sim_train.pt",
@@ -1190,20 +1222,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from relion_pixer.labels import LabelError
 
-    cfg = load_config(
-        args.config,
-        finetune=bool(args.from_labels),
-        seed=args.seed,
-        threads=args.threads,
-        cls_steps=args.cls_steps,
-        seg_steps=args.seg_steps,
-        sim_train=args.sim_train,
-        sim_valid=args.sim_valid,
-        from_labels=args.from_labels,
-        init=args.init,
-        particle_diameter=args.particle_diameter,
-    )
     try:
+        cfg = load_config(
+            args.config,
+            finetune=bool(args.from_labels),
+            seed=args.seed,
+            threads=args.threads,
+            cls_steps=args.cls_steps,
+            seg_steps=args.seg_steps,
+            sim_train=args.sim_train,
+            sim_valid=args.sim_valid,
+            from_labels=args.from_labels,
+            init=args.init,
+            particle_diameter=args.particle_diameter,
+        )
         train(cfg, args.out, args.model_out, resume=not args.no_resume)
     except (FileNotFoundError, ValueError, LabelError) as exc:
         print(f"relion_pixer train: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ orientations as RELION Euler angles, and the refined map of a simulated particle
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -213,6 +214,59 @@ def test_finetune_errors_are_clear_and_early(tmp_path, monkeypatch, capsys, init
     assert train_main(["--from-labels", "lab/labels.star", "--init", "missing.pt", "--out", "run"]) == 1
     out, err = capsys.readouterr()
     assert "missing.pt" in err and "simulated" not in out
+    # output paths that cannot take the model: said before any training, in one line
+    (tmp_path / "p" / "afile").write_text("")
+    for extra, said in ((["--out", "afile"], "the run folder afile is a file"),
+                        (["--out", "run", "--model_out", "nodir/m.pt"], "the folder nodir does not exist"),
+                        (["--out", "run", "--model_out", "lab"], "the model file lab is a folder")):
+        assert train_main(["--from-labels", "lab/labels.star", "--init", str(init_model), *extra]) == 1
+        out, err = capsys.readouterr()
+        assert said in err and "Traceback" not in err and "simulated" not in out, err
+    # a rerun with a mistyped --init fails without costing the earlier run's checkpoint
+    args = ["--from-labels", "lab/labels.star", "--init", str(init_model), "--out", "run", "--cls_steps", "2",
+            "--seg_steps", "1", "--sim_train", "1", "--sim_valid", "1"]
+    assert train_main(args) == 0
+    run = tmp_path / "p" / "run"
+    kept = {f.name: f.read_bytes() for f in (run / "checkpoint.pt", run / "inputs.json", run / "sim_train.pt")}
+    capsys.readouterr()
+    assert train_main([*args[:3], "missing.pt", *args[4:]]) == 1
+    out, err = capsys.readouterr()
+    assert "missing.pt" in err and "afresh" not in out
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_labels_pair_with_their_own_projects_micrographs_and_names_resolve_through_in_mics(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """RELION's micrograph names recur across projects: labels read from another project's job are paired with that
+    project's micrographs, not the current directory's of the same name. And particles that name their micrographs
+    otherwise than the micrographs STAR (another job's prefix) find them through it."""
+    import relion_pixer.io as pixer_io
+    from relion_pixer.labels import main as labels_main
+    from relion_pixer.labels import read_label_set
+
+    made = {p: simulate_refinement(tmp_path / p, 1, seed=s, diameter_A=200.0, angpix=5.0, shape=(128, 128),
+                                   n_points=800) for p, s in (("a", 1), ("b", 2))}
+    assert made["a"].micrographs == made["b"].micrographs  # the same names in both projects
+    monkeypatch.chdir(tmp_path / "b")
+    b = made["b"]
+    assert labels_main(["--in_parts", b.particles_star, "--in_3dref", b.map_mrc, "--o", "lab/"]) == 0
+    read, original = [], pixer_io.read_micrograph
+    monkeypatch.setattr(pixer_io, "read_micrograph", lambda p, *a, **k: read.append(Path(p).resolve()) or
+                        original(p, *a, **k))
+    monkeypatch.chdir(tmp_path / "a")
+    assert len(read_label_set(tmp_path / "b" / "lab" / "labels.star")) == 1
+    assert read == [(tmp_path / "b" / made["b"].micrographs[0]).resolve()]
+
+    monkeypatch.chdir(tmp_path / "b")
+    blocks = starfile.read(b.particles_star, always_dict=True)
+    parts = blocks["particles"]
+    parts["rlnMicrographName"] = "MotionCorr/job009/" + parts["rlnMicrographName"].astype(str)
+    starfile.write(blocks, "renamed.star", overwrite=True)
+    capsys.readouterr()
+    assert labels_main(["--in_parts", "renamed.star", "--in_3dref", b.map_mrc, "--in_mics", b.micrographs_star,
+                        "--o", "lab2/"]) == 0, capsys.readouterr().err
+    table = starfile.read("lab2/labels.star", always_dict=True)["coordinate_files"]
+    assert list(table["rlnMicrographName"]) == list(made["b"].micrographs)
 
 
 def test_box_weights_give_the_users_boxes_their_share():
@@ -257,13 +311,15 @@ def test_labels_job_can_finetune_in_one_go(tmp_path, monkeypatch, capsys, init_m
     assert tuned.meta["config"]["from_labels"] == "External/job004/labels.star"
     assert tuned.meta["config"]["init"] == str(init_model)
 
-    # a missing initial model: the job fails with the file named, and declares no output node
-    rc = cli(["--o", "External/job005/", "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc,
-              "--finetune", "Yes", "--init", "missing.pt", "--sim_train", "1"])
-    out, err = capsys.readouterr()
-    assert rc == 1 and "missing.pt" in err and "Traceback" not in err
-    assert (project / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
-    assert not (project / "External/job005/RELION_OUTPUT_NODES.star").exists()
+    # a missing initial model: the job fails with the file named, and declares no output node, a rerun of the job
+    # that succeeded above no more than a new one (its earlier nodes file named a model this run did not make)
+    for job_dir in ("External/job005/", "External/job004/"):
+        rc = cli(["--o", job_dir, "--in_parts", ref.particles_star, "--in_3dref", ref.map_mrc,
+                  "--finetune", "Yes", "--init", "missing.pt", "--sim_train", "1"])
+        out, err = capsys.readouterr()
+        assert rc == 1 and "missing.pt" in err and "Traceback" not in err
+        assert (project / job_dir / "RELION_JOB_EXIT_FAILURE").exists()
+        assert not (project / job_dir / "RELION_OUTPUT_NODES.star").exists()
 
 
 def test_the_finetune_job_stops_on_relions_abort_and_continues(tmp_path, monkeypatch, capsys, init_model):

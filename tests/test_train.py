@@ -1,6 +1,7 @@
 """Training: a few-step smoke run end to end, resume, config errors, real-data labels."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -125,6 +126,16 @@ def test_config_errors(tmp_path):
         load_config(broken)
     with pytest.raises(FileNotFoundError, match="missing.toml"):
         load_config(tmp_path / "missing.toml")
+    typed = tmp_path / "typed.toml"
+    for line, said in (('cls_steps = "a"', "cls_steps must be int (like 1500), not 'a'"),
+                       ("cls_steps = 2.5", "cls_steps must be int"), ("cls_lr = true", "cls_lr must be float"),
+                       ("seg_lr = 1", None), ("name = 3", "name must be str")):
+        typed.write_text(line + "\n")
+        if said is None:
+            assert load_config(typed).seg_lr == 1
+        else:
+            with pytest.raises(ValueError, match=re.escape(f"typed.toml: training setting {said}")):
+                load_config(typed)
     assert load_config(None, seg_steps=7).seg_steps == 7
 
 
