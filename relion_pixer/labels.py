@@ -998,9 +998,20 @@ def main(argv: list[str] | None = None) -> int:
                 value = _number(values, key, kind)
                 if value is not None and value < lowest:
                     raise ValueError(f"--{key} must be at least {lowest}, got {value:g}")
+        for key, kind, ok, bound in (("mask_fraction", float, lambda v: 0 < v < 1, "between 0 and 1"),
+                                     ("lowpass", float, lambda v: v >= 0, "0 (none) or positive"),
+                                     ("max_box", int, lambda v: v >= 16, "at least 16"),
+                                     ("angpix", float, lambda v: v > 0, "positive"),
+                                     ("map_angpix", float, lambda v: v > 0, "positive"),
+                                     ("particle_angpix", float, lambda v: v > 0, "positive")):
+            value = _number(values, key, kind)
+            if value is not None and not ok(value):
+                raise ValueError(f"--{key} must be {bound}, got {value:g}")
         if threads:
             torch.set_num_threads(max(1, threads))
         out_dir = Path(out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--o {out}: a file is there; give the job's output folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         # an earlier run's output nodes (its model among them) are declared again only if this run succeeds
         (out_dir / relion.OUTPUT_NODES).unlink(missing_ok=True)

@@ -563,3 +563,22 @@ def test_labels_job_stops_on_a_misspelt_parameter(tmp_path, monkeypatch, capsys,
     assert capsys.readouterr().err.strip().splitlines() == [
         f"ERROR: relion_pixer labels: {message} (relion_pixer labels --help lists the parameters)"]
     assert (tmp_path / out / relion.EXIT_FAILURE).exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mask_fraction", "1.5"], "--mask_fraction must be between 0 and 1, got 1.5"),
+    (["--max_box", "0"], "--max_box must be at least 16, got 0"),
+    (["--lowpass", "-5"], "--lowpass must be 0 (none) or positive, got -5"),
+    (["--angpix", "0"], "--angpix must be positive, got 0"),
+])
+def test_labels_job_refuses_values_out_of_range_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    """A value out of range stops the job naming the parameter (a mask fraction of 1.5 had been blamed on the map, a
+    working box of 0 silently made 8 with masks 2.5x too large), before the refinement's files are read."""
+    monkeypatch.chdir(tmp_path)
+    out = "External/job041/"
+    assert main(["--in_parts", "missing.star", "--in_3dref", "missing.mrc", "--o", out, *args]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"ERROR: relion_pixer labels: {message}"]
+    assert (tmp_path / out / relion.EXIT_FAILURE).exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["--in_parts", "missing.star", "--in_3dref", "missing.mrc", "--o", "afile"]) == 1
+    assert "--o afile: a file is there" in capsys.readouterr().err
