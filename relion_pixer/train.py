@@ -1223,19 +1223,9 @@ def main(argv: list[str] | None = None) -> int:
     from relion_pixer.labels import LabelError
 
     try:
-        cfg = load_config(
-            args.config,
-            finetune=bool(args.from_labels),
-            seed=args.seed,
-            threads=args.threads,
-            cls_steps=args.cls_steps,
-            seg_steps=args.seg_steps,
-            sim_train=args.sim_train,
-            sim_valid=args.sim_valid,
-            from_labels=args.from_labels,
-            init=args.init,
-            particle_diameter=args.particle_diameter,
-        )
+        overrides = ("seed", "threads", "cls_steps", "seg_steps", "sim_train", "sim_valid", "from_labels", "init",
+                     "particle_diameter")  # command-line options that override the config's settings of that name
+        cfg = load_config(args.config, finetune=bool(args.from_labels), **{k: getattr(args, k) for k in overrides})
         train(cfg, args.out, args.model_out, resume=not args.no_resume)
     except (FileNotFoundError, ValueError, LabelError) as exc:
         print(f"relion_pixer train: error: {exc}", file=sys.stderr)
