@@ -1130,8 +1130,12 @@ def _note_settings(earlier: dict | None, opts: JobOptions, picked_before: int, l
 
 
 def _shown(value) -> str:
-    return "Yes" if value is True else "No" if value is False else "default" if value is None else f"{value:g}" \
-        if isinstance(value, float) else str(value)
+    """A setting as run.err shows it: Yes / No, "default" for one left to the job, numbers without trailing zeros."""
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    if value is None:
+        return "default"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str | None, earlier: dict | None,

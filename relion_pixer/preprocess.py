@@ -168,8 +168,10 @@ def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMET
         img = highpass(img, highpass_sigma)
     # median and MAD of at most _NORMALISE_SAMPLE pixels spread over the image (all of a smaller image)
     sample = _sample(img, _NORMALISE_SAMPLE)
-    if exclude is not None:
-        kept = ~_sample(np.asarray(exclude, dtype=bool), _NORMALISE_SAMPLE)
+    if exclude is not None:  # the same pixels of the mask (both C-contiguous, so sampled alike)
+        img = np.ascontiguousarray(img)
+        sample = _sample(img, _NORMALISE_SAMPLE)
+        kept = ~_sample(np.ascontiguousarray(exclude, dtype=bool), _NORMALISE_SAMPLE)
         if kept.sum() >= 0.01 * len(sample):
             sample = sample[kept]
     med = float(np.median(sample))
@@ -265,9 +267,9 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     return out
 
 
-#: A micrograph with at least this share of its pixels in flat regions (each equal to its four neighbours: a blank
-#: border, a masked or zero-padded area) has them filled with its typical value and left out of its normalisation
-#: (:func:`flat_pixels`): otherwise they make its spread look small, and the networks see the rest saturated.
+#: A micrograph with at least this share of its pixels in flat regions (areas of one value: a blank border, a masked
+#: or zero-padded area; :func:`flat_pixels`) has them filled with its typical value and left out of its normalisation:
+#: otherwise they make its spread look small, and the networks see the rest saturated.
 FLAT_SHARE = 0.01
 #: Pixels of a micrograph sampled to decide whether it has flat regions.
 _FLAT_SAMPLE = 1 << 14
