@@ -725,11 +725,15 @@ def run_job(
 
 def _mark(job_dir: Path, status: str, log: _Log) -> None:
     """RELION's exit marker after an error; when even that cannot be written (a full disk, a directory gone
-    read-only), run.err says so instead of a second traceback."""
+    read-only), run.err says so instead of a second traceback. An abort also removes ``RELION_JOB_ABORT_NOW``, as
+    an External job must: left there, it would stop every later run of the job at once."""
     try:
         relion.write_exit_marker(job_dir, status)
     except OSError as exc:
         log.error(f"cannot write RELION_JOB_EXIT_{status.upper()} in {job_dir} ({exc.strerror or exc})")
+    if status == "aborted":
+        with contextlib.suppress(OSError):
+            os.unlink(job_dir / relion.ABORT_NOW)
 
 
 def _device_words(device: str) -> str:
@@ -903,11 +907,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     _summary(log, outcome, len(plan.entries), listed, total_particles, odir)
 
     if outcome.aborted:
-        relion.write_exit_marker(job_dir, "aborted")
-        try:
-            os.unlink(job_dir / relion.ABORT_NOW)
-        except OSError:
-            pass
+        _mark(job_dir, "aborted", log)
         log.info(" exiting with an abort ...")
         return 2
     if outcome.fatal is not None:

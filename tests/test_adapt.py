@@ -342,7 +342,8 @@ def test_kept_adapted_networks_measure_the_size_again_and_continue_reuses_it(tmp
 
 def test_relions_abort_stops_adapt_during_its_fine_tuning(tmp_path, monkeypatch, capsys):
     """RELION's Abort while the networks are being fine-tuned stops the job within a step (not after the whole
-    adaptation): RELION_JOB_EXIT_ABORTED, no adapted model and no note, so that Continue adapts afresh."""
+    adaptation): RELION_JOB_EXIT_ABORTED, RELION_JOB_ABORT_NOW removed, no adapted model and no note, so that
+    Continue adapts afresh."""
     from relion_pixer import train
 
     root = simulated_project(tmp_path / "p")
@@ -367,6 +368,8 @@ def test_relions_abort_stops_adapt_during_its_fine_tuning(tmp_path, monkeypatch,
     assert steps == [1, 2] and "stopped by RELION_JOB_ABORT_NOW" in err
     assert (jd / relion.EXIT_ABORTED).exists() and not (jd / relion.EXIT_SUCCESS).exists()
     assert not (jd / adapt.MODEL_FILE).exists() and not (jd / adapt.NOTE_FILE).exists()
+    # the request is removed with the abort, as an External job must: left there, every rerun stopped at once
+    assert not (jd / relion.ABORT_NOW).exists()
 
 
 def test_the_size_measured_again_is_taken_only_nearer_to_the_diameter_given(monkeypatch):
