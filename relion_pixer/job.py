@@ -134,7 +134,8 @@ a micrographs STAR file, and parameters given as label / value pairs (label with
   invert [Yes/No]       particles are lighter than the background (negative stain, inverted exports); the
                         networks expect cryo-EM contrast, dark particles (like RELION's LoG_invert)
   relion_version V      3.1, 4 or 5: output flavour (default: from default_pipeline.star; 5 when absent)
-  strict [Yes/No]       stop at the first unreadable micrograph instead of skipping it
+  strict [Yes/No]       stop at the first unreadable micrograph instead of skipping it (a missing file or a
+                        broken header: before any work)
   j N                   CPU threads (RELION's "Number of threads"); with workers, shared among them
   workers N             worker processes, each with its own copy of the networks and j/N torch threads; the
                         micrographs are handed out one at a time to whichever worker is free (default 1: pick in
@@ -783,6 +784,15 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
         seen[c] = e.name
     todo = [(e, c) for e, c in zip(entries, coord_files) if not Path(c).exists()]
     done_before = len(entries) - len(todo)
+    if opts.strict:
+        # the stages before picking (size, spacing, adapt) skip what they cannot read: with strict, a missing file or
+        # a broken header fails the job before them (a header read each), not after minutes of adaptation
+        for e, _ in todo:
+            try:
+                io.read_header_angpix(e.path)
+            except io.MicrographError as exc:
+                raise io.MicrographError(exc.path, f"{exc.reason} (--strict: stopping before any micrograph is "
+                                                   "picked)") from None
 
     known = sorted({round(e.angpix, 4) for e, _ in todo if e.angpix})
     if len(known) > 1:

@@ -635,17 +635,36 @@ def test_a_diameter_in_nm_is_refused_instead_of_upsampling(tmp_path, monkeypatch
     assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")
 def test_strict_makes_a_bad_micrograph_fatal(tmp_path, monkeypatch):
     root = made_project(tmp_path / "p", n=3)
     monkeypatch.chdir(root)
-    (root / "MotionCorr/job002/Movies/mic_001.mrc").unlink()
+    bad = root / "MotionCorr/job002/Movies/mic_001.mrc"
+    image = mrcfile.read(bad).copy()
+    image[5, 5] = np.nan  # found only when its pixels are read
+    with mrcfile.new(bad, overwrite=True) as m:
+        m.set_data(image)
     rc, _, err = run(RELION_CMD + " --strict", FakePicker())
     assert rc == 1
     jd = root / "External/job012"
     assert (jd / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_SUCCESS).exists()
-    assert "mic_001.mrc: file does not exist (--strict: stopping)" in err
+    assert "mic_001.mrc: contains 1 NaN or infinite pixel values (--strict: stopping)" in err
     # what finished before the bad micrograph is kept and listed
     assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 1
+
+
+def test_strict_fails_on_a_missing_micrograph_before_the_stages_that_precede_picking(tmp_path, monkeypatch):
+    """The size estimate, the spacing check and adapt skip micrographs they cannot read: with strict, a missing
+    file fails the job before them (it had adapted for minutes and then failed on the first pick)."""
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    (root / "MotionCorr/job002/Movies/mic_001.mrc").unlink()
+    picker = FakePicker()
+    rc, out, err = run(RELION_CMD + " --strict --adapt Yes", picker)
+    assert rc == 1 and not picker.calls
+    assert "mic_001.mrc: file does not exist (--strict: stopping before any micrograph is picked)" in err
+    assert "particle size" not in out and "adapt" not in out.lower()
+    assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
 
 
 def test_all_micrographs_bad_is_a_failure(tmp_path, monkeypatch):
