@@ -769,11 +769,20 @@ def _open_mrc(path: Path, header_only: bool = False):
         raise MicrographError(path, f"cannot open ({exc.strerror or exc})") from None
 
 
+def _check_file(path: Path) -> None:
+    """MicrographError unless ``path`` is a regular file at least as large as an MRC header."""
+    if not path.exists():
+        raise MicrographError(path, "file does not exist")
+    if not path.is_file():
+        raise MicrographError(path, "not a regular file")
+    if path.stat().st_size < 1024:
+        raise MicrographError(path, f"file is too small to be an MRC file ({path.stat().st_size} bytes)")
+
+
 def read_header_angpix(path: str | os.PathLike) -> float | None:
     """The pixel size (Angstrom) in an MRC file's header, or None when it is 0 / unset / unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise MicrographError(path, "file does not exist")
+    _check_file(path)
     with _open_mrc(path, header_only=True) as mrc:
         return _header_angpix(mrc)
 
@@ -809,12 +818,7 @@ def read_micrograph(
         ``min_size``; NaN or infinite values; a constant image. The message names the file and the reason.
     """
     path = Path(path)
-    if not path.exists():
-        raise MicrographError(path, "file does not exist")
-    if not path.is_file():
-        raise MicrographError(path, "not a regular file")
-    if path.stat().st_size < 1024:
-        raise MicrographError(path, f"file is too small to be an MRC file ({path.stat().st_size} bytes)")
+    _check_file(path)
     with _open_mrc(path) as mrc:
         hdr = mrc.header
         mode = int(hdr.mode)

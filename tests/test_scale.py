@@ -219,8 +219,15 @@ def test_bad_micrographs_with_workers_are_skipped_or_fatal_with_strict(tmp_path,
     assert "Skipped 1 micrograph(s)" in out
     assert len(io.read_star(root / JOB / "autopick.star")["coordinate_files"]) == 3
     shutil.rmtree(root / JOB)
+    rc, out, err = run(RELION_CMD + " --workers 2 --strict", slow_picker)  # a broken header: found before any work
+    assert rc == 1 and "mic_001.mrc: file is too small to be an MRC file (220 bytes) (--strict: stopping before" in err
+    assert (root / JOB / relion.EXIT_FAILURE).exists()
+    shutil.rmtree(root / JOB)
+    image = np.zeros((64, 64), np.float32)
+    image[3, 3] = np.inf  # found by the worker that reads its pixels
+    write_mrc(entries[1].path, image, 1.5)
     rc, out, err = run(RELION_CMD + " --workers 2 --strict", slow_picker)
-    assert rc == 1 and "(--strict: stopping)" in err
+    assert rc == 1 and "mic_001.mrc: contains 1 NaN or infinite pixel values (--strict: stopping)" in err
     assert (root / JOB / relion.EXIT_FAILURE).exists()
 
 
