@@ -166,11 +166,11 @@ def normalise(image: np.ndarray, highpass_sigma: float | None = 2.0 * NET_DIAMET
     img = np.asarray(image, dtype=np.float32)
     if highpass_sigma:
         img = highpass(img, highpass_sigma)
+    if exclude is not None:  # the image and its mask both C-contiguous, so sampled at the same pixels
+        img = np.ascontiguousarray(img)
     # median and MAD of at most _NORMALISE_SAMPLE pixels spread over the image (all of a smaller image)
     sample = _sample(img, _NORMALISE_SAMPLE)
-    if exclude is not None:  # the same pixels of the mask (both C-contiguous, so sampled alike)
-        img = np.ascontiguousarray(img)
-        sample = _sample(img, _NORMALISE_SAMPLE)
+    if exclude is not None:
         kept = ~_sample(np.ascontiguousarray(exclude, dtype=bool), _NORMALISE_SAMPLE)
         if kept.sum() >= 0.01 * len(sample):
             sample = sample[kept]
