@@ -912,6 +912,24 @@ with finetune also {FINETUNED_MODEL} and the training run (checkpoints, log.json
 """
 
 
+#: The job's numeric parameters checked before any work: name -> (type, test, the test in words).
+_RANGES = {
+    "mask_fraction": (float, lambda v: 0 < v < 1, "between 0 and 1"),
+    "lowpass": (float, lambda v: v >= 0, "0 (none) or positive"),
+    "max_box": (int, lambda v: v >= 16, "at least 16"),
+    "angpix": (float, lambda v: v > 0, "positive"),
+    "map_angpix": (float, lambda v: v > 0, "positive"),
+    "particle_angpix": (float, lambda v: v > 0, "positive"),
+}
+#: The same for the fine-tuning's parameters (with ``finetune``).
+_FINETUNE_RANGES = {
+    "cls_steps": (int, lambda v: v >= 0, "at least 0"),
+    "seg_steps": (int, lambda v: v >= 0, "at least 0"),
+    "sim_train": (int, lambda v: v >= 1, "at least 1"),
+    "particle_diameter": (float, lambda v: v >= 1, "at least 1"),
+}
+
+
 def _number(values: dict, key: str, kind=float, default=None):
     raw = values.get(key)
     if raw is None or str(raw).strip() == "":
@@ -992,18 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         version = values.get("relion_version")
         version = relion.parse_relion_version(version) if version else (relion.detect_relion_version(".") or 5)
         threads = _number(values, "j", int)
-        if values.get("finetune"):  # the fine-tuning's numbers are checked before the labels are made
-            for key, kind, lowest in (("cls_steps", int, 0), ("seg_steps", int, 0), ("sim_train", int, 1),
-                                      ("particle_diameter", float, 1)):
-                value = _number(values, key, kind)
-                if value is not None and value < lowest:
-                    raise ValueError(f"--{key} must be at least {lowest}, got {value:g}")
-        for key, kind, ok, bound in (("mask_fraction", float, lambda v: 0 < v < 1, "between 0 and 1"),
-                                     ("lowpass", float, lambda v: v >= 0, "0 (none) or positive"),
-                                     ("max_box", int, lambda v: v >= 16, "at least 16"),
-                                     ("angpix", float, lambda v: v > 0, "positive"),
-                                     ("map_angpix", float, lambda v: v > 0, "positive"),
-                                     ("particle_angpix", float, lambda v: v > 0, "positive")):
+        # every number before any work (the fine-tuning's too: they would otherwise wait for the labels)
+        for key, (kind, ok, bound) in {**(_FINETUNE_RANGES if values.get("finetune") else {}), **_RANGES}.items():
             value = _number(values, key, kind)
             if value is not None and not ok(value):
                 raise ValueError(f"--{key} must be {bound}, got {value:g}")
