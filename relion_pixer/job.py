@@ -1098,6 +1098,10 @@ PICK_SETTINGS = ("particle_diameter", "threshold", "map_threshold", "map_relativ
                  "invert")
 
 
+#: What a rerun that keeps an earlier run's coordinate files advises, when they were picked otherwise than it picks.
+_ADVICE = "run a new job, or delete this job's coordinate files first"
+
+
 def _pick_settings(opts: JobOptions) -> dict:
     return {key: getattr(opts, key) for key in PICK_SETTINGS}
 
@@ -1132,11 +1136,9 @@ def _note_settings(earlier: dict | None, opts: JobOptions, picked_before: int, l
     what = (f"an earlier run of this job picked {picked_before} micrograph(s) with other settings "
             f"({', '.join(changed)}); their coordinate files are kept")
     if left:
-        log.warn(f"{what}, and this run picks the other {left} with these. To pick them all with one, run a new job, "
-                 "or delete this job's coordinate files first")
+        log.warn(f"{what}, and this run picks the other {left} with these. To pick them all with one, {_ADVICE}")
     else:
-        log.warn(f"{what}, and nothing is picked again. To pick them with these settings, run a new job, or delete "
-                 "this job's coordinate files first")
+        log.warn(f"{what}, and nothing is picked again. To pick them with these settings, {_ADVICE}")
 
 
 def _shown(value) -> str:
@@ -1154,14 +1156,13 @@ def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str 
     this run will pick the rest with, and keep this run's in :data:`PICKING_FILE`."""
     given_A = opts.particle_diameter
     networks = _networks_id(model)
-    advice = "run a new job, or delete this job's coordinate files first"
     if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
         log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
                  f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
-                 f"given {given_A:g} A). To pick them all at one size, {advice}")
+                 f"given {given_A:g} A). To pick them all at one size, {_ADVICE}")
     if earlier is not None and earlier.get("networks") and earlier["networks"] != networks:
         log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job with other networks "
-                 f"({earlier['networks']}); this run picks the rest with {networks}. To pick them all with one, {advice}")
+                 f"({earlier['networks']}); this run picks the rest with {networks}. To pick them all with one, {_ADVICE}")
     try:
         with io.atomic_write(job_dir / PICKING_FILE) as fh:
             json.dump({"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks,
