@@ -191,6 +191,7 @@ class JobOptions:
     workers: int = 1
     gpu: str | None = None
     strict: bool = False
+    pipeline_control: str | None = None
     warnings: tuple[str, ...] = ()
 
 
@@ -365,6 +366,9 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
     if "model" in values and not model:
         warnings.append("--model was given without a value; using the shipped weights")
 
+    control = values.get("pipeline_control")
+    control = None if control is None or control is True or not str(control).strip() else str(control)
+
     version = values.get("relion_version")
     if version is not None and version is not True:
         try:
@@ -395,6 +399,7 @@ def parse_args(argv: Sequence[str]) -> JobOptions:
         threads=threads,
         workers=int(numbers["workers"]),
         gpu=gpu,
+        pipeline_control=control,
         warnings=tuple(warnings),
         **{key: bool(values.get(key, getattr(JobOptions, key))) for key in _YES_NO},
     )
@@ -680,14 +685,15 @@ def run_job(
     log = _Log(out or sys.stdout, err or sys.stderr)
     odir = opts.o if opts.o.endswith("/") else opts.o + "/"
     job_dir = Path(odir)
+    control = _control(opts)
     try:
         world = parallel.mpi_world()
     except parallel.MPIError as exc:
         if parallel.launcher_rank() == 0:
             log.error(str(exc))
             with contextlib.suppress(OSError):
-                relion.clear_exit_markers(job_dir)
-                relion.write_exit_marker(job_dir, "failure")
+                relion.clear_exit_markers(control)
+                relion.write_exit_marker(control, "failure")
         return 1
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -697,22 +703,24 @@ def run_job(
             return _run(opts, pick_fn, log, odir, job_dir, world)
     except _NoJobDir as exc:
         log.error(str(exc))
+        if world.leader and control != job_dir:  # RELION watches that directory, which may still take the marker
+            _mark(control, "failure", log)
         return 1
     except (KeyboardInterrupt, relion.Terminated) as exc:
         log.error(f"stopped by {relion.stopped_by(exc)}; finished micrographs are kept, run the job again to "
                   "continue")
         if world.leader:
-            _mark(job_dir, "aborted", log)
+            _mark(control, "aborted", log)
         return 2
     except (UsageError, io.StarError, io.MicrographError, ValueError, OSError, RuntimeError) as exc:
         log.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if world.leader:
-            _mark(job_dir, "failure", log)
+            _mark(control, "failure", log)
         return 1
     except Exception as exc:  # noqa: BLE001 - the marker must tell RELION whatever happened
         log.error(f"{type(exc).__name__}: {exc}")
         if world.leader:
-            _mark(job_dir, "failure", log)
+            _mark(control, "failure", log)
         raise
     finally:
         if world.size > 1:
@@ -724,17 +732,23 @@ def run_job(
             signal.signal(signal.SIGTERM, previous)
 
 
-def _mark(job_dir: Path, status: str, log: _Log) -> None:
+def _control(opts: JobOptions) -> Path:
+    """The directory of RELION's exit markers and of ``RELION_JOB_ABORT_NOW``: ``--pipeline_control``, else the job
+    directory (RELION passes the same directory for both; its own programs write their markers in the former)."""
+    return Path(opts.pipeline_control or opts.o)
+
+
+def _mark(control: Path, status: str, log: _Log) -> None:
     """RELION's exit marker after an error; when even that cannot be written (a full disk, a directory gone
     read-only), run.err says so instead of a second traceback. An abort also removes ``RELION_JOB_ABORT_NOW``, as
     an External job must: left there, it would stop every later run of the job at once."""
     try:
-        relion.write_exit_marker(job_dir, status)
+        relion.write_exit_marker(control, status)
     except OSError as exc:
-        log.error(f"cannot write RELION_JOB_EXIT_{status.upper()} in {job_dir} ({exc.strerror or exc})")
+        log.error(f"cannot write RELION_JOB_EXIT_{status.upper()} in {control} ({exc.strerror or exc})")
     if status == "aborted":
         with contextlib.suppress(OSError):
-            os.unlink(job_dir / relion.ABORT_NOW)
+            os.unlink(control / relion.ABORT_NOW)
 
 
 def _device_words(device: str) -> str:
@@ -768,6 +782,14 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
         relion.clear_exit_markers(job_dir)
     except OSError as exc:
         raise _NoJobDir(f"cannot write in the output directory {odir} ({exc.strerror or exc})") from None
+    control = _control(opts)
+    if control != job_dir:
+        try:
+            control.mkdir(parents=True, exist_ok=True)
+            relion.clear_exit_markers(control)
+        except OSError as exc:
+            raise _NoJobDir(f"cannot write in the pipeline control directory {control} "
+                            f"({exc.strerror or exc})") from None
     _clean_temp_files(job_dir)
     for w in opts.warnings:
         log.warn(w)
@@ -916,20 +938,21 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     total_particles = sum(_count_rows(c) for _, c in listed)
     _summary(log, outcome, len(plan.entries), listed, total_particles, odir)
 
+    control = _control(opts)
     if outcome.aborted:
-        _mark(job_dir, "aborted", log)
+        _mark(control, "aborted", log)
         log.info(" exiting with an abort ...")
         return 2
     if outcome.fatal is not None:
         for line in outcome.fatal.splitlines():
             log.error(line)
-        relion.write_exit_marker(job_dir, "failure")
+        relion.write_exit_marker(control, "failure")
         return 1
     if plan.todo and outcome.picked == 0:
         log.error(f"none of the {len(plan.todo)} micrographs could be picked (reasons above)")
-        relion.write_exit_marker(job_dir, "failure")
+        relion.write_exit_marker(control, "failure")
         return 1
-    relion.write_exit_marker(job_dir, "success")
+    relion.write_exit_marker(control, "success")
     return 0
 
 
@@ -965,7 +988,7 @@ def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: 
     given = opts.particle_diameter if opts.estimate_size and not spaced else None
     chosen, diameter = adapt.for_job(plan.entries, diameter, opts.invert, opts.model, general,
                                      _pick_params(opts, device), job_dir, log.info, log.warn, given_A=given,
-                                     stop=lambda: relion.abort_requested(job_dir))
+                                     stop=lambda: relion.abort_requested(_control(opts)))
     if chosen is general:
         return pick_fn, opts.model, diameter
     if pick_fn is not None:  # a stand-in picker that brought its own networks
@@ -1321,7 +1344,7 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
         return True
 
     def abort() -> bool:
-        if relion.abort_requested(job_dir):
+        if relion.abort_requested(_control(opts)):
             log.info(f"{label} + {relion.ABORT_NOW} found: stopping after {count} of {len(share)} micrographs")
             outcome.aborted = True
             return True
@@ -1476,7 +1499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         # tell RELION too, when we know the job directory
         parsed = relion.parse_tolerant(argv, SPEC)
-        out = parsed.values.get("o")
+        out = parsed.values.get("pipeline_control")
+        out = out if isinstance(out, str) and out.strip() else parsed.values.get("o")
         if isinstance(out, str) and out:
             try:
                 relion.clear_exit_markers(out)

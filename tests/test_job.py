@@ -419,6 +419,34 @@ def test_abort_between_micrographs(tmp_path, monkeypatch):
     check_relion_outputs(root)
 
 
+def test_a_separate_pipeline_control_directory_takes_the_markers_and_the_abort(tmp_path, monkeypatch):
+    """RELION passes ``--pipeline_control`` (the job directory); where it names another directory, the exit markers
+    go there and RELION_JOB_ABORT_NOW is looked for there, as RELION's own programs do."""
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    jd, ctl = root / "External/job012", root / "control"
+    rc, _, err = run(RELION_CMD + " --pipeline_control control/")
+    assert rc == 0, err
+    assert (ctl / relion.EXIT_SUCCESS).exists() and not (jd / relion.EXIT_SUCCESS).exists()
+    assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 3  # the outputs stay in --o
+
+    def touch_abort(k):
+        if k == 1:
+            (ctl / relion.ABORT_NOW).touch()
+
+    shutil.rmtree(jd)
+    rc, _, _ = run(RELION_CMD + " --pipeline_control control/", FakePicker(per_call=touch_abort))
+    assert rc == 2
+    assert (ctl / relion.EXIT_ABORTED).exists() and not (ctl / relion.EXIT_SUCCESS).exists()
+    assert not (ctl / relion.ABORT_NOW).exists()
+    assert not (jd / relion.EXIT_ABORTED).exists()
+    # a bad command line: the failure marker where RELION watches
+    rc, _, _ = run(f"--o External/job012/ --in_mics {IN_MICS} --j 1 --pipeline_control control/")
+    assert rc == 1
+    assert job.main(f"--o External/job012/ --in_mics {IN_MICS} --pipeline_control control/".split()) == 1
+    assert (ctl / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_FAILURE).exists()
+
+
 def test_continue_after_kill_picks_only_unfinished(project):
     jd = project / "External/job012"
     entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
