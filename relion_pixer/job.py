@@ -1022,6 +1022,10 @@ def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict |
         return None
 
 
+#: What the stages before picking say when no micrograph of the job could be read.
+_NONE_READ = "no micrograph of the job could be read (the reasons are listed at the end of run.out)"
+
+
 def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:
     """The diameter to pick at (:func:`relion_pixer.size.picking_diameter`) from the size estimate on the job's first
     micrographs, kept in :data:`SIZE_FILE` for Continue; the given diameter when no micrograph can be read or none
@@ -1050,6 +1054,7 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
     t0 = time.perf_counter()
     est = size.estimate_diameter(micrographs(), opts.particle_diameter, models, device)
     if not sample:
+        log.info(f" + particle size from the data: not measured: {_NONE_READ}; picking at the diameter given")
         return opts.particle_diameter
     if not est.measured:
         log.info(f" + particle size from the data: not measured: none of the {len(est.factors)} scales tried "
@@ -1209,8 +1214,12 @@ def _pick_spacing(entries, opts: JobOptions, diameter_A: float, models_device, l
         log.info(f" + pick spacing: picking at {kept['picking_A']:.0f} A (kept from the first run in {SPACING_FILE})")
         return kept["picking_A"]
     t0 = time.perf_counter()
-    check = size.check_spacing(size.first_micrographs(entries, opts.invert), diameter_A, models, device,
+    sample: list[str] = []
+    check = size.check_spacing(size.first_micrographs(entries, opts.invert, sample), diameter_A, models, device,
                                repick=size.spacing_repick(opts.crowded))
+    if not sample:
+        log.info(f" + pick spacing: not checked: {_NONE_READ}; picking at {diameter_A:.0f} A")
+        return diameter_A
     if check.picks < size.MIN_SPACING_PICKS:
         log.info(f" + pick spacing: {check.picks} picks with a neighbour on the first micrographs, too few to "
                  f"measure it; picking at {diameter_A:.0f} A")

@@ -1331,6 +1331,24 @@ def test_a_job_that_picks_nothing_leaves_no_list_and_no_output_node(tmp_path, mo
     assert "no autopick.star written" in out
 
 
+def test_no_readable_micrograph_is_said_by_every_stage_before_picking(tmp_path, monkeypatch, capsys):
+    """With every micrograph unreadable (and no strict), the size estimate, the spacing check and adapt each say that
+    no micrograph could be read, not that the particles gave them nothing to measure; the job then fails naming each
+    file's reason."""
+    root = made_project(tmp_path / "p", n=2, size=256)
+    monkeypatch.chdir(root)
+    for p in (root / "MotionCorr/job002/Movies").glob("*.mrc"):
+        p.write_bytes(b"not an MRC file")
+    assert job.main(RELION_CMD.split() + _model_args(tmp_path) + ["--adapt", "Yes"]) == 1
+    cap = capsys.readouterr()
+    assert "particle size from the data: not measured: no micrograph of the job could be read" in cap.out
+    assert "pick spacing: not checked: no micrograph of the job could be read" in cap.out
+    assert "too few to measure" not in cap.out
+    assert "adapt: not adapted" in cap.out and "no readable micrograph" in cap.out
+    assert cap.out.count("file is too small to be an MRC file") == 2
+    assert "none of the 2 micrographs could be picked" in cap.err
+
+
 def test_size_not_measured_is_said_and_continue_at_another_diameter_warns(tmp_path, monkeypatch, capsys):
     """When no scale gives the networks a particle to see, run.out says the size was not measured and the job picks at
     the diameter given (nothing kept for Continue); when Continue is given another diameter than the run that picked
