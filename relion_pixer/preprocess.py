@@ -237,13 +237,21 @@ def value_range(image: np.ndarray) -> tuple[float, float]:
     return float(image.min()), float(image.max())
 
 
+#: A micrograph whose typical spread (the width between the :data:`OUTLIER_PERCENTILES`) lies outside this range is
+#: shifted by its median and scaled by a power of two before anything else: float32 sums and variances overflow near
+#: 1e38 (the micrograph had read as "no contrast") and lose precision near 1e-38. Real micrographs lie far inside it.
+WORKABLE_SPREAD = (1e-15, 1e15)
+
+
 def clip_outliers(image: np.ndarray) -> np.ndarray:
     """The image with extreme pixels clipped (float32), or the image itself when it has none.
 
     The bounds are ``lo - k w`` and ``hi + k w``, where ``lo`` and ``hi`` are the :data:`OUTLIER_PERCENTILES`,
     ``w = hi - lo`` and ``k`` = :data:`OUTLIER_WIDEN`: about +-16 sd for Gaussian noise, so ordinary pixels, 8-bit
     exports, dark ice or carbon and strong particles keep their values, while hot pixels, rows or columns thousands
-    of sd out no longer ring across the whole resampled micrograph.
+    of sd out no longer ring across the whole resampled micrograph. An image whose spread ``w`` lies outside
+    :data:`WORKABLE_SPREAD` is also shifted by its median and scaled by a power of two so that ``w`` is about 1
+    (the picking normalises every image, so this changes nothing else).
 
     Raises
     ------
@@ -257,8 +265,13 @@ def clip_outliers(image: np.ndarray) -> np.ndarray:
     if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         raise ValueError(f"image has {bad} non-finite pixel{'s' if bad != 1 else ''} (NaN or inf)")
-    lo, hi = np.percentile(_sample(image, _OUTLIER_SAMPLE).astype(np.float64), OUTLIER_PERCENTILES)
+    sample = _sample(image, _OUTLIER_SAMPLE).astype(np.float64)
+    lo, hi = np.percentile(sample, OUTLIER_PERCENTILES)
     width = hi - lo
+    if width > 0 and not WORKABLE_SPREAD[0] <= width <= WORKABLE_SPREAD[1]:
+        shift, scale = float(np.median(sample)), 2.0 ** -round(math.log2(width))
+        image = ((image.astype(np.float64) - shift) * scale).astype(np.float32)
+        return clip_outliers(image)
     lo, hi = lo - OUTLIER_WIDEN * width, hi + OUTLIER_WIDEN * width
     if lo_all >= lo and hi_all <= hi:
         return image

@@ -213,3 +213,19 @@ def test_darkness_at_reads_density_maps_measure_at_points():
     np.testing.assert_allclose(disk_means(img, r, xy), values_at(full, xy), atol=1e-9)
     dark = darkness_at(highpass(img, 64.0), 32.0, xy)
     assert scipy.stats.spearmanr(dark, values_at(density_map(img, 32.0), xy)).correlation > 0.98
+
+
+@pytest.mark.parametrize("scale, offset", [(1e37, 0.0), (3e37, 0.0), (1e20, 5e21), (1e-30, 0.0), (1e-37, 0.0)])
+def test_values_near_the_float32_limits_are_picked_as_the_same_image_in_ordinary_units(scale, offset):
+    """A micrograph stored in extreme units (values near 1e38, where float32 sums overflow, or near 1e-38) prepares
+    as the same micrograph in ordinary units: it had read as "image has no contrast"."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(600, 640)).astype(np.float32)
+    image[100:140, 200:240] -= 3.0  # a dark particle
+    image[5, :] = 9.0  # a hot row (9 sd: at 3e37 it stays below the float32 limit)
+    ref, factors = preprocess.prepare(image, 2.0, 150.0)
+    extreme = (image.astype(np.float64) * scale + offset).astype(np.float32)
+    assert np.isfinite(extreme).all()
+    net, extreme_factors = preprocess.prepare(extreme, 2.0, 150.0)
+    assert extreme_factors == factors
+    assert np.abs(net - ref).max() < 1e-3
