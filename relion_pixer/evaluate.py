@@ -73,6 +73,7 @@ __all__ = [
     "mask_iou",
     "particle_ious",
     "matched_filter_dprime",
+    "ParticleRows",
     "read_coordinates",
     "read_picks",
     "read_truth",
@@ -462,7 +463,8 @@ def best_mask_at_stride(mask, stride: int, steps: int = 300) -> np.ndarray:
 # reading picks and truth
 
 #: Suffixes stripped from a file stem to find its micrograph (``mic_autopick.star`` -> ``mic``).
-_SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pixer|particles))+$", re.IGNORECASE)
+_SUFFIXES = re.compile(r"(_(autopick|manualpick|pick|picks|coords|coordinates|pixer|particles|extract))+$",
+                       re.IGNORECASE)
 
 
 def matched_filter_dprime(signal, noise, xy, box: int, mask_radius: float | None = None, n_noise_boxes: int = 128,
@@ -541,8 +543,51 @@ def _read_star_blocks(path: Path) -> dict:
     return io.read_star(path)
 
 
-def read_coordinates(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a per-micrograph coordinate STAR file.
+@dataclass(frozen=True)
+class ParticleRows:
+    """One micrograph's rows of a particles STAR file (Extract, Select, Class2D, Refine3D: one table for every
+    micrograph, split by ``_rlnMicrographName``), read once with the file: what :func:`read_picks` gives for such a
+    file in place of a coordinate file's path."""
+
+    path: Path
+    micrograph: str
+    xy: np.ndarray
+    fom: np.ndarray | None
+
+    def is_file(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.path} (micrograph {self.micrograph})"
+
+
+def _coordinate_block(path: Path):
+    """The first table of a STAR file with ``_rlnCoordinateX`` and ``_rlnCoordinateY``, or None."""
+    for block in _read_star_blocks(path).values():
+        if hasattr(block, "columns") and "rlnCoordinateX" in block.columns and "rlnCoordinateY" in block.columns:
+            return block
+    return None
+
+
+def _block_numbers(block, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(xy, fom)`` of a coordinate table as float64; ValueError naming ``path`` for a value that is not a number."""
+    import pandas as pd
+
+    def column(name):
+        values = pd.to_numeric(block[name], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise ValueError(f"{path}: _{name} is not a finite number in {len(bad)} row(s) (first: row {bad[0] + 1}, "
+                             f"{block[name].iloc[bad[0]]!r})")
+        return values
+
+    xy = np.column_stack([column("rlnCoordinateX"), column("rlnCoordinateY")]).reshape(-1, 2)
+    fom = column("rlnAutopickFigureOfMerit") if "rlnAutopickFigureOfMerit" in block.columns else None
+    return xy, fom
+
+
+def read_coordinates(path: str | Path | ParticleRows) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a per-micrograph coordinate STAR file (or one micrograph's :class:`ParticleRows`).
 
     Returns
     -------
@@ -550,17 +595,37 @@ def read_coordinates(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         ``N x 2`` ``(x, y)`` from ``_rlnCoordinateX`` / ``_rlnCoordinateY`` (empty for a file with no rows).
     fom : numpy.ndarray or None
         ``_rlnAutopickFigureOfMerit`` when present.
+
+    Raises
+    ------
+    ValueError
+        A coordinate or figure of merit that is not a finite number (the message names the file).
     """
+    if isinstance(path, ParticleRows):
+        return path.xy, path.fom
     path = Path(path)
-    for block in _read_star_blocks(path).values():
-        if hasattr(block, "columns") and "rlnCoordinateX" in block.columns and "rlnCoordinateY" in block.columns:
-            xy = block[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
-            fom = None
-            if "rlnAutopickFigureOfMerit" in block.columns:
-                fom = block["rlnAutopickFigureOfMerit"].to_numpy(dtype=np.float64)
-            return xy.reshape(-1, 2), fom
-    # a file with only a header (no particles) has no usable block
-    return np.zeros((0, 2)), None
+    block = _coordinate_block(path)
+    if block is None:  # a file with only a header (no particles) has no usable block
+        return np.zeros((0, 2)), None
+    return _block_numbers(block, path)
+
+
+def _split_by_micrograph(path: Path, block) -> dict[str, ParticleRows]:
+    """A particles STAR's table split by ``_rlnMicrographName`` (keys: :func:`micrograph_key`). The coordinates are
+    taken as written: origin offsets (``_rlnOriginXAngst``) are not applied."""
+    xy, fom = _block_numbers(block, path)
+    names = block["rlnMicrographName"].astype(str).to_numpy()
+    out: dict[str, ParticleRows] = {}
+    full: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        key = micrograph_key(name)
+        if key in full:
+            raise ValueError(f"{path}: two micrographs named {key!r} ({full[key]} and {name}); evaluation matches them "
+                             "by base name")
+        full[key] = name
+        rows = names == name
+        out[key] = ParticleRows(path, name, xy[rows], None if fom is None else fom[rows])
+    return out
 
 
 def _coordinate_files_block(path: Path):
@@ -573,7 +638,7 @@ def _coordinate_files_block(path: Path):
 
 #: STAR files of a RELION job directory that are not per-micrograph coordinates.
 _JOB_FILES = {"autopick.star", "manualpick.star", "job.star", "job_pipeline.star", "default_pipeline.star", "summary.star",
-              "local_selection.star", "micrographs_selected.star", "labels.star"}
+              "local_selection.star", "micrographs_selected.star", "labels.star", "particles.star"}
 
 
 def _is_job_file(path: Path) -> bool:
@@ -588,14 +653,18 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
     picks : path
         A RELION ``autopick.star`` / ``manualpick.star`` (``data_coordinate_files`` with ``_rlnMicrographName``
         and ``_rlnMicrographCoordinates``), a directory of per-micrograph coordinate STARs (searched
-        recursively; RELION's own job files such as ``autopick.star`` or ``job.star`` are skipped), or one
-        coordinate STAR.
+        recursively; RELION's own job files such as ``autopick.star``, ``job.star`` or an Extract job's
+        ``particles.star`` are skipped), a RELION 3.1 ``coords_suffix_*.star`` (read as its job directory), a
+        particles STAR with ``_rlnMicrographName`` (Extract, Select, Class2D: split by micrograph, values are
+        :class:`ParticleRows`), or one coordinate STAR.
     project_dir : path, optional
         Directory that the paths in the node file are relative to (where RELION ran). Default: the current
-        directory; a path not found there is looked for relative to the node file's job's project
-        (``picks.parents[2]`` for ``Project/AutoPick/jobNNN/autopick.star``).
+        directory; a path not found there is looked for relative to the node file's own directory and each of its
+        parents (the project of ``Project/AutoPick/jobNNN/autopick.star``, or where ``--o out/`` was given).
     """
     picks = Path(picks)
+    if picks.is_file() and picks.name.startswith("coords_suffix"):
+        return read_picks(picks.parent, project_dir)
     if picks.is_dir():
         files = sorted(p for p in picks.rglob("*.star") if p.is_file() and not _is_job_file(p))
         if not files:
@@ -613,13 +682,14 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
         raise FileNotFoundError(f"picks not found: {picks}")
     block = _coordinate_files_block(picks)
     if block is None:
+        particles = _coordinate_block(picks)
+        if particles is not None and "rlnMicrographName" in particles.columns:
+            return _split_by_micrograph(picks, particles)  # one table for many micrographs
         return {micrograph_key(picks): picks}  # a single coordinate file
     if "rlnMicrographName" not in block.columns:
         raise ValueError(f"{picks}: data_coordinate_files has no _rlnMicrographName column")
-    bases = [Path(project_dir) if project_dir is not None else Path.cwd()]
     resolved = picks.resolve()
-    if len(resolved.parents) > 2:
-        bases.append(resolved.parents[2])
+    bases = [Path(project_dir) if project_dir is not None else Path.cwd(), *resolved.parents]
     out = {}
     for mic, coords in zip(block["rlnMicrographName"], block["rlnMicrographCoordinates"]):
         rel = Path(str(coords))
@@ -651,9 +721,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "a radius, precision, recall, F1 per micrograph and pooled, average precision over the figure of merit, and "
         "the median distance from a matched pick to its true centre (how well picks are centred).",
     )
-    p.add_argument("--picks", required=True, help="autopick.star of a picking job, or a directory of coordinate STARs")
-    p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star), or "
-                   "a coordinate-file list such as a ManualPick job's manualpick.star")
+    p.add_argument("--picks", required=True, help="autopick.star of a picking job, its directory, a directory of "
+                   "coordinate STARs, or a particles STAR (Extract, Select, Class2D; split by _rlnMicrographName, "
+                   "coordinates as written, origin offsets not applied)")
+    p.add_argument("--truth", required=True, help="directory of per-micrograph coordinate STARs (<micrograph>.star), "
+                   "a coordinate-file list such as a ManualPick job's manualpick.star, or a particles STAR")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--radius", type=float, help="matching radius in pixels of the coordinates")
     g.add_argument("--diameter", type=float, help="particle diameter in pixels (radius = diameter / 2)")
@@ -689,9 +761,10 @@ def json_safe(obj):
 def main(argv: list[str] | None = None) -> int:
     """``relion_pixer evaluate``: print a per-micrograph table and pooled figures; 0 on success."""
     args = _build_parser().parse_args(argv)
-    radius = args.radius if args.radius is not None else (args.diameter / 2.0 if args.diameter else None)
     try:
-        radius = _check_radius(radius if radius is not None else float("nan"))
+        if args.diameter is not None and not (args.diameter > 0 and math.isfinite(args.diameter)):
+            raise ValueError(f"--diameter must be positive and finite, got {args.diameter:g}")
+        radius = _check_radius(args.radius if args.radius is not None else args.diameter / 2.0)
         picks = read_picks(args.picks, args.project_dir)
         truth = read_truth(args.truth, args.project_dir)
     except (ValueError, FileNotFoundError) as exc:
@@ -758,7 +831,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['micrograph']:<{width}} " + " ".join(f"{_fmt(r[c]):>6}" for c in cols))
     if args.json:
         out = {"radius": radius, "picks": str(args.picks), "truth": str(args.truth), "micrographs": rows, "pooled": pooled}
-        Path(args.json).write_text(json.dumps(json_safe(out), indent=2) + "\n")
+        from relion_pixer import io
+
+        try:
+            with io.atomic_write(args.json) as fh:
+                fh.write(json.dumps(json_safe(out), indent=2) + "\n")
+        except OSError as exc:
+            print(f"relion_pixer evaluate: error: cannot write {args.json} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -287,6 +287,67 @@ def test_cli_autopick_star(tmp_path, monkeypatch, capsys):
         assert json.loads(out.read_text())["pooled"]["tp"] == 3
 
 
+def test_a_particles_star_is_split_by_micrograph(tmp_path, capsys):
+    """An Extract / Select / Class2D particles STAR holds every micrograph in one table: it is read per micrograph
+    (it had been taken for one micrograph named after the file, so a pick on one micrograph matched a truth on
+    another)."""
+    def particles(path, rows):
+        df = pd.DataFrame(rows, columns=["rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        starfile.write({"particles": df}, path, overwrite=True)
+
+    particles(tmp_path / "picks" / "particles.star",
+              [(100.0, 100.0, "MotionCorr/job002/Movies/micB.mrc"), (40.0, 40.0, "MotionCorr/job002/Movies/micA.mrc"),
+               (300.0, 300.0, "MotionCorr/job002/Movies/micA.mrc")])
+    particles(tmp_path / "truth" / "particles.star",
+              [(100.0, 100.0, "MotionCorr/job002/Movies/micA.mrc"), (41.0, 40.0, "MotionCorr/job002/Movies/micA.mrc"),
+               (7.0, 7.0, "MotionCorr/job002/Movies/micB.mrc")])
+    picks = ev.read_picks(tmp_path / "picks" / "particles.star")
+    assert sorted(picks) == ["micA", "micB"]
+    assert ev.read_coordinates(picks["micA"])[0].tolist() == [[40.0, 40.0], [300.0, 300.0]]
+    out = tmp_path / "s.json"
+    assert ev.main(["--picks", str(tmp_path / "picks" / "particles.star"), "--truth",
+                    str(tmp_path / "truth" / "particles.star"), "--radius", "10", "--json", str(out)]) == 0
+    per = {r["micrograph"]: r for r in json.loads(out.read_text())["micrographs"]}
+    assert (per["micA"]["tp"], per["micA"]["n_pred"], per["micA"]["n_true"]) == (1, 2, 2)
+    assert (per["micB"]["tp"], per["micB"]["n_pred"], per["micB"]["n_true"]) == (0, 1, 1)
+
+
+def test_picks_of_a_job_written_with_a_plain_output_folder_resolve_from_anywhere(tmp_path, monkeypatch):
+    """``relion_pixer ... --o out/`` lists ``out/...`` paths relative to where it ran, the list's own parent: found
+    from another directory too; a RELION 3.1 ``coords_suffix_*.star`` reads as its job directory."""
+    from relion_pixer import io
+
+    run_dir = tmp_path / "work"
+    _write_coords(run_dir / "out" / "Micrographs" / "mic_a_autopick.star", np.array([[10.0, 10.0]]), np.ones(1))
+    io.write_coordinate_files_star(run_dir / "out" / "autopick.star", ["Micrographs/mic_a.mrc"],
+                                   ["out/Micrographs/mic_a_autopick.star"])
+    _write_coords(tmp_path / "truth" / "mic_a.star", np.array([[11.0, 10.0]]))
+    out = tmp_path / "s.json"
+    for cwd in (tmp_path, run_dir / "out"):
+        monkeypatch.chdir(cwd)
+        assert ev.main(["--picks", str(run_dir / "out" / "autopick.star"), "--truth", str(tmp_path / "truth"),
+                        "--radius", "4", "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["pooled"]["tp"] == 1
+    (run_dir / "out" / "coords_suffix_pixer.star").write_text("CtfFind/job003/micrographs_ctf.star\n")
+    assert sorted(ev.read_picks(run_dir / "out" / "coords_suffix_pixer.star")) == ["mic_a"]
+
+
+def test_cli_errors_name_the_file_or_the_option(tmp_path, monkeypatch, capsys):
+    root, job = _project(tmp_path)
+    monkeypatch.chdir(root)
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--diameter", "0"]) == 2
+    assert "--diameter must be positive" in capsys.readouterr().err
+    # --json into a folder that does not exist: one line, after the table, and no file
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--radius", "4", "--json",
+                    "nodir/s.json"]) == 2
+    assert "cannot write nodir/s.json" in capsys.readouterr().err and not (root / "nodir").exists()
+    (job / "Movies" / "mic_a_autopick.star").write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n10 abc\n")
+    assert ev.main(["--picks", str(job / "autopick.star"), "--truth", "truth", "--radius", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "mic_a_autopick.star: _rlnCoordinateY is not a finite number in 1 row(s)" in err and "'abc'" in err
+
+
 def test_cli_options(tmp_path, monkeypatch, capsys):
     root, job = _project(tmp_path)
     monkeypatch.chdir(root)
