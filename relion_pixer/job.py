@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence, TextIO
 
 import numpy as np
@@ -799,6 +799,8 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
     entries = _unique(_entries(opts, log), log)
     _check_header_angpix(entries, log)
     coord_files = [relion.coordinate_file_name(odir, e.name, suffix) for e in entries]
+    if version == 3:
+        _warn_parent_names(entries, coord_files, odir, log)
     seen: dict[str, str] = {}
     for e, c in zip(entries, coord_files):
         if c in seen and seen[c] != e.name:
@@ -827,6 +829,21 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
     log.info(f" + {len(entries)} micrographs in {source}: {len(todo)} to pick"
              + (f", {done_before} already picked (continuing)" if done_before else ""))
     return _Plan(version, relion.star_version(version), suffix, entries, coord_files, todo)
+
+
+def _warn_parent_names(entries, coord_files, odir: str, log: _Log) -> None:
+    """RELION 3.1's Extract finds a micrograph's coordinates at the job directory + its name (outside
+    ``Type/jobNNN/``) with the suffix, ``..`` included; the job keeps its files inside the job directory, so run.err
+    says where RELION 3.1 will look in vain (RELION 4 and 5 read the paths from ``autopick.star``)."""
+    parents = [(e.name, c) for e, c in zip(entries, coord_files)
+               if not relion.decompose_pipeline_filename(e.name)[1] and ".." in PurePosixPath(e.name).parts]
+    if parents:
+        name, written = parents[0]
+        looked = odir + relion.without_extension(name) + "_pixer.star"
+        log.warn(f"{len(parents)} micrograph name(s) go up a directory ('..', e.g. {name}): RELION 3.1's Extract looks "
+                 f"for their coordinates at the job directory + the name ({looked}), outside the job directory, where "
+                 f"this job does not write; they are in it ({written}). Give Extract micrographs named inside the "
+                 "project, or use RELION 4 or 5")
 
 
 def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, job_dir: Path,

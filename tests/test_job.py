@@ -447,6 +447,24 @@ def test_a_separate_pipeline_control_directory_takes_the_markers_and_the_abort(t
     assert (ctl / relion.EXIT_FAILURE).exists() and not (jd / relion.EXIT_FAILURE).exists()
 
 
+def test_relion31_output_warns_where_its_extract_looks_outside_the_job_for_parent_names(tmp_path, monkeypatch):
+    """RELION 3.1's Extract looks for ``job dir + name + _pixer.star``; for a name with '..' that lies outside the job
+    directory, where the job does not write: run.err says so (RELION 4/5 read autopick.star's paths: no warning)."""
+    root = tmp_path / "p"
+    (root / "proj").mkdir(parents=True)
+    made_micrographs_star(root / "proj" / "mics.star", ["../data/grid1/b.mrc", "MotionCorr/job002/Movies/a.mrc"])
+    write_micrographs(root / "proj", "mics.star", size=256)
+    monkeypatch.chdir(root / "proj")
+    cmd = "--o External/job003/ --in_mics mics.star --particle_diameter 150 --j 1"
+    rc, _, err = run(cmd + " --relion_version 3.1")
+    assert rc == 0, err
+    assert (root / "proj/External/job003/data/grid1/b_pixer.star").exists()
+    assert "1 micrograph name(s) go up a directory" in err and "External/job003/../data/grid1/b_pixer.star" in err
+    shutil.rmtree(root / "proj/External")
+    rc, _, err = run(cmd + " --relion_version 5")
+    assert rc == 0 and "go up a directory" not in err
+
+
 def test_continue_after_kill_picks_only_unfinished(project):
     jd = project / "External/job012"
     entries = io.read_micrographs_star(project / IN_MICS, project_dir=project)
