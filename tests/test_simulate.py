@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,40 @@ def test_cli_tiny(tmp_path, capsys):
     assert rec["dose"] == 40.0 and rec["snr"] > 0 and rec["snr_requested"] is None
     assert main(["--n", "1", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "nope.pdb"), "--quiet"]) == 1
     assert "nope.pdb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--seed", "-1"], "--seed: must be >= 0"),
+    (["--contamination", "-1"], "--contamination: must be >= 0"),
+    (["--density", "-0.5"], "--density: must be >= 0"),
+    (["--carbon", "1.5"], "--carbon: must be between 0 and 1"),
+    (["--angpix", "0.01", "--diameter", "200"], "wider than the 64 x 64 px micrograph"),
+    (["--float", "--float16", "--dose", "100", "--angpix", "30", "--diameter", "600", "--size", "512"],
+     "do not fit in float16"),
+])
+def test_cli_bad_parameters_are_one_line_errors_without_a_project(tmp_path, capsys, args, said):
+    """Bad values stop with one line naming the option (they had raised tracebacks, or written a project with no
+    particles, or micrographs full of inf), and no micrograph is written."""
+    from relion_pixer.simulate.cli import main
+
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) if args[0] in ("--seed", "--contamination", "--density", "--carbon") \
+            else contextlib.nullcontext():
+        assert main(["--n", "1", "--out", str(out), "--size", "64", "--quiet", *args]) == 1
+    assert said in capsys.readouterr().err
+    assert not list(out.rglob("*.mrc"))
+
+
+def test_cli_output_that_is_a_file_or_an_earlier_project(tmp_path, capsys):
+    from relion_pixer.simulate.cli import main
+
+    (tmp_path / "afile").write_text("")
+    assert main(["--n", "1", "--out", str(tmp_path / "afile"), "--size", "64", "--quiet"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert main(["--n", "2", "--out", str(tmp_path / "p"), "--size", "64", "--quiet"]) == 0
+    assert "already holds" not in capsys.readouterr().err
+    assert main(["--n", "1", "--out", str(tmp_path / "p"), "--size", "64", "--quiet"]) == 0
+    assert "already holds a simulated project" in capsys.readouterr().err
 
 
 def test_phase_plate_moves_contrast_to_low_frequencies():

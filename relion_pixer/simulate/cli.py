@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from relion_pixer.simulate.shapes import ALL_FAMILIES, ModelFileError
 
@@ -26,6 +27,20 @@ def _positive(kind):
     return parse
 
 
+def _at_least_zero(kind, upper: float | None = None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value >= 0 or (upper is not None and value > upper):
+            raise argparse.ArgumentTypeError(f"must be between 0 and {upper:g}, got {text!r}" if upper is not None
+                                             else f"must be >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="relion_pixer simulate",
@@ -34,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=10, help="number of micrographs (default 10)")
     p.add_argument("--out", required=True, help="output project folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same project")
+    p.add_argument("--seed", type=_at_least_zero(int), default=0, help="random seed; the same seed gives the same project")
     p.add_argument("--size", type=_positive(int), default=1024, help="micrograph side in pixels (default 1024)")
     p.add_argument("--angpix", type=_positive(float), default=5.36, help="pixel size in A (default 5.36)")
     p.add_argument(
@@ -54,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defocus range in micrometres (default 0.8 3.5)")
     p.add_argument("--voltage", type=_positive(float), default=300.0, help="kV (default 300)")
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
-    p.add_argument("--density", type=float, default=0.25, help="fraction of the area covered by particles (default 0.25)")
-    p.add_argument("--contamination", type=float, default=0.5, help="mean ice blobs per micrograph (default 0.5)")
-    p.add_argument("--carbon", type=float, default=0.1, help="probability of a carbon edge per micrograph (default 0.1)")
+    p.add_argument("--density", type=_at_least_zero(float), default=0.25, help="fraction of the area covered by particles (default 0.25)")
+    p.add_argument("--contamination", type=_at_least_zero(float), default=0.5, help="mean ice blobs per micrograph (default 0.5)")
+    p.add_argument("--carbon", type=_at_least_zero(float, 1.0), default=0.1, help="probability of a carbon edge per micrograph (default 0.1)")
     p.add_argument("--float", dest="quantise", action="store_false", help="write float counts instead of 8-bit-like exports")
     p.add_argument("--float16", action="store_true", help="store micrographs as float16 (MRC mode 12)")
     p.add_argument("--no_labels", dest="labels", action="store_false", help="do not write label and instance maps")
@@ -78,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         snr = None
         extra["dose"] = args.dose
     from relion_pixer.simulate.project import simulate_project
+
+    if (Path(args.out) / "micrographs.star").is_file():
+        print(f"relion_pixer simulate: warning: {args.out} already holds a simulated project: files of the same names "
+              "are replaced, any others (e.g. micrographs of an earlier, larger --n) stay", file=sys.stderr)
 
     try:
         out = simulate_project(
@@ -102,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             labels=args.labels,
             **extra,
         )
-    except ModelFileError as exc:
+    except (ModelFileError, ValueError) as exc:
         print(f"relion_pixer simulate: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"relion_pixer simulate: cannot write {exc.filename or args.out} ({exc.strerror or exc})",
+              file=sys.stderr)
         return 1
     print(f"wrote {args.n} micrographs to {out} (micrographs.star, Coordinates/, {'Labels/, ' if args.labels else ''}truth.json)")
     return 0

@@ -68,7 +68,12 @@ def write_micrograph_files(
         "instances": f"Labels/{name}_instances.mrc",
         "coordinates": f"Coordinates/{name}.star",
     }
-    _write_mrc(out_dir / rel["micrograph"], sim.image.astype(dtype), angpix)
+    with np.errstate(over="ignore", invalid="ignore"):
+        image = sim.image.astype(dtype)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{name}: pixel values up to {np.abs(sim.image).max():.4g} do not fit in {np.dtype(dtype).name} "
+                         "(float16 holds up to 65504): store float32 (no --float16), or lower the dose or pixel size")
+    _write_mrc(out_dir / rel["micrograph"], image, angpix)
     if labels:
         _write_mrc(out_dir / rel["labels"], sim.labels.astype(np.int8), angpix)
         inst = sim.instances.astype(np.int16) if sim.instances.max(initial=0) < 32767 else sim.instances.astype(np.float32)
@@ -160,7 +165,6 @@ def simulate_project(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence(int(seed)).spawn(int(n) + 1)
     species_rng = np.random.default_rng(children[0])
     if model_file is not None:
@@ -174,6 +178,11 @@ def simulate_project(
             diameter_A = 300.0
         model = make_shape(species_rng, family, diameter=diameter_A, n_points=options.get("n_points", 4000))
     options.pop("n_points", None)
+    width_px = float(model.diameter) / float(angpix)
+    if width_px > min(shape):
+        raise ValueError(f"a {model.diameter:.4g} A particle is {width_px:.0f} px wide at {angpix:g} A/px, wider than "
+                         f"the {shape[1]} x {shape[0]} px micrograph: check --angpix, --diameter and --size")
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     rows, truth = [], []
     iterator = range(int(n))
