@@ -870,12 +870,13 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                 _note_picking(job_dir, opts, diameter, model, earlier, picked_before, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
-    elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu \
-            and _resolve_device(opts.device) == "cpu":
+    elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu:
         # the other ranks load their networks while rank 0 reads the input and measures the particle size, so
-        # that all ranks start picking together (a failure here is reported when this rank loads them again)
+        # that all ranks start picking together (a failure here, a CUDA device asked for and absent among them, is
+        # reported by rank 0; raised here, it would skip the barrier below and leave rank 0 waiting for ever)
         try:
-            networks = (_load_networks(opts, "cpu"), "cpu")
+            if _resolve_device(opts.device) == "cpu":
+                networks = (_load_networks(opts, "cpu"), "cpu")
         except Exception:  # noqa: BLE001
             networks = None
     if world.size > 1:

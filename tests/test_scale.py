@@ -418,6 +418,22 @@ def test_mpi_bad_input_is_reported_once_by_rank0(tmp_path):
     assert (root / JOB / relion.EXIT_FAILURE).exists()
 
 
+def test_mpi_with_a_cuda_device_that_is_absent_fails_once_and_ends(tmp_path):
+    """``--device cuda`` on a node without CUDA: rank 0 says so once and every rank ends (the other ranks had raised
+    the same error before the first barrier, leaving rank 0 waiting for ever after writing the failure marker)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    root = made_project(tmp_path / "p", n=2)
+    proc = _mpi_run(root, tmp_path, 2, "real", ["--device", "cuda"], timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert ours == ["ERROR: --device cuda was asked for, but no CUDA device is available (use --device cpu)"], \
+        proc.stderr
+    assert (root / JOB / relion.EXIT_FAILURE).exists()
+
+
 def test_real_networks_under_mpi_with_workers_match_a_single_process(tmp_path):
     """``mpirun -n 2 external_job.py --workers 2 --j 2`` (2 ranks x 2 workers x 1 thread, through job.main) writes the
     same bytes as one process with one thread."""
