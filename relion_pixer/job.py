@@ -831,6 +831,19 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
     return _Plan(version, relion.star_version(version), suffix, entries, coord_files, todo)
 
 
+def _stopped(exc: BaseException, outcome: _Outcome, share, world: parallel.World, log: _Log) -> _Outcome:
+    """A signal (a queue system's SIGTERM, Ctrl-C) stopped this rank: the outcome is aborted (once said in run.err),
+    and rank 0 hands out no more micrographs (another rank cannot tell it safely here: the signal may have come in
+    the middle of asking). Returns the outcome."""
+    if not outcome.aborted:
+        log.error(f"stopped by {relion.stopped_by(exc)}; finished micrographs are kept and listed, run the job "
+                  "again to continue")
+    outcome.aborted = True
+    if world.size > 1 and world.leader:
+        share.stop()
+    return outcome
+
+
 def _warn_parent_names(entries, coord_files, odir: str, log: _Log) -> None:
     """RELION 3.1's Extract finds a micrograph's coordinates at the job directory + its name (outside
     ``Type/jobNNN/``) with the suffix, ``..`` included; the job keeps its files inside the job directory, so run.err
@@ -903,9 +916,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         except (KeyboardInterrupt, relion.Terminated) as exc:
             # a queue system's SIGTERM or Ctrl-C: the coordinate files are written atomically, so every one that
             # exists is finished; list them below as after RELION_JOB_ABORT_NOW
-            outcome.aborted = True
-            log.error(f"stopped by {relion.stopped_by(exc)}; finished micrographs are kept and listed, run the job "
-                      "again to continue")
+            _stopped(exc, outcome, share, world, log)
             if world.size == 1:
                 _clean_temp_files(job_dir)
         except Exception as exc:  # noqa: BLE001 - one rank's failure is reported by rank 0, after the others finish
@@ -923,7 +934,10 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     outcome.wall = time.perf_counter() - t0
 
     if world.size > 1:
-        outcomes = parallel.gather_when_all_done(world, outcome)
+        # a signal while this rank waits for the others (every rank passes here as it finishes) stops the job as it
+        # would while picking, and the rank still takes part in the gather
+        outcomes = parallel.gather_when_all_done(world, outcome, stops=(KeyboardInterrupt, relion.Terminated),
+                                                 on_stop=lambda exc: _stopped(exc, outcome, share, world, log))
         share.close()  # every rank has stopped asking
         if not world.leader:
             return 2 if outcome.aborted else 1 if outcome.fatal else 0
@@ -1348,8 +1362,11 @@ def _pick_all(share, opts: JobOptions, params: PickParams, pick_fn: PickFunction
         if isinstance(result, _Skipped):
             outcome.failed.append((result.name, result.reason.removeprefix(f"{result.path}: ")))
             if opts.strict:
-                # with workers, micrographs already being picked still report: the first bad one is the reason
+                # with workers, micrographs already being picked still report: the first bad one is the reason;
+                # under MPI no rank is handed another micrograph
                 outcome.fatal = outcome.fatal or f"{result.reason} (--strict: stopping)"
+                if hasattr(share, "stop"):
+                    share.stop()
                 return False
             log.warn(f"skipping micrograph: {result.reason}")
         else:

@@ -116,14 +116,28 @@ def mpi_world() -> World:
     return World(comm, comm.Get_rank(), comm.Get_size())
 
 
-def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05) -> list | None:
+def gather_when_all_done(world: World, value: Any, poll_s: float = 0.05, stops: tuple = (),
+                         on_stop: Callable[[BaseException], Any] | None = None) -> list | None:
     """Gather ``value`` from every rank to rank 0 once all ranks have arrived (None on the other ranks).
 
     A rank that finishes its share early waits in a non-blocking barrier, polled every ``poll_s`` seconds, instead of
     in MPI's blocking gather: MPI libraries busy-poll there, which takes a core from the ranks still picking on a
     shared or oversubscribed node, and a blocked rank would not see SIGTERM until the others arrive.
+
+    An exception of the types ``stops`` raised while waiting (a signal turned into one, e.g. a queue system's SIGTERM
+    reaching every rank as they finish) does not leave the wait: ``on_stop(exc)`` gives the value to gather instead,
+    and the rank waits on in the same barrier, so that every rank still takes part in the gather (a rank leaving it
+    would leave rank 0 in the gather for ever, or the job without its list of finished work).
     """
-    wait_for_all(world, poll_s)
+    request = world.comm.Ibarrier()
+    while True:
+        try:
+            _wait(request, poll_s)
+            break
+        except stops as exc:
+            if on_stop is None:
+                raise
+            value = on_stop(exc)
     return world.comm.gather(value, root=0)
 
 
@@ -188,12 +202,12 @@ class SharedTasks:
             self._next += 1
             return self._next - 1
 
-    def _ask(self) -> int:
+    def _ask(self, stop: bool = False) -> int:
         import numpy as np
 
         answer = np.zeros(1, np.int64)
         reply = self.world.comm.Irecv(answer, source=0, tag=self._ANSWER)  # posted before asking: no deadlock
-        _wait(self.world.comm.Isend(np.zeros(1, np.int64), dest=0, tag=self._ASK), self.poll_s)
+        _wait(self.world.comm.Isend(np.full(1, int(stop), np.int64), dest=0, tag=self._ASK), self.poll_s)
         _wait(reply, self.poll_s)
         return int(answer[0])
 
@@ -214,9 +228,22 @@ class SharedTasks:
                 time.sleep(self.poll_s)
                 continue
             source = status.Get_source()
+            if ask[0]:  # a rank stopping the job: no more tasks for anyone
+                self.stop()
             answer = np.array([self._take()], np.int64)
             request = comm.Irecv(ask, source=MPI.ANY_SOURCE, tag=self._ASK)
             _wait(comm.Isend(answer, dest=source, tag=self._ANSWER), self.poll_s)
+
+    def stop(self) -> None:
+        """Hand out no more tasks, to any rank (a rank stopping the job: ``strict``, a signal): on rank 0 at once; on
+        another rank by telling rank 0, which answers once it has stopped. Each rank still finishes what it has."""
+        if not self.dynamic:
+            return
+        if self.world.leader:
+            with self._lock:
+                self._next = len(self.tasks)
+        else:
+            self._ask(stop=True)
 
     def close(self) -> None:
         """Stop rank 0's thread (every rank must have stopped asking)."""
@@ -353,7 +380,9 @@ def run_dynamic(
     """Run ``task_fn(*task)`` for every task in ``workers`` spawned processes, one task per free worker.
 
     At most ``workers + 1`` tasks are in flight, so that stopping (``should_stop`` true, or ``on_result`` returning
-    False) leaves little queued: the tasks that have started finish and are reported; the rest are not run. An
+    False) leaves little queued: the tasks that have started finish and are reported; those still queued are
+    cancelled where the pool has not yet taken them, and the rest are not run. ``should_stop`` is asked before any
+    task is handed out, so a stop already asked for runs none. An
     exception of a task, or :class:`KeyboardInterrupt` in this process, stops the pool: queued tasks are cancelled
     and, for an interrupt, the workers are terminated at once.
 
@@ -389,6 +418,7 @@ def run_dynamic(
     stopped = exhausted = False
     clean = False
     try:
+        stopped = should_stop()
         while True:
             while not (stopped or exhausted) and len(pending) < workers + 1:
                 try:
@@ -401,6 +431,8 @@ def run_dynamic(
                 break
             done, pending = cf.wait(pending, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
             for future in done:
+                if future.cancelled():
+                    continue
                 try:
                     result = future.result()
                 except cf.process.BrokenProcessPool:
@@ -410,6 +442,9 @@ def run_dynamic(
                     stopped = True
             if not stopped and should_stop():
                 stopped = True
+            if stopped:
+                for future in pending:
+                    future.cancel()  # those the pool has not taken yet; the started ones finish and report
         clean = True
         return not stopped
     except BaseException as exc:

@@ -313,6 +313,17 @@ def pick(image, angpix, d, params):
         elif RANK == 0:
             wait_for(STARTED)
     time.sleep(0.1 if MODE != "uneven" or RANK == 0 else 2.0)
+    if MODE.startswith("tail"):
+        # one micrograph each; the slow rank, once the other has had time to finish and wait for it, sends SIGTERM to
+        # both ranks (a queue system stopping the job at its end)
+        import signal
+        touch(f"External/job012/pid{{RANK}}_{{os.getpid()}}")
+        if RANK == int(MODE[-1]):
+            time.sleep(1.5)
+            other = [f for f in os.listdir("External/job012") if f.startswith(f"pid{{1 - RANK}}_")]
+            os.kill(int(other[0].split("_")[1]), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
     if MODE == "fail" and RANK == 1:
         raise RuntimeError("the GPU of rank 1 fell off the bus")
     if MODE == "abort" and CALLS == 2:
@@ -405,6 +416,41 @@ def test_abort_reaches_every_rank_and_continue_finishes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"{12 - len(finished)} to pick, {len(finished)} already picked" in proc.stdout
     check_relion_outputs(root)
+
+
+def test_strict_under_mpi_stops_every_rank(tmp_path):
+    """With ``strict``, a bad micrograph on one rank stops the job: no rank is handed another micrograph (the other
+    rank had picked every one left, then the job failed)."""
+    root = made_project(tmp_path / "p", n=12)
+    entries = io.read_micrographs_star(root / IN_MICS, project_dir=root)
+    image = np.zeros((256, 256), np.float32)
+    image[3, 3] = np.nan  # found only when its pixels are read
+    write_mrc(entries[2].path, image, 1.5)
+    proc = _mpi_run(root, tmp_path, 2, "ok", ["--strict"])
+    assert proc.returncode != 0
+    assert "mic_002.mrc: contains 1 NaN or infinite pixel values (--strict: stopping)" in proc.stderr
+    assert (root / JOB / relion.EXIT_FAILURE).exists()
+    finished = sorted((root / JOB / "Movies").glob("*_autopick.star"))
+    assert 2 <= len(finished) <= 5, proc.stdout  # those before it, and at most one more per rank
+    assert len(io.read_star(root / JOB / "autopick.star")["coordinate_files"]) == len(finished)
+
+
+@pytest.mark.parametrize("slow", [0, 1])
+def test_sigterm_while_a_rank_waits_for_the_others_lists_the_finished_work(tmp_path, slow):
+    """SIGTERM to every rank while one has finished its share and waits for the other (the end of every job): one
+    aborted marker and the finished micrograph listed. The waiting rank had left the wait: rank 0 then waited in the
+    gather for ever (no marker), or, waiting itself, marked the job aborted without listing anything."""
+    root = made_project(tmp_path / "p", n=2)
+    proc = _mpi_run(root, tmp_path, 2, f"tail{slow}", timeout=120)
+    jd = root / JOB
+    assert proc.returncode != 0
+    markers = (relion.EXIT_SUCCESS, relion.EXIT_FAILURE, relion.EXIT_ABORTED)
+    assert [m for m in markers if (jd / m).exists()] == [relion.EXIT_ABORTED], proc.stderr
+    finished = sorted((jd / "Movies").glob("*_autopick.star"))
+    assert len(finished) == 1
+    assert list(io.read_star(jd / "autopick.star")["coordinate_files"]["rlnMicrographCoordinates"]) == \
+        [str(finished[0].relative_to(root))]
+    assert (jd / relion.OUTPUT_NODES).exists() and not list(jd.rglob(f"*{io.TMP_SUFFIX}"))
 
 
 def test_mpi_bad_input_is_reported_once_by_rank0(tmp_path):
@@ -589,3 +635,18 @@ def test_workers_end_when_the_job_is_killed_outright(tmp_path):
         alive = [c for c in children if Path(f"/proc/{c}").exists()
                  and "zombie" not in Path(f"/proc/{c}/status").read_text(errors="replace").lower()]
     assert not alive, f"workers {alive} outlived the job"
+
+
+def test_run_dynamic_runs_nothing_when_a_stop_is_asked_before_it_starts():
+    """An abort already there when the pool starts runs no task (it had run workers + 1 before first asking)."""
+    import math
+
+    results = []
+    assert parallel.run_dynamic([(float(i),) for i in range(6)], 2, int, (), math.sqrt, results.append,
+                                lambda: True) is False
+    assert results == []
+    # a stop from the first result: at most the tasks already taken by the pool report, not every task
+    results = []
+    assert parallel.run_dynamic([(float(i),) for i in range(40)], 2, int, (), math.sqrt,
+                                lambda r: results.append(r) and False, lambda: False) is False
+    assert 1 <= len(results) <= 4
