@@ -800,7 +800,7 @@ def _start(opts: JobOptions, log: _Log, odir: str, job_dir: Path) -> _Plan:
     _check_header_angpix(entries, log)
     coord_files = [relion.coordinate_file_name(odir, e.name, suffix) for e in entries]
     if version == 3:
-        _warn_parent_names(entries, coord_files, odir, log)
+        _warn_parent_names(entries, coord_files, odir, suffix, log)
     seen: dict[str, str] = {}
     for e, c in zip(entries, coord_files):
         if c in seen and seen[c] != e.name:
@@ -844,7 +844,7 @@ def _stopped(exc: BaseException, outcome: _Outcome, share, world: parallel.World
     return outcome
 
 
-def _warn_parent_names(entries, coord_files, odir: str, log: _Log) -> None:
+def _warn_parent_names(entries, coord_files, odir: str, suffix: str, log: _Log) -> None:
     """RELION 3.1's Extract finds a micrograph's coordinates at the job directory + its name (outside
     ``Type/jobNNN/``) with the suffix, ``..`` included; the job keeps its files inside the job directory, so run.err
     says where RELION 3.1 will look in vain (RELION 4 and 5 read the paths from ``autopick.star``)."""
@@ -852,7 +852,7 @@ def _warn_parent_names(entries, coord_files, odir: str, log: _Log) -> None:
                if not relion.decompose_pipeline_filename(e.name)[1] and ".." in PurePosixPath(e.name).parts]
     if parents:
         name, written = parents[0]
-        looked = odir + relion.without_extension(name) + "_pixer.star"
+        looked = odir + relion.without_extension(name) + suffix
         log.warn(f"{len(parents)} micrograph name(s) go up a directory ('..', e.g. {name}): RELION 3.1's Extract looks "
                  f"for their coordinates at the job directory + the name ({looked}), outside the job directory, where "
                  f"this job does not write; they are in it ({written}). Give Extract micrographs named inside the "
