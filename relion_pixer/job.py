@@ -981,9 +981,14 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         relion.write_exit_marker(control, "failure")
         return 1
     if plan.todo and outcome.picked == 0:
-        log.error(f"none of the {len(plan.todo)} micrographs could be picked (reasons above)")
-        relion.write_exit_marker(control, "failure")
-        return 1
+        if not listed:
+            log.error(f"none of the {len(plan.todo)} micrographs could be picked (reasons above)")
+            relion.write_exit_marker(control, "failure")
+            return 1
+        # a Continue (a Schemes loop) whose only new micrographs cannot be picked: the earlier picks stand, and a
+        # failure here would stop the Scheme at every later run until the bad micrographs leave the input
+        log.warn(f"none of the {len(plan.todo)} micrograph(s) left to pick could be picked (reasons above); the job "
+                 f"lists the {len(listed)} picked before (strict Yes: fail instead)")
     relion.write_exit_marker(control, "success")
     return 0
 
@@ -1153,9 +1158,9 @@ def _networks_id(model: str | None) -> str:
 
 #: The options that decide a micrograph's picks, kept in :data:`PICKING_FILE`: a rerun that keeps the coordinate files
 #: of an earlier run says which of them differ.
-PICK_SETTINGS = ("particle_diameter", "threshold", "map_threshold", "map_relative", "map_odds", "max_particles",
-                 "min_distance", "margin", "angpix", "model", "estimate_size", "check_spacing", "crowded", "adapt",
-                 "invert")
+PICK_SETTINGS = ("in_mics", "particle_diameter", "threshold", "map_threshold", "map_relative", "map_odds",
+                 "max_particles", "min_distance", "margin", "angpix", "model", "estimate_size", "check_spacing",
+                 "crowded", "adapt", "invert")
 
 
 #: What a rerun that keeps an earlier run's coordinate files advises, when they were picked otherwise than it picks.

@@ -509,6 +509,10 @@ def test_a_rerun_that_keeps_earlier_picks_says_which_settings_picked_them(tmp_pa
     assert rc == 0 and len(picker.calls) == 1
     assert ("an earlier run of this job picked 2 micrograph(s) with other settings (threshold 0.1 -> 0.5); their "
             "coordinate files are kept, and this run picks the other 1 with these") in err
+    # the input switched to another micrograph STAR (other images of the same names): said, not picked again
+    shutil.copy(root / IN_MICS, root / "other_mics.star")
+    rc, out, err = run(RELION_CMD.replace(IN_MICS, "other_mics.star") + " --threshold 0.5")
+    assert rc == 0 and f"with other settings (in_mics {IN_MICS} -> other_mics.star)" in err
 
 
 def test_on_the_fly_new_micrographs_appended(tmp_path, monkeypatch):
@@ -720,6 +724,28 @@ def test_all_micrographs_bad_is_a_failure(tmp_path, monkeypatch):
     assert rc == 1
     assert (root / "External/job012" / relion.EXIT_FAILURE).exists()
     assert "none of the 2 micrographs could be picked" in err
+
+
+def test_a_continue_whose_only_new_micrographs_are_bad_succeeds_with_the_earlier_picks(tmp_path, monkeypatch):
+    """On-the-fly (a Schemes loop reruns the job as the input grows): new micrographs that cannot be picked, and
+    nothing else new, leave the earlier picks listed and the job a success with a warning (it had failed, and failed
+    again at every later run, stopping the Scheme); strict still fails."""
+    root = made_project(tmp_path / "p", n=2)
+    monkeypatch.chdir(root)
+    rc, _, err = run(RELION_CMD)
+    assert rc == 0, err
+    names = [f"MotionCorr/job002/Movies/mic_{i:03d}.mrc" for i in range(3)]
+    made_micrographs_star(root / IN_MICS, names)  # a third micrograph, whose file is missing
+    for _ in range(2):
+        rc, out, err = run(RELION_CMD)
+        assert rc == 0, err
+        assert "mic_002.mrc: file does not exist" in err
+        assert "none of the 1 micrograph(s) left to pick could be picked" in err and "lists the 2 picked before" in err
+        jd = root / "External/job012"
+        assert (jd / relion.EXIT_SUCCESS).exists() and not (jd / relion.EXIT_FAILURE).exists()
+        assert len(io.read_star(jd / "autopick.star")["coordinate_files"]) == 2
+    rc, _, err = run(RELION_CMD + " --strict")
+    assert rc == 1 and (root / "External/job012" / relion.EXIT_FAILURE).exists()
 
 
 def test_micrograph_smaller_than_a_particle(tmp_path, monkeypatch):
