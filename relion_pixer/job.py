@@ -869,6 +869,9 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             picked_before = len(plan.entries) - len(plan.todo)
             earlier = _earlier_picking(job_dir) if picked_before else None
             _note_settings(earlier, opts, picked_before, len(plan.todo), log)
+            if opts.write_maps and picked_before and plan.todo:
+                log.info(f" + write_maps: pictures and maps for the {len(plan.todo)} micrograph(s) picked now; the "
+                         f"{picked_before} picked before keep what their run wrote")
             networks = (_size_models(opts, pick_fn)
                         if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
             if plan.todo and opts.estimate_size:

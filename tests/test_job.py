@@ -1036,6 +1036,14 @@ def test_write_maps(tmp_path, monkeypatch):
         assert float(m.voxel_size.x) == pytest.approx(1.5 / 0.25)
     rc, _, _ = run(RELION_CMD.replace("job012", "job013") + " --write_maps No")
     assert not list((root / "External/job013/Movies").glob("*.png"))
+    # Continue with write_maps switched on: pictures for what it picks now, and run.out says the rest keep theirs
+    made_micrographs_star(root / IN_MICS, ["MotionCorr/job002/Movies/mic_000.mrc", "MotionCorr/job002/Movies/new.mrc"])
+    noise = np.random.default_rng(1).normal(size=(256, 256)).astype(np.float32)
+    write_mrc(root / "MotionCorr/job002/Movies/new.mrc", noise, 1.5)
+    rc, out, err = run(RELION_CMD.replace("job012", "job013") + " --write_maps Yes")
+    assert rc == 0, err
+    assert "write_maps: pictures and maps for the 1 micrograph(s) picked now; the 1 picked before keep" in out
+    assert [p.name for p in (root / "External/job013/Movies").glob("*.png")] == ["new_picks.png"]
 
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
