@@ -561,10 +561,10 @@ class ParticleRows:
         return f"{self.path} (micrograph {self.micrograph})"
 
 
-def _coordinate_block(path: Path):
-    """The first table of a STAR file with ``_rlnCoordinateX`` and ``_rlnCoordinateY``, or None."""
-    for block in _read_star_blocks(path).values():
-        if hasattr(block, "columns") and "rlnCoordinateX" in block.columns and "rlnCoordinateY" in block.columns:
+def _table_with(blocks: dict, *columns: str):
+    """The first table of a STAR file's ``blocks`` that has all ``columns``, or None."""
+    for block in blocks.values():
+        if hasattr(block, "columns") and all(c in block.columns for c in columns):
             return block
     return None
 
@@ -604,7 +604,7 @@ def read_coordinates(path: str | Path | ParticleRows) -> tuple[np.ndarray, np.nd
     if isinstance(path, ParticleRows):
         return path.xy, path.fom
     path = Path(path)
-    block = _coordinate_block(path)
+    block = _table_with(_read_star_blocks(path), "rlnCoordinateX", "rlnCoordinateY")
     if block is None:  # a file with only a header (no particles) has no usable block
         return np.zeros((0, 2)), None
     return _block_numbers(block, path)
@@ -626,14 +626,6 @@ def _split_by_micrograph(path: Path, block) -> dict[str, ParticleRows]:
         rows = names == name
         out[key] = ParticleRows(path, name, xy[rows], None if fom is None else fom[rows])
     return out
-
-
-def _coordinate_files_block(path: Path):
-    blocks = _read_star_blocks(path)
-    for name, block in blocks.items():
-        if hasattr(block, "columns") and "rlnMicrographCoordinates" in block.columns:
-            return block
-    return None
 
 
 #: STAR files of a RELION job directory that are not per-micrograph coordinates.
@@ -680,9 +672,10 @@ def read_picks(picks: str | Path, project_dir: str | Path | None = None) -> dict
         return out
     if not picks.is_file():
         raise FileNotFoundError(f"picks not found: {picks}")
-    block = _coordinate_files_block(picks)
+    blocks = _read_star_blocks(picks)
+    block = _table_with(blocks, "rlnMicrographCoordinates")
     if block is None:
-        particles = _coordinate_block(picks)
+        particles = _table_with(blocks, "rlnCoordinateX", "rlnCoordinateY")
         if particles is not None and "rlnMicrographName" in particles.columns:
             return _split_by_micrograph(picks, particles)  # one table for many micrographs
         return {micrograph_key(picks): picks}  # a single coordinate file
