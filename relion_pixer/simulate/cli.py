@@ -14,31 +14,27 @@ from pathlib import Path
 from relion_pixer.simulate.shapes import ALL_FAMILIES, ModelFileError
 
 
-def _positive(kind):
+def _number(kind, positive: bool = False, upper: float | None = None):
+    """An argparse type: ``kind`` of the text, and positive (``positive``), or else at least 0 and at most ``upper``
+    when given."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-        return value
-
-    return parse
-
-
-def _at_least_zero(kind, upper: float | None = None):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value >= 0 or (upper is not None and value > upper):
+        if positive:
+            if value <= 0:
+                raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        elif not value >= 0 or (upper is not None and value > upper):
             raise argparse.ArgumentTypeError(f"must be between 0 and {upper:g}, got {text!r}" if upper is not None
                                              else f"must be >= 0, got {text!r}")
         return value
 
     return parse
+
+
+def _positive(kind):
+    return _number(kind, positive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=10, help="number of micrographs (default 10)")
     p.add_argument("--out", required=True, help="output project folder")
-    p.add_argument("--seed", type=_at_least_zero(int), default=0, help="random seed; the same seed gives the same project")
+    p.add_argument("--seed", type=_number(int), default=0, help="random seed; the same seed gives the same project")
     p.add_argument("--size", type=_positive(int), default=1024, help="micrograph side in pixels (default 1024)")
     p.add_argument("--angpix", type=_positive(float), default=5.36, help="pixel size in A (default 5.36)")
     p.add_argument(
@@ -69,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defocus range in micrometres (default 0.8 3.5)")
     p.add_argument("--voltage", type=_positive(float), default=300.0, help="kV (default 300)")
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
-    p.add_argument("--density", type=_at_least_zero(float), default=0.25, help="fraction of the area covered by particles (default 0.25)")
-    p.add_argument("--contamination", type=_at_least_zero(float), default=0.5, help="mean ice blobs per micrograph (default 0.5)")
-    p.add_argument("--carbon", type=_at_least_zero(float, 1.0), default=0.1, help="probability of a carbon edge per micrograph (default 0.1)")
+    p.add_argument("--density", type=_number(float), default=0.25,
+                   help="fraction of the area covered by particles (default 0.25)")
+    p.add_argument("--contamination", type=_number(float), default=0.5, help="mean ice blobs per micrograph (default 0.5)")
+    p.add_argument("--carbon", type=_number(float, upper=1.0), default=0.1,
+                   help="probability of a carbon edge per micrograph (default 0.1)")
     p.add_argument("--float", dest="quantise", action="store_false", help="write float counts instead of 8-bit-like exports")
     p.add_argument("--float16", action="store_true", help="store micrographs as float16 (MRC mode 12)")
     p.add_argument("--no_labels", dest="labels", action="store_false", help="do not write label and instance maps")
