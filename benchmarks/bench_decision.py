@@ -43,7 +43,7 @@ import copy
 import numpy as np
 import torch
 
-from common import write_json  # (also puts the repository on the path)
+from common import add_dark_spare_argument, apply_dark_spare, write_json  # (also puts the repository on the path)
 from relion_pixer import NET_DIAMETER_PX, PARTICLE, classify, picking
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -146,11 +146,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=SEED, help=f"first family's seed (default {SEED}; 1000 apart)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    add_dark_spare_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     params = PickParams()
-    out = {"threshold": params.threshold, "unseen": UNSEEN, "seed": args.seed, "families": {}}
+    out = {"threshold": params.threshold, "unseen": UNSEEN, "seed": args.seed,
+           "dark_spare": apply_dark_spare(args.dark_spare), "families": {}}
     for k, family in enumerate(args.families):
         f = dict(map_alone=0, decision=0, truth=0, contamination_vetoed=0, also_dropped=0, trust=[], micrographs=[],
                  by_kind={kind: {"vetoed": 0, "dropped": 0} for kind in KINDS})

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (best_threshold, fmt, job_and_candidates, job_sizes, lowpass, real_sets, run_log, score,
-                    segment_all, write_json)
+from common import (add_dark_spare_argument, apply_dark_spare, best_threshold, fmt, job_and_candidates, job_sizes,
+                    lowpass, real_sets, run_log, score, segment_all, write_json)
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -349,14 +349,16 @@ def main() -> None:
     ap.add_argument("--picture", help="draw the first incompletely labelled set's first micrograph into this PNG")
     ap.add_argument("--gallery", metavar="DIR", help="draw each set's picks without a label into DIR/<set>_<split>_"
                     "unmatched.png, beside some on a label")
+    add_dark_spare_argument(ap)
     args = ap.parse_args()
+    dark_spare = apply_dark_spare(args.dark_spare)
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     params = PickParams(threshold=args.threshold, repick=parse_bool(args.crowded, "--crowded"))
     estimate = parse_bool(args.estimate_size, "--estimate_size")
     spacing = parse_bool(args.spacing, "--spacing")
     figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "spacing": spacing,
-               "crowded": params.repick,
+               "crowded": params.repick, "dark_spare": dark_spare,
                "lowpass_sigma_px": args.lowpass,
                "sets": {}}
     for rs in real_sets(args.sets):

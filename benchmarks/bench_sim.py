@@ -30,8 +30,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import (Micrograph, best_head_ious, best_threshold, fmt, job_diameter, particle_mask_ious, picks_from_maps,
-                    run_log, score, segment_all, write_json)
+from common import (Micrograph, add_dark_spare_argument, apply_dark_spare, best_head_ious, best_threshold, fmt,
+                    job_diameter, particle_mask_ious, picks_from_maps, run_log, score, segment_all, write_json)
 from relion_pixer import NET_DIAMETER_PX
 from relion_pixer.evaluate import match_picks
 from relion_pixer.models import load_pretrained
@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--map_odds", type=float, default=PickParams.map_odds)
     ap.add_argument("--families", nargs="+", help="only these particle shape families (relion_pixer.simulate."
                     "ALL_FAMILIES), e.g. elongated cylinder, or smooth; default: the default mix")
+    add_dark_spare_argument(ap)
     args = ap.parse_args()
+    dark_spare = apply_dark_spare(args.dark_spare)
     torch.set_num_threads(args.threads)
     models = load_pretrained(args.model)
     d = args.diameter
@@ -133,6 +135,7 @@ def main() -> None:
         "defocus_um": args.defocus if args.defocus is not None else "drawn",
         "families": args.families or "all",
         "map_threshold": args.map_threshold,
+        "dark_spare": dark_spare,
         "map_relative": args.map_relative,
         "map_odds": args.map_odds,
         "seed": args.seed,

@@ -402,3 +402,20 @@ def best_threshold(picks, mics: list[Micrograph], radius_px: float, candidates) 
 
 def fmt(name: str, s: dict) -> str:
     return f"{name:28s} precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  ({s['picks']} picks, {s['truth']} true)"
+
+
+def add_dark_spare_argument(ap) -> None:
+    """``--dark_spare``: the decision's :data:`relion_pixer.decide.DARK_SPARE` for this run (``default``: as shipped,
+    ``off``, or a number); :func:`apply_dark_spare` sets it."""
+    ap.add_argument("--dark_spare", default="default",
+                    help="the particle veto's dark spare (relion_pixer.decide.DARK_SPARE): default (as shipped), off, "
+                         "or the floor in robust sds")
+
+
+def apply_dark_spare(value: str):
+    """Set :data:`relion_pixer.decide.DARK_SPARE` from ``--dark_spare`` and return the value in force."""
+    from relion_pixer import decide
+
+    if value != "default":
+        decide.DARK_SPARE = None if value == "off" else float(value)
+    return decide.DARK_SPARE

@@ -215,7 +215,11 @@ def pick_from_map(net_image: np.ndarray, prob, factors: tuple[float, float], dia
     cand_xy, cand_score = cand_xy[passed], cand_score[passed]
     probs = classify.classify_candidates(models.classifier, net_image, cand_xy, device=params.device,
                                          batch_size=params.batch_size)
-    decision = decide.decide(cand_score, probs, params.threshold, int(params.max_particles))
+    darkness = None
+    if decide.DARK_SPARE is not None and len(cand_xy):
+        hp = preprocess.highpass(net_image, 2 * NET_DIAMETER_PX)
+        darkness = preprocess.darkness_at(hp, NET_DIAMETER_PX, cand_xy)
+    decision = decide.decide(cand_score, probs, params.threshold, int(params.max_particles), darkness=darkness)
     vetoed = int(np.count_nonzero((cand_score >= params.threshold) & (decision.fom < params.threshold)))
     fom = decision.fom[decision.keep]
     xy = preprocess.to_original(cand_xy[decision.keep], factors)

@@ -74,6 +74,56 @@ def test_the_contamination_veto_has_no_say_where_the_classifier_calls_the_partic
         decide.contamination_trust([0.1, 0.2, 0.3], [0.1, 0.2])
 
 
+def test_the_dark_spare_lifts_the_particle_veto_only_where_the_classifier_calls_a_dark_candidate_background():
+    """Faint particles of a kind the classifier never saw: it calls them background, but the image there is as dark
+    as at the map's surest candidates. Empty ice (not dark) and what it calls contamination stay vetoed."""
+    s = np.linspace(0.3, 1.0, 20)
+    p = np.full(20, 0.99)  # sure of the particles: full trust
+    c = np.full(20, 0.005)
+    dark = np.linspace(1.0, 2.0, 20)  # the reference (better half): median 1.76, robust sd about 0.19
+    p[2] = p[3] = p[4] = 0.05  # called background (P(background) 0.945) ...
+    dark[2] = 1.7  # ... and as dark as the reference: spared
+    dark[3] = 1.0  # ... but empty ice: 4 robust sds lighter than the reference
+    p[4], c[4] = 0.05, 0.9  # called contamination
+    probs = _probs(p, c)
+    spared = decide.dark_spared(s, probs, dark, -1.0)
+    assert list(np.flatnonzero(spared & (p < 0.5))) == [2]
+    assert not decide.dark_spared(s, probs, dark, None).any()  # off
+    off = decide.decide(s, probs, threshold=0.1, darkness=dark)  # DARK_SPARE None: as without darkness
+    np.testing.assert_allclose(off.fom, decide.decide(s, probs, threshold=0.1).fom)
+    decide_on = decide.figure_of_merit(s, p, 1.0, p_contamination=c, spared=spared)
+    assert decide_on[2] == s[2] and decide_on[3] == 0.0 and decide_on[4] == 0.0
+    with pytest.raises(ValueError, match="20 map scores, 20 classifier probabilities and 3 darknesses"):
+        decide.dark_spared(s, probs, dark[:3], -1.0)
+
+
+def test_decide_reads_the_dark_spare_when_called(monkeypatch):
+    s = np.linspace(0.3, 1.0, 20)
+    p = np.full(20, 0.99)
+    p[2] = 0.05
+    dark = np.linspace(1.0, 2.0, 20)
+    dark[2] = 1.8
+    monkeypatch.setattr(decide, "DARK_SPARE", -1.0)
+    d = decide.decide(s, _probs(p, np.full(20, 0.005)), threshold=0.1, darkness=dark)
+    assert d.fom[2] == s[2] and 2 in d.keep
+    assert decide.decide(s, _probs(p, np.full(20, 0.005)), threshold=0.1).fom[2] == 0.0  # no darkness: no spare
+
+
+def test_pick_from_map_gives_the_decision_the_darkness_only_when_the_spare_is_on(monkeypatch):
+    from relion_pixer import pipeline
+
+    seen = []
+    real = decide.decide
+    monkeypatch.setattr(decide, "decide", lambda *a, darkness=None, **k: seen.append(darkness) or real(*a, **k))
+    (sim, angpix), = _simulate(424242, "globular", n=1, size=512)
+    models = load_pretrained()
+    seg = segment_micrograph(sim.image, angpix, 64.0 * angpix, models)
+    pipeline.pick_from_map(*seg, 64.0 * angpix, models, PickParams())
+    monkeypatch.setattr(decide, "DARK_SPARE", -1.0)
+    r = pipeline.pick_from_map(*seg, 64.0 * angpix, models, PickParams(threshold=0.0))
+    assert seen[0] is None and seen[1] is not None and len(seen[1]) == len(r.xy) > 0
+
+
 def test_trust_grows_with_agreement_and_the_figure_of_merit_never_exceeds_the_map_score():
     s = np.linspace(0.2, 1.0, 40)
     trusts = []
