@@ -18,7 +18,7 @@ the cut complete the labels, and both pickers are scored again against the compl
 blob, which is what the LoG looks for, so the completed figures favour the LoG. Usage::
 
     python benchmarks/bench_real.py [--model FILE] [--split test] [--sets NAME ...] [--no_sweep]
-        [--estimate_size No] [--spacing No] [--lowpass SIGMA] [--json OUT] [--picture PNG]
+        [--estimate_size No] [--spacing No] [--lowpass SIGMA] [--bin N] [--json OUT] [--picture PNG]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (add_dark_spare_argument, apply_dark_spare, best_threshold, fmt, job_and_candidates, job_sizes,
-                    lowpass, real_sets, run_log, score, segment_all, write_json)
+from common import (add_dark_spare_argument, apply_dark_spare, best_threshold, binned, fmt, job_and_candidates,
+                    job_sizes, lowpass, real_sets, run_log, score, segment_all, write_json)
 from relion_pixer.evaluate import match_picks, pooled_average_precision
 from relion_pixer.models import load_pretrained
 from relion_pixer.pipeline import PickParams
@@ -252,11 +252,11 @@ def pooled(scores: list[dict]) -> dict:
 
 
 def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep: bool, picture_path=None,
-              lowpass_sigma: float = 0.0, spacing: bool | None = None, gallery_dir=None) -> dict:
-    radius = rs.radius_px
-    tune = lowpass(rs.micrographs("train", "valid"), lowpass_sigma)
+              lowpass_sigma: float = 0.0, spacing: bool | None = None, gallery_dir=None, bin_factor: int = 1) -> dict:
+    radius = rs.radius_px / bin_factor
+    tune = lowpass(binned(rs.micrographs("train", "valid"), bin_factor), lowpass_sigma)
     log_t, _ = best_threshold(run_log(tune, rs.diameter_A, threshold=0.5), tune, radius, np.arange(0.5, 6.01, 0.25))
-    mics = lowpass(rs.micrographs(split), lowpass_sigma)
+    mics = lowpass(binned(rs.micrographs(split), bin_factor), lowpass_sigma)
     t0 = time.time()
     picks, every, d_used, est_A = pixer_picks(mics, rs.diameter_A, models, params, estimate, spacing)
     seconds = (time.time() - t0) / len(mics)
@@ -270,7 +270,7 @@ def bench_set(rs, models, params: PickParams, split: str, estimate: bool, sweep:
                                               axis=1)]) for m in mics]
     out = {
         "title": rs.title, "split": split, "micrographs": len(mics), "diameter_A": rs.diameter_A,
-        "angpix": rs.angpix, "radius_px": radius, "diameter_picked_at_A": d_used,
+        "angpix": rs.angpix * bin_factor, "radius_px": radius, "diameter_picked_at_A": d_used,
         "size_estimate_A": est_A, "size_estimate_error": est_A / rs.diameter_A - 1.0 if est_A else None,
         "pixer": score(picks, mics, radius), "log": score(log, mics, radius), "log_threshold_from_train_valid": log_t,
         "pixer_labels_inside": score(picks, inside, radius), "log_labels_inside": score(log, inside, radius),
@@ -344,6 +344,8 @@ def main() -> None:
                     "masked out (crowded)")
     ap.add_argument("--no_sweep", action="store_true", help="skip the diameter sweep")
     ap.add_argument("--lowpass", type=float, default=0.0, help="Gaussian sd (micrograph px) applied to every micrograph")
+    ap.add_argument("--bin", type=int, default=1, help="bin every micrograph by this factor first, as a user's binned "
+                    "micrographs (pixel size times the factor; the lowpass sd is in binned pixels)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--picture", help="draw the first incompletely labelled set's first micrograph into this PNG")
@@ -359,13 +361,13 @@ def main() -> None:
     spacing = parse_bool(args.spacing, "--spacing")
     figures = {"split": args.split, "threshold": args.threshold, "estimate_size": estimate, "spacing": spacing,
                "crowded": params.repick, "dark_spare": dark_spare,
-               "lowpass_sigma_px": args.lowpass,
+               "lowpass_sigma_px": args.lowpass, "bin": args.bin,
                "sets": {}}
     for rs in real_sets(args.sets):
         r = bench_set(rs, models, params, args.split, estimate, not args.no_sweep,
                       args.picture if args.picture and not any("completed_labels" in v for v in
                                                                figures["sets"].values()) else None, args.lowpass,
-                      spacing, args.gallery)
+                      spacing, args.gallery, args.bin)
         figures["sets"][rs.name] = r
         report(rs.name, r)
     sets = figures["sets"].values()

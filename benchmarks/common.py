@@ -104,6 +104,23 @@ def lowpass(mics, sigma: float):
     return mics
 
 
+def binned(mics, factor: int):
+    """The micrographs binned by ``factor`` (means over ``factor x factor`` pixels, the edge rows and columns that do
+    not fill a bin dropped), as a user's binned micrographs are: pixel size times ``factor``, labels in the binned
+    pixels (unchanged when 1)."""
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"the binning factor must be a whole number >= 1, got {factor}")
+    if factor == 1:
+        return mics
+    out = []
+    for m in mics:
+        h, w = (m.image.shape[0] // factor) * factor, (m.image.shape[1] // factor) * factor
+        image = m.image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float64)
+        out.append(Micrograph(m.name, image.astype(np.float32), m.angpix * factor, (m.truth + 0.5) / factor - 0.5))
+    return out
+
+
 def tuning_splits(text: str) -> list[str]:
     """``--splits`` of the tuning scripts: comma-separated real-set splits, train and/or valid only (the test splits
     are for reporting); an argparse type."""

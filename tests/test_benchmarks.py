@@ -314,6 +314,22 @@ def test_score_pools_the_counts_and_the_centring_of_the_matched_picks(bench_modu
     assert np.isnan(common.score([(np.zeros((0, 2)), np.zeros(0))], mics[:1], 5.0)["median_distance_px"])
 
 
+def test_binned_micrographs_keep_each_label_on_its_particle(bench_modules):
+    """``bench_real.py --bin``: means over bins, pixel size times the factor, and a label at the centre of a particle
+    stays at its centre in binned pixels (pixel centres at integers, as the coordinates)."""
+    common, _ = bench_modules
+    image = np.zeros((10, 13), np.float32)
+    image[4:8, 4:8] = 1.0  # a 4 px particle centred at (5.5, 5.5)
+    m = common.Micrograph("a", image, 1.5, np.array([[5.5, 5.5]]))
+    (b,) = common.binned([m], 2)
+    assert b.image.shape == (5, 6) and b.angpix == 3.0  # the 13th column does not fill a bin
+    np.testing.assert_allclose(b.image[2:4, 2:4], 1.0)  # the particle: binned pixels 2-3, centre 2.5
+    np.testing.assert_allclose(b.truth, [[2.5, 2.5]])
+    assert common.binned([m], 1)[0] is m
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        common.binned([m], 0)
+
+
 def test_an_ensemble_of_one_network_twice_picks_as_the_network_and_missing_members_are_named(tmp_path, monkeypatch,
                                                                                             bench_modules):
     """bench_ensemble.py on two small sets under the real sets' names: the mean of a network's logits with its own
