@@ -19,6 +19,19 @@ $PY bench_decision.py --json results/decision.json
 $PY bench_decision.py --seed 890000 --json results/decision_seed890000.json  # fresh seeds: the ice-and-carbon rule
 $PY bench_decision.py --n 4 --json results/decision_n4.json
 $PY bench_decision.py --families shell --json results/decision_shell.json  # thin-walled shells, a family no network saw
+# the particle veto's dark spare, on and off, by its rule (session 29; left off)
+for sp in -1 off; do
+  n=$([ $sp = off ] && echo off || echo on)
+  $PY bench_decision.py --families shell --seed 910000 --dark_spare $sp --json results/dark_spare/shell_$n.json
+  $PY bench_decision.py --seed 900000 --dark_spare $sp --json results/dark_spare/decision_$n.json
+  $PY bench_real.py --split test --dark_spare $sp --json results/dark_spare/real_$n.json
+  $PY bench_real.py --split test --no_sweep --sets empiar10028_ribosome80S --model ../runs/loso_apoferritin_only/model.pt --dark_spare $sp --json results/dark_spare/real_loso_rib_$n.json
+  $PY bench_real.py --split test --no_sweep --sets empiar10146_apoferritin --model ../runs/loso_ribosome_only/model.pt --dark_spare $sp --json results/dark_spare/real_loso_apo_$n.json
+  for snr in 0.1 0.01; do $PY bench_sim.py --snr $snr --dark_spare $sp --json results/dark_spare/sim_snr${snr}_$n.json; done
+done
+# binned micrographs; the contrast check (micrographs with light particles)
+for b in 2 4; do $PY bench_real.py --split test --bin $b --no_sweep --json results/real_test_bin$b.json; done
+$PY bench_polarity.py --picks --json results/polarity.json
 # self-training in the job (adapt Yes): before / after on every real set and an unseen simulated family; its cost
 $PY bench_adapt.py --sim 4 --json results/adapt.json
 $PY bench_adapt.py --cost --json results/adapt_cost.json

@@ -872,8 +872,9 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if opts.write_maps and picked_before and plan.todo:
                 log.info(f" + write_maps: pictures and maps for the {len(plan.todo)} micrograph(s) picked now; the "
                          f"{picked_before} picked before keep what their run wrote")
-            networks = (_size_models(opts, pick_fn)
-                        if plan.todo and (opts.estimate_size or opts.check_spacing or opts.adapt) else None)
+            networks = _size_models(opts, pick_fn) if plan.todo else None  # the checks before picking
+            if plan.todo and networks is not None:
+                _check_contrast(plan.entries, opts, networks, log)
             if plan.todo and opts.estimate_size:
                 diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
             spaced = False
@@ -1037,9 +1038,10 @@ def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: 
 
 
 def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
-    """``(models, device)`` for the size estimate: the default picker's networks, or the shipped (or ``--model``)
-    ones on rank 0's device; None for a stand-in picker without networks (the diameter given is used)."""
-    if opts.threads:  # the estimate, the spacing check and adapt run here, before picking: j bounds them too
+    """``(models, device)`` for the checks before picking (contrast, size estimate, spacing, adapt): the default
+    picker's networks, or the shipped (or ``--model``) ones on rank 0's device; None for a stand-in picker without
+    networks (the checks are skipped and the diameter given is used)."""
+    if opts.threads:  # the checks run here, before picking: j bounds them too
         import torch
 
         torch.set_num_threads(opts.threads)
@@ -1064,6 +1066,29 @@ def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict |
 
 #: What the stages before picking say when no micrograph of the job could be read.
 _NONE_READ = "no micrograph of the job could be read (the reasons are listed at the end of run.out)"
+
+
+def _check_contrast(entries, opts: JobOptions, models_device, log: _Log) -> None:
+    """Say in run.out how sure the networks are of particles in the job's first micrographs as given and negated
+    (:func:`relion_pixer.size.check_contrast`, at the diameter given), and warn in run.err when the micrographs look
+    contrast-inverted: particles lighter than the background where the networks expect them dark."""
+    from relion_pixer import size
+
+    models, device = models_device
+    t0 = time.perf_counter()
+    check = size.check_contrast(size.first_micrographs(entries, opts.invert), opts.particle_diameter, models, device)
+    if not check.micrographs:
+        return  # nothing could be read or segmented: the size estimate and the picking say why
+    how = "as given" + (" (inverted: invert Yes)" if opts.invert else "")
+    log.info(f" + contrast: the networks' confidence in particles {check.as_given:.1f} (log-odds) {how}, "
+             f"{check.negated:.1f} with the contrast negated ({check.micrographs} micrograph(s), "
+             f"{time.perf_counter() - t0:.1f} s)")
+    if check.inverted:
+        log.warn(f"the particles look lighter than the background: the networks see particles in the first "
+                 f"micrograph(s) with the contrast negated (confidence {check.negated:.1f}) far better than as "
+                 f"{'inverted by invert Yes' if opts.invert else 'given'} ({check.as_given:.1f}); they expect dark "
+                 f"particles, as in cryo-EM. If the particles are light (negative stain, an inverted export), set "
+                 f"invert {'No' if opts.invert else 'Yes'}")
 
 
 def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> float:

@@ -17,6 +17,10 @@ The networks' preferred scale is what they see as one diameter, not a physical s
 diameter on the real sets and 0.65x-0.91x on simulated ones, so the estimate reported is that scale times
 :data:`CALIBRATION` (fitted on the real sets' train + valid micrographs). Clean, compact particles still read small
 (about 0.75x on simulated micrographs at SNR 3; ``docs/benchmarks.md``).
+
+The same networks tell whether the particles are dark, as they learned them: :func:`check_contrast` compares their
+confidence on a few micrographs as given and negated, and the job warns when the negated ones look like particles and
+the micrographs do not (negative stain, an inverted export: ``invert Yes``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from relion_pixer import NET_DIAMETER_PX
 
 __all__ = ["FACTORS", "ESTIMATE_WEIGHT", "CALIBRATION", "SPACING_FLOOR", "SizeEstimate", "Spacing", "confidence",
            "upper_half_log_odds", "first_micrographs", "estimate_diameter", "picking_diameter", "pick_spacing",
-           "spacing_diameter", "check_spacing"]
+           "spacing_diameter", "check_spacing", "CONTRAST_MARGIN", "CONTRAST_FLOOR", "Contrast", "check_contrast"]
 
 #: Scales of the given diameter tried (14 steps, 9.5 % apart, 0.55x to 1.8x).
 FACTORS = tuple(float(f) for f in np.exp(np.linspace(np.log(0.55), np.log(1.8), 14)))
@@ -352,3 +356,86 @@ def check_spacing(micrographs, diameter_A: float, models, device: str = "cpu", f
             break
         d = new
     return Spacing(d, float(diameter_A), spacing, n)
+
+
+#: The contrast check (:func:`check_contrast`) calls the micrographs inverted when the networks' confidence on the
+#: negated micrographs exceeds that on them as given by more than this (log-odds) ...
+CONTRAST_MARGIN = 1.0
+#: ... and is above this: the networks see particles there at all. Set from the confidences of session 29 (a ``/tmp``
+#: measurement at the set's diameter): the 19 shared real micrographs, as given 3.67-4.23 and negated -1.22-1.90 (the
+#: hollow apoferritin shells read 0.86-1.90 negated); 30 simulated micrographs, SNR 0.01-3, six families, negated at
+#: most 0.15 above as given and then both below 0, and above 0 negated only for thin shells at SNR 3 (1.23, against
+#: 4.33 as given). So every real micrograph, negated, would be called inverted (by at least 2.2), and none as given.
+CONTRAST_FLOOR = 0.0
+
+
+class Contrast(NamedTuple):
+    """Result of :func:`check_contrast`.
+
+    Attributes
+    ----------
+    as_given : float
+        The networks' mean confidence (:func:`confidence`) on the micrographs as given (NaN: none measured).
+    negated : float
+        The same on the negated micrographs.
+    micrographs : int
+        Micrographs measured.
+    """
+
+    as_given: float
+    negated: float
+    micrographs: int
+
+    @property
+    def inverted(self) -> bool:
+        """Whether the networks see particles clearly better in the negated micrographs (:data:`CONTRAST_MARGIN`,
+        :data:`CONTRAST_FLOOR`): particles lighter than the background, where they expect them dark."""
+        return bool(np.isfinite(self.as_given) and np.isfinite(self.negated)
+                    and self.negated > self.as_given + CONTRAST_MARGIN and self.negated > CONTRAST_FLOOR)
+
+
+def check_contrast(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, models,
+                   device: str = "cpu") -> Contrast:
+    """How sure the networks are of particles in a few micrographs as given and negated, at ``diameter_A``.
+
+    The networks learned cryo-EM contrast, particles darker than the background. Negative stain, or an export with
+    the contrast inverted, shows them light; the networks then see little in the micrographs as given and particles
+    in the negated ones. Each micrograph is cropped to its centre as for :func:`estimate_diameter` (at scale 1) and
+    segmented both ways; the confidences are averaged over the micrographs.
+
+    Parameters
+    ----------
+    micrographs : iterable of (image, angpix)
+        A few micrographs, each with its pixel size; read one at a time.
+    diameter_A : float
+        The particle diameter (Angstrom).
+    models : relion_pixer.models.PixerModels
+        The networks, on ``device``.
+    device : str
+
+    Returns
+    -------
+    Contrast
+    """
+    from relion_pixer.pipeline import segment_micrograph
+
+    diameter_A = float(diameter_A)
+    values: tuple[list, list] = ([], [])
+    n = 0
+    for image, angpix in micrographs:
+        crop = np.asarray(_centre_crop(image, MAX_NET_SIDE * diameter_A / (NET_DIAMETER_PX * float(angpix))),
+                          dtype=np.float32)
+        measured = False
+        for k, img in enumerate((crop, -crop)):
+            try:
+                _, prob, _ = segment_micrograph(img, angpix, diameter_A, models, device)
+            except ValueError:  # too small or too large at this diameter
+                continue
+            value = confidence(prob)
+            del prob
+            if np.isfinite(value):
+                values[k].append(value)
+                measured = True
+        n += measured
+    as_given, negated = (float(np.mean(v)) if v else float("nan") for v in values)
+    return Contrast(as_given, negated, n)

@@ -187,6 +187,20 @@ def test_the_decision_keeps_a_family_the_networks_never_saw(models):
     assert kept >= 0.95 * found_map
 
 
+def test_the_contrast_check_tells_dark_particles_from_light_ones(models):
+    """Negative stain or an inverted export: the networks see particles in the negated micrographs, not as given."""
+    from relion_pixer import size
+
+    mics = [(sim.image, angpix) for sim, angpix in _simulate(606060, "globular", n=2, size=512)]
+    dark = size.check_contrast(iter(mics), 128.0, models)
+    light = size.check_contrast(((-image, angpix) for image, angpix in mics), 128.0, models)
+    assert dark.micrographs == light.micrographs == 2
+    assert dark.as_given > size.CONTRAST_FLOOR and not dark.inverted
+    assert light.inverted and light.negated == pytest.approx(dark.as_given, abs=1e-6)
+    assert not size.Contrast(float("nan"), 3.0, 0).inverted
+    assert not size.Contrast(-2.0, -0.5, 1).inverted  # surer negated, but of no particle: not called inverted
+
+
 def test_the_size_estimate_follows_the_data_not_the_diameter_given(models):
     """Micrographs of 64 px globular particles, the diameter given 0.8x or 1.25x the true one: the two estimates
     agree within 5 %, so what run.out reports does not depend on the diameter given. The estimate is the size the

@@ -673,6 +673,38 @@ def test_invert_gives_the_networks_dark_particles(tmp_path, monkeypatch):
     assert np.array_equal(yes, inverted) and np.array_equal(no, plain)
 
 
+def test_micrographs_with_light_particles_are_named_in_run_err(tmp_path, monkeypatch):
+    """The contrast check: the networks (a stand-in picker that carries them, so that the checks before picking run)
+    see particles in the negated micrographs only, and run.err says to set invert; with invert set as it should be,
+    or on cryo-EM contrast, nothing is said."""
+    from relion_pixer.models import load_pretrained
+    from relion_pixer.simulate import random_config, simulate_micrograph
+
+    root = made_project(tmp_path / "p", n=1)
+    monkeypatch.chdir(root)
+    rng = np.random.default_rng(707)
+    cfg = random_config(rng, snr=1.0, particle_diameter_px=64.0, families="globular", empty=False, n_ice=0,
+                        carbon_edge=False, density=0.2, angpix=1.5)
+    image = simulate_micrograph(rng, shape=(512, 512), **cfg).image.astype(np.float32)
+
+    class WithNetworks(FakePicker):
+        models = load_pretrained()
+
+    out_dir = root / "External/job012"
+    for sign, flag, warned in ((-1, "", "invert Yes"), (-1, " --invert Yes", None), (1, "", None),
+                               (1, " --invert Yes", "invert No")):
+        write_mrc(root / "MotionCorr/job002/Movies/mic_000.mrc", sign * image, 1.5)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        rc, out, err = run(RELION_CMD.replace("150", "96") + " --estimate_size No --check_spacing No" + flag,
+                           WithNetworks())
+        assert rc == 0, err
+        assert " + contrast: the networks' confidence in particles" in out
+        if warned:
+            assert "the particles look lighter than the background" in err and f"set {warned}" in err
+        else:
+            assert "lighter than the background" not in err
+
+
 def test_a_diameter_in_nm_is_refused_instead_of_upsampling(tmp_path, monkeypatch):
     """15 (nm, meant as 150 A) makes a 10 px particle at 1.5 A/px: refused per micrograph with the likely cause."""
     root = made_project(tmp_path / "p", n=2)
