@@ -7,9 +7,10 @@ image's median level after normalisation. The boxes go through the classifier in
 logits gives P(background), P(particle), P(contamination) in the class order of :mod:`relion_pixer`. (Measured and
 not used: the candidates sharing one pass of the classifier's trunk over the whole image, :data:`CONTEXT`.)
 
-Figure of merit: ``fom = P(particle)`` in [0, 1], higher is better. A candidate is kept when
-``fom >= threshold``; the kept ones are sorted by decreasing fom (equal foms keep the input order) and at most
-``max_particles`` are returned.
+:func:`filter_candidates`, the paper's hard veto (kept for comparison; the picking job's figure of merit is
+:mod:`relion_pixer.decide`'s instead): ``fom = P(particle)`` in [0, 1], higher is better. A candidate is kept when
+``fom >= threshold`` (default 0.6); the kept ones are sorted by decreasing fom (equal foms keep the input order) and
+at most ``max_particles`` (default 500) are returned.
 """
 
 from __future__ import annotations

@@ -1213,12 +1213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", help="start from this model file (default for fine-tuning: the shipped weights)")
     parser.add_argument("--particle_diameter", type=float, help="particle diameter in A for --from-labels (default: as measured by `labels`)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", "--j", type=int, dest="threads")
-    parser.add_argument("--cls_steps", type=int)
-    parser.add_argument("--seg_steps", type=int)
-    parser.add_argument("--sim_train", type=int)
-    parser.add_argument("--sim_valid", type=int)
+    parser.add_argument("--seed", type=int, help="random seed (default: the config's, else 0)")
+    parser.add_argument("--threads", "--j", type=int, dest="threads",
+                        help="CPU threads (default: the config's, else torch's own: all cores)")
+    parser.add_argument("--cls_steps", type=int,
+                        help="classifier training steps (default: the config's; without one 1500, or 300 with --from-labels)")
+    parser.add_argument("--seg_steps", type=int,
+                        help="segmenter training steps (default: the config's; without one 3000, or 600 with --from-labels)")
+    parser.add_argument("--sim_train", type=int,
+                        help="simulated training micrographs (default: the config's; without one 400, or 200 with --from-labels)")
+    parser.add_argument("--sim_valid", type=int,
+                        help="simulated validation micrographs per SNR (default: the config's; without one 24, or 8 with "
+                        "--from-labels)")
     args = parser.parse_args(argv)
     from relion_pixer.labels import LabelError
 

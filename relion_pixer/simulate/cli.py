@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dose", type=_positive(float), default=None,
                    help="physical dose in e/A^2 instead of a target SNR (the SNR is then reported in truth.json)")
-    p.add_argument("--diameter", type=_positive(float), default=None, help="particle diameter in A")
+    p.add_argument("--diameter", type=_positive(float), default=None,
+                   help="particle diameter in A (default: 300 for the ribosome family, else drawn from the family's own "
+                   "size range; with --model, the model's own size)")
     p.add_argument("--family", choices=ALL_FAMILIES, default=None, help="procedural particle shape (default ribosome)")
     p.add_argument("--model", default=None, help="atomic model file (PDB/mmCIF, may be gzipped) to use as the particle")
     p.add_argument("--defocus", type=_positive(float), nargs=2, default=[0.8, 3.5], metavar=("MIN", "MAX"),
