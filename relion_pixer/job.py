@@ -867,8 +867,10 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
         try:
             plan = _start(opts, log, odir, job_dir)
             picked_before = len(plan.entries) - len(plan.todo)
+            todo_names = {e.name for e, _ in plan.todo}
+            kept_names = [e.name for e in plan.entries if e.name not in todo_names]
             earlier = _earlier_picking(job_dir) if picked_before else None
-            _note_settings(earlier, opts, picked_before, len(plan.todo), log)
+            _note_settings(earlier, opts, kept_names, len(plan.todo), log)
             if opts.write_maps and picked_before and plan.todo:
                 log.info(f" + write_maps: pictures and maps for the {len(plan.todo)} micrograph(s) picked now; the "
                          f"{picked_before} picked before keep what their run wrote")
@@ -884,7 +886,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if plan.todo and opts.adapt:
                 pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir, spaced)
             if plan.todo:
-                _note_picking(job_dir, opts, diameter, model, earlier, picked_before, log)
+                _note_picking(job_dir, opts, diameter, model, earlier, kept_names, [e.name for e, _ in plan.todo], log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu:
@@ -1200,34 +1202,62 @@ def _pick_settings(opts: JobOptions) -> dict:
 
 
 def _earlier_picking(job_dir: Path) -> dict | None:
-    """What an earlier run of the job picked with (:data:`PICKING_FILE`: the diameters picked at and given, the
-    networks and the settings; for a job begun before that file, its :data:`SIZE_FILE`'s diameters), or None."""
+    """What earlier runs of the job picked with (:data:`PICKING_FILE`: the last run's diameters picked at and given,
+    networks and settings, and under ``runs`` each run's with the micrographs it picked; for a job begun before that
+    file, its :data:`SIZE_FILE`'s diameters), or None."""
     for name in (PICKING_FILE, SIZE_FILE):
         try:
             kept = json.loads((job_dir / name).read_text())
-            settings = kept.get("settings")
-            return {"given_A": float(kept["given_A"]), "picking_A": float(kept["picking_A"]),
-                    "networks": str(kept.get("networks") or "") or None,
-                    "settings": settings if isinstance(settings, dict) else None}
+            out = _picking_record(kept)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
+        runs = kept.get("runs") if name == PICKING_FILE else None
+        try:
+            out["runs"] = [dict(_picking_record(r), micrographs=[str(m) for m in r["micrographs"]]) for r in runs]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            out["runs"] = None  # a file written before runs were kept: every kept micrograph is the last run's
+        return out
     return None
 
 
-def _note_settings(earlier: dict | None, opts: JobOptions, picked_before: int, left: int, log: _Log) -> None:
-    """Warn when the micrographs an earlier run of the job picked (their coordinate files are kept) were picked with
-    other settings than this run's (:data:`PICK_SETTINGS`; the diameter given only when nothing is left to pick:
-    otherwise :func:`_note_picking` compares the diameters picked at)."""
-    if earlier is None or not picked_before or not earlier.get("settings"):
+def _picking_record(kept: dict) -> dict:
+    """One run's record of :data:`PICKING_FILE` (or a :data:`SIZE_FILE`) as the notes below read it."""
+    settings = kept.get("settings")
+    return {"given_A": float(kept["given_A"]), "picking_A": float(kept["picking_A"]),
+            "networks": str(kept.get("networks") or "") or None,
+            "settings": settings if isinstance(settings, dict) else None}
+
+
+def _picked_by(earlier: dict, kept_names: list[str]) -> list[tuple[dict, int]]:
+    """``(run record, micrographs)`` for each earlier run that picked some of the kept micrographs, in run order: a
+    micrograph is the last run's that lists it, and one no run lists (picked before runs were kept) the last run's."""
+    runs = earlier.get("runs") or [dict({k: earlier[k] for k in ("given_A", "picking_A", "networks", "settings")},
+                                        micrographs=[])]
+    whose = {name: k for k, run in enumerate(runs) for name in run["micrographs"]}
+    counts = np.bincount([whose.get(name, len(runs) - 1) for name in kept_names], minlength=len(runs))
+    return [(run, int(n)) for run, n in zip(runs, counts) if n]
+
+
+def _note_settings(earlier: dict | None, opts: JobOptions, kept_names: list[str], left: int, log: _Log) -> None:
+    """Warn when micrographs earlier runs of the job picked (their coordinate files are kept) were picked with other
+    settings than this run's (:data:`PICK_SETTINGS`; the diameter given only when nothing is left to pick: otherwise
+    :func:`_note_picking` compares the diameters picked at), each run's micrographs with its own settings."""
+    if earlier is None or not kept_names:
         return
     now = _pick_settings(opts)
-    changed = [f"{key} {_shown(earlier['settings'][key])} -> {_shown(now[key])}" for key in PICK_SETTINGS
-               if key in earlier["settings"] and earlier["settings"][key] != now[key]
-               and not (key == "particle_diameter" and left)]
-    if not changed:
+    parts = []
+    for run, n in _picked_by(earlier, kept_names):
+        if not run.get("settings"):
+            continue
+        changed = [f"{key} {_shown(run['settings'][key])} -> {_shown(now[key])}" for key in PICK_SETTINGS
+                   if key in run["settings"] and run["settings"][key] != now[key]
+                   and not (key == "particle_diameter" and left)]
+        if changed:
+            parts.append(f"{n} micrograph(s) with other settings ({', '.join(changed)})")
+    if not parts:
         return
-    what = (f"an earlier run of this job picked {picked_before} micrograph(s) with other settings "
-            f"({', '.join(changed)}); their coordinate files are kept")
+    what = (f"{'earlier runs' if len(parts) > 1 else 'an earlier run'} of this job picked {' and '.join(parts)}; "
+            "their coordinate files are kept")
     if left:
         log.warn(f"{what}, and this run picks the other {left} with these. To pick them all with one, {_ADVICE}")
     else:
@@ -1244,22 +1274,40 @@ def _shown(value) -> str:
 
 
 def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str | None, earlier: dict | None,
-                  picked_before: int, log: _Log) -> None:
-    """Warn when an earlier run of the job picked its micrographs at another diameter, or with other networks, than
-    this run will pick the rest with, and keep this run's in :data:`PICKING_FILE`."""
+                  kept_names: list[str], todo_names: list[str], log: _Log) -> None:
+    """Warn when earlier runs of the job picked the kept micrographs at another diameter, or with other networks, than
+    this run will pick the rest (``todo_names``) with, and keep this run's record in :data:`PICKING_FILE`, after the
+    earlier runs' (a run with the same record as the last one joins it)."""
     given_A = opts.particle_diameter
     networks = _networks_id(model)
-    if earlier is not None and abs(earlier["picking_A"] - picking_A) > 0.5:
-        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job at {earlier['picking_A']:.0f} A "
-                 f"(diameter given {earlier['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
-                 f"given {given_A:g} A). To pick them all at one size, {_ADVICE}")
-    if earlier is not None and earlier.get("networks") and earlier["networks"] != networks:
-        log.warn(f"{picked_before} micrograph(s) were picked by an earlier run of this job with other networks "
-                 f"({earlier['networks']}); this run picks the rest with {networks}. To pick them all with one, {_ADVICE}")
+    groups = _picked_by(earlier, kept_names) if earlier is not None and kept_names else []
+    for run, n in groups:
+        if abs(run["picking_A"] - picking_A) > 0.5:
+            log.warn(f"{n} micrograph(s) were picked by an earlier run of this job at {run['picking_A']:.0f} A "
+                     f"(diameter given {run['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
+                     f"given {given_A:g} A). To pick them all at one size, {_ADVICE}")
+        if run.get("networks") and run["networks"] != networks:
+            log.warn(f"{n} micrograph(s) were picked by an earlier run of this job with other networks "
+                     f"({run['networks']}); this run picks the rest with {networks}. To pick them all with one, "
+                     f"{_ADVICE}")
+    this = {"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks,
+            "settings": _pick_settings(opts)}
+    todo = set(todo_names)
+    runs = []  # the earlier runs, each with the kept micrographs it picked (those picked again now are this run's)
+    kept = set(kept_names)
+    for run, _ in groups:
+        names = [m for m in run.get("micrographs", []) if m in kept and m not in todo]
+        if run is groups[-1][0] and earlier is not None and not earlier.get("runs"):
+            names = [m for m in kept_names if m not in todo]  # a file without runs: the kept ones were its run's
+        if names:
+            runs.append(dict(run, micrographs=names))
+    if runs and all(runs[-1][k] == this[k] for k in this):
+        runs[-1]["micrographs"] += [m for m in todo_names if m not in set(runs[-1]["micrographs"])]
+    else:
+        runs.append(dict(this, micrographs=list(todo_names)))
     try:
         with io.atomic_write(job_dir / PICKING_FILE) as fh:
-            json.dump({"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks,
-                       "settings": _pick_settings(opts)}, fh, indent=1)
+            json.dump({**this, "runs": runs}, fh, indent=1)
     except OSError as exc:
         log.warn(f"cannot write {job_dir / PICKING_FILE} ({exc.strerror or exc}): a later Continue cannot tell what "
                  "this run picked with")

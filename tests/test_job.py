@@ -515,6 +515,32 @@ def test_a_rerun_that_keeps_earlier_picks_says_which_settings_picked_them(tmp_pa
     assert rc == 0 and f"with other settings (in_mics {IN_MICS} -> other_mics.star)" in err
 
 
+def test_continue_names_each_earlier_runs_micrographs_with_that_runs_settings(tmp_path, monkeypatch):
+    """Three runs into one job: all three micrographs at the defaults, one picked again at threshold 0.3, then a
+    Continue at the defaults. Only that one was picked otherwise; the record of each run is kept."""
+    root = made_project(tmp_path / "p", n=3)
+    monkeypatch.chdir(root)
+    assert run(RELION_CMD)[0] == 0
+    job_dir = root / "External/job012"
+    sorted(job_dir.rglob("*_autopick.star"))[1].unlink()
+    rc, _, err = run(RELION_CMD + " --threshold 0.3")
+    assert rc == 0 and "picked 2 micrograph(s) with other settings (threshold 0.1 -> 0.3)" in err
+    rc, _, err = run(RELION_CMD + " --continue")
+    assert rc == 0
+    assert ("an earlier run of this job picked 1 micrograph(s) with other settings (threshold 0.3 -> 0.1); their "
+            "coordinate files are kept, and nothing is picked again") in err
+    record = json.loads((job_dir / "pixer_picking.json").read_text())
+    assert [len(r["micrographs"]) for r in record["runs"]] == [2, 1]
+    assert [r["settings"]["threshold"] for r in record["runs"]] == [0.1, 0.3]
+    rc, _, err = run(RELION_CMD + " --threshold 0.5")  # both earlier runs differ: each is named with its count
+    assert ("earlier runs of this job picked 2 micrograph(s) with other settings (threshold 0.1 -> 0.5) and 1 "
+            "micrograph(s) with other settings (threshold 0.3 -> 0.5)") in err
+    # a file written before runs were kept: every kept micrograph is its run's
+    (job_dir / "pixer_picking.json").write_text(json.dumps({k: v for k, v in record.items() if k != "runs"}))
+    rc, _, err = run(RELION_CMD)
+    assert "an earlier run of this job picked 3 micrograph(s) with other settings (threshold 0.3 -> 0.1)" in err
+
+
 def test_on_the_fly_new_micrographs_appended(tmp_path, monkeypatch):
     root = made_project(tmp_path / "p", n=3)
     monkeypatch.chdir(root)
