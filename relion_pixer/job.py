@@ -1228,14 +1228,17 @@ def _picking_record(kept: dict) -> dict:
             "settings": settings if isinstance(settings, dict) else None}
 
 
-def _picked_by(earlier: dict, kept_names: list[str]) -> list[tuple[dict, int]]:
-    """``(run record, micrographs)`` for each earlier run that picked some of the kept micrographs, in run order: a
-    micrograph is the last run's that lists it, and one no run lists (picked before runs were kept) the last run's."""
+def _picked_by(earlier: dict, kept_names: list[str]) -> list[tuple[dict, list[str]]]:
+    """``(run record, its kept micrographs)`` for each earlier run that picked some of the kept micrographs, in run
+    order: a micrograph is the last run's that lists it, and one no run lists (picked before runs were kept) the last
+    run's."""
     runs = earlier.get("runs") or [dict({k: earlier[k] for k in ("given_A", "picking_A", "networks", "settings")},
                                         micrographs=[])]
     whose = {name: k for k, run in enumerate(runs) for name in run["micrographs"]}
-    counts = np.bincount([whose.get(name, len(runs) - 1) for name in kept_names], minlength=len(runs))
-    return [(run, int(n)) for run, n in zip(runs, counts) if n]
+    names: list[list[str]] = [[] for _ in runs]
+    for name in kept_names:
+        names[whose.get(name, len(runs) - 1)].append(name)
+    return [(run, mine) for run, mine in zip(runs, names) if mine]
 
 
 def _note_settings(earlier: dict | None, opts: JobOptions, kept_names: list[str], left: int, log: _Log) -> None:
@@ -1246,7 +1249,8 @@ def _note_settings(earlier: dict | None, opts: JobOptions, kept_names: list[str]
         return
     now = _pick_settings(opts)
     parts = []
-    for run, n in _picked_by(earlier, kept_names):
+    for run, mine in _picked_by(earlier, kept_names):
+        n = len(mine)
         if not run.get("settings"):
             continue
         changed = [f"{key} {_shown(run['settings'][key])} -> {_shown(now[key])}" for key in PICK_SETTINGS
@@ -1281,7 +1285,8 @@ def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str 
     given_A = opts.particle_diameter
     networks = _networks_id(model)
     groups = _picked_by(earlier, kept_names) if earlier is not None and kept_names else []
-    for run, n in groups:
+    for run, mine in groups:
+        n = len(mine)
         if abs(run["picking_A"] - picking_A) > 0.5:
             log.warn(f"{n} micrograph(s) were picked by an earlier run of this job at {run['picking_A']:.0f} A "
                      f"(diameter given {run['given_A']:g} A); this run picks the rest at {picking_A:.0f} A (diameter "
@@ -1292,17 +1297,10 @@ def _note_picking(job_dir: Path, opts: JobOptions, picking_A: float, model: str 
                      f"{_ADVICE}")
     this = {"given_A": float(given_A), "picking_A": float(picking_A), "networks": networks,
             "settings": _pick_settings(opts)}
-    todo = set(todo_names)
-    runs = []  # the earlier runs, each with the kept micrographs it picked (those picked again now are this run's)
-    kept = set(kept_names)
-    for run, _ in groups:
-        names = [m for m in run.get("micrographs", []) if m in kept and m not in todo]
-        if run is groups[-1][0] and earlier is not None and not earlier.get("runs"):
-            names = [m for m in kept_names if m not in todo]  # a file without runs: the kept ones were its run's
-        if names:
-            runs.append(dict(run, micrographs=names))
+    # the earlier runs with the kept micrographs each picked (those picked again now are this run's), then this run
+    runs = [dict(run, micrographs=mine) for run, mine in groups]
     if runs and all(runs[-1][k] == this[k] for k in this):
-        runs[-1]["micrographs"] += [m for m in todo_names if m not in set(runs[-1]["micrographs"])]
+        runs[-1]["micrographs"] += list(todo_names)
     else:
         runs.append(dict(this, micrographs=list(todo_names)))
     try:

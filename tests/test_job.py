@@ -541,6 +541,15 @@ def test_continue_names_each_earlier_runs_micrographs_with_that_runs_settings(tm
     assert "an earlier run of this job picked 3 micrograph(s) with other settings (threshold 0.3 -> 0.1)" in err
 
 
+def test_kept_micrographs_go_to_the_last_run_that_lists_them_or_else_the_last_run():
+    rec = {"given_A": 150.0, "picking_A": 150.0, "networks": None, "settings": {}}
+    runs = [dict(rec, micrographs=["a", "b"]), dict(rec, picking_A=140.0, micrographs=["b", "c"])]
+    groups = job._picked_by({**rec, "runs": runs}, ["a", "b", "c", "d"])
+    assert [(g[0]["picking_A"], g[1]) for g in groups] == [(150.0, ["a"]), (140.0, ["b", "c", "d"])]
+    (legacy, names), = job._picked_by({**rec, "runs": None}, ["a", "b"])
+    assert names == ["a", "b"] and legacy["micrographs"] == [] and "runs" not in legacy
+
+
 def test_on_the_fly_new_micrographs_appended(tmp_path, monkeypatch):
     root = made_project(tmp_path / "p", n=3)
     monkeypatch.chdir(root)
