@@ -78,7 +78,8 @@ CONT_VETO_HIGH = 0.99
 #: The particle veto has no say over a candidate whose map score reaches this (None: it has a say over every one).
 SPARE_MAP: float | None = None
 #: The particle veto has no say over a candidate the classifier calls background rather than contamination whose
-#: darkness is at least this many robust sds from the reference candidates' (None: off; :func:`dark_spared`).
+#: darkness is at least this many robust sds from the reference candidates' (None: off; :func:`dark_spared`). The
+#: first pass only: what the second pass (``crowded``) adds keeps the veto.
 DARK_SPARE: float | None = None
 
 
@@ -160,12 +161,12 @@ def contamination_veto(p_contamination, low: float = CONT_VETO_LOW, high: float 
     return np.clip((p - low) / (high - low), 0.0, 1.0)
 
 
-def dark_spared(map_score, probs, darkness, floor: float | None = DARK_SPARE) -> np.ndarray:
+def dark_spared(map_score, probs, darkness, floor: float | None) -> np.ndarray:
     """Which candidates the particle veto spares: the classifier calls them background rather than contamination
     (``probs``: ``N x 3``, background, particle, contamination) and their ``darkness``
     (:func:`relion_pixer.preprocess.darkness_at`), in robust sds (1.4826 MAD) from the median of the reference
-    candidates' (the map's better half, as for :func:`classifier_trust`), is at least ``floor`` (:data:`DARK_SPARE`;
-    None: no candidate is spared)."""
+    candidates' (the map's better half, as for :func:`classifier_trust`), is at least ``floor`` (:func:`decide` passes
+    :data:`DARK_SPARE`; None: no candidate is spared)."""
     s = np.asarray(map_score, dtype=np.float64).reshape(-1)
     p = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
     dark = np.asarray(darkness, dtype=np.float64).reshape(-1)
