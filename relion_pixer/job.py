@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import io as _stdio
 import json
 import math
 import multiprocessing
@@ -445,7 +446,21 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not torch.cuda.is_available():
         raise UsageError(f"--device {device} was asked for, but no CUDA device is available (use --device cpu)")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UsageError(f"--device {device} was asked for, but there are only {n} CUDA device(s) (cuda:0 to "
+                         f"cuda:{n - 1})")
     return device
+
+
+def _use_device(device: str) -> None:
+    """Make ``device`` the current CUDA device of this process when it names one (``cuda:N``), so that CuPy and the
+    CUDA runtime work there and set up no context on GPU 0 besides."""
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
 
 
 def _load_networks(opts: JobOptions, device: str):
@@ -874,7 +889,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if opts.write_maps and picked_before and plan.todo:
                 log.info(f" + write_maps: pictures and maps for the {len(plan.todo)} micrograph(s) picked now; the "
                          f"{picked_before} picked before keep what their run wrote")
-            networks = _size_models(opts, pick_fn) if plan.todo else None  # the checks before picking
+            networks = _size_models(opts, pick_fn, world) if plan.todo else None  # the checks before picking
             if plan.todo and networks is not None:
                 _check_contrast(plan.entries, opts, networks, log)
             if plan.todo and opts.estimate_size:
@@ -1039,10 +1054,11 @@ def _adapted(plan: _Plan, opts: JobOptions, diameter: float, networks, pick_fn: 
     return None, str(job_dir / adapt.MODEL_FILE), diameter
 
 
-def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
+def _size_models(opts: JobOptions, pick_fn: PickFunction | None, world: parallel.World = parallel.World()):
     """``(models, device)`` for the checks before picking (contrast, size estimate, spacing, adapt): the default
-    picker's networks, or the shipped (or ``--model``) ones on rank 0's device; None for a stand-in picker without
-    networks (the checks are skipped and the diameter given is used)."""
+    picker's networks, or the shipped (or ``--model``) ones on the device rank 0's first worker picks on (``--device``,
+    ``--gpu``: :func:`_devices`, whose warnings the picking gives); None for a stand-in picker without networks (the
+    checks are skipped and the diameter given is used)."""
     if opts.threads:  # the checks run here, before picking: j bounds them too
         import torch
 
@@ -1050,7 +1066,8 @@ def _size_models(opts: JobOptions, pick_fn: PickFunction | None):
     if pick_fn is not None:
         models = getattr(pick_fn, "models", None)
         return None if models is None else (models, getattr(pick_fn, "device", "cpu"))
-    device = _resolve_device(opts.device)
+    device = _devices(opts, world, max(1, opts.workers), _Log(_stdio.StringIO(), _stdio.StringIO()))[0]
+    _use_device(device)
     return _load_networks(opts, device), device
 
 
@@ -1369,7 +1386,11 @@ def _devices(opts: JobOptions, world: parallel.World, workers: int, log: _Log) -
         if opts.gpu and opts.device != "cpu":
             log.warn(f"--gpu {opts.gpu} is ignored: no CUDA device is available, picking on the CPU")
         return ["cpu"] * workers
-    if opts.device.startswith("cuda:") or (opts.gpu is None and world.size == 1 and workers == 1):
+    if opts.device.startswith("cuda:"):
+        if opts.gpu:
+            log.warn(f"--gpu {opts.gpu} is ignored: --device {opts.device} names the device")
+        return [device] * workers
+    if opts.gpu is None and world.size == 1 and workers == 1:
         return [device] * workers
     import torch
 
@@ -1401,6 +1422,7 @@ def _pick_share(share, opts: JobOptions, plan: _Plan, pick_fn: PickFunction | No
             torch.set_num_threads(opts.threads)
         params = dataclasses.replace(params, device=devices[0])
         if pick_fn is None:
+            _use_device(devices[0])
             loaded = networks[0] if networks is not None and networks[1] == devices[0] else None
             pick_fn = _default_pick_fn(opts, devices[0], loaded)
             log.info(f"{label} + networks loaded, running on {_device_words(devices[0])}")
@@ -1557,6 +1579,7 @@ def _worker_init(opts: JobOptions, params: PickParams, pick_fn: PickFunction | N
 
             torch.set_num_threads(threads)
         if pick_fn is None:
+            _use_device(device)
             params = dataclasses.replace(params, device=device)
             pick_fn = _default_pick_fn(opts, device)
     except Exception as exc:  # noqa: BLE001 - reported through the first task

@@ -15,7 +15,9 @@ The PIXER picking step (Zhang et al., BMC Bioinformatics 2019), done on a map at
 3. **Climb.** Every candidate moves, in parallel, to the highest score in its search window
    (``(2h+1) x (2h+1)`` pixels, ``h = round(s/4)``: about one cell), until no candidate moves
    (at most ``max_iter`` moves). Ties keep the first maximum in row-major order and a candidate only moves
-   to a strictly higher score, so the result is deterministic and the same on both backends.
+   to a strictly higher score, so the result is deterministic and, from the same score map, the same on both
+   backends (the smoothing itself differs by about 1e-7 between them: cuFFT against pocketfft, float32 sums on the
+   GPU's direct path; that moves a pick only where it sits on a cut's edge).
 4. **Select.** Converged duplicates merge. A peak is kept when it rises above its window by more than 0.1 % of
    its score (a flat plateau, e.g. a constant map, has no peak), its score is at least ``threshold``, and its centre lies at least ``margin_px``
    inside the image. Of peaks closer than ``min_distance_px`` the higher score is kept (exact greedy
@@ -383,24 +385,35 @@ def _is_cupy(x: Any) -> bool:
 
 
 def _import_cupy():
+    """``import cupy``; any failure (absent, or an installation that breaks on import: a CuPy built for another NumPy
+    or CUDA) as an ImportError that says why."""
     try:
         import cupy
-    except ImportError as exc:  # pragma: no cover - depends on the installation
+    except Exception as exc:  # noqa: BLE001 - re-raised as ImportError: every caller falls back on it
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ImportError(
-            "the CuPy picking backend needs cupy (pip install 'relion-pixer[gpu]'); "
-            "use backend='numpy' or a CPU map instead"
+            f"the CuPy picking backend needs a working cupy (pip install 'relion-pixer[gpu]'); import cupy failed "
+            f"({type(exc).__name__}: {first}); use backend='numpy' or a CPU map instead"
         ) from exc
     return cupy
 
 
 @functools.cache
-def _cupy_available() -> bool:
-    """Whether CuPy imports (asked once per process: a failed import would search ``sys.path`` per micrograph)."""
+def _cupy_import_error() -> str | None:
+    """Why CuPy does not import here (``"ModuleNotFoundError: ..."``), or None when it does (asked once per process: a
+    failed import would search ``sys.path`` per micrograph)."""
     try:
         _import_cupy()
-    except ImportError:
-        return False
-    return True
+    except ImportError as exc:
+        cause = exc.__cause__ or exc
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        return f"{type(cause).__name__}: {first}".rstrip(": ")
+    return None
+
+
+def _cupy_available() -> bool:
+    """Whether CuPy imports (:func:`_cupy_import_error`)."""
+    return _cupy_import_error() is None
 
 
 _WARNED: set = set()
@@ -445,9 +458,11 @@ def _as_backend_array(prob_map: Any, backend: str):
         if backend == "auto" and on_cuda and _CUPY_BROKEN is not None:
             return np, _float32(t.cpu().numpy(), np)
         if backend == "auto" and on_cuda and not _cupy_available():
-            # torch has CUDA but CuPy (the optional [gpu] extra) is absent: climb on the CPU instead of failing
-            _warn_once("CuPy is not installed (pip install 'relion-pixer[gpu]'): the local-maximum search runs on "
-                       "the CPU; segmentation and classification stay on the GPU")
+            # torch has CUDA but CuPy (the optional [gpu] extra) is absent or broken: climb on the CPU, not fail
+            why = _cupy_import_error()
+            _warn_once(("CuPy is not installed (pip install 'relion-pixer[gpu]')"
+                        if why.startswith("ModuleNotFoundError") else f"CuPy is installed but does not import ({why})")
+                       + ": the local-maximum search runs on the CPU; segmentation and classification stay on the GPU")
             return np, _float32(t.cpu().numpy(), np)
         if backend == "cupy" or (backend == "auto" and on_cuda):
             cupy = _import_cupy()

@@ -137,14 +137,17 @@ def _matched(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("repick", [False, True], ids=["one_pass", "crowded_second_pass"])
-def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks(repick):
-    """Segmentation, the climb (CuPy when installed) and the classifier on CUDA against the same chain on the CPU,
-    with and without the second pass of ``crowded Yes``.
+def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks(repick, float32_inference, monkeypatch):
+    """Segmentation, the climb (CuPy when installed) and the classifier on CUDA against the same chain on the CPU
+    (in float32, not the bfloat16 an AMX host would run), with and without the second pass of ``crowded Yes``.
 
     The GPU's convolutions may use TF32 and other kernels, so the maps differ slightly: picks must agree to within
     2 px (95 % of them both ways) and their figures of merit to 0.05.
     """
     torch_, cupy = cuda_or_skip(need_cupy=False)
+    climbs = []
+    real_peaks = picking._peaks_cupy
+    monkeypatch.setattr(picking, "_peaks_cupy", lambda *a, **k: climbs.append(1) or real_peaks(*a, **k))
     from relion_pixer import models, pipeline
     from relion_pixer.pipeline import PickParams
 
@@ -163,7 +166,8 @@ def test_whole_pipeline_on_cuda_picks_what_the_cpu_picks(repick):
             d = np.hypot(cpu.xy[both, None, 0] - gpu.xy[None, :, 0], cpu.xy[both, None, 1] - gpu.xy[None, :, 1])
             np.testing.assert_allclose(gpu.fom[d.argmin(axis=1)], cpu.fom[both], atol=0.05)
     assert total > 0
-    assert picking._CUPY_BROKEN is None  # a working CuPy was used, not the fallback
+    assert picking._CUPY_BROKEN is None  # a working CuPy was used, not the fallback ...
+    assert climbs or cupy is None  # ... and used at all where it is installed
 
 
 @pytest.mark.gpu
@@ -188,3 +192,4 @@ def test_the_job_on_cuda_with_two_workers(tmp_path):
         a = cpu[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
         b = gpu[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
         assert _matched(a, b, 2.0 / 0.32 + 1).mean() >= 0.95  # 2 network pixels in micrograph pixels
+        assert _matched(b, a, 2.0 / 0.32 + 1).mean() >= 0.95 if len(b) else not len(a)  # and no extra GPU picks

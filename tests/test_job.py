@@ -24,7 +24,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from relion_pixer import io, job, preprocess, relion
+from relion_pixer import io, job, parallel, preprocess, relion
 from relion_pixer import size as size_module
 from relion_pixer.pipeline import PickParams, PickResult
 
@@ -738,6 +738,39 @@ def test_micrographs_with_light_particles_are_named_in_run_err(tmp_path, monkeyp
             assert "the particles look lighter than the background" in err and f"set {warned}" in err
         else:
             assert "lighter than the background" not in err
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch told there are two CUDA devices (none is used: what would load networks or set a device is recorded)."""
+    import torch
+
+    current: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
+    monkeypatch.setattr(job, "_load_networks", lambda opts, device: f"networks on {device}")
+    return current
+
+
+def test_the_checks_before_picking_run_on_the_gpu_the_picking_uses(two_gpus):
+    """--gpu 1: the contrast check, size estimate, spacing check and adapt run on cuda:1 as the picking does (they ran
+    on cuda:0, and the picking loaded the networks a second time), with cuda:1 made the current device."""
+    log = job._Log(_stdio.StringIO(), _stdio.StringIO())
+    for argv, want in ((RELION_CMD + " --gpu 1", "cuda:1"), (RELION_CMD + " --gpu 1 --device cuda:0", "cuda:0"),
+                       (RELION_CMD + " --gpu", "cuda:0")):
+        opts = job.parse_args(argv.split())
+        assert job._size_models(opts, None) == (f"networks on {want}", want)
+        assert job._devices(opts, parallel.World(), 1, log) == [want]  # what picking compares it with
+        assert two_gpus[-1] == want
+    assert "--gpu 1 is ignored: --device cuda:0 names the device" in log.err.getvalue()
+
+
+def test_a_cuda_device_beyond_those_present_is_a_usage_error(two_gpus):
+    with pytest.raises(job.UsageError, match=r"--device cuda:2 was asked for, but there are only 2 CUDA device\(s\) "
+                                             r"\(cuda:0 to cuda:1\)"):
+        job._resolve_device("cuda:2")
+    assert job._resolve_device("cuda:1") == "cuda:1" and job._resolve_device("auto") == "cuda"
 
 
 def test_a_diameter_in_nm_is_refused_instead_of_upsampling(tmp_path, monkeypatch):

@@ -473,6 +473,34 @@ def test_a_cuda_map_without_cupy_is_picked_on_the_cpu(monkeypatch):
     assert np.array_equal(np.asarray(got[1]), np.asarray(want[1]))
 
 
+def test_a_cupy_that_breaks_on_import_is_named_and_the_map_picked_on_the_cpu(monkeypatch):
+    """A CuPy built for another NumPy or CUDA can fail on import with something other than ImportError: the job must
+    still pick, on the CPU, saying why (it raised out of the picking stage before)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "cupy":
+            raise AttributeError("module 'numpy' has no attribute 'bool8'\nmore lines")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    monkeypatch.setattr(picking, "_WARNED", set())
+    picking._cupy_import_error.cache_clear()
+    try:
+        assert picking._cupy_import_error() == "AttributeError: module 'numpy' has no attribute 'bool8'"
+        with pytest.raises(ImportError, match="import cupy failed .AttributeError"):
+            picking._import_cupy()
+        prob = torch.from_numpy(np.random.default_rng(1).random((96, 96)).astype(np.float32))
+        with pytest.warns(RuntimeWarning, match="CuPy is installed but does not import .AttributeError"):
+            got = picking.pick_centres(prob.clone().as_subclass(_TensorClaimingCuda), 16.0)
+        want = picking.pick_centres(prob.numpy(), 16.0)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    finally:
+        picking._cupy_import_error.cache_clear()
+
+
 def test_the_maps_smoothing_is_a_pick_setting_and_its_default_the_pickers():
     """PickParams.sigma_per_diameter: 1/6 picks exactly as the default (None). Two flat discs 0.6 diameters apart
     merge into one pick at 1/6 and stay two at 1/12; at 1/24 the flat tops break into more peaks than particles
