@@ -722,14 +722,25 @@ def _other_format(path: Path) -> str | None:
     return next((why for magic, why in _OTHER_FORMATS if head.startswith(magic)), None)
 
 
-def _imod_unsigned(hdr) -> bool:
-    """Whether IMOD's stamp (header bytes 152-155, in the file's byte order) is set with its flags word's bit 0
-    (bytes 156-159) clear: IMOD's mark of unsigned bytes in mode 0. mrcfile keeps these bytes in ``extra2``."""
+def _imod_flags(hdr) -> int | None:
+    """IMOD's flags word (header bytes 156-159, in the file's byte order) where its stamp (bytes 152-155) is set, else
+    None. Bit 0 clear marks unsigned bytes in mode 0. mrcfile keeps these bytes in ``extra2``."""
     raw = np.asarray(hdr.extra2).tobytes()[40:48]
     if len(raw) < 8:
-        return False
+        return None
     stamp, flags = (int(v) for v in np.frombuffer(raw, dtype=np.asarray(hdr.mode).dtype))
-    return stamp == _IMOD_STAMP and not (flags & 1)
+    return flags if stamp == _IMOD_STAMP else None
+
+
+def _bytes_look_unsigned(data: np.ndarray, rows: int = 512) -> bool:
+    """Whether mode-0 bytes make the smoother image read as unsigned, for a file whose header says neither (no IMOD
+    stamp, no valid dmin / dmax). Unsigned data read as signed wrap where they cross 128: neighbouring pixels then
+    differ by more than 128, which they do not as unsigned; signed data read as unsigned wrap at 0 the same way. So
+    the reading with fewer such jumps between horizontal neighbours (over the first ``rows`` rows) is taken."""
+    signed = np.asarray(data[:rows], dtype=np.int8).astype(np.int16)
+    unsigned = signed & 0xFF
+    jumps = [int(np.count_nonzero(np.abs(np.diff(a, axis=1)) > 128)) for a in (signed, unsigned)]
+    return jumps[1] < jumps[0]
 
 
 def _open_mrc(path: Path, header_only: bool = False):
@@ -794,8 +805,8 @@ def read_micrograph(
 
     Memory-mapped with :mod:`mrcfile`; a non-standard header is accepted (permissively, with a warning) only when
     the mode and the data block are intact. Modes 0 (int8, or uint8 when the header or IMOD flags say the bytes are
-    unsigned), 1 (int16), 2 (float32), 6 (uint16) and 12 (float16) are read; a single-section stack (nz = 1) is
-    a 2D image; any non-square shape is fine.
+    unsigned, or, where the header says nothing, when they make the smoother image read so), 1 (int16), 2 (float32),
+    6 (uint16) and 12 (float16) are read; a single-section stack (nz = 1) is a 2D image; any non-square shape is fine.
 
     Parameters
     ----------
@@ -842,7 +853,10 @@ def read_micrograph(
                 path, f"image is too small ({data.shape[1]} x {data.shape[0]} px; at least {min_size} px a side)"
             )
         if mode == 0 and data.dtype == np.int8:
-            if _imod_unsigned(hdr) or float(hdr.dmax) > 127:
+            flags = _imod_flags(hdr)
+            stats_unset = not float(hdr.dmax) > float(hdr.dmin)  # MRC2014: dmax < dmin, not determined
+            if ((flags is not None and not flags & 1) or float(hdr.dmax) > 127
+                    or (flags is None and stats_unset and _bytes_look_unsigned(data))):
                 data = data.view(np.uint8)
         image = np.array(data, dtype=np.float32)
         angpix = _header_angpix(mrc)

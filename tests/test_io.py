@@ -476,6 +476,25 @@ def test_unsigned_bytes_marked_by_imod(tmp_path, rng):
         np.testing.assert_array_equal(image, expected.astype(np.float32))
 
 
+def test_unsigned_bytes_without_any_mark_in_the_header(tmp_path):
+    """Mode 0 with no IMOD stamp and dmin / dmax not set (dmax < dmin): an 8-bit export of a micrograph (grey levels
+    around 128) read as signed bytes wraps into noise; the reading with the smoother image is taken, so unsigned data
+    read as unsigned and signed data (levels around 0) stay signed."""
+    import scipy.ndimage
+
+    field = scipy.ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(96, 96)), 2.0)
+    field = field / field.std()
+    for name, data in (("unsigned", np.clip(128 + 40 * field, 0, 255).astype(np.uint8).view(np.int8)),
+                       ("signed", np.clip(40 * field, -128, 127).astype(np.int8))):
+        f = tmp_path / f"{name}.mrc"
+        with mrcfile.new(f) as m:
+            m.set_data(data)
+            m.header.dmin, m.header.dmax = 0, -1  # not set
+        image, _ = io.read_micrograph(f)
+        want = data.view(np.uint8) if name == "unsigned" else data
+        np.testing.assert_array_equal(image, want.astype(np.float32))
+
+
 @pytest.mark.parametrize("head, why", [(b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x1f\x8b\x08\x00", "gzip")])
 def test_a_micrograph_in_another_format_is_named(tmp_path, head, why):
     f = tmp_path / "mic.mrc"
