@@ -891,7 +891,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
                          f"{picked_before} picked before keep what their run wrote")
             networks = _size_models(opts, pick_fn, world) if plan.todo else None  # the checks before picking
             if plan.todo and networks is not None:
-                _check_contrast(plan.entries, opts, networks, log)
+                _check_contrast(plan.entries, opts, networks, log, job_dir)
             if plan.todo and opts.estimate_size:
                 diameter = _particle_size(plan.entries, opts, networks, log, job_dir)
             spaced = False
@@ -1019,6 +1019,8 @@ SIZE_FILE = "pixer_size.json"
 #: File in the job directory that keeps the pick-spacing check (``check_spacing Yes``), so that Continue picks at the
 #: same size.
 SPACING_FILE = "pixer_spacing.json"
+#: File in the job directory that keeps the contrast check, so that a Continue (a Schemes loop) does not redo it.
+CONTRAST_FILE = "pixer_contrast.json"
 #: The job warns when the estimated and the given diameter differ by more than this fraction.
 SIZE_WARN_FRACTION = 0.3
 
@@ -1087,21 +1089,33 @@ def _kept(path: Path, key: str, value: float, fields: tuple[str, ...]) -> dict |
 _NONE_READ = "no micrograph of the job could be read (the reasons are listed at the end of run.out)"
 
 
-def _check_contrast(entries, opts: JobOptions, models_device, log: _Log) -> None:
+def _check_contrast(entries, opts: JobOptions, models_device, log: _Log, job_dir: Path) -> None:
     """Say in run.out how sure the networks are of particles in the job's first micrographs as given and negated
     (:func:`relion_pixer.size.check_contrast`, at the diameter given), and warn in run.err when the micrographs look
-    contrast-inverted: particles lighter than the background where the networks expect them dark."""
+    contrast-inverted: particles lighter than the background where the networks expect them dark. Kept in
+    :data:`CONTRAST_FILE` for Continue (the same diameter and ``invert``), which says it again without measuring."""
     from relion_pixer import size
 
     models, device = models_device
-    t0 = time.perf_counter()
-    check = size.check_contrast(size.first_micrographs(entries, opts.invert), opts.particle_diameter, models, device)
+    path = job_dir / CONTRAST_FILE
+    kept = _kept(path, "given_A", opts.particle_diameter, ("as_given", "negated", "micrographs", "invert"))
+    if kept is not None and bool(kept["invert"]) == opts.invert:
+        check, when = size.Contrast(kept["as_given"], kept["negated"], int(kept["micrographs"])), \
+            f"kept from the first run in {CONTRAST_FILE}"
+    else:
+        t0 = time.perf_counter()
+        check = size.check_contrast(size.first_micrographs(entries, opts.invert), opts.particle_diameter, models,
+                                    device)
+        when = f"{time.perf_counter() - t0:.1f} s"
+        if check.micrographs:
+            with io.atomic_write(path) as fh:
+                json.dump({"given_A": float(opts.particle_diameter), "invert": opts.invert, **check._asdict()}, fh,
+                          indent=1)
     if not check.micrographs:
         return  # nothing could be read or segmented: the size estimate and the picking say why
     how = "as given" + (" (inverted: invert Yes)" if opts.invert else "")
     log.info(f" + contrast: the networks' confidence in particles {check.as_given:.1f} (log-odds) {how}, "
-             f"{check.negated:.1f} with the contrast negated ({check.micrographs} micrograph(s), "
-             f"{time.perf_counter() - t0:.1f} s)")
+             f"{check.negated:.1f} with the contrast negated ({check.micrographs} micrograph(s), {when})")
     if check.inverted:
         log.warn(f"the particles look lighter than the background: the networks see particles in the first "
                  f"micrograph(s) with the contrast negated (confidence {check.negated:.1f}) far better than as "

@@ -738,6 +738,12 @@ def test_micrographs_with_light_particles_are_named_in_run_err(tmp_path, monkeyp
             assert "the particles look lighter than the background" in err and f"set {warned}" in err
         else:
             assert "lighter than the background" not in err
+        # a Continue with a micrograph to pick says it again from pixer_contrast.json, without measuring
+        next(out_dir.rglob("*_autopick.star")).unlink()
+        rc, out, err2 = run(RELION_CMD.replace("150", "96") + " --estimate_size No --check_spacing No" + flag,
+                            WithNetworks())
+        assert rc == 0 and "kept from the first run in pixer_contrast.json" in out
+        assert ("lighter than the background" in err2) == bool(warned)
 
 
 @pytest.fixture
