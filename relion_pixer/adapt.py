@@ -377,7 +377,8 @@ def _job_picks(models, images: list, factors: list, diameter_A: float, params, d
 
 
 def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: float, general, init_path, params,
-                 cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print, stop=None) -> AdaptResult:
+                 cfg: AdaptConfig = DEFAULTS, info: Callable[[str], None] = print, stop=None,
+                 names: Sequence[str] | None = None) -> AdaptResult:
     """Fine-tune the networks on pseudo-labels from ``micrographs`` and check them on the held-out ones.
 
     Parameters
@@ -398,10 +399,14 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     stop : callable, optional
         Called after every fine-tuning step; when it returns True, :class:`relion_pixer.relion.AbortRequested` is
         raised (RELION's Abort).
+    names : sequence of str, optional
+        The micrographs' names, for run.out's line on a skipped one (it may be filled as ``micrographs`` is read:
+        a micrograph's name is looked up once it has been read).
 
     Returns
     -------
     AdaptResult
+        A micrograph the job cannot pick is skipped (``figures["skipped"]``: its place in ``micrographs`` and why).
         With :attr:`AdaptConfig.rounds` > 1, the last kept round's networks; ``figures["rounds"]`` holds each later
         round's figures.
     """
@@ -414,14 +419,30 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     figures: dict = {"seconds": {}}
     t0 = time.perf_counter()
     images, factors, held, teacher = [], [], [], []
-    for image, angpix in micrographs:
-        net, f = prepare(image, angpix, diameter_A)
-        teacher.append(_pseudo_labelled(net, general, f, diameter_A, params, device, cfg))
+    for k, (image, angpix) in enumerate(micrographs):
+        # a micrograph the job cannot pick (smaller than the particle, or refused at network scale: too few pixels
+        # across the particle, too large once resampled, no contrast left) is skipped here as the job skips it, not
+        # allowed to fail the whole job before any micrograph is picked
+        why = _unpickable(image, angpix, diameter_A)
+        if why is None:
+            try:
+                net, f = prepare(image, angpix, diameter_A)
+                labelled = _pseudo_labelled(net, general, f, diameter_A, params, device, cfg)
+            except ValueError as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if why is not None:
+            figures.setdefault("skipped", []).append({"sample": k, "reason": why})
+            name = names[k] if names is not None and k < len(names) else f"micrograph {k + 1} of the sample"
+            info(f" + adapt: {name} skipped, as picking skips it: {why}")
+            continue
+        teacher.append(labelled)
         images.append(net)
         factors.append(f)
         held.append(_held_out_tiles(net.shape, rng, cfg.holdout))
     if not images:
-        return AdaptResult(None, False, "no readable micrograph with a pixel size to adapt on", figures)
+        why = (f"none of the {len(figures['skipped'])} micrograph(s) of the sample can be picked"
+               if figures.get("skipped") else "no readable micrograph with a pixel size to adapt on")
+        return AdaptResult(None, False, why, figures)
     sample = _Sample(images, factors, held, diameter_A, params, rng, [t[2] for t in teacher], stop=stop)
     result = _fine_tune(sample, teacher, init_path, cfg, figures, t0, info, "")
     if not result.kept:
@@ -441,6 +462,17 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
             break
         result = AdaptResult(later.models, True, later.reason, figures)
     return result
+
+
+def _unpickable(image: np.ndarray, angpix: float, diameter_A: float) -> str | None:
+    """Why the job would skip this micrograph before its networks see it (as ``job._pick_one`` does: smaller than
+    the particle), or None."""
+    diameter_px = float(diameter_A) / float(angpix)
+    shape = np.shape(image)
+    if min(shape) < diameter_px:
+        return (f"image ({shape[1]} x {shape[0]} px) is smaller than the particle ({diameter_px:.0f} px at "
+                f"{angpix:g} A/px)")
+    return None
 
 
 @dataclass
@@ -655,11 +687,14 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
             names.append(entry.name)
             yield image, angpix
 
-    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info, stop)
+    result = adapt_models(sample(), diameter_A, general, init_path, params, cfg, info, stop, names)
     seconds = time.perf_counter() - t_all
+    skipped = {int(s["sample"]): s["reason"] for s in result.figures.get("skipped", [])}
     note = {"kept": result.kept, "reason": result.reason, "diameter_A": float(diameter_A), "init": str(init_path),
-            "micrographs": names, "seed": cfg.seed, "config": dataclasses.asdict(cfg), "figures": result.figures,
-            "seconds": seconds}
+            "micrographs": [n for k, n in enumerate(names) if k not in skipped], "seed": cfg.seed,
+            "config": dataclasses.asdict(cfg), "figures": result.figures, "seconds": seconds}
+    if skipped:  # read, but not adapted on: the job cannot pick them
+        note["skipped"] = [{"micrograph": names[k], "reason": why} for k, why in skipped.items() if k < len(names)]
     adapted, picking_A = None, float(diameter_A)
     if result.models is not None and result.kept:
         meta = {"adapted": {k: note[k] for k in ("diameter_A", "init", "micrographs", "seed", "reason")}}

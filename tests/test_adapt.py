@@ -401,3 +401,31 @@ def test_the_size_measured_again_is_taken_only_nearer_to_the_diameter_given(monk
         assert out["measured_picking_A"] == pytest.approx(blend)
         assert out["picking_A"] == pytest.approx(blend if expected is None else expected)
         assert ("so the first stands" in lines[-1]) == (expected is not None)
+
+
+def test_a_micrograph_picking_skips_is_skipped_by_adapt_not_fatal(tmp_path, monkeypatch, capsys):
+    """A micrograph the job skips when picking (here: a second optics group whose pixel size leaves the particle
+    under 10 px wide) is skipped by the adaptation too, named in run.out and pixer_adapt.json: it used to fail the
+    whole job (RELION_JOB_EXIT_FAILURE, "a 48 A particle is only 6.0 px wide ...") before any micrograph was
+    picked, where the job without adapt picks the others."""
+    from test_job import made_micrographs_star
+
+    root = simulated_project(tmp_path / "p")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(adapt, "DEFAULTS", QUICK)
+    star = root / IN_MICS
+    names = [e.name for e in io.read_micrographs_star(star, project_dir=root)]
+    coarse = "MotionCorr/job002/Movies/coarse.mrc"
+    write_mrc(root / coarse, np.random.default_rng(1).normal(size=(256, 256)).astype(np.float32), 8.0)
+    made_micrographs_star(star, names[:1] + [coarse] + names[1:], angpix=(1.5, 8.0), groups=[1, 2, 1, 1])
+    assert job.main(ADAPT_CMD.split()) == 0
+    out, err = capsys.readouterr()
+    jd = root / "External/job012"
+    assert (jd / "RELION_JOB_EXIT_SUCCESS").exists() and not (jd / "RELION_JOB_EXIT_FAILURE").exists()
+    assert f"+ adapt: {coarse} skipped, as picking skips it: " in out
+    assert "pseudo-labels from 3 micrograph(s)" in out
+    assert f"skipping micrograph: {coarse}" in err  # the job's own skip, when picking
+    note = json.loads((jd / adapt.NOTE_FILE).read_text())
+    assert note["micrographs"] == names and [s["micrograph"] for s in note["skipped"]] == [coarse]
+    assert [s["sample"] for s in note["figures"]["skipped"]] == [1]
+    assert len(list((jd / "Movies").glob("*_autopick.star"))) == 3
