@@ -675,9 +675,14 @@ def for_job(entries, diameter_A: float, invert: bool, init_path, general, params
         if not note.get("kept"):
             info(f" + adapt: the first run reverted to the general networks ({note.get('reason', '')}); "
                  "picking with them")
-            warn(f"adapt: the first run of this job kept the networks it started from ({note.get('reason', '')}), and "
-                 "Continue keeps that choice; to adapt on micrographs added since, run a new job with adapt Yes")
+            warn(f"adapt: the earlier adaptation of this job kept the networks it started from "
+                 f"({note.get('reason', '')}), and Continue keeps that choice; to adapt on micrographs added since, "
+                 "run a new job with adapt Yes")
             return general, diameter_A
+    if isinstance(note, dict) and "diameter_A" in note:
+        info(f" + adapt: the earlier adaptation of this job was made at {float(note['diameter_A']):.0f} A from "
+             f"{note.get('init', 'None')}; this run picks at {float(diameter_A):.0f} A from {init_path}: adapting again"
+             + (f" (a rejected adaptation leaves the earlier {MODEL_FILE} in place)" if model_path.is_file() else ""))
     t_all = time.perf_counter()
     picked = [entries[i] for i in _sample_indices(len(entries), cfg.sample)]
     names: list[str] = []

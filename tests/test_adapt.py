@@ -429,3 +429,22 @@ def test_a_micrograph_picking_skips_is_skipped_by_adapt_not_fatal(tmp_path, monk
     assert note["micrographs"] == names and [s["micrograph"] for s in note["skipped"]] == [coarse]
     assert [s["sample"] for s in note["figures"]["skipped"]] == [1]
     assert len(list((jd / "Movies").glob("*_autopick.star"))) == 3
+
+
+def test_continue_at_another_diameter_says_why_it_adapts_again(tmp_path, monkeypatch):
+    """The earlier adaptation was made at another diameter: the job adapts again and run.out says why (it did so
+    silently), and that a rejected new adaptation leaves the earlier model file in place; the revert's message no
+    longer claims the first run kept its networks."""
+    (tmp_path / adapt.NOTE_FILE).write_text(json.dumps({"kept": True, "diameter_A": 200.0, "init": "None"}))
+    (tmp_path / adapt.MODEL_FILE).write_bytes(b"earlier")
+    monkeypatch.setattr(adapt, "adapt_models", lambda *a, **k: adapt.AdaptResult(None, False, "stub", {}))
+    said, warned = [], []
+    general = object()
+    chosen, diameter = adapt.for_job([], 180.0, False, None, general, None, tmp_path, said.append, warned.append)
+    assert chosen is general and diameter == 180.0
+    assert any("the earlier adaptation of this job was made at 200 A from None; this run picks at 180 A from None: "
+               "adapting again (a rejected adaptation leaves the earlier adapted_model.pt in place)" in s for s in said)
+    assert (tmp_path / adapt.MODEL_FILE).read_bytes() == b"earlier"
+    # a Continue at the same diameter after that revert keeps the choice, naming it as the earlier adaptation's
+    chosen, _ = adapt.for_job([], 180.0, False, None, general, None, tmp_path, said.append, warned.append)
+    assert chosen is general and "the earlier adaptation of this job kept the networks it started from" in warned[-1]
