@@ -1167,7 +1167,7 @@ def _particle_size(entries, opts: JobOptions, models_device, log: _Log, job_dir:
         return opts.particle_diameter
     how = ("at the diameter given (the estimate is reported, not used: see docs/benchmarks.md)"
            if size.ESTIMATE_WEIGHT == 0 else
-           f"at {picking_A:.0f} A, between the two (estimate_size No: at the diameter given)")
+           f"at {picking_A:.0f} A, between the two (estimate_size No would pick at the diameter given)")
     log.info(f" + particle size from the data: {est.diameter_A:.0f} A, {est.ratio:.2f}x the diameter given "
              f"({opts.particle_diameter:g} A; measured on {len(sample)} micrograph(s) in "
              f"{time.perf_counter() - t0:.1f} s): picking {how}")
