@@ -412,7 +412,7 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
     """
     import torch
 
-    from relion_pixer.preprocess import prepare
+    from relion_pixer.preprocess import check_fits, prepare
 
     device = params.device
     rng = np.random.default_rng(cfg.seed)
@@ -423,14 +423,12 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
         # a micrograph the job cannot pick (smaller than the particle, or refused at network scale: too few pixels
         # across the particle, too large once resampled, no contrast left) is skipped here as the job skips it, not
         # allowed to fail the whole job before any micrograph is picked
-        why = _unpickable(image, angpix, diameter_A)
-        if why is None:
-            try:
-                net, f = prepare(image, angpix, diameter_A)
-                labelled = _pseudo_labelled(net, general, f, diameter_A, params, device, cfg)
-            except ValueError as exc:
-                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if why is not None:
+        try:
+            check_fits(diameter_A, angpix, np.shape(image))
+            net, f = prepare(image, angpix, diameter_A)
+            labelled = _pseudo_labelled(net, general, f, diameter_A, params, device, cfg)
+        except ValueError as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             figures.setdefault("skipped", []).append({"sample": k, "reason": why})
             name = names[k] if names is not None and k < len(names) else f"micrograph {k + 1} of the sample"
             info(f" + adapt: {name} skipped, as picking skips it: {why}")
@@ -462,17 +460,6 @@ def adapt_models(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: fl
             break
         result = AdaptResult(later.models, True, later.reason, figures)
     return result
-
-
-def _unpickable(image: np.ndarray, angpix: float, diameter_A: float) -> str | None:
-    """Why the job would skip this micrograph before its networks see it (as ``job._pick_one`` does: smaller than
-    the particle), or None."""
-    diameter_px = float(diameter_A) / float(angpix)
-    shape = np.shape(image)
-    if min(shape) < diameter_px:
-        return (f"image ({shape[1]} x {shape[0]} px) is smaller than the particle ({diameter_px:.0f} px at "
-                f"{angpix:g} A/px)")
-    return None
 
 
 @dataclass

@@ -1538,12 +1538,10 @@ def _pick_one(entry: io.MicrographEntry, coord: str, opts: JobOptions, params: P
             raise io.MicrographError(entry.path, "no pixel size in the STAR file (_rlnMicrographPixelSize) or the MRC "
                                                  "header; give --angpix")
         preprocess.check_particle_width(opts.particle_diameter, angpix, image.shape)
-        diameter_px = opts.particle_diameter / angpix
-        if min(image.shape) < diameter_px:
-            raise io.MicrographError(
-                entry.path,
-                f"image ({image.shape[1]} x {image.shape[0]} px) is smaller than the particle "
-                f"({diameter_px:.0f} px at {angpix:g} A/px); check --particle_diameter and the pixel size")
+        try:
+            preprocess.check_fits(opts.particle_diameter, angpix, image.shape)
+        except ValueError as exc:
+            raise io.MicrographError(entry.path, f"{exc}; check --particle_diameter and the pixel size") from None
         result = pick_fn(image, angpix, opts.particle_diameter, params)
         short_A = min(image.shape) * angpix
     except (io.MicrographError, ValueError) as exc:

@@ -30,6 +30,7 @@ __all__ = [
     "flat_pixels",
     "fill_flat",
     "check_particle_width",
+    "check_fits",
     "to_original",
     "to_network",
     "nearest_resample",
@@ -369,6 +370,14 @@ def check_particle_width(diameter_angstrom: float, angpix: float, shape: tuple[i
                 f"{shape[1]} x {shape[0]} px micrograph would be upsampled to {out[1]} x {out[0]} px for the "
                 f"networks (at most {MAX_NETWORK_SIDE}; the side is the field of view x {target_px:g} / the "
                 "diameter, whatever the binning): check the diameter and the pixel size")
+
+
+def check_fits(diameter_angstrom: float, angpix: float, shape: tuple[int, int]) -> None:
+    """Raise ValueError if a micrograph of ``shape`` is smaller than the particle: the picking skips it."""
+    diameter_px = float(diameter_angstrom) / float(angpix)
+    if min(shape) < diameter_px:
+        raise ValueError(f"image ({shape[1]} x {shape[0]} px) is smaller than the particle ({diameter_px:.0f} px at "
+                         f"{angpix:g} A/px)")
 
 
 def prepare(
