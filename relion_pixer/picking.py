@@ -384,16 +384,21 @@ def _is_cupy(x: Any) -> bool:
     return "cupy" in sys.modules and isinstance(x, sys.modules["cupy"].ndarray)
 
 
+def _summary(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (the type alone for an empty message), for warnings and notes."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
+
+
 def _import_cupy():
     """``import cupy``; any failure (absent, or an installation that breaks on import: a CuPy built for another NumPy
     or CUDA) as an ImportError that says why."""
     try:
         import cupy
     except Exception as exc:  # noqa: BLE001 - re-raised as ImportError: every caller falls back on it
-        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ImportError(
             f"the CuPy picking backend needs a working cupy (pip install 'relion-pixer[gpu]'); import cupy failed "
-            f"({type(exc).__name__}: {first}); use backend='numpy' or a CPU map instead"
+            f"({_summary(exc)}); use backend='numpy' or a CPU map instead"
         ) from exc
     return cupy
 
@@ -405,9 +410,7 @@ def _cupy_import_error() -> str | None:
     try:
         _import_cupy()
     except ImportError as exc:
-        cause = exc.__cause__ or exc
-        first = str(cause).splitlines()[0] if str(cause) else ""
-        return f"{type(cause).__name__}: {first}".rstrip(": ")
+        return _summary(exc.__cause__ or exc)
     return None
 
 
@@ -434,8 +437,7 @@ def _cupy_wanted(prob_map: Any) -> bool:
 def _cupy_broken(exc: BaseException) -> None:
     """Remember that CuPy cannot run here and say so once; the "auto" backend uses NumPy from now on."""
     global _CUPY_BROKEN
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    _CUPY_BROKEN = f"{type(exc).__name__}: {first}".rstrip(": ")
+    _CUPY_BROKEN = _summary(exc)
     _warn_once(f"CuPy is installed but cannot compile or launch its kernels here ({_CUPY_BROKEN}): the local-maximum "
                "search runs on the CPU from now on; segmentation and classification stay on the GPU")
 
