@@ -122,6 +122,18 @@ def confidence(prob_map) -> float:
     return upper_half_log_odds(cand.score)
 
 
+def _confidence_at(image: np.ndarray, angpix: float, diameter_A: float, models, device: str) -> float:
+    """:func:`confidence` of the networks on ``image`` segmented at ``diameter_A``; NaN where the micrograph cannot
+    be segmented at that diameter (too small or too large at that scale) or gives no candidate."""
+    from relion_pixer.pipeline import segment_micrograph
+
+    try:
+        _, prob, _ = segment_micrograph(image, angpix, diameter_A, models, device)
+    except ValueError:
+        return float("nan")
+    return confidence(prob)
+
+
 def upper_half_log_odds(scores) -> float:
     """Mean log-odds of the upper half of ``scores`` (probabilities, clipped to ``_EPS`` from 0 and 1); NaN when
     empty."""
@@ -178,22 +190,15 @@ def estimate_diameter(micrographs: Iterable[tuple[np.ndarray, float]], diameter_
     SizeEstimate
         ``diameter_A`` is the given one when no scale gave a confidence.
     """
-    from relion_pixer.pipeline import segment_micrograph
-
     diameter_A = float(diameter_A)
     factors = tuple(float(f) for f in factors)
     values = [[] for _ in factors]
     for image, angpix in micrographs:  # one micrograph at a time: an iterator keeps only one in memory
         image = _centre_crop(image, MAX_NET_SIDE * diameter_A * min(factors) / (NET_DIAMETER_PX * float(angpix)))
         for k, f in enumerate(factors):
-            try:
-                _, prob, _ = segment_micrograph(image, angpix, diameter_A * f, models, device)
-            except ValueError:  # too small or too large at this scale
-                continue
-            value = confidence(prob)
+            value = _confidence_at(image, angpix, diameter_A * f, models, device)
             if np.isfinite(value):
                 values[k].append(value)
-            del prob
     conf = [float(np.mean(v)) if v else float("nan") for v in values]
     c = np.asarray(conf)
     if not np.isfinite(c).any():
@@ -417,8 +422,6 @@ def check_contrast(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: 
     -------
     Contrast
     """
-    from relion_pixer.pipeline import segment_micrograph
-
     diameter_A = float(diameter_A)
     values: tuple[list, list] = ([], [])
     n = 0
@@ -427,12 +430,7 @@ def check_contrast(micrographs: Iterable[tuple[np.ndarray, float]], diameter_A: 
                           dtype=np.float32)
         measured = False
         for k, img in enumerate((crop, -crop)):
-            try:
-                _, prob, _ = segment_micrograph(img, angpix, diameter_A, models, device)
-            except ValueError:  # too small or too large at this diameter
-                continue
-            value = confidence(prob)
-            del prob
+            value = _confidence_at(img, angpix, diameter_A, models, device)
             if np.isfinite(value):
                 values[k].append(value)
                 measured = True
