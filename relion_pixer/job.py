@@ -881,9 +881,10 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
     if world.leader:
         try:
             plan = _start(opts, log, odir, job_dir)
-            picked_before = len(plan.entries) - len(plan.todo)
-            todo_names = {e.name for e, _ in plan.todo}
-            kept_names = [e.name for e in plan.entries if e.name not in todo_names]
+            todo_names = [e.name for e, _ in plan.todo]
+            todo = set(todo_names)
+            kept_names = [e.name for e in plan.entries if e.name not in todo]
+            picked_before = len(kept_names)
             earlier = _earlier_picking(job_dir) if picked_before else None
             _note_settings(earlier, opts, kept_names, len(plan.todo), log)
             if opts.write_maps and picked_before and plan.todo:
@@ -901,7 +902,7 @@ def _run(opts: JobOptions, pick_fn: PickFunction | None, log: _Log, odir: str, j
             if plan.todo and opts.adapt:
                 pick_fn, model, diameter = _adapted(plan, opts, diameter, networks, pick_fn, log, job_dir, spaced)
             if plan.todo:
-                _note_picking(job_dir, opts, diameter, model, earlier, kept_names, [e.name for e, _ in plan.todo], log)
+                _note_picking(job_dir, opts, diameter, model, earlier, kept_names, todo_names, log)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             problem = exc
     elif pick_fn is None and opts.workers == 1 and not opts.adapt and not opts.gpu:
@@ -1100,8 +1101,8 @@ def _check_contrast(entries, opts: JobOptions, models_device, log: _Log, job_dir
     path = job_dir / CONTRAST_FILE
     kept = _kept(path, "given_A", opts.particle_diameter, ("as_given", "negated", "micrographs", "invert"))
     if kept is not None and bool(kept["invert"]) == opts.invert:
-        check, when = size.Contrast(kept["as_given"], kept["negated"], int(kept["micrographs"])), \
-            f"kept from the first run in {CONTRAST_FILE}"
+        check = size.Contrast(kept["as_given"], kept["negated"], int(kept["micrographs"]))
+        when = f"kept from the first run in {CONTRAST_FILE}"
     else:
         t0 = time.perf_counter()
         check = size.check_contrast(size.first_micrographs(entries, opts.invert), opts.particle_diameter, models,
