@@ -78,9 +78,9 @@ def main() -> None:
         for rs in real_sets():
             r = {}
             for sign in (1, -1):
-                rs2 = replace(rs)
-                object.__setattr__(rs2, "micrographs", lambda *splits, rs=rs, sign=sign: [
-                    replace(m, image=sign * m.image) for m in rs.micrographs(*splits)])
+                rs2 = replace(rs)  # the set with its micrographs read as given (sign 1) or negated
+                rs2.micrographs = lambda *splits, rs=rs, sign=sign: [replace(m, image=sign * m.image)
+                                                                    for m in rs.micrographs(*splits)]
                 b = bench_real.bench_set(rs2, models, PickParams(), "test", True, False, spacing=True)
                 r["as_given" if sign == 1 else "negated"] = {"pixer": b["pixer"], "log": b["log"]}
                 print(f"{rs.name} test split {'as given' if sign == 1 else 'negated, invert No'}: PIXER "
